@@ -1,0 +1,137 @@
+"""Multi-spectral channel attention (Qin et al., "FcaNet: Frequency Channel Attention Networks",
+ICCV 2021)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import kernels
+
+from .gate import ChannelGate
+from .layers import LayerType, create_act
+from .registry import register
+
+# The 2-D DCT frequencies (u, v) on a 7x7 grid, ranked by the paper's single-frequency ImageNet
+# study ("top"), by zig-zag order ("low") and from the bottom of that ranking ("bot").
+_FREQ_TABLE: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "top": ((0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2, 4, 6, 3, 5, 5, 2, 6, 5, 5, 3, 3, 4, 2, 2, 6, 1),
+            (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2, 6, 3, 3, 3, 5, 1, 1, 2, 4, 2, 1, 1, 3, 0, 5, 3)),
+    "low": ((0, 0, 1, 1, 0, 2, 2, 1, 2, 0, 3, 4, 0, 1, 3, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4),
+            (0, 1, 0, 1, 2, 0, 1, 2, 2, 3, 0, 0, 4, 3, 1, 5, 4, 3, 2, 1, 0, 6, 5, 4, 3, 2, 1, 0, 6, 5, 4, 3)),
+    "bot": ((6, 1, 3, 3, 2, 4, 1, 2, 4, 4, 5, 1, 4, 6, 2, 5, 6, 1, 6, 2, 2, 4, 3, 3, 5, 5, 6, 2, 5, 5, 3, 6),
+            (6, 4, 4, 6, 6, 3, 1, 4, 4, 5, 6, 5, 2, 2, 5, 1, 4, 3, 5, 0, 3, 1, 1, 2, 4, 2, 1, 1, 5, 3, 3, 3)),
+}
+FREQ_SEL_METHODS = tuple(f"{kind}{n}" for kind in _FREQ_TABLE for n in (1, 2, 4, 8, 16, 32))
+
+
+def freq_indices(method: str) -> tuple[list[int], list[int]]:
+    """The (u, v) frequencies of ``method`` (e.g. ``'top16'``) on the 7x7 grid."""
+    if method not in FREQ_SEL_METHODS:
+        raise ValueError(f"freq_sel_method={method!r} is not one of {', '.join(FREQ_SEL_METHODS)}")
+    xs, ys = _FREQ_TABLE[method[:3]]
+    n = int(method[3:])
+    return list(xs[:n]), list(ys[:n])
+
+
+def dct_basis(size: int, freq: int) -> torch.Tensor:
+    """Orthonormal DCT-II basis vector of frequency ``freq`` over ``size`` positions, fp64."""
+    pos = torch.arange(size, dtype=torch.float64)
+    basis = torch.cos(math.pi * freq * (pos + 0.5) / size) / math.sqrt(size)
+    return basis * (math.sqrt(2.0) if freq else 1.0)
+
+
+def dct_filter(channels: int, height: int, width: int, freqs_x: list[int], freqs_y: list[int]) -> torch.Tensor:
+    """(C, H, W) filter: channel group i (of C / n channels) holds the 2-D basis (u_i, v_i)."""
+    group = channels // len(freqs_x)
+    filt = torch.empty(channels, height, width, dtype=torch.float64)
+    for i, (u, v) in enumerate(zip(freqs_x, freqs_y)):
+        filt[i * group:(i + 1) * group] = torch.outer(dct_basis(height, u), dct_basis(width, v))
+    return filt
+
+
+def adaptive_pool_matrix(out_size: int, in_size: int) -> torch.Tensor:
+    """(out, in) matrix M with M @ v = adaptive_avg_pool1d(v, out): row i averages its input bin."""
+    mat = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for i in range(out_size):
+        start, end = (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+        mat[i, start:end] = 1.0 / (end - start)
+    return mat
+
+
+class DCTFilter(nn.Module):
+    """Holds FcaNet's DCT filter as buffer ``weight`` (C, dct_h, dct_w), the release's key layout."""
+
+    def __init__(self, channels: int, dct_h: int, dct_w: int, freqs_x: list[int], freqs_y: list[int],
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        weight = dct_filter(channels, dct_h, dct_w, freqs_x, freqs_y)
+        self.register_buffer("weight", weight.to(device=device, dtype=dtype or torch.get_default_dtype()))
+
+    def spatial_filter(self, height: int, width: int) -> torch.Tensor:
+        """The filter for an input of ``height x width``, with adaptive pooling folded in.
+
+        Adaptive average pooling is linear and separable, so ``sum(pool(x) * D) = sum(x * P_h^T D P_w)``:
+        the feature map is read once at its own size instead of being pooled first.
+        """
+        _, dct_h, dct_w = self.weight.shape
+        if (height, width) == (dct_h, dct_w):
+            return self.weight
+        p_h = adaptive_pool_matrix(dct_h, height).to(self.weight)  # (dct_h, H)
+        p_w = adaptive_pool_matrix(dct_w, width).to(self.weight)  # (dct_w, W)
+        return torch.einsum("cij,ih,jw->chw", self.weight, p_h, p_w)  # (C, H, W)
+
+
+@register("fca")
+class MultiSpectralAttention(ChannelGate):
+    """FcaNet block: ``y = x * sigmoid(W2 relu(W1 s))`` with ``s[c] = sum_hw x[c, h, w] D[c, h, w]``.
+
+    ``D`` (buffer ``dct_layer.weight``) splits the channels into ``n`` groups, each weighted by one
+    2-D DCT basis picked by ``freq_sel_method`` (``top``/``low``/``bot`` with n in 1..32; frequencies
+    are given on a 7x7 grid and scaled to ``dct_h x dct_w``). GAP is the n=1 ``(0, 0)`` special case.
+    ``W1``/``W2`` are bias-free linears ``fc.0``/``fc.2`` with reduction ``reduction``. An input of
+    another size is adaptively average-pooled to ``dct_h x dct_w`` first, as in the release.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dct_h: int = 7,
+        dct_w: int = 7,
+        reduction: int = 16,
+        freq_sel_method: str = "top16",
+        act_layer: LayerType = "relu",
+        gate_layer: LayerType = "sigmoid",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        freqs_x, freqs_y = freq_indices(freq_sel_method)
+        if channels % len(freqs_x):
+            raise ValueError(f"FcaNet splits channels into {len(freqs_x)} frequency groups ({freq_sel_method}); "
+                             f"channels={channels} is not divisible by {len(freqs_x)}")
+        if channels // reduction < 1:
+            raise ValueError(f"reduction={reduction} leaves no channels out of {channels}; use reduction <= {channels}")
+        self.channels = channels
+        self.dct_h, self.dct_w = dct_h, dct_w
+        self.freq_sel_method = freq_sel_method
+        # frequencies are chosen on a 7x7 grid; (2, 2) on 14x14 is the same pattern as (1, 1) on 7x7
+        freqs_x = [u * (dct_h // 7) for u in freqs_x]
+        freqs_y = [v * (dct_w // 7) for v in freqs_y]
+        factory = {"device": device, "dtype": dtype}
+        self.dct_layer = DCTFilter(channels, dct_h, dct_w, freqs_x, freqs_y, **factory)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction, bias=False, **factory),
+            create_act(act_layer),
+            nn.Linear(channels // reduction, channels, bias=False, **factory),
+        )
+        self.gate = create_act(gate_layer)
+
+    def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
+        filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1])  # (C, H, W)
+        s = kernels.pool_weighted(x, filt).to(self.fc[0].weight.dtype)  # (B, C)
+        return self.gate(self.fc(s))  # (B, C)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, dct=({self.dct_h}, {self.dct_w}), freq_sel_method={self.freq_sel_method!r}"

@@ -1,0 +1,82 @@
+"""Small shared layers: activations by name, channel rounding, stochastic depth."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import torch
+from torch import nn
+
+from ._validation import unknown_name_error
+
+LayerType = Union[str, type[nn.Module], Callable[[], nn.Module], None]
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "silu": lambda: nn.SiLU(inplace=True),
+    "swish": lambda: nn.SiLU(inplace=True),
+    "gelu": nn.GELU,
+    "hard_swish": nn.Hardswish,
+    "sigmoid": nn.Sigmoid,
+    "hard_sigmoid": nn.Hardsigmoid,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+
+
+def create_act(layer: LayerType) -> nn.Module:
+    """An activation module from a name (``'relu'``), a class, or a factory; None is identity."""
+    if layer is None:
+        return nn.Identity()
+    if isinstance(layer, str):
+        if layer not in _ACTIVATIONS:
+            raise unknown_name_error("activation", layer, _ACTIVATIONS)
+        return _ACTIVATIONS[layer]()
+    return layer()
+
+
+def is_sigmoid(layer: LayerType) -> bool:
+    return layer in ("sigmoid", nn.Sigmoid)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to a multiple of ``divisor`` (as in timm and the MobileNet code)."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:  # never round down by more than 10%
+        rounded += divisor
+    return rounded
+
+
+def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
+    """ECA-Net's adaptive kernel size: k = |log2(C)/gamma + beta/gamma|, rounded to the odd below."""
+    t = int(abs((math.log2(channels) + beta) / gamma))
+    return t if t % 2 else t + 1
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., ECCV 2016): drop whole residual branches per sample."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_path rate must be in [0, 1); got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1, 1)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+def check_channels(block: str, expected: int, x: torch.Tensor) -> None:
+    """Fail early with the expected and actual channel counts of a (B, C, ...) input."""
+    if x.ndim < 2 or x.shape[1] != expected:
+        raise ValueError(f"{block} was built for {expected} channels but got an input of shape "
+                         f"{tuple(x.shape)} ({x.shape[1] if x.ndim >= 2 else 'no'} channels); "
+                         f"build it with channels={x.shape[1] if x.ndim >= 2 else '?'} or fix the input")

@@ -1,0 +1,103 @@
+"""Choosing between a Triton kernel and its PyTorch reference.
+
+Rule (DESIGN.md): a CUDA tensor with Triton importable runs the Triton kernel; anything else runs the
+reference. ``ZOO_KERNELS`` overrides it:
+
+- ``auto`` (default): the rule above;
+- ``torch``: always the reference;
+- ``triton``: always the kernel, an error where none exists. With ``TRITON_INTERPRET=1`` this runs
+  kernels on CPU tensors through Triton's interpreter, which is how the tests exercise them.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Callable
+
+import torch
+
+ENV_VAR = "ZOO_KERNELS"
+MODES = ("auto", "torch", "triton")
+
+_OPS: dict[str, "KernelOp"] = {}
+
+
+def kernel_mode() -> str:
+    """The path forced by ``ZOO_KERNELS``, read on every call so tests can flip it."""
+    mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"{ENV_VAR}={mode!r} is not a kernel mode; use one of {', '.join(MODES)}")
+    return mode
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+class KernelOp:
+    """One op with a reference implementation and, optionally, a Triton one.
+
+    Calling the op dispatches on the first tensor argument and on ``ZOO_KERNELS``.
+    """
+
+    def __init__(self, name: str, reference: Callable) -> None:
+        self.name = name
+        self.reference = reference
+        self.triton: Callable | None = None
+        functools.update_wrapper(self, reference)
+
+    def register_triton(self, fn: Callable) -> Callable:
+        self.triton = fn
+        return fn
+
+    def backend_for(self, x: torch.Tensor) -> str:
+        mode = kernel_mode()
+        if mode == "torch":
+            return "torch"
+        can_run = self.triton is not None and _triton_importable() and (x.is_cuda or _interpreting())
+        if mode == "triton":
+            if not can_run:
+                why = "no Triton implementation is registered" if self.triton is None else (
+                    "Triton is not importable" if not _triton_importable()
+                    else "the tensor is not on CUDA and TRITON_INTERPRET=1 is not set")
+                raise RuntimeError(f"{ENV_VAR}=triton but kernel {self.name!r} cannot run Triton: {why}. "
+                                   f"Unset {ENV_VAR} (or set it to 'auto') to use the PyTorch reference.")
+            return "triton"
+        return "triton" if can_run and x.is_cuda else "torch"
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs):
+        impl = self.triton if self.backend_for(x) == "triton" else self.reference
+        return impl(x, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"KernelOp({self.name!r}, triton={'yes' if self.triton else 'no'})"
+
+
+def kernel_op(name: str) -> Callable[[Callable], KernelOp]:
+    """Declare a reference implementation as a dispatchable op named ``name``."""
+
+    def wrap(reference: Callable) -> KernelOp:
+        if name in _OPS:
+            raise ValueError(f"kernel op {name!r} is registered twice")
+        op = KernelOp(name, reference)
+        _OPS[name] = op
+        return op
+
+    return wrap
+
+
+def available() -> dict:
+    """What this machine can run: the mode, Triton and CUDA availability, and each op's backends."""
+    return {
+        "mode": kernel_mode(),
+        "triton": _triton_importable(),
+        "cuda": torch.cuda.is_available(),
+        "interpret": _interpreting(),
+        "ops": {name: ["torch"] + (["triton"] if op.triton else []) for name, op in sorted(_OPS.items())},
+    }

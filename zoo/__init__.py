@@ -1,0 +1,26 @@
+"""zoo: channel- and scale-centred architectures with timm-style creation and pretrained loading.
+
+>>> import zoo
+>>> model = zoo.create("seresnet50", num_classes=10)
+>>> zoo.list_models("*eca*")
+"""
+from .checkpoint import CheckpointError
+from .factory import create
+from .hub import save_pretrained
+from .pretrained import PretrainedCfg
+from .registry import get_pretrained_cfg, list_models, list_pretrained, register_model, register_pretrained_cfgs
+from . import models  # noqa: F401  (registers the families)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "PretrainedCfg",
+    "create",
+    "get_pretrained_cfg",
+    "list_models",
+    "list_pretrained",
+    "register_model",
+    "register_pretrained_cfgs",
+    "save_pretrained",
+]

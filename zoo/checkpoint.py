@@ -1,0 +1,158 @@
+"""Reading checkpoints safely and fitting them to a model.
+
+Files are read with safetensors, or with ``torch.load(weights_only=True)``: nothing is ever
+unpickled beyond tensors and plain containers. Every key and shape is checked before any weight is
+copied, and the error names what does not fit.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+FilterFn = Callable[[dict, nn.Module], dict]
+
+# containers that training scripts wrap weights in, in the order they are preferred
+_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module", "net", "params")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Tensors of a ``.safetensors`` file or a torch file, read without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist" +
+                                (" (it is a folder; pass pretrained='local-dir:...' or the file inside)" if path.is_dir() else ""))
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path, head):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read {str(path)!r} as safetensors (truncated or not a safetensors file): {exc}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: it pickles Python objects beyond tensors, and unpickling them "
+                f"could run arbitrary code. If you trust the file, re-save only its tensors "
+                f"(torch.save(state_dict) or safetensors) and load that.") from None
+        raise CheckpointError(f"cannot read {str(path)!r}: not a torch checkpoint ({exc})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {str(path)!r}: truncated or not a checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _looks_like_safetensors(path: Path, head: bytes) -> bool:
+    """A safetensors file starts with a little-endian header length followed by '{'."""
+    if len(head) < 8:
+        return False
+    header_len = int.from_bytes(head, "little")
+    if not 0 < header_len < path.stat().st_size:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        return fh.read(1) == b"{"
+
+
+def clean_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
+    """Unwrap training containers and strip DataParallel / torch.compile prefixes."""
+    sd = checkpoint
+    while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        inner = next((sd[k] for k in _WRAPPER_KEYS if isinstance(sd.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointError(f"no tensors found in checkpoint; top-level keys: {', '.join(map(str, list(sd)[:10]))}")
+        sd = inner
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"a checkpoint must hold a dict of tensors, got {type(sd).__name__}")
+    out = {}
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        while key.startswith(_PREFIXES):  # DataParallel and torch.compile wrappers, possibly nested
+            key = key.split(".", 1)[1]
+        out[key] = value
+    # 'model.' is only a wrapper prefix when every key has it (a model may own a submodule called model)
+    if out and all(k.startswith("model.") for k in out):
+        out = {k[len("model."):]: v for k, v in out.items()}
+    return out
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Fit a first-conv weight (O, I, kh, kw) to ``in_chans`` inputs, as timm does.
+
+    One channel sums the pretrained filters (a grey image is R = G = B); more channels repeat them
+    and rescale by I / in_chans so activations keep their magnitude.
+    """
+    in_ckpt = weight.shape[1]
+    if in_ckpt == in_chans:
+        return weight
+    dtype = weight.dtype
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        repeats = math.ceil(in_chans / in_ckpt)
+        w = w.repeat(1, repeats, 1, 1)[:, :in_chans] * (in_ckpt / in_chans)
+    return w.to(dtype)
+
+
+def fit_state_dict(state_dict: dict, model: nn.Module, *, first_conv: str | None, classifier: str | None,
+                   source: str) -> tuple[dict, list[str]]:
+    """Adapt the first conv and drop a mis-sized classifier, then check every key and shape.
+
+    Returns the state dict to load and the model keys deliberately left at their init (the head).
+    Raises :class:`CheckpointError` naming missing, unexpected and mis-shaped keys.
+    """
+    target = model.state_dict()
+    sd = dict(state_dict)
+    if first_conv and f"{first_conv}.weight" in sd and f"{first_conv}.weight" in target:
+        key = f"{first_conv}.weight"
+        want = target[key].shape[1]
+        if sd[key].ndim == 4 and sd[key].shape[1] != want and sd[key].shape[0] == target[key].shape[0]:
+            sd[key] = adapt_input_conv(sd[key], want)
+    kept_init: list[str] = []
+    if classifier:
+        head = [k for k in (f"{classifier}.weight", f"{classifier}.bias") if k in sd]
+        if any(k in target and sd[k].shape != target[k].shape for k in head) or (head and not any(k in target for k in head)):
+            for k in head:
+                sd.pop(k)
+            kept_init = [k for k in (f"{classifier}.weight", f"{classifier}.bias") if k in target]
+    missing = [k for k in target if k not in sd and k not in kept_init and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in target]
+    mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in sd if k in target and sd[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {source} does not fit {type(model).__name__}:"]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
+                lines.append(f"  {label} ({len(items)}): {shown}")
+        lines.append("  Is it a checkpoint of this architecture and configuration?")
+        raise CheckpointError("\n".join(lines))
+    return sd, kept_init
+
+
+def load_into(model: nn.Module, checkpoint: Mapping, *, source: str, filter_fn: FilterFn | None = None,
+              first_conv: str | None = None, classifier: str | None = None) -> list[str]:
+    """Clean, remap (``filter_fn``), adapt and check ``checkpoint``, then copy it into ``model``."""
+    sd = clean_state_dict(checkpoint)
+    if filter_fn is not None:
+        sd = filter_fn(sd, model)
+    sd, kept_init = fit_state_dict(sd, model, first_conv=first_conv, classifier=classifier, source=source)
+    model.load_state_dict(sd, strict=False)
+    return kept_init

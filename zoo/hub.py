@@ -1,0 +1,205 @@
+"""Where weights come from: local files and folders, the Hugging Face hub, URLs; and saving.
+
+Nothing is downloaded when a cached copy exists. An offline machine gets an error that names the
+file to place and where.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .checkpoint import read_checkpoint
+from .pretrained import PretrainedCfg
+
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+CONFIG_NAME = "config.json"
+URL_SCHEMES = ("http://", "https://", "file://")
+
+
+@dataclass
+class Weights:
+    """A loaded state dict, where it came from, and the config.json that travelled with it."""
+
+    state_dict: dict
+    source: str
+    config: dict | None = None
+
+
+def cache_dir() -> Path:
+    """torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where URL weights live."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("ZOO_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def download_cached(url: str, filename: str | None = None) -> Path:
+    """The cached copy of ``url``, downloaded once (atomically, with a progress bar) if missing."""
+    target = cache_dir() / (filename or Path(urlparse(url).path).name)
+    if target.is_file():
+        return target
+    place = f"place the file at {target} (or pass pretrained='<path to the file>')"
+    if offline():
+        raise FileNotFoundError(f"weights {url} are not cached and this machine is offline: {place}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # torch writes to a temporary file and renames it, so an interrupted download leaves nothing
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise FileNotFoundError(f"could not download {url} ({exc}); {place}") from None
+    return target
+
+
+def _hf_download(repo_id: str, filename: str, revision: str | None) -> Path | None:
+    """A file of a hub repository through the HF cache; None when the repository lacks it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except EntryNotFoundError:
+        return None
+    except LocalEntryNotFoundError:
+        from huggingface_hub import constants
+
+        raise FileNotFoundError(
+            f"hf-hub:{repo_id} ({filename}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be "
+            f"downloaded from here: run `huggingface-cli download {repo_id}` on a connected machine and copy the "
+            f"cache, or download the folder and pass pretrained='local-dir:<folder>'") from None
+
+
+def _read_config(path: Path | None) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+
+
+def locate_folder_weights(folder: Path) -> Path:
+    for name in WEIGHTS_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"folder {str(folder)!r} holds none of {', '.join(WEIGHTS_NAMES)}")
+
+
+def fetch_hf_hub(hub_id: str) -> tuple[Path, dict | None]:
+    """Weights file and config of ``org/repo[@revision]``."""
+    repo_id, _, revision = hub_id.partition("@")
+    for name in WEIGHTS_NAMES:
+        path = _hf_download(repo_id, name, revision or None)
+        if path is not None:
+            return path, _read_config(_hf_download(repo_id, CONFIG_NAME, revision or None))
+    raise FileNotFoundError(f"hf-hub:{hub_id} holds none of {', '.join(WEIGHTS_NAMES)}")
+
+
+def read_source_config(spec: object) -> dict | None:
+    """The config.json of a folder or hub source, without loading weights (None for other sources)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return None
+    spec = os.fspath(spec)
+    if spec.startswith("hf-hub:"):
+        repo_id, _, revision = spec[len("hf-hub:"):].partition("@")
+        return _read_config(_hf_download(repo_id, CONFIG_NAME, revision or None))
+    folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec)
+    return _read_config(folder / CONFIG_NAME) if folder.is_dir() else None
+
+
+def load_weights(spec: object, cfg: PretrainedCfg) -> Weights:
+    """Resolve ``pretrained=spec`` (True uses ``cfg``) to a loaded state dict.
+
+    Accepted: a state dict, a path to a file or folder, ``local-dir:``, ``hf-hub:org/repo[@rev]``, or
+    a URL; ``True`` takes the cfg's ``file``, ``hf_hub_id``, ``url`` or hand-placed ``filename``.
+    """
+    if isinstance(spec, dict):
+        return Weights(spec, "<state dict>")
+    if spec is True:
+        return _load_cfg_weights(cfg)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"pretrained must be a bool, tag, path, 'hf-hub:...', URL or state dict; got {type(spec).__name__}")
+    spec = os.fspath(spec)
+    if spec.startswith("hf-hub:"):
+        path, config = fetch_hf_hub(spec[len("hf-hub:"):])
+        return Weights(read_checkpoint(path), spec, config)
+    if spec.startswith(URL_SCHEMES):
+        path = download_cached(spec)
+        return Weights(read_checkpoint(path), spec)
+    path = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
+    if path.is_dir():
+        return Weights(read_checkpoint(locate_folder_weights(path)), str(path), _read_config(path / CONFIG_NAME))
+    if path.is_file():
+        return Weights(read_checkpoint(path), str(path))
+    raise FileNotFoundError(f"pretrained={spec!r} is not a tag of {cfg.architecture!r}, an existing file or folder, "
+                            f"'hf-hub:org/repo' or a URL")
+
+
+def _load_cfg_weights(cfg: PretrainedCfg) -> Weights:
+    if cfg.file:
+        return Weights(read_checkpoint(Path(cfg.file).expanduser()), cfg.file)
+    if cfg.hf_hub_id:
+        path, config = fetch_hf_hub(cfg.hf_hub_id)
+        return Weights(read_checkpoint(path), f"hf-hub:{cfg.hf_hub_id}", config)
+    if cfg.url:
+        return Weights(read_checkpoint(download_cached(cfg.url, cfg.filename or None)), cfg.url)
+    if cfg.filename:
+        path = cache_dir() / cfg.filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{cfg.name} weights have no direct download link: get {cfg.filename} from "
+                                    f"{cfg.origin_url or 'the authors'} and place it at {path}, or pass pretrained='<path>'")
+        return Weights(read_checkpoint(path), str(path))
+    raise ValueError(f"{cfg.name} has no pretrained weights; pretrained tags: "
+                     "see zoo.list_pretrained('" + cfg.architecture + "*')")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: dict | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (timm's hub layout) to ``directory``.
+
+    ``zoo.create(arch, pretrained=directory)``, ``zoo.create('local-dir:' + directory)`` and, once
+    uploaded, ``hf-hub:`` read them back.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    arch = cfg.get("architecture") or getattr(model, "architecture", "")
+    if not arch:
+        raise ValueError("save_pretrained needs a model built by zoo.create (it records the architecture)")
+    args = dict(getattr(model, "model_args", {}) or {}) if model_args is None else dict(model_args)
+    args.setdefault("num_classes", getattr(model, "num_classes", cfg.get("num_classes")))
+    if hasattr(model, "in_chans"):
+        args.setdefault("in_chans", model.in_chans)
+    cfg.update(num_classes=args["num_classes"], file="", hf_hub_id="", url="", filename="", source="none")
+    config = {
+        "architecture": arch,
+        "num_classes": args["num_classes"],
+        "num_features": getattr(model, "num_features", None),
+        "model_args": args,
+        "pretrained_cfg": cfg,
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list) + "\n"))
+    return directory

@@ -1,0 +1,4 @@
+"""Model families; importing a family registers its architectures."""
+from . import resnet
+
+__all__ = ["resnet"]
