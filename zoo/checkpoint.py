@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,9 @@ FilterFn = Callable[[dict, nn.Module], dict]
 # containers that training scripts wrap weights in, in the order they are preferred
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module", "net", "params")
 _PREFIXES = ("module.", "_orig_mod.")
+# what torch's weights-only unpickler says when it meets a Python object it will not build
+_UNSAFE_PICKLE = re.compile(r"GLOBAL \S+ (was not an allowed global|whose module \S+ is blocked)|allowlisted via")
+_DOCS_HINT = "Check the documentation of torch.load"
 
 
 class CheckpointError(ValueError):
@@ -47,13 +51,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+        # torch wraps every weights-only failure as "Weights only load failed", corrupt bytes included:
+        # refuse only when the unpickler met a Python object it will not build
+        if _UNSAFE_PICKLE.search(str(exc)):
             raise CheckpointError(
                 f"refusing to load {str(path)!r}: it pickles Python objects beyond tensors, and unpickling them "
                 f"could run arbitrary code. If you trust the file, re-save only its tensors "
                 f"(torch.save(state_dict) or safetensors) and load that.") from None
-        raise CheckpointError(f"cannot read {str(path)!r}: not a torch checkpoint ({exc})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {str(path)!r}: truncated or not a torch checkpoint "
+                              f"({str(exc).rsplit('WeightsUnpickler error:', 1)[-1].split(_DOCS_HINT)[0].strip()})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
         raise CheckpointError(f"cannot read {str(path)!r}: truncated or not a checkpoint ({type(exc).__name__}: {exc})") from None
 
 

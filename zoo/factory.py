@@ -1,6 +1,7 @@
 """``zoo.create``: the one call that builds, loads and (later) quantizes any model of the zoo."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch import nn
@@ -41,22 +42,27 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
     _check_quant(quant)
     source_config = None
     if name.startswith(("hf-hub:", "local-dir:")):
-        source_config = read_source_config(name)
+        source_config = read_source_config(name, required=True)
         if not source_config or "architecture" not in source_config:
             raise FileNotFoundError(f"{name} has no config.json naming its architecture")
         if pretrained is True:
             pretrained = name
         name = source_config["architecture"]
-    elif pretrained is not False and pretrained is not True:
-        source_config = read_source_config(pretrained)
-    arch, _ = registry.split_name(name)
+    arch, tag = registry.split_name(name)
     entrypoint = registry.model_entrypoint(name)
-    cfg: PretrainedCfg = registry.get_pretrained_cfg(name)
+    if source_config is None and isinstance(pretrained, (str, os.PathLike)) and not registry.has_tag(arch, str(pretrained)):
+        source_config = read_source_config(pretrained)
+    cfg = kwargs.pop("pretrained_cfg", None) or registry.get_pretrained_cfg(name)  # timm accepts pretrained_cfg=
+    if isinstance(cfg, dict):
+        cfg = PretrainedCfg.from_dict({"architecture": arch, **cfg})
     defaults: dict = {}
     if source_config and source_config.get("architecture") == arch:
+        # a saved model brings its arguments and its preprocessing (mean, std, input size, ...)
         defaults = dict(source_config.get("model_args") or {})
         if "num_classes" in source_config:
             defaults.setdefault("num_classes", source_config["num_classes"])
+        if source_config.get("pretrained_cfg"):
+            cfg = PretrainedCfg.from_dict({**source_config["pretrained_cfg"], "architecture": arch, "tag": tag})
     model_args = {**defaults, **kwargs}
     model = entrypoint(pretrained=pretrained, pretrained_cfg=cfg, **model_args)
     model.model_args = {k: v for k, v in model_args.items() if k not in BUILD_ONLY_ARGS}

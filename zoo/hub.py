@@ -66,15 +66,15 @@ def _hf_download(repo_id: str, filename: str, revision: str | None) -> Path | No
 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except EntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: it must be caught first
         from huggingface_hub import constants
 
         raise FileNotFoundError(
             f"hf-hub:{repo_id} ({filename}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be "
             f"downloaded from here: run `huggingface-cli download {repo_id}` on a connected machine and copy the "
             f"cache, or download the folder and pass pretrained='local-dir:<folder>'") from None
+    except EntryNotFoundError:
+        return None
 
 
 def _read_config(path: Path | None) -> dict | None:
@@ -96,21 +96,36 @@ def locate_folder_weights(folder: Path) -> Path:
 def fetch_hf_hub(hub_id: str) -> tuple[Path, dict | None]:
     """Weights file and config of ``org/repo[@revision]``."""
     repo_id, _, revision = hub_id.partition("@")
+    not_cached = None
     for name in WEIGHTS_NAMES:
-        path = _hf_download(repo_id, name, revision or None)
+        try:
+            path = _hf_download(repo_id, name, revision or None)
+        except FileNotFoundError as exc:  # offline and not cached: another weights file may be
+            not_cached = not_cached or exc
+            continue
         if path is not None:
-            return path, _read_config(_hf_download(repo_id, CONFIG_NAME, revision or None))
+            return path, read_source_config(f"hf-hub:{hub_id}")
+    if not_cached is not None:
+        raise not_cached
     raise FileNotFoundError(f"hf-hub:{hub_id} holds none of {', '.join(WEIGHTS_NAMES)}")
 
 
-def read_source_config(spec: object) -> dict | None:
-    """The config.json of a folder or hub source, without loading weights (None for other sources)."""
+def read_source_config(spec: object, required: bool = False) -> dict | None:
+    """The config.json of a folder or hub source, without loading weights (None for other sources).
+
+    A hub config that is not cached on an offline machine is None, unless ``required``.
+    """
     if not isinstance(spec, (str, os.PathLike)):
         return None
     spec = os.fspath(spec)
     if spec.startswith("hf-hub:"):
         repo_id, _, revision = spec[len("hf-hub:"):].partition("@")
-        return _read_config(_hf_download(repo_id, CONFIG_NAME, revision or None))
+        try:
+            return _read_config(_hf_download(repo_id, CONFIG_NAME, revision or None))
+        except FileNotFoundError:
+            if required:
+                raise
+            return None
     folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec)
     return _read_config(folder / CONFIG_NAME) if folder.is_dir() else None
 

@@ -1,0 +1,64 @@
+"""The dispatch between Triton kernels and their PyTorch references."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels.dispatch import KernelOp
+
+
+def test_reference_ops_compute_the_formulas():
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    w = torch.randn(5, 3, 4, dtype=torch.float64)
+    gate = torch.rand(2, 5, dtype=torch.float64)
+    torch.testing.assert_close(kernels.pool_mean(x), x.mean(dim=(2, 3)))
+    torch.testing.assert_close(kernels.pool_weighted(x, w), (x * w).sum(dim=(2, 3)))
+    torch.testing.assert_close(kernels.channel_scale(x, gate), x * gate[:, :, None, None])
+
+
+def test_low_precision_inputs_accumulate_in_fp32():
+    x = torch.randn(2, 8, 64, 64).to(torch.bfloat16)
+    pooled = kernels.pool_mean(x)
+    assert pooled.dtype == torch.float32
+    torch.testing.assert_close(pooled, x.float().mean(dim=(2, 3)))
+    y = kernels.channel_scale(x, torch.rand(2, 8))
+    assert y.dtype == torch.bfloat16
+
+
+def test_mode_from_environment(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    assert kernels.kernel_mode() == "torch"
+    monkeypatch.setenv("ZOO_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="ZOO_KERNELS='bogus'.*auto, torch, triton"):
+        kernels.kernel_mode()
+
+
+def test_dispatch_picks_reference_on_cpu_and_triton_when_forced(monkeypatch):
+    calls = []
+    op = KernelOp("test.double", lambda x: calls.append("torch") or x * 2)
+    x = torch.ones(3)
+    monkeypatch.setenv("ZOO_KERNELS", "auto")
+    assert op.backend_for(x) == "torch"  # no Triton implementation
+    monkeypatch.setenv("ZOO_KERNELS", "triton")
+    with pytest.raises(RuntimeError, match="no Triton implementation"):
+        op(x)
+    op.register_triton(lambda x: calls.append("triton") or x * 2)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert op.backend_for(x) == "triton"
+    torch.testing.assert_close(op(x), torch.full((3,), 2.0))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="not on CUDA"):
+        op(x)
+    monkeypatch.setenv("ZOO_KERNELS", "auto")
+    assert op.backend_for(x) == "torch"  # auto never sends CPU tensors to the interpreter
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    op(x)
+    assert calls == ["triton", "torch"]
+
+
+def test_available_reports_ops():
+    info = kernels.available()
+    assert info["mode"] in ("auto", "torch", "triton")
+    assert {"channel_pool.mean", "channel_pool.weighted", "channel_scale"} <= set(info["ops"])
+    assert all(backends[0] == "torch" for backends in info["ops"].values())
