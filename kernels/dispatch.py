@@ -20,7 +20,7 @@ import torch
 ENV_VAR = "ZOO_KERNELS"
 MODES = ("auto", "torch", "triton")
 
-_OPS: dict[str, "KernelOp"] = {}
+_OPS: dict[str, KernelOp] = {}
 
 
 def kernel_mode() -> str:

@@ -53,7 +53,7 @@ class PretrainedCfg:
     def has_weights(self) -> bool:
         return self.source != "none"
 
-    def replace(self, **changes) -> "PretrainedCfg":
+    def replace(self, **changes) -> PretrainedCfg:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -63,7 +63,7 @@ class PretrainedCfg:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PretrainedCfg":
+    def from_dict(cls, data: dict) -> PretrainedCfg:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         for key in ("input_size", "mean", "std"):

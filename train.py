@@ -1,0 +1,201 @@
+"""Train any zoo model with one Lightning loop.
+
+    python train.py --config configs/digits_seresnet.yaml
+    python train.py --config configs/digits_seresnet.yaml --trainer.max_epochs 3 --optimizer.lr 0.003
+    python train.py --config configs/digits_seresnet.yaml --print_config
+    python train.py --config configs/digits_seresnet.yaml --ckpt_path last          # resume
+    python train.py --config configs/digits_seresnet.yaml --run test --ckpt_path runs/x/checkpoints/best.ckpt
+
+Config sections: ``model`` (``zoo.create`` name, kwargs, pretrained, quant), ``task`` (name and its
+arguments), ``data`` (name and its arguments), ``optimizer``, ``scheduler``, ``trainer`` (any
+``lightning.Trainer`` argument: devices, num_nodes, strategy, precision, ...), and ``seed``,
+``output_dir``, ``run`` (steps among fit, validate, test, predict; default fit then test), ``ckpt_path``.
+Unknown or misspelt keys are errors that name the nearest valid key.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+import zoo
+from blocks._validation import check_kwargs
+from zoo.data import DATAMODULES
+from zoo.tasks import TASKS, NonFiniteLossError, OptimizerConfig, SchedulerConfig
+from zoo.tasks.callbacks import AtomicCheckpointIO, ExportModel, RunSummary, plot_metrics
+
+RUN_STEPS = ("fit", "validate", "test", "predict")
+TRAINER_MANAGED = {"callbacks", "logger", "plugins", "default_root_dir", "enable_checkpointing"}
+
+
+@dataclass
+class ModelSection:
+    """Arguments of ``zoo.create``."""
+
+    name: str = "resnet18"
+    pretrained: Union[bool, str] = False
+    quant: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class TaskSection:
+    """A task from ``zoo.tasks.TASKS`` and its keyword arguments."""
+
+    name: str = "classification"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """A data module from ``zoo.data.DATAMODULES`` and its keyword arguments."""
+
+    name: str = "digits"
+    args: dict = field(default_factory=dict)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the fix."""
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="train.py", description=__doc__, exit_on_error=False, allow_abbrev=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", type=str, default="runs/default")
+    parser.add_argument("--run", type=list[str], default=["fit", "test"], help=f"steps among {RUN_STEPS}")
+    parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="'last', 'best' or a path")
+    parser.add_class_arguments(ModelSection, "model")
+    parser.add_class_arguments(TaskSection, "task")
+    parser.add_class_arguments(DataSection, "data")
+    parser.add_class_arguments(OptimizerConfig, "optimizer")
+    parser.add_class_arguments(SchedulerConfig, "scheduler")
+    parser.add_class_arguments(L.Trainer, "trainer", skip=TRAINER_MANAGED)
+    return parser
+
+
+def _known_keys(parser: ArgumentParser) -> list[str]:
+    return [k for k in parser.get_defaults().as_dict().keys()] + [
+        f"{section}.{k}" for section, sub in parser.get_defaults().as_dict().items() if isinstance(sub, dict) for k in sub]
+
+
+def _explain(parser: ArgumentParser, message: str) -> str:
+    """Add 'did you mean' to jsonargparse's messages about unknown keys."""
+    match = re.search(r"unrecognized arguments: --?(\S+)", message) or \
+        re.search(r"[Kk]ey ['\"]([\w.]+)['\"] is not expected", message) or \
+        re.search(r"(?:[Kk]eys?|Option) ['\"]?([\w.]+)['\"]? (?:is|are) not (?:expected|accepted)", message)
+    if not match:
+        return message
+    key = match.group(1)
+    near = difflib.get_close_matches(key, _known_keys(parser), n=1, cutoff=0.6)
+    return f"unknown config key {key!r}" + (f"; did you mean {near[0]!r}?" if near else "") + f"\n({message.strip()})"
+
+
+def parse_config(argv: list[str] | None) -> Namespace:
+    parser = build_parser()
+    try:
+        cfg = parser.parse_args(argv)
+    except Exception as exc:  # jsonargparse reports every config problem as an ArgumentError
+        raise ConfigError(_explain(parser, str(exc))) from None
+    bad = [s for s in cfg.run if s not in RUN_STEPS]
+    if bad:
+        raise ConfigError(f"run: unknown step(s) {bad}; choose from {', '.join(RUN_STEPS)}")
+    return cfg
+
+
+def _lookup(kind: str, table: dict, name: str) -> type:
+    if name not in table:
+        near = difflib.get_close_matches(name, table, n=3, cutoff=0.4)
+        raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(table)}"
+                          + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return table[name]
+
+
+def build(cfg: Namespace) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer, dict]:
+    """Data, model and task, then the trainer: every check runs before any training work."""
+    data_cls = _lookup("data module", DATAMODULES, cfg.data.name)
+    check_kwargs(f"data {cfg.data.name!r}", cfg.data.args, data_cls.__init__)
+    task_cls = _lookup("task", TASKS, cfg.task.name)
+    check_kwargs(f"task {cfg.task.name!r}", cfg.task.args, task_cls.__init__)
+    data = data_cls(**cfg.data.args)
+    net = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained, quant=cfg.model.quant, **cfg.model.kwargs)
+    data_classes, net_classes = getattr(data, "num_classes", None), getattr(net, "num_classes", None)
+    if data_classes and net_classes and data_classes != net_classes:
+        raise ConfigError(f"the data has {data_classes} classes but the model has {net_classes}; "
+                          f"set model.kwargs.num_classes: {data_classes}")
+    task = task_cls(net, optimizer=OptimizerConfig(**vars(cfg.optimizer)), scheduler=SchedulerConfig(**vars(cfg.scheduler)),
+                    **cfg.task.args)
+
+    out = Path(cfg.output_dir)
+    monitor, mode = getattr(task_cls, "monitor", ("val/top1", "max"))
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                                 save_last=True, auto_insert_metric_name=False)
+    export = ExportModel(out / "export")
+    summary = RunSummary(monitor, mode)
+    loggers = [CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tensorboard", version="")]
+    trainer_args = {k: v for k, v in vars(cfg.trainer).items()}
+    callbacks = [checkpoint, export, summary]
+    if trainer_args.get("enable_progress_bar") is not False:
+        callbacks.append(TQDMProgressBar(leave=True))  # keep each epoch's bar on screen
+    trainer = L.Trainer(**trainer_args, default_root_dir=str(out), logger=loggers, plugins=[AtomicCheckpointIO()],
+                        callbacks=callbacks)
+    return task, data, trainer, {"checkpoint": checkpoint, "export": export, "summary": summary, "out": out}
+
+
+def run(cfg: Namespace) -> dict:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    task, data, trainer, parts = build(cfg)
+    results: dict[str, Any] = {}
+    fitted = False
+    for step in cfg.run:
+        if step == "fit":
+            trainer.fit(task, datamodule=data, ckpt_path=cfg.ckpt_path)
+            parts["summary"].record_checkpoints(parts["checkpoint"])
+            fitted = True
+            continue
+        ckpt = "best" if fitted and parts["checkpoint"].best_model_path else (None if fitted else cfg.ckpt_path)
+        if step == "validate":
+            results.update(trainer.validate(task, datamodule=data, ckpt_path=ckpt)[0])
+        elif step == "test":
+            results.update(trainer.test(task, datamodule=data, ckpt_path=ckpt)[0])
+        elif step == "predict":
+            import torch
+            from safetensors.torch import save_file
+
+            preds = trainer.predict(task, datamodule=data, ckpt_path=ckpt)
+            if trainer.is_global_zero:
+                save_file({"predictions": torch.cat(preds)}, str(parts["out"] / "predictions.safetensors"))
+    if trainer.is_global_zero:
+        plots = plot_metrics(parts["out"] / "metrics.csv", parts["out"])
+        print(parts["summary"].report(trainer, parts["export"], results))
+        if plots:
+            print(f"  plots: {', '.join(str(p) for p in plots)}")
+    return {"results": results, "trainer": trainer, "task": task, **parts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+        run(cfg)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"training stopped: {exc}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

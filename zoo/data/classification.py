@@ -1,0 +1,152 @@
+"""Classification data: a folder of images (your data) and scikit-learn's bundled digits (offline)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+
+class _ShiftAugment(Dataset):
+    """Random translation by up to ``max_shift`` pixels (pad with the background, crop back)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, max_shift: int, background: float) -> None:
+        self.images, self.labels, self.max_shift, self.background = images, labels, max_shift, background
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]  # (C, H, W)
+        if self.max_shift:
+            s = self.max_shift
+            padded = F.pad(img, (s, s, s, s), value=self.background)
+            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            img = padded[:, dy:dy + img.shape[1], dx:dx + img.shape[2]]
+        return img, self.labels[i]
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes), shipped with the package.
+
+    Images are scaled to [0, 1], resized to ``img_size`` (bilinear), repeated to ``channels`` and
+    normalised. The split is fixed: a seeded, per-class shuffle puts ``val_fraction`` and
+    ``test_fraction`` of every class in validation and test. ``limit`` keeps only the first images
+    of each split (for smoke tests).
+    """
+
+    num_classes = 10
+
+    def __init__(self, img_size: int = 32, channels: int = 1, batch_size: int = 64, num_workers: int = 0,
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
+                 max_shift: int = 2, limit: int | None = None) -> None:
+        super().__init__()
+        if not 0 < val_fraction + test_fraction < 1:
+            raise ValueError(f"val_fraction + test_fraction must be in (0, 1); got {val_fraction + test_fraction}")
+        self.save_hyperparameters()
+        self.img_size, self.channels, self.batch_size, self.num_workers = img_size, channels, batch_size, num_workers
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.max_shift, self.limit = max_shift, limit
+        self.splits: dict[str, TensorDataset] = {}
+        self.indices: dict[str, torch.Tensor] = {}  # rows of sklearn's digits in each split
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
+        labels = torch.tensor(digits.target, dtype=torch.long)
+        images = F.interpolate(images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        gen = torch.Generator().manual_seed(self.split_seed)
+        parts: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+        for c in range(self.num_classes):
+            idx = torch.nonzero(labels == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            n_val, n_test = round(self.val_fraction * len(idx)), round(self.test_fraction * len(idx))
+            parts["val"].append(idx[:n_val])
+            parts["test"].append(idx[n_val:n_val + n_test])
+            parts["train"].append(idx[n_val + n_test:])
+        train_idx = torch.cat(parts["train"])
+        mean, std = images[train_idx].mean().item(), images[train_idx].std().item()
+        images = ((images - mean) / std).repeat(1, self.channels, 1, 1)  # (N, C, S, S)
+        self.background = (0.0 - mean) / std
+        self.indices = {name: torch.sort(torch.cat(idx)).values for name, idx in parts.items()}
+        for name, idx in self.indices.items():
+            idx = idx[: self.limit]
+            self.splits[name] = TensorDataset(images[idx], labels[idx])
+
+    def train_dataloader(self) -> DataLoader:
+        images, labels = self.splits["train"].tensors
+        data = _ShiftAugment(images, labels, self.max_shift, self.background)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=len(data) > self.batch_size,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Your images: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (and optionally ``test``).
+
+    Training uses random-resized crops and flips; evaluation resizes to ``img_size / crop_pct`` and
+    centre-crops, with ImageNet statistics unless ``mean``/``std`` are given.
+    """
+
+    def __init__(self, root: str, img_size: int = 224, batch_size: int = 32, num_workers: int = 4,
+                 train_dir: str = "train", val_dir: str = "val", test_dir: str | None = None,
+                 crop_pct: float = 0.875, mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+                 std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        for sub in filter(None, (train_dir, val_dir, test_dir)):
+            if not (self.root / sub).is_dir():
+                raise FileNotFoundError(f"data folder {self.root / sub} does not exist; ImageFolderDataModule expects "
+                                        f"{self.root}/{sub}/<class name>/<images>")
+        self.save_hyperparameters()
+        self.img_size, self.batch_size, self.num_workers = img_size, batch_size, num_workers
+        self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir or val_dir}
+        self.crop_pct, self.mean, self.std = crop_pct, tuple(mean), tuple(std)
+        self.splits: dict = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len([p for p in (self.root / self.dirs["train"]).iterdir() if p.is_dir()])
+
+    def setup(self, stage: str | None = None) -> None:
+        from torchvision import datasets, transforms as T
+
+        norm = T.Normalize(self.mean, self.std)
+        train_tf = T.Compose([T.RandomResizedCrop(self.img_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        eval_tf = T.Compose([T.Resize(int(self.img_size / self.crop_pct)), T.CenterCrop(self.img_size), T.ToTensor(), norm])
+        for split, folder in self.dirs.items():
+            if split not in self.splits:
+                self.splits[split] = datasets.ImageFolder(str(self.root / folder), train_tf if split == "train" else eval_tf)
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
