@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -99,12 +100,46 @@ def _explain(parser: ArgumentParser, message: str) -> str:
     return f"unknown config key {key!r}" + (f"; did you mean {near[0]!r}?" if near else "") + f"\n({message.strip()})"
 
 
+DICT_SECTIONS = ("model.kwargs", "task.args", "data.args")
+
+
+def _split_dict_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str, Any]]]:
+    """Pull out ``--data.args.KEY VALUE`` (or ``=VALUE``): one entry of a dict section, merged into the
+    config's dict (jsonargparse would replace the whole dict). Values are parsed as YAML."""
+    rest, overrides, i = [], [], 0
+    pattern = re.compile(r"^--(" + "|".join(re.escape(s) for s in DICT_SECTIONS) + r")\.(\w+)(?:=(.*))?$")
+    while i < len(argv):
+        match = pattern.match(argv[i])
+        if not match:
+            rest.append(argv[i])
+        else:
+            value = match.group(3)
+            if value is None:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{argv[i]} needs a value")
+                i += 1
+                value = argv[i]
+            overrides.append((match.group(1), match.group(2), yaml.safe_load(value)))
+        i += 1
+    return rest, overrides
+
+
 def parse_config(argv: list[str] | None) -> Namespace:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    print_config = "--print_config" in argv
+    argv = [a for a in argv if a != "--print_config"]
+    argv, overrides = _split_dict_overrides(argv)
     try:
         cfg = parser.parse_args(argv)
     except Exception as exc:  # jsonargparse reports every config problem as an ArgumentError
         raise ConfigError(_explain(parser, str(exc))) from None
+    for section, key, value in overrides:
+        group, attr = section.split(".")
+        getattr(getattr(cfg, group), attr)[key] = value
+    if print_config:
+        print(parser.dump(cfg))
+        sys.exit(0)
     bad = [s for s in cfg.run if s not in RUN_STEPS]
     if bad:
         raise ConfigError(f"run: unknown step(s) {bad}; choose from {', '.join(RUN_STEPS)}")

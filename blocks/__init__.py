@@ -3,7 +3,7 @@
 >>> import blocks
 >>> se = blocks.create("se", 256, rd_ratio=1 / 16)
 >>> blocks.list_blocks("*")
-['ca', 'eca', 'fca', 'se']
+['ca', 'csam', 'eca', 'fca', 'lam', 'se']
 
 Every block takes its channel count first, accepts ``device`` and ``dtype``, and calls
 :mod:`kernels` for its hot path.
@@ -15,6 +15,7 @@ from .se import SqueezeExcite
 from .eca import EfficientChannelAttention
 from .fca import MultiSpectralAttention
 from .ca import ChannelAttention
+from .han import ChannelSpatialAttention, LayerAttention
 
 __all__ = [
     "create",
@@ -29,4 +30,6 @@ __all__ = [
     "EfficientChannelAttention",
     "MultiSpectralAttention",
     "ChannelAttention",
+    "LayerAttention",
+    "ChannelSpatialAttention",
 ]

@@ -29,6 +29,22 @@ def vectors() -> Path:
     return path
 
 
+def _set5_dir() -> Path:
+    return Path(os.environ.get("ZOO_SET5", ROOT.parent / "shared" / "data" / "set5"))
+
+
+@pytest.fixture(scope="session")
+def set5() -> Path:
+    """Set5 as shipped with RCAN (HR/, LR/, RCAN/ per scale); skipped when absent unless
+    ZOO_REQUIRE_VECTORS=1 (CI), where it fails."""
+    path = _set5_dir()
+    if not (path / "HR").is_dir():
+        if os.environ.get("ZOO_REQUIRE_VECTORS") == "1":
+            pytest.fail(f"Set5 not found at {path}; set ZOO_SET5")
+        pytest.skip(f"Set5 not found at {path}")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -7,6 +7,8 @@ import torch
 import zoo
 
 MODELS = zoo.list_models()
+CLASSIFIERS = [m for m in MODELS if zoo.get_pretrained_cfg(m).num_classes > 0]
+SR_MODELS = [m for m in MODELS if m not in CLASSIFIERS]
 IMG = 64  # smallest size that keeps a 2x2 map at stride 32
 
 
@@ -20,7 +22,7 @@ def test_registry_lists_the_families():
     assert "fcanet50.release_in1k" in zoo.list_pretrained("fcanet*")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_model_contract(name):
     model = zoo.create(name, num_classes=7, zero_init_last=False)
     cfg = model.pretrained_cfg
@@ -49,7 +51,7 @@ def test_model_contract(name):
         assert model(x).shape == (2, model.num_features)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_features_and_save_round_trip(name, tmp_path):
     features = zoo.create(name, features_only=True, out_indices=(0, 2, 4)).eval()
     info = features.feature_info
@@ -92,3 +94,29 @@ def test_drop_path_and_drop_rate_act_only_in_training():
 def test_quant_argument_is_validated_before_building():
     with pytest.raises(ValueError, match="w4a8"):
         zoo.create("resnet18", quant="w3a9")
+
+
+@pytest.mark.parametrize("name", SR_MODELS)
+def test_super_resolution_contract(name, tmp_path):
+    """SR models: [0, 1] RGB in, x``scale`` out; features at input size; gradients; save and reload."""
+    model = zoo.create(name)
+    cfg = model.pretrained_cfg
+    assert cfg["architecture"] == name and f"{cfg['first_conv']}.weight" in model.state_dict()
+    scale = model.scale
+    x = torch.rand(1, 3, 6, 5)  # odd sizes: nothing may assume even or square inputs
+    out = model(x)
+    assert out.shape == (1, 3, 6 * scale, 5 * scale)
+    assert model.forward_features(x).shape == (1, model.num_features, 6, 5)
+    out.square().mean().backward()
+    grads = [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for _, g in grads)
+    # HAN's attention gammas start at zero (as released), so their inner convs start without gradient
+    nonzero = sum(bool(g.abs().sum() > 0) for _, g in grads)
+    assert nonzero >= 0.95 * len(grads), [n for n, g in grads if not g.abs().sum() > 0][:5]
+    with pytest.raises(ValueError, match="RGB"):
+        model(torch.rand(1, 1, 6, 5))
+
+    zoo.save_pretrained(model, tmp_path / name)
+    loaded = zoo.create(name, pretrained=str(tmp_path / name)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), atol=0, rtol=0)

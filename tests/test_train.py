@@ -26,16 +26,34 @@ FAST_TRAINER = {"max_steps": 2, "max_epochs": 1, "limit_val_batches": 1, "limit_
                 "num_sanity_val_steps": 0, "enable_progress_bar": False, "log_every_n_steps": 1}
 
 
+def _tiny_image_folder(root: Path, count: int = 2, size: int = 48) -> str:
+    """A folder of small RGB PNGs cut from a bundled photograph, standing in for a user's data."""
+    from zoo.data import write_image
+    from zoo.data.super_resolution import sample_image
+
+    photo = sample_image("astronaut")
+    for i in range(count):
+        write_image(photo[:, 100 + 40 * i:100 + 40 * i + size, 150:150 + size], root / f"img{i}.png")
+    return str(root)
+
+
 def tiny_config(path: Path, out: Path, **trainer) -> Path:
-    """``path`` shrunk to a few batches of tiny data, written beside the run."""
+    """``path`` shrunk to a few batches of tiny data, written beside the run. Folders a config points
+    at (a user's data) are replaced by small ones made here."""
     cfg = yaml.safe_load(path.read_text())
     data_cls = DATAMODULES[cfg.get("data", {}).get("name", "digits")]
     accepted = inspect.signature(data_cls.__init__).parameters
     args = cfg.setdefault("data", {}).setdefault("args", {})
+    for key in [k for k in args if k.endswith("_dir") and args[k]]:
+        args[key] = _tiny_image_folder(out.parent / f"data_{key}")
     if "limit" in accepted:
         args["limit"] = 16
     if "batch_size" in accepted:
-        args["batch_size"] = 8
+        args["batch_size"] = 8 if "limit" in accepted else 2
+    if "patch_size" in accepted:  # super-resolution: small crops, few of them, small validation images
+        args.update(patch_size=8, repeat=4, val_crop=32, num_workers=0)
+    if "train_images" in accepted:
+        args.update(train_images=["chelsea"], val_images=["coffee"], test_images=["colorwheel"])
     cfg["trainer"] = {**cfg.get("trainer", {}), **FAST_TRAINER, **trainer}
     cfg["output_dir"] = str(out)
     tiny = out.parent / f"{out.name}.yaml"

@@ -21,7 +21,7 @@ from torch import nn
 FilterFn = Callable[[dict, nn.Module], dict]
 
 # containers that training scripts wrap weights in, in the order they are preferred
-_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module", "net", "params")
+_WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module", "net", "params", "params_ema")
 _PREFIXES = ("module.", "_orig_mod.")
 # what torch's weights-only unpickler says when it meets a Python object it will not build
 _UNSAFE_PICKLE = re.compile(r"GLOBAL \S+ (was not an allowed global|whose module \S+ is blocked)|allowlisted via")

@@ -210,17 +210,15 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
     if not arch:
         raise ValueError("save_pretrained needs a model built by zoo.create (it records the architecture)")
     args = dict(getattr(model, "model_args", {}) or {}) if model_args is None else dict(model_args)
-    args.setdefault("num_classes", getattr(model, "num_classes", cfg.get("num_classes")))
+    if hasattr(model, "num_classes"):  # classifiers; an SR model has no classes to record
+        args.setdefault("num_classes", model.num_classes)
     if hasattr(model, "in_chans"):
         args.setdefault("in_chans", model.in_chans)
-    cfg.update(num_classes=args["num_classes"], file="", hf_hub_id="", url="", filename="", source="none")
-    config = {
-        "architecture": arch,
-        "num_classes": args["num_classes"],
-        "num_features": getattr(model, "num_features", None),
-        "model_args": args,
-        "pretrained_cfg": cfg,
-    }
+    cfg.update(file="", hf_hub_id="", url="", filename="", source="none")
+    config = {"architecture": arch}
+    if "num_classes" in args:
+        cfg["num_classes"] = config["num_classes"] = args["num_classes"]
+    config.update(num_features=getattr(model, "num_features", None), model_args=args, pretrained_cfg=cfg)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list) + "\n"))

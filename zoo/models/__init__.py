@@ -1,4 +1,4 @@
 """Model families; importing a family registers its architectures."""
-from . import resnet
+from . import han, rcan, resnet
 
-__all__ = ["resnet"]
+__all__ = ["han", "rcan", "resnet"]

@@ -103,7 +103,7 @@ def plot_metrics(metrics_csv: str | os.PathLike, out_dir: str | os.PathLike) -> 
                 continue
             series.setdefault(key, []).append((float(row["step"]), float(value)))
     written = []
-    groups = {"loss": [k for k in series if k.endswith("loss") and "epoch" not in k],
+    groups = {"loss": [k for k in series if "loss" in k and not k.endswith("_epoch")],
               "validation": [k for k in series if k.startswith(("val", "test")) and not k.endswith("loss")]}
     for title, keys in groups.items():
         if not keys:

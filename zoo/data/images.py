@@ -1,0 +1,75 @@
+"""Reading RGB images for people's files: grey and RGBA are converted, with a note, never silently."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def to_rgb_tensor(array: np.ndarray, name: str = "image") -> torch.Tensor:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8/float array -> (3, H, W) float32 in [0, 1].
+
+    Grey images are repeated to three channels; RGBA is composited on white. Both emit a warning that
+    names the image, so a wrong input is visible.
+    """
+    if array.dtype == np.uint8:
+        img = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        img = array.astype(np.float32) / 65535.0
+    else:
+        img = array.astype(np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
+    if img.shape[2] == 1:
+        warnings.warn(f"{name} is greyscale; repeating it to RGB", stacklevel=2)
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 4:
+        warnings.warn(f"{name} has an alpha channel; compositing it on white", stacklevel=2)
+        alpha = img[..., 3:]
+        img = img[..., :3] * alpha + (1.0 - alpha)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, H, W)
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as a (3, H, W) float32 RGB tensor in [0, 1]."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    with Image.open(path) as im:
+        mode = im.mode
+        if mode in ("P", "LA", "PA"):
+            im = im.convert("RGBA")
+        elif mode in ("CMYK", "YCbCr", "HSV"):
+            im = im.convert("RGB")
+        return to_rgb_tensor(np.asarray(im), path.name)
+
+
+def write_image(img: torch.Tensor, path: str | Path) -> None:
+    """(3, H, W) in [0, 1] -> 8-bit PNG/JPEG (clamped and rounded), written atomically."""
+    from PIL import Image
+
+    from ..hub import atomic_write
+
+    path = Path(path)
+    array = (img.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"image folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
