@@ -53,11 +53,14 @@ def dct_filter(channels: int, height: int, width: int, freqs_x: list[int], freqs
 
 def adaptive_pool_matrix(out_size: int, in_size: int) -> torch.Tensor:
     """(out, in) matrix M with M @ v = adaptive_avg_pool1d(v, out): row i averages its input bin."""
-    mat = torch.zeros(out_size, in_size, dtype=torch.float64)
-    for i in range(out_size):
-        start, end = (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
-        mat[i, start:end] = 1.0 / (end - start)
-    return mat
+    # a few tensor ops rather than a Python loop over rows: cheap per call, and a handful of nodes
+    # (not hundreds of slice writes) when torch.compile traces a model at a non-native input size
+    rows = torch.arange(out_size, dtype=torch.int64)[:, None]
+    start = (rows * in_size) // out_size
+    end = ((rows + 1) * in_size + out_size - 1) // out_size  # ceil((i + 1) * in / out)
+    cols = torch.arange(in_size, dtype=torch.int64)[None, :]
+    inside = (cols >= start) & (cols < end)
+    return inside.to(torch.float64) / (end - start).to(torch.float64)
 
 
 class DCTFilter(nn.Module):

@@ -1,11 +1,21 @@
 """Fused kernels and their plain-PyTorch twins.
 
 Every op here has a reference implementation in plain PyTorch with the same signature; the
-reference is also the CPU path. Triton implementations register themselves on the same op and are
-picked by :mod:`kernels.dispatch` (``ZOO_KERNELS=auto|torch|triton``).
+reference is also the CPU path. Public ops are ``torch.library.custom_op``s (namespace ``zoo``) with
+fake implementations and autograd formulas; inside, :mod:`kernels.dispatch` picks the Triton kernel
+or the reference on every call (``ZOO_KERNELS=auto|torch|triton``).
+
+Channel gate (SE, ECA, RCAN's CA, FcaNet):
+
+- ``pool_mean(x) -> (B, C)`` and ``pool_weighted(x, weight) -> (B, C)``: the squeeze, fp32 results;
+- ``channel_scale(x, gate, shortcut=None, relu=False)``: the rescale, optionally fused with a
+  residual block's ``relu(x * gate + shortcut)`` epilogue;
+- ``pool_backward`` and ``channel_scale_backward``: the ops their autograd formulas call.
 """
 from .dispatch import KernelOp, available, kernel_mode, kernel_op
-from .channel_pool import pool_mean, pool_weighted
+from .channel_pool import pool_backward, pool_backward_reference, pool_mean, pool_mean_reference, pool_weighted
+from .channel_pool import pool_weighted_reference
+from .channel_scale import channel_scale_backward, channel_scale_backward_reference, channel_scale_reference
 from .channel_scale import channel_scale
 
 __all__ = [
@@ -15,5 +25,12 @@ __all__ = [
     "kernel_op",
     "pool_mean",
     "pool_weighted",
+    "pool_backward",
     "channel_scale",
+    "channel_scale_backward",
+    "pool_mean_reference",
+    "pool_weighted_reference",
+    "pool_backward_reference",
+    "channel_scale_reference",
+    "channel_scale_backward_reference",
 ]

@@ -2,27 +2,183 @@
 
 ``pool_mean`` is SE/ECA/RCAN's global average; ``pool_weighted`` is FcaNet's DCT-weighted sum
 (any per-channel spatial filter, e.g. DCT bases with adaptive pooling folded in). Both read the
-feature map once and accumulate in fp32.
+feature map once and accumulate in fp32 (fp64 for fp64 inputs).
+
+Each is a ``torch.library.custom_op`` (``zoo::pool_mean``, ``zoo::pool_weighted``) with a fake
+implementation and an autograd formula whose x-gradient is the op ``zoo::pool_backward`` (a broadcast
+written once, in x's dtype and memory format). The body dispatches between the Triton kernel and
+the plain-PyTorch reference (:mod:`kernels.dispatch`).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 
 from .dispatch import kernel_op
 
 
-@kernel_op("channel_pool.mean")
-def pool_mean(x: torch.Tensor) -> torch.Tensor:
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _check_map(op: str, x: torch.Tensor) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{op} expects a (B, C, H, W) feature map; got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op} expects a floating-point feature map; got {x.dtype}")
+
+
+def _check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
+    _check_map("pool_weighted", x)
+    if tuple(weight.shape) != tuple(x.shape[1:]):
+        raise ValueError(f"pool_weighted needs a (C, H, W) = {tuple(x.shape[1:])} filter for an input of shape "
+                         f"{tuple(x.shape)}; got a filter of shape {tuple(weight.shape)}")
+    if weight.device != x.device:
+        raise ValueError(f"pool_weighted: the filter is on {weight.device} but the input is on {x.device}")
+
+
+# --------------------------------------------------------------------------------------------------
+# references (plain PyTorch, differentiable by autograd; the CPU path)
+# --------------------------------------------------------------------------------------------------
+def pool_mean_reference(x: torch.Tensor) -> torch.Tensor:
     """Mean over H x W: (B, C, H, W) -> (B, C), in fp32."""
     return x.float().mean(dim=(2, 3)) if x.dtype != torch.float64 else x.mean(dim=(2, 3))
 
 
-@kernel_op("channel_pool.weighted")
-def pool_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def pool_weighted_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per-channel weighted sum: s[b, c] = sum_hw x[b, c, h, w] * weight[c, h, w] -> (B, C), in fp32."""
     if x.dtype != torch.float64:
         x, weight = x.float(), weight.float()
     b, c, h, w = x.shape
-    # a per-channel dot product: no (B, C, H, W) temporary as x * weight makes, and measured 1.1-2x
-    # faster than that or einsum on CPU (benchmarks/RESULTS.md)
-    return torch.linalg.vecdot(x.reshape(b, c, h * w), weight.reshape(c, h * w))  # (B, C)
+    hw = h * w
+    # PyTorch has no fused multiply-and-sum, so the form that reads x once at memory speed depends on
+    # the layout (benchmarks/channel_gate.py; on 2 CPU cores, 8x256x56x56: mean 1.0 ms, this 1.0 ms,
+    # vecdot's (B, C, HW) product temporary 3.0 ms). bmm and conv2d are autocast ops: keep them fp32.
+    with torch.autocast(x.device.type, enabled=False):
+        if x.is_contiguous() and hw >= 64:
+            # NCHW: per channel, (1, HW) @ (HW, B) over x's own strides; BLAS streams it like a mean
+            s = torch.bmm(weight.reshape(c, 1, hw), x.reshape(b, c, hw).permute(1, 2, 0))  # (C, 1, B)
+            return s.reshape(c, b).t()
+        if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last) and hw > 1:
+            # channels_last: a depthwise convolution with an H x W kernel (oneDNN), about 2x a mean
+            # (CPU only: cuDNN may run it in TF32)
+            return F.conv2d(x, weight.reshape(c, 1, h, w), groups=c).reshape(b, c)
+    # small maps: one per-channel dot product over (B, C, HW)
+    return torch.linalg.vecdot(x.reshape(b, c, hw), weight.reshape(c, hw))  # (B, C)
+
+
+def pool_backward_reference(grad: torch.Tensor, weight: Optional[torch.Tensor], height: int, width: int,
+                            dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """d(pool)/dx: grad[b, c] * weight[c, h, w] (or / (H * W) for the mean), in ``dtype`` and the given layout."""
+    b, c = grad.shape
+    g = grad[:, :, None, None]
+    value = g * weight.to(grad.dtype) if weight is not None else (g / (height * width)).expand(b, c, height, width)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(b, c, height, width, dtype=dtype, device=grad.device, memory_format=fmt).copy_(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton implementations (triton is imported on first use)
+# --------------------------------------------------------------------------------------------------
+def _pool_mean_triton(x: torch.Tensor) -> torch.Tensor:
+    from . import _triton_gate
+
+    return _triton_gate.pool(x, None)
+
+
+def _pool_weighted_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    from . import _triton_gate
+
+    return _triton_gate.pool(x, weight)
+
+
+def _pool_backward_triton(grad, weight, height, width, dtype, channels_last):
+    from . import _triton_gate
+
+    return _triton_gate.pool_backward(grad, weight, height, width, dtype, channels_last)
+
+
+_mean = kernel_op("channel_pool.mean")(pool_mean_reference)
+_mean.register_triton(_pool_mean_triton)
+_weighted = kernel_op("channel_pool.weighted")(pool_weighted_reference)
+_weighted.register_triton(_pool_weighted_triton)
+_backward = kernel_op("channel_pool.backward")(pool_backward_reference)
+_backward.register_triton(_pool_backward_triton)
+
+
+# --------------------------------------------------------------------------------------------------
+# custom ops
+# --------------------------------------------------------------------------------------------------
+@torch.library.custom_op("zoo::pool_mean", mutates_args=())
+def pool_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over H x W: (B, C, H, W) -> (B, C), accumulated and returned in fp32 (fp64 for fp64)."""
+    _check_map("pool_mean", x)
+    return _mean(x).contiguous()
+
+
+@pool_mean.register_fake
+def _(x):
+    _check_map("pool_mean", x)
+    return x.new_empty(x.shape[:2], dtype=_acc_dtype(x.dtype))
+
+
+@torch.library.custom_op("zoo::pool_weighted", mutates_args=())
+def pool_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """s[b, c] = sum_hw x[b, c, h, w] * weight[c, h, w]: (B, C), accumulated and returned in fp32."""
+    _check_weight(x, weight)
+    return _weighted(x, weight).contiguous()
+
+
+@pool_weighted.register_fake
+def _(x, weight):
+    _check_weight(x, weight)
+    return x.new_empty(x.shape[:2], dtype=_acc_dtype(x.dtype))
+
+
+@torch.library.custom_op("zoo::pool_backward", mutates_args=())
+def pool_backward(grad: torch.Tensor, weight: Optional[torch.Tensor], height: int, width: int,
+                  dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """The x-gradient of ``pool_mean`` (``weight=None``) or ``pool_weighted``: (B, C, H, W) in ``dtype``."""
+    return _backward(grad, weight, height, width, dtype, channels_last)
+
+
+@pool_backward.register_fake
+def _(grad, weight, height, width, dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(grad.shape[0], grad.shape[1], height, width, dtype=dtype, device=grad.device, memory_format=fmt)
+
+
+def _setup_mean(ctx, inputs, output):
+    (x,) = inputs
+    ctx.meta = (x.shape[2], x.shape[3], x.dtype, _is_channels_last(x))
+
+
+def _backward_mean(ctx, grad):
+    return pool_backward(grad, None, *ctx.meta)
+
+
+def _setup_weighted(ctx, inputs, output):
+    x, weight = inputs
+    ctx.meta = (x.shape[2], x.shape[3], x.dtype, _is_channels_last(x))
+    # x is only needed for the filter's gradient (FcaNet's filter is a buffer: usually not)
+    ctx.save_for_backward(weight, x if ctx.needs_input_grad[1] else None)
+
+
+def _backward_weighted(ctx, grad):
+    weight, x = ctx.saved_tensors
+    grad_x = pool_backward(grad, weight, *ctx.meta) if ctx.needs_input_grad[0] else None
+    grad_w = None
+    if ctx.needs_input_grad[1]:  # d s[b, c] / d w[c, hw] = x[b, c, hw]; rare, so plain PyTorch
+        with torch.autocast(grad.device.type, enabled=False):
+            grad_w = torch.einsum("bc,bchw->chw", grad, x.to(grad.dtype)).to(weight.dtype)
+    return grad_x, grad_w
+
+
+pool_mean.register_autograd(_backward_mean, setup_context=_setup_mean)
+pool_weighted.register_autograd(_backward_weighted, setup_context=_setup_weighted)

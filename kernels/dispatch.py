@@ -7,6 +7,13 @@ reference. ``ZOO_KERNELS`` overrides it:
 - ``torch``: always the reference;
 - ``triton``: always the kernel, an error where none exists. With ``TRITON_INTERPRET=1`` this runs
   kernels on CPU tensors through Triton's interpreter, which is how the tests exercise them.
+
+Public ops are ``torch.library.custom_op``s (namespace ``zoo``) whose bodies call a :class:`KernelOp`,
+so the choice is made per call, inside the op, on real tensors; ``torch.compile`` sees one opaque op
+with a fake implementation and an autograd formula. Triton itself is imported only when a kernel first
+launches (the Triton implementations import :mod:`kernels._triton_gate` lazily), so ``import kernels``
+works on machines without Triton. ``TRITON_INTERPRET=1`` must be in the environment before triton is
+imported, by us or by torch (``torch._dynamo`` imports it): set it when the process starts.
 """
 from __future__ import annotations
 
@@ -93,11 +100,29 @@ def kernel_op(name: str) -> Callable[[Callable], KernelOp]:
 
 
 def available() -> dict:
-    """What this machine can run: the mode, Triton and CUDA availability, and each op's backends."""
+    """What this machine can run: the mode, Triton and CUDA availability, and each op's backends.
+
+    ``backend`` says which implementation a CPU and a CUDA tensor get now (``None``: no CUDA here,
+    or ``ZOO_KERNELS=triton`` where the kernel cannot run, which raises when called).
+    """
+    mode = kernel_mode()
+    triton, cuda, interpret = _triton_importable(), torch.cuda.is_available(), _interpreting()
+
+    def backend(on_cuda: bool) -> str | None:
+        if on_cuda and not cuda:
+            return None
+        runs = triton and (on_cuda or interpret)
+        if mode == "torch":
+            return "torch"
+        if mode == "triton":
+            return "triton" if runs else None
+        return "triton" if runs and on_cuda else "torch"
+
     return {
-        "mode": kernel_mode(),
-        "triton": _triton_importable(),
-        "cuda": torch.cuda.is_available(),
-        "interpret": _interpreting(),
+        "mode": mode,
+        "triton": triton,
+        "cuda": cuda,
+        "interpret": interpret,
+        "backend": {"cpu": backend(False), "cuda": backend(True)},
         "ops": {name: ["torch"] + (["triton"] if op.triton else []) for name, op in sorted(_OPS.items())},
     }

@@ -11,6 +11,13 @@ os.environ.setdefault("ZOO_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Triton's kernels are tested on the CPU through its interpreter, which has to be on before triton is
+# imported (importing torch does not import it; torch._dynamo, loaded by the first custom-op call or
+# torch.compile, does). A CUDA machine runs them compiled instead. In auto mode CPU tensors never
+# reach Triton, so no other test changes behaviour.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

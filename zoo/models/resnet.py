@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import blocks
+import kernels
 from blocks.layers import DropPath
 
 from ..builder import build_model
@@ -35,6 +36,16 @@ def _conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1, **factory) ->
 
 def _attn(attn_layer: str | None, channels: int, attn_kwargs: dict, factory: dict) -> nn.Module:
     return blocks.create(attn_layer, channels, **attn_kwargs, **factory) if attn_layer else nn.Identity()
+
+
+def _fusable(attn: nn.Module, drop_path: nn.Module, act: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> bool:
+    """Whether ``act(drop_path(attn(x)) + shortcut)`` may run as ``channel_scale(x, gate, shortcut, relu=True)``:
+    a channel gate and a ReLU without hooks (the fused path calls neither module's forward), no active
+    stochastic depth, and a shortcut of x's shape and dtype."""
+    return (isinstance(attn, blocks.ChannelGate) and type(act) is nn.ReLU
+            and not (attn._forward_hooks or attn._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks)
+            and (isinstance(drop_path, nn.Identity) or not drop_path.training or drop_path.drop_prob == 0.0)
+            and shortcut.shape == x.shape and shortcut.dtype == x.dtype)
 
 
 class BasicBlock(nn.Module):
@@ -65,7 +76,11 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.bn2(self.conv2(x))
-        x = self.drop_path(self._modules[self.attn_name](x))
+        attn = self._modules[self.attn_name]
+        if _fusable(attn, self.drop_path, self.act2, x, shortcut):
+            # relu(x * gate + shortcut) as one kernel: the block's output is written once
+            return kernels.channel_scale(x, attn.channel_gate(x), shortcut, relu=True)
+        x = self.drop_path(attn(x))
         return self.act2(x + shortcut)
 
 
@@ -102,7 +117,11 @@ class Bottleneck(nn.Module):
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.bn3(self.conv3(x))
-        x = self.drop_path(self._modules[self.attn_name](x))
+        attn = self._modules[self.attn_name]
+        if _fusable(attn, self.drop_path, self.act3, x, shortcut):
+            # relu(x * gate + shortcut) as one kernel: the block's output is written once
+            return kernels.channel_scale(x, attn.channel_gate(x), shortcut, relu=True)
+        x = self.drop_path(attn(x))
         return self.act3(x + shortcut)
 
 

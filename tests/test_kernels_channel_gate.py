@@ -1,0 +1,361 @@
+"""The channel-gate ops (pool_mean, pool_weighted, channel_scale with its residual + ReLU epilogue):
+Triton kernels against their PyTorch references, forward and backward, NCHW and channels_last,
+fp32 / fp16 / bf16, on small ragged shapes; gradcheck of the references; opcheck of every custom op.
+
+Without a GPU the Triton path runs on CPU tensors through Triton's interpreter (conftest sets
+TRITON_INTERPRET=1); with one, it runs compiled on CUDA tensors.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import blocks
+import kernels
+from kernels.dispatch import _interpreting, _triton_importable
+
+
+def _triton_device() -> str | None:
+    if not _triton_importable():
+        return None
+    if _interpreting():
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+DEVICE = _triton_device()
+needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
+
+# channels and H x W off the tile sizes (B=1, C=1, H x W = 1, W = 1 included)
+SHAPES = [(2, 5, 3, 7), (1, 3, 1, 1), (3, 19, 4, 5), (2, 33, 6, 1), (1, 1, 1, 9)]
+LAYOUTS = ["nchw", "channels_last"]
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12),
+       torch.bfloat16: dict(atol=2e-2, rtol=1e-2), torch.float16: dict(atol=2e-3, rtol=1e-3)}
+
+# name -> (the op under test, its plain-PyTorch reference, the tensors it takes)
+CASES = {
+    "pool_mean": (lambda x, w, g, s: kernels.pool_mean(x), lambda x, w, g, s: kernels.pool_mean_reference(x), "x"),
+    "pool_weighted": (lambda x, w, g, s: kernels.pool_weighted(x, w),
+                      lambda x, w, g, s: kernels.pool_weighted_reference(x, w), "xw"),
+    "scale": (lambda x, w, g, s: kernels.channel_scale(x, g), lambda x, w, g, s: kernels.channel_scale_reference(x, g), "xg"),
+    "scale_relu": (lambda x, w, g, s: kernels.channel_scale(x, g, relu=True),
+                   lambda x, w, g, s: kernels.channel_scale_reference(x, g, relu=True), "xg"),
+    "scale_add": (lambda x, w, g, s: kernels.channel_scale(x, g, s),
+                  lambda x, w, g, s: kernels.channel_scale_reference(x, g, s), "xgs"),
+    "scale_add_relu": (lambda x, w, g, s: kernels.channel_scale(x, g, s, relu=True),
+                       lambda x, w, g, s: kernels.channel_scale_reference(x, g, s, relu=True), "xgs"),
+}
+
+
+def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+def _inputs(shape, dtype, layout, device):
+    b, c, h, w = shape
+    x = _layout(torch.randn(shape, device=device), layout).to(dtype)
+    weight = torch.randn(c, h, w, device=device)
+    gate = torch.rand(b, c, device=device)
+    shortcut = _layout(torch.randn(shape, device=device), layout).to(dtype)
+    return {"x": x, "w": weight, "g": gate, "s": shortcut}
+
+
+def _run(fn, tensors: dict, names: str, grad_out_layout: str):
+    """Output and gradients of every input in ``names``, for a fixed random upstream gradient."""
+    leaves = {k: v.detach().clone().requires_grad_(k in names) for k, v in tensors.items()}
+    out = fn(leaves["x"], leaves["w"], leaves["g"], leaves["s"])
+    gen = torch.Generator().manual_seed(1)
+    grad_out = torch.randn(out.shape, generator=gen).to(device=out.device, dtype=out.dtype)
+    if out.ndim == 4:
+        grad_out = _layout(grad_out, grad_out_layout)
+    grads = torch.autograd.grad(out, [leaves[k] for k in names], grad_out)
+    return out, grads
+
+
+def _compare(case, shape, dtype, layout, device):
+    fn, ref, names = CASES[case]
+    tensors = _inputs(shape, dtype, layout, device)
+    other = "nchw" if layout == "channels_last" else "channels_last"  # upstream gradient in the other layout
+    out, grads = _run(fn, tensors, names, other)
+    # the reference in fp32 on the same values; the gate rounded to x's dtype as the op specifies
+    upcast = {k: v.float() for k, v in tensors.items()}
+    upcast["g"] = tensors["g"].to(dtype).float()
+    ref_out, ref_grads = _run(ref, upcast, names, other)
+    tol = TOL[dtype]
+    assert out.dtype == (dtype if out.ndim == 4 else torch.float32)
+    torch.testing.assert_close(out, ref_out.to(out.dtype), **tol)
+    if out.ndim == 4:  # the output keeps x's memory format
+        assert out.stride() == tensors["x"].stride() or out.numel() <= 1
+    for name, got, want in zip(names, grads, ref_grads):
+        assert got.shape == want.shape and got.dtype == tensors[name].dtype, name
+        torch.testing.assert_close(got, want.to(got.dtype), **tol, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.fixture
+def triton_mode(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "triton")
+
+
+@pytest.fixture
+def tiny_tiles(monkeypatch):
+    """16-element tiles and HW split across programs: many tiles, ragged edges on both axes, and the
+    two-stage reduction (partial rows, then a sum)."""
+    from kernels import _triton_gate
+
+    monkeypatch.setattr(_triton_gate, "TILE", 16)
+    monkeypatch.setattr(_triton_gate, "MAX_BLOCK_C_CHANNELS_LAST", 4)
+    monkeypatch.setattr(_triton_gate, "MAX_BLOCK_HW", 4)
+    monkeypatch.setattr(_triton_gate, "MIN_PROGRAMS", 32)
+
+
+@needs_triton
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_reference_fp32(triton_mode, case, shape, layout):
+    _compare(case, shape, torch.float32, layout, DEVICE)
+
+
+@needs_triton
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 9, 3, 5), (1, 6, 5, 1)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_reference_tiny_tiles(triton_mode, tiny_tiles, case, shape, layout):
+    from kernels import _triton_gate
+
+    b, c, h, w = shape
+    block_c, block_hw = _triton_gate._tiles(c, h * w, layout == "channels_last")
+    assert _triton_gate._splits(b, -(-c // block_c), h * w, block_hw, torch.device(DEVICE))[0] > 1  # really split
+    _compare(case, shape, torch.float32, layout, DEVICE)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 5, 3, 7), (3, 19, 4, 5)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_reference_low_precision(triton_mode, case, shape, layout, dtype):
+    _compare(case, shape, dtype, layout, DEVICE)
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["pool_mean", "pool_weighted", "scale_add_relu"])
+def test_kernel_fp64_and_expanded_gradients(triton_mode, case):
+    """fp64 accumulates in fp64; a stride-0 upstream gradient (from .sum()) is read in place."""
+    fn, ref, names = CASES[case]
+    tensors = {k: v.double() for k, v in _inputs((2, 6, 3, 5), torch.float64, "channels_last", DEVICE).items()}
+    leaves = {k: v.clone().requires_grad_(k in names) for k, v in tensors.items()}
+    ref_leaves = {k: v.clone().requires_grad_(k in names) for k, v in tensors.items()}
+    out = fn(*(leaves[k] for k in "xwgs"))
+    expected = ref(*(ref_leaves[k] for k in "xwgs"))
+    torch.testing.assert_close(out, expected, **TOL[torch.float64])
+    grads = torch.autograd.grad(out.sum(), [leaves[k] for k in names])
+    want = torch.autograd.grad(expected.sum(), [ref_leaves[k] for k in names])
+    for got, w in zip(grads, want):
+        torch.testing.assert_close(got, w, **TOL[torch.float64])
+
+
+@needs_triton
+def test_kernel_reads_strided_inputs(triton_mode):
+    """A sliced (non-dense) map and a transposed gate give the reference's values; the output is NCHW."""
+    base = torch.randn(2, 7, 5, 8, device=DEVICE)
+    x = base[:, 1:6, :, ::2]  # (2, 5, 5, 4), neither NCHW- nor channels_last-contiguous
+    gate = torch.rand(5, 2, device=DEVICE).t()
+    shortcut = torch.randn(2, 5, 5, 4, device=DEVICE)
+    weight = torch.randn(5, 5, 4, device=DEVICE)
+    torch.testing.assert_close(kernels.pool_mean(x), kernels.pool_mean_reference(x), **TOL[torch.float32])
+    torch.testing.assert_close(kernels.pool_weighted(x, weight), kernels.pool_weighted_reference(x, weight),
+                               **TOL[torch.float32])
+    out = kernels.channel_scale(x, gate, shortcut, relu=True)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, kernels.channel_scale_reference(x, gate, shortcut, relu=True), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_reference_path_matches_plain_autograd(monkeypatch, case, layout):
+    """ZOO_KERNELS=torch runs the references inside the custom ops: the autograd formulas and the
+    reference backward ops give what autograd gives on the plain references."""
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    for shape in SHAPES:
+        fn, ref, names = CASES[case]
+        tensors = _inputs(shape, torch.float32, layout, "cpu")
+        out, grads = _run(fn, tensors, names, layout)
+        ref_out, ref_grads = _run(ref, tensors, names, layout)
+        torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-6)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradcheck_fp64(monkeypatch, case, layout):
+    """gradcheck of the plain reference and of the custom op (its autograd formula) in fp64."""
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    fn, ref, names = CASES[case]
+    tensors = {k: v.double() for k, v in _inputs((2, 3, 2, 3), torch.float64, layout, "cpu").items()}
+    tensors["s"] = tensors["s"] + 0.3  # keep the ReLU's inputs away from its kink
+    for f in (ref, fn):
+        def call(*args, f=f):
+            full = dict(tensors)
+            full.update(zip(names, args))
+            return f(full["x"], full["w"], full["g"], full["s"])
+
+        args = tuple(tensors[k].clone().requires_grad_() for k in names)
+        assert torch.autograd.gradcheck(call, args)
+
+
+def _opcheck_args(device):
+    """(op, args, kwargs) for every custom op: NCHW and channels_last, fp32 and bf16, with and without
+    inputs that require grad (the backward ops have no autograd formula: no double backward)."""
+    b, c, h, w = 2, 5, 3, 4
+    x = torch.randn(b, c, h, w, device=device)
+    weight = torch.randn(c, h, w, device=device)
+    gate = torch.rand(b, c, device=device)
+    shortcut = torch.randn(b, c, h, w, device=device)
+    grad = torch.randn(b, c, h, w, device=device)
+    out = torch.relu(x * gate[:, :, None, None] + shortcut)
+
+    def cl(t):
+        return t.contiguous(memory_format=torch.channels_last)
+
+    def leaf(t):
+        return t.detach().clone().requires_grad_()
+
+    return [
+        (kernels.pool_mean, (leaf(x),), {}),
+        (kernels.pool_mean, (cl(x).to(torch.bfloat16),), {}),
+        (kernels.pool_weighted, (leaf(cl(x)), weight), {}),
+        (kernels.pool_weighted, (x, leaf(weight)), {}),
+        (kernels.pool_backward, (gate, weight, h, w, torch.bfloat16, True), {}),
+        (kernels.pool_backward, (gate, None, h, w, torch.float32, False), {}),
+        (kernels.channel_scale, (leaf(cl(x)), leaf(gate)), {}),
+        (kernels.channel_scale, (leaf(x), leaf(gate), leaf(shortcut)), {"relu": True}),
+        (kernels.channel_scale, (x.to(torch.bfloat16), gate), {"relu": True}),
+        (kernels.channel_scale_backward, (grad, x, gate, out, True, True, True), {}),
+        (kernels.channel_scale_backward, (cl(grad), cl(x), gate, None, False, True, False), {}),
+    ]
+
+
+def test_opcheck_reference_path(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    for op, args, kwargs in _opcheck_args("cpu"):
+        torch.library.opcheck(op, args, kwargs)
+
+
+@needs_triton
+def test_opcheck_triton_path(triton_mode):
+    for op, args, kwargs in _opcheck_args(DEVICE):
+        torch.library.opcheck(op, args, kwargs)
+
+
+def test_bad_inputs_fail_before_any_work():
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match=r"\(B, C\) = \(2, 4\) gate.*\(2, 3\)"):
+        kernels.channel_scale(x, torch.rand(2, 3))
+    with pytest.raises(ValueError, match=r"shortcut's shape \(2, 4, 3, 2\)"):
+        kernels.channel_scale(x, torch.rand(2, 4), torch.randn(2, 4, 3, 2), relu=True)
+    with pytest.raises(ValueError, match=r"shortcut .*float64.* must match"):
+        kernels.channel_scale(x, torch.rand(2, 4), x.double())
+    with pytest.raises(ValueError, match=r"\(C, H, W\) = \(4, 3, 3\) filter.*\(4, 7, 7\)"):
+        kernels.pool_weighted(x, torch.randn(4, 7, 7))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) feature map; got shape \(4, 3, 3\)"):
+        kernels.pool_mean(x[0])
+
+
+def test_available_reports_backends(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "auto")
+    info = kernels.available()
+    assert info["backend"]["cpu"] == "torch"
+    assert info["backend"]["cuda"] == ("triton" if info["cuda"] and info["triton"] else "torch" if info["cuda"] else None)
+    assert info["ops"]["channel_scale.backward"] == ["torch", "triton"]
+    monkeypatch.setenv("ZOO_KERNELS", "triton")
+    assert kernels.available()["backend"]["cpu"] == ("triton" if info["triton"] and info["interpret"] else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# blocks and ResNet blocks on the Triton path
+# --------------------------------------------------------------------------------------------------
+VECTOR_CASES = [
+    ("se", "block_se_c64_r16", dict(rd_channels=4)),
+    ("eca", "block_eca_c64_k3", dict(k_size=3)),
+    ("fca", "block_fca_c64_dct7_in7", dict(dct_h=7, dct_w=7)),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("name,file,kwargs", VECTOR_CASES)
+def test_block_vectors_on_the_triton_path(vectors, triton_mode, name, file, kwargs):
+    data = load_file(str(vectors / "attn" / f"{file}.safetensors"))
+    block = blocks.create(name, 64, **kwargs).to(DEVICE)
+    block.load_state_dict({k[len("param."):]: v for k, v in data.items() if k.startswith("param.")})
+    with torch.no_grad():
+        out = block.eval()(data["input"].to(DEVICE))
+        out64 = block.double()(data["input"].double().to(DEVICE))
+    torch.testing.assert_close(out.cpu(), data["output_fp32"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out64.cpu(), data["output_fp64"], atol=1e-10, rtol=0)
+
+
+def _resnet_block(kind: str, attn: str, **kwargs):
+    from zoo.models.resnet import BasicBlock, Bottleneck
+
+    if kind == "basic":
+        down = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1, bias=False), torch.nn.BatchNorm2d(16))
+        return BasicBlock(16, 16, downsample=down, attn_layer=attn, attn_kwargs=kwargs)
+    return Bottleneck(16, 4, attn_layer=attn, attn_kwargs=kwargs)  # identity shortcut, 16 channels
+
+
+def _unfused(block, x):
+    """The block's output through the attention module's own forward, then a separate add and ReLU."""
+    shortcut = x if block.downsample is None else block.downsample(x)
+    y = block.act1(block.bn1(block.conv1(x)))
+    if hasattr(block, "conv3"):  # Bottleneck
+        y, act = block.bn3(block.conv3(block.act2(block.bn2(block.conv2(y))))), block.act3
+    else:
+        y, act = block.bn2(block.conv2(y)), block.act2
+    return act(block.drop_path(block._modules[block.attn_name](y)) + shortcut)
+
+
+@pytest.mark.parametrize("mode", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("kind,attn,kwargs", [("basic", "se", {}), ("bottleneck", "eca", {}),
+                                              ("bottleneck", "fca", dict(dct_h=7, dct_w=7, reduction=4)),
+                                              ("basic", "ca", dict(reduction=4))])
+def test_resnet_block_fused_epilogue_equals_unfused(monkeypatch, mode, kind, attn, kwargs):
+    monkeypatch.setenv("ZOO_KERNELS", mode)
+    device = DEVICE if mode == "triton" else "cpu"
+    block = _resnet_block(kind, attn, **kwargs).to(device)
+    for p in block.parameters():  # no zero-init: every term matters
+        torch.nn.init.normal_(p, 0.0, 0.3) if p.ndim > 1 else torch.nn.init.uniform_(p, 0.5, 1.5)
+    calls = []
+    scale = kernels.channel_scale
+    monkeypatch.setattr(kernels, "channel_scale", lambda *a, **k: calls.append(len(a) > 2) or scale(*a, **k))
+    x = torch.randn(2, 16, 5, 6, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    out = block(x)
+    assert calls == [True]  # one fused call with the shortcut
+    expected = _unfused(block, x)
+    exact = dict(atol=0, rtol=0) if mode == "torch" else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, **exact)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *block.parameters()], grad)
+    want = torch.autograd.grad(expected, [x, *block.parameters()], grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_resnet_block_keeps_the_unfused_path_for_drop_path_and_hooks(monkeypatch):
+    calls = []
+    scale = kernels.channel_scale
+    monkeypatch.setattr(kernels, "channel_scale", lambda *a, **k: calls.append(len(a) > 2) or scale(*a, **k))
+    from zoo.models.resnet import Bottleneck
+
+    block = Bottleneck(16, 4, attn_layer="se", drop_path=0.5)
+    x = torch.randn(2, 16, 4, 4)
+    block.train()(x)
+    block.eval()(x)
+    assert calls == [False, True]  # stochastic depth active: gate then add; in eval: fused
+    seen = []
+    block.se.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    calls.clear()
+    block(x)
+    assert calls == [False] and seen == [x.shape]  # a hook on the attention module still fires
