@@ -6,7 +6,6 @@ that ship inside scikit-image, so it runs offline anywhere.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import lightning as L
