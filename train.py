@@ -6,7 +6,8 @@
     python train.py --config configs/digits_seresnet.yaml --ckpt_path last          # resume
     python train.py --config configs/digits_seresnet.yaml --run test --ckpt_path runs/x/checkpoints/best.ckpt
 
-Config sections: ``model`` (``zoo.create`` name, kwargs, pretrained, quant), ``task`` (name and its
+Config sections: ``model`` (``zoo.create`` name, kwargs, pretrained, and ``quant_aware: w4a8`` for
+quantization-aware training, whose export also writes the quantized model), ``task`` (name and its
 arguments), ``data`` (name and its arguments), ``optimizer``, ``scheduler``, ``trainer`` (any
 ``lightning.Trainer`` argument: devices, num_nodes, strategy, precision, ...), and ``seed``,
 ``output_dir``, ``run`` (steps among fit, validate, test, predict; default fit then test), ``ckpt_path``.
@@ -44,6 +45,7 @@ class ModelSection:
     name: str = "resnet18"
     pretrained: Union[bool, str] = False
     quant: Optional[str] = None
+    quant_aware: Optional[str] = None  # e.g. w4a8: train through fake quantization (QAT)
     kwargs: dict = field(default_factory=dict)
 
 
@@ -161,7 +163,18 @@ def build(cfg: Namespace) -> tuple[L.LightningModule, L.LightningDataModule, L.T
     task_cls = _lookup("task", TASKS, cfg.task.name)
     check_kwargs(f"task {cfg.task.name!r}", cfg.task.args, task_cls.__init__)
     data = data_cls(**cfg.data.args)
+    if cfg.model.quant and cfg.model.quant_aware:
+        raise ConfigError("model.quant (an integer model, inference only) and model.quant_aware (quantization-aware "
+                          "training) exclude each other; keep model.quant_aware to train, quantize the result after")
+    if cfg.model.quant and "fit" in cfg.run:
+        raise ConfigError(f"model.quant={cfg.model.quant!r}: quantized models are inference-only and cannot be "
+                          f"trained (evaluate them with --run test); use model.quant_aware: {cfg.model.quant} for "
+                          f"quantization-aware training")
+    if cfg.model.quant_aware:
+        zoo.QuantSpec.parse(cfg.model.quant_aware)  # a bad spec fails before any work
     net = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained, quant=cfg.model.quant, **cfg.model.kwargs)
+    if cfg.model.quant_aware:
+        zoo.quant_aware(net, cfg.model.quant_aware)
     data_classes, net_classes = getattr(data, "num_classes", None), getattr(net, "num_classes", None)
     if data_classes and net_classes and data_classes != net_classes:
         raise ConfigError(f"the data has {data_classes} classes but the model has {net_classes}; "

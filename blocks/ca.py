@@ -9,6 +9,7 @@ from torch import nn
 import kernels
 
 from .gate import ChannelGate
+from .layers import param_dtype, pointwise
 from .registry import register
 
 
@@ -41,6 +42,7 @@ class ChannelAttention(ChannelGate):
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         down, _, up, _ = self.conv_du
-        s = kernels.pool_mean(x).to(down.weight.dtype)  # (B, C)
-        s = F.relu(F.linear(s, down.weight.flatten(1), down.bias))  # (B, C / r)
-        return torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))  # (B, C)
+        s = kernels.pool_mean(x)
+        s = s.to(param_dtype(down, s.dtype))  # (B, C)
+        s = F.relu(pointwise(down, s))  # (B, C / r)
+        return torch.sigmoid(pointwise(up, s))  # (B, C)

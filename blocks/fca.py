@@ -10,7 +10,7 @@ from torch import nn
 import kernels
 
 from .gate import ChannelGate
-from .layers import LayerType, create_act
+from .layers import LayerType, create_act, param_dtype
 from .registry import register
 
 # The 2-D DCT frequencies (u, v) on a 7x7 grid, ranked by the paper's single-frequency ImageNet
@@ -133,7 +133,8 @@ class MultiSpectralAttention(ChannelGate):
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1])  # (C, H, W)
-        s = kernels.pool_weighted(x, filt).to(self.fc[0].weight.dtype)  # (B, C)
+        s = kernels.pool_weighted(x, filt)
+        s = s.to(param_dtype(self.fc[0], s.dtype))  # (B, C)
         return self.gate(self.fc(s))  # (B, C)
 
     def extra_repr(self) -> str:

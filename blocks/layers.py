@@ -5,6 +5,7 @@ import math
 from typing import Callable, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._validation import unknown_name_error
@@ -80,3 +81,27 @@ def check_channels(block: str, expected: int, x: torch.Tensor) -> None:
         raise ValueError(f"{block} was built for {expected} channels but got an input of shape "
                          f"{tuple(x.shape)} ({x.shape[1] if x.ndim >= 2 else 'no'} channels); "
                          f"build it with channels={x.shape[1] if x.ndim >= 2 else '?'} or fix the input")
+
+
+def pointwise(layer: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to pooled (B, C) vectors, returning (B, C_out).
+
+    A plain ``nn.Conv2d`` runs as a linear layer (no conv machinery for a 1x1 map) unless hooks
+    observe it (calibration, feature extraction); any other layer (quantized, fake-quant for QAT)
+    runs its own forward on the (B, C, 1, 1) map.
+    """
+    if type(layer) is nn.Conv2d and not _observed(layer):
+        return F.linear(s, layer.weight.flatten(1), layer.bias)
+    return layer(s[:, :, None, None]).flatten(1)  # (B, C_out, 1, 1) -> (B, C_out)
+
+
+def _observed(layer: nn.Module) -> bool:
+    from torch.nn.modules import module as module_mod
+
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or module_mod._global_forward_hooks
+                or module_mod._global_forward_pre_hooks)
+
+
+def param_dtype(layer: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of ``layer``'s first parameter (``default`` for a layer without any, e.g. quantized)."""
+    return next((p.dtype for p in layer.parameters()), default)

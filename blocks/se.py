@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kernels
 
 from .gate import ChannelGate
-from .layers import LayerType, create_act, make_divisible
+from .layers import LayerType, create_act, make_divisible, param_dtype, pointwise
 from .registry import register
 
 
@@ -45,7 +44,7 @@ class SqueezeExcite(ChannelGate):
         self.gate = create_act(gate_layer)
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        s = kernels.pool_mean(x).to(self.fc1.weight.dtype)  # (B, C)
-        # 1x1 convs on a (B, C, 1, 1) map are linear layers; skip the conv machinery
-        s = self.act(F.linear(s, self.fc1.weight.flatten(1), self.fc1.bias))  # (B, rd)
-        return self.gate(F.linear(s, self.fc2.weight.flatten(1), self.fc2.bias))  # (B, C)
+        s = kernels.pool_mean(x)
+        s = s.to(param_dtype(self.fc1, s.dtype))  # (B, C)
+        s = self.act(pointwise(self.fc1, s))  # (B, rd)
+        return self.gate(pointwise(self.fc2, s))  # (B, C)

@@ -34,3 +34,10 @@ __all__ = [
     "channel_scale_reference",
     "channel_scale_backward_reference",
 ]
+
+from .quant_act import quantize_act, quantize_act_reference  # noqa: E402
+from .int_gemm import int_conv2d, int_conv2d_accumulators_reference, int_conv2d_reference, int_linear  # noqa: E402
+from .int_gemm import pack_int4, unpack_int4  # noqa: E402
+
+__all__ += ["quantize_act", "quantize_act_reference", "int_conv2d", "int_conv2d_reference",
+            "int_conv2d_accumulators_reference", "int_linear", "pack_int4", "unpack_int4"]

@@ -10,12 +10,18 @@ from .hub import save_pretrained
 from .pretrained import PretrainedCfg
 from .registry import get_pretrained_cfg, list_models, list_pretrained, register_model, register_pretrained_cfgs
 from . import models  # noqa: F401  (registers the families)
+from .quant import QuantSpec, quant_aware, quantize
+from .quant.io import save_quantized
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
     "PretrainedCfg",
+    "QuantSpec",
+    "quant_aware",
+    "quantize",
+    "save_quantized",
     "create",
     "get_pretrained_cfg",
     "list_models",

@@ -1,9 +1,10 @@
-"""Command line: ``python -m zoo list|info|check|upscale``.
+"""Command line: ``python -m zoo list|info|check|upscale|quantize``.
 
     python -m zoo list "*eca*" --pretrained     # architectures, or arch.tag with weights
     python -m zoo info fcanet50                 # pretrained config, parameters, feature stages
     python -m zoo check "*resnet50*"            # build, run a procedural batch, print a table
     python -m zoo upscale --model rcan_tiny_x2 photo.png photo_x2.png --tile 256
+    python -m zoo quantize rcan_tiny_x2 rcan_w4a8.safetensors --spec w4a8 --method awq --calib sr_samples
 """
 from __future__ import annotations
 
@@ -100,6 +101,63 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_batches(source: str, args_json: str, size: int, batches: int) -> list:
+    """Calibration inputs from a data module (its training batches) or a folder of images (centre crops)."""
+    from pathlib import Path
+
+    from .data import DATAMODULES
+    from .data.images import IMAGE_SUFFIXES, read_image
+
+    if source in DATAMODULES:
+        data = DATAMODULES[source](**json.loads(args_json or "{}"))
+        data.setup("fit")
+        loader = iter(data.train_dataloader())
+        return [batch for _, batch in zip(range(batches), loader)]
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--calib {source!r} is neither a data module ({', '.join(DATAMODULES)}) nor a "
+                                f"folder of images")
+    images = [read_image(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES][:batches * 4]
+    if not images:
+        raise FileNotFoundError(f"folder {str(folder)!r} holds no images")
+    crops = []
+    for img in images:  # (3, H, W) centre crops, so images of any size batch together
+        h, w = img.shape[-2:]
+        top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        crops.append(img[:, top:top + size, left:left + size])
+    smallest = min(min(c.shape[-2:]) for c in crops)
+    crops = [c[:, :smallest, :smallest] for c in crops]
+    return [torch.stack(crops[i:i + 4]) for i in range(0, len(crops), 4)]
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .hub import save_pretrained
+    from .quant import QuantSpec, quantize, summary
+    from .quant.io import save_quantized
+
+    spec = QuantSpec.parse(args.spec)  # bad input fails before any work
+    if args.method != "rtn" and not args.calib:
+        raise ValueError(f"--method {args.method} needs calibration data: --calib <data module name or image folder>")
+    model = create(args.model, pretrained=args.weights or True).eval()
+    calib = _calibration_batches(args.calib, args.calib_args, args.calib_size, args.calib_batches) if args.calib else None
+    start = time.perf_counter()
+    quantize(model, spec, calib=calib, method=args.method, progress=True)
+    elapsed = time.perf_counter() - start
+    out = Path(args.output)
+    if out.suffix == ".safetensors":
+        save_quantized(model, out)
+        size = out.stat().st_size
+    else:
+        save_pretrained(model, out)
+        size = (out / "model.safetensors").stat().st_size
+    print(summary(model))
+    print(f"quantized in {elapsed:.1f} s; wrote {out} ({size / 2**20:.2f} MiB); load it with "
+          f"zoo.create({args.model.split('.')[0]!r}, pretrained={str(out)!r})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in input pixels")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=_cmd_upscale)
+    p = sub.add_parser("quantize", help="quantize a model's weights and save the integer model")
+    p.add_argument("model", help="an architecture or arch.tag")
+    p.add_argument("output", help="a .safetensors file, or a folder (save_pretrained layout)")
+    p.add_argument("--spec", default="w8a8", help="w8a8, w4a8, w4a16, w8a16, fp8 (+ suffixes, e.g. w4a8-g128)")
+    p.add_argument("--method", default="rtn", choices=["rtn", "smoothquant", "awq", "os+"])
+    p.add_argument("--weights", default=None, help="float weights file/folder; default: the pretrained weights")
+    p.add_argument("--calib", default=None, help="a data module name (sr_samples, digits, ...) or a folder of images")
+    p.add_argument("--calib-args", default="{}", help="JSON arguments of the calibration data module")
+    p.add_argument("--calib-batches", type=int, default=8)
+    p.add_argument("--calib-size", type=int, default=64, help="crop size for a folder of images")
+    p.set_defaults(fn=_cmd_quantize)
     args = parser.parse_args(argv)
     if getattr(args, "tile", None) == 0:
         args.tile = None

@@ -1,9 +1,11 @@
 """``zoo.create``: the one call that builds, loads and (later) quantizes any model of the zoo."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import registry
@@ -11,16 +13,26 @@ from .builder import BUILD_ONLY_ARGS
 from .hub import read_source_config
 from .pretrained import PretrainedCfg
 
-QUANT_SPECS = ("w8a8", "w4a8", "w4a16", "w8a16", "fp8")
 
 
-def _check_quant(quant: Any) -> None:
-    if quant is None:
-        return
-    if isinstance(quant, str) and quant not in QUANT_SPECS:
-        raise ValueError(f"quant={quant!r} is not a quantization spec; use one of {', '.join(QUANT_SPECS)}")
-    raise NotImplementedError(f"quant={quant!r}: quantization (zoo.quant) is not part of this release yet; "
-                              f"create the model with quant=None")
+def _build_quantized(entrypoint, arch: str, metadata: dict, quant: Any, cfg, model_args: dict) -> nn.Module:
+    """A model from a quantized file: built without float weights (on the meta device where it can be)."""
+    from .quant import QuantSpec
+    from .quant.io import load_quantized_into
+
+    stored = QuantSpec.from_json(json.dumps(metadata["spec"]))
+    if quant is not None and QuantSpec.parse(quant) != stored:
+        raise ValueError(f"{metadata['path']} holds a model quantized with {stored.name}, not {QuantSpec.parse(quant).name}; "
+                         f"pass quant=None (or quant={stored.name!r}) to load it, or quantize the float weights "
+                         f"with the spec you want")
+    try:
+        with torch.device("meta"):
+            model = entrypoint(pretrained=False, pretrained_cfg=cfg, **model_args)
+        model = load_quantized_into(model, metadata)
+    except (RuntimeError, NotImplementedError):  # model code that computes on its tensors at build time
+        model = load_quantized_into(entrypoint(pretrained=False, pretrained_cfg=cfg, **model_args), metadata)
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "file": metadata["path"], "source": "user"}
+    return model
 
 
 def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> nn.Module:
@@ -32,14 +44,21 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         pretrained: False; True (the tag's or the default tag's weights); another tag; a path to a
             ``.safetensors`` or torch file (read with ``weights_only=True``) or to a saved folder;
             ``local-dir:path``; ``hf-hub:org/repo[@revision]``; a URL; or a state dict.
-        quant: None, or a quantization spec (``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``).
+        quant: None, or a quantization spec (``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``, a
+            :class:`zoo.quant.QuantSpec`): after loading the weights, quantize with round-to-nearest
+            weights and dynamic per-token activations (``zoo.quantize`` calibrates). A quantized file
+            saved by ``zoo.quant.save_quantized`` / ``save_pretrained`` passed as ``pretrained``
+            rebuilds its quantized model directly.
         **kwargs: model arguments (``num_classes``, ``in_chans``, ``drop_rate``, ...), and
             ``features_only``/``out_indices``, ``checkpoint_path``, ``pretrained_cfg_overlay``.
 
     A folder or hub source's ``config.json`` supplies the model arguments it was saved with;
     explicit ``kwargs`` win. Unknown names and arguments raise with the closest valid ones.
     """
-    _check_quant(quant)
+    if quant is not None:
+        from .quant import QuantSpec
+
+        QuantSpec.parse(quant)  # a bad spec fails before any work
     source_config = None
     if name.startswith(("hf-hub:", "local-dir:")):
         source_config = read_source_config(name, required=True)
@@ -64,6 +83,16 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         if source_config.get("pretrained_cfg"):
             cfg = PretrainedCfg.from_dict({**source_config["pretrained_cfg"], "architecture": arch, "tag": tag})
     model_args = {**defaults, **kwargs}
-    model = entrypoint(pretrained=pretrained, pretrained_cfg=cfg, **model_args)
+    from .quant.io import read_quant_metadata
+
+    metadata = read_quant_metadata(pretrained) if not isinstance(pretrained, bool) else None
+    if metadata is not None:
+        model = _build_quantized(entrypoint, arch, metadata, quant, cfg, model_args)
+    else:
+        model = entrypoint(pretrained=pretrained, pretrained_cfg=cfg, **model_args)
     model.model_args = {k: v for k, v in model_args.items() if k not in BUILD_ONLY_ARGS}
+    if quant is not None and metadata is None:
+        from .quant import quantize
+
+        quantize(model, quant)
     return model

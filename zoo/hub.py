@@ -219,7 +219,13 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
     if "num_classes" in args:
         cfg["num_classes"] = config["num_classes"] = args["num_classes"]
     config.update(num_features=getattr(model, "num_features", None), model_args=args, pretrained_cfg=cfg)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    if getattr(model, "quant_spec", None) is not None:  # packed weights, scales and the spec in the header
+        from .quant.io import save_quantized
+
+        config["quant"] = model.quant_spec.name
+        save_quantized(model, directory / "model.safetensors")
+    else:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list) + "\n"))
     return directory

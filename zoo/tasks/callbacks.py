@@ -1,6 +1,7 @@
 """Callbacks for people watching runs: atomic checkpoints, the exported model, a summary, plots."""
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import time
@@ -26,7 +27,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class ExportModel(L.Callback):
     """At the end of fit, write ``model.safetensors`` + ``config.json`` (and ``ema/`` with EMA) that
-    ``zoo.create(name, pretrained=folder)`` loads."""
+    ``zoo.create(name, pretrained=folder)`` loads; after quantization-aware training also
+    ``quantized/``, the integer model of the trained weights."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
@@ -40,6 +42,12 @@ class ExportModel(L.Callback):
             ema = pl_module.ema.module
             ema.pretrained_cfg, ema.model_args = pl_module.model.pretrained_cfg, getattr(pl_module.model, "model_args", {})
             self.exported.append(save_pretrained(ema, self.directory / "ema"))
+        spec = getattr(pl_module.model, "quant_aware_spec", None)
+        if spec is not None:
+            from ..quant import quantize
+
+            quantized = quantize(copy.deepcopy(pl_module.model).cpu().eval(), spec)
+            self.exported.append(save_pretrained(quantized, self.directory / "quantized"))
 
 
 class RunSummary(L.Callback):

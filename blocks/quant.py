@@ -1,0 +1,355 @@
+"""Quantized layers: :class:`QuantLinear` and :class:`QuantConv2d` (real integer weights), and their
+fake-quant twins :class:`FakeQuantLinear` / :class:`FakeQuantConv2d` for quantization-aware training.
+
+A quantized layer holds its weights as int8, or int4 packed two per byte, in the channels-last
+layout of :mod:`kernels.int_gemm` (N, KH, KW, C), with per-channel or per-(tap, group) scales, plus:
+
+- ``act_multiplier`` / ``act_shift`` (C,): SmoothQuant / AWQ scales and Outlier Suppression+ shifts
+  that could not be folded into the previous layer, applied inside the activation quantization;
+- ``act_scale`` (): a static per-tensor activation scale (absent: per-token dynamic scales).
+
+With int8 activations the forward pass is ``quantize_act`` then an integer GEMM (``int_conv2d`` /
+``int_linear``); weight-only layers (``w4a16``, ``w8a16``) dequantize their weights on the fly;
+fp8 layers keep e4m3 weights and quantize activations to e4m3 per token.
+Fake-quant layers are ``nn.Linear``/``nn.Conv2d`` subclasses with the same state dict as the float
+layer, so a QAT checkpoint loads into the float model and converts like any other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import int_conv2d, int_linear, pack_int4, quantize_act, unpack_int4
+from kernels.int_gemm import INT4_SYMMETRIC_ZERO
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+@dataclass
+class QuantizedWeight:
+    """Integer weights (packed for 4 bit), their (N, S) scales and, for asymmetric int4, zero points."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+    zero: Optional[torch.Tensor]
+
+
+def _segments(weight: torch.Tensor, group_size: Optional[int]) -> torch.Tensor:
+    """(N, KH, KW, C) -> (N, S, L): the values that share one scale."""
+    n, kh, kw, c = weight.shape
+    if group_size is None:
+        return weight.reshape(n, 1, kh * kw * c)
+    return weight.reshape(n, kh * kw * (c // group_size), group_size)
+
+
+def _weight_grid(seg: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype):
+    """Scale (N, S), zero point (N, S) or None, and integer levels (N, S, L) of weight segments."""
+    if symmetric:
+        qmax = 127 if bits == 8 else 7
+        scale = (seg.abs().amax(-1) / qmax).clamp_min(1e-12).to(scale_dtype)
+        return scale, None, torch.round(seg / scale.float()[..., None]).clamp(-qmax, qmax)
+    low, high = seg.amin(-1).clamp(max=0), seg.amax(-1).clamp(min=0)  # keep 0 exactly representable
+    scale = ((high - low) / 15).clamp_min(1e-12).to(scale_dtype)
+    zero = torch.round(-low / scale.float()).clamp(0, 15)
+    return scale, zero, (torch.round(seg / scale.float()[..., None]) + zero[..., None]).clamp(0, 15)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int, group_size: Optional[int] = None, symmetric: bool = True,
+                    fp8: bool = False) -> QuantizedWeight:
+    """Round-to-nearest quantization of channels-last weights (N, KH, KW, C).
+
+    Scales are stored in fp32 for one scale per channel and in fp16 for groups (they are then a
+    noticeable part of an int4 file); the values are computed against the stored, rounded scale.
+    """
+    w = weight.detach().float()
+    n, kh, kw, c = w.shape
+    seg = _segments(w, group_size)  # (N, S, L)
+    scale_dtype = torch.float32 if group_size is None else torch.float16
+    if fp8:
+        scale = (seg.abs().amax(-1) / FP8_MAX).clamp_min(1e-12)  # (N, S)
+        values = (seg / scale[..., None]).to(torch.float8_e4m3fn).view(n, kh, kw, c)
+        return QuantizedWeight(values, scale, None)
+    if not symmetric and bits != 4:
+        raise ValueError("asymmetric weights are 4 bit")
+    scale, zero, q = _weight_grid(seg, bits, symmetric, scale_dtype)
+    q = q.view(n, kh, kw, c)
+    if bits == 8:
+        return QuantizedWeight(q.to(torch.int8), scale, None)
+    if symmetric:
+        return QuantizedWeight(pack_int4(q + INT4_SYMMETRIC_ZERO), scale, None)
+    return QuantizedWeight(pack_int4(q), scale, zero.to(torch.uint8))
+
+
+def fake_quantize_weight(weight: torch.Tensor, bits: int, group_size: Optional[int] = None, symmetric: bool = True,
+                         fp8: bool = False) -> torch.Tensor:
+    """Quantize-dequantize (N, KH, KW, C) weights, the values :func:`quantize_weight` stores, without packing."""
+    n, kh, kw, c = weight.shape
+    seg = _segments(weight.float(), group_size)  # (N, S, L)
+    if fp8:
+        scale = (seg.abs().amax(-1) / FP8_MAX).clamp_min(1e-12)[..., None]
+        deq = (seg / scale).to(torch.float8_e4m3fn).float() * scale
+    else:
+        scale, zero, q = _weight_grid(seg, bits, symmetric, torch.float32 if group_size is None else torch.float16)
+        deq = (q - (0 if zero is None else zero[..., None])) * scale.float()[..., None]
+    return deq.view(n, kh, kw, c).to(weight.dtype)
+
+
+def dequantize_weight(values: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], bits: int,
+                      channels: int, group_size: Optional[int], fp8: bool = False) -> torch.Tensor:
+    """Float weights (N, KH, KW, C) from their quantized form (the inverse of :func:`quantize_weight`)."""
+    if fp8 or bits == 8:
+        q = values.float()
+    else:
+        q = unpack_int4(values, channels).float()
+        q = q - (INT4_SYMMETRIC_ZERO if zero is None else _expand(zero.float(), q.shape, group_size))
+    return q * _expand(scale.float(), q.shape, group_size)
+
+
+def _expand(table: torch.Tensor, shape: torch.Size, group_size: Optional[int]) -> torch.Tensor:
+    """An (N, S) table broadcast to the weight's (N, KH, KW, C)."""
+    n, kh, kw, c = shape
+    if table.shape[1] == 1:
+        return table.view(n, 1, 1, 1)
+    g = group_size
+    return table.view(n, kh, kw, c // g, 1).expand(n, kh, kw, c // g, g).reshape(n, kh, kw, c)
+
+
+def fake_quantize_activation(x: torch.Tensor, bits: int = 8, fp8: bool = False) -> torch.Tensor:
+    """Per-token (last dim) symmetric quantize-dequantize, as the integer path sees activations."""
+    if fp8:
+        scale = (x.detach().abs().amax(-1, keepdim=True).float() / FP8_MAX).clamp_min(1e-12)
+        return ((x.float() / scale).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
+    qmax = 2 ** (bits - 1) - 1
+    amax = x.detach().abs().amax(-1, keepdim=True).float()
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    return (torch.round(x.float() / scale).clamp(-qmax, qmax) * scale).to(x.dtype)
+
+
+def _ste(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """Straight-through estimator: the forward value of ``quantized``, the gradient of ``x``."""
+    return x + (quantized - x).detach()
+
+
+# ------------------------------------------------------------------------------------------------
+# integer layers
+# ------------------------------------------------------------------------------------------------
+class _QuantLayer(nn.Module):
+    """What QuantLinear and QuantConv2d share: buffers, the activation step, conversion."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], bias: bool, spec,
+                 group_size: Optional[int], *, act_multiplier: bool = False, act_shift: bool = False,
+                 act_scale: bool = False, device=None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = kernel_size
+        self.group_size = group_size
+        bits, kh, kw, c = spec.weight_bits, kernel_size[0], kernel_size[1], in_channels
+        segments = 1 if group_size is None else kh * kw * (c // group_size)
+        if spec.fp8:
+            values = torch.empty(out_channels, kh, kw, c, dtype=torch.float8_e4m3fn, device=device)
+        elif bits == 8:
+            values = torch.empty(out_channels, kh, kw, c, dtype=torch.int8, device=device)
+        else:
+            values = torch.empty(out_channels, kh, kw, (c + 1) // 2, dtype=torch.uint8, device=device)
+        scale_dtype = torch.float32 if group_size is None else torch.float16
+        self.register_buffer("qweight", values)
+        self.register_buffer("weight_scale", torch.empty(out_channels, segments, dtype=scale_dtype, device=device))
+        asym = not spec.weight_symmetric and bits == 4 and not spec.fp8
+        self.register_buffer("weight_zero", torch.empty(out_channels, segments, dtype=torch.uint8, device=device)
+                             if asym else None)
+        self.register_buffer("bias", torch.empty(out_channels, device=device) if bias else None)
+        self.register_buffer("act_multiplier", torch.ones(c, device=device) if act_multiplier else None)
+        self.register_buffer("act_shift", torch.zeros(c, device=device) if act_shift else None)
+        self.register_buffer("act_scale", torch.ones((), device=device) if act_scale else None)
+
+    @classmethod
+    def layer_config(cls, layer: "_QuantLayer") -> dict:
+        """What rebuilding an empty layer of this shape needs (saved in a quantized file's metadata)."""
+        return {"group_size": layer.group_size, "bias": layer.bias is not None,
+                "act_multiplier": layer.act_multiplier is not None, "act_shift": layer.act_shift is not None,
+                "act_scale": layer.act_scale is not None}
+
+    def set_weight(self, weight_nhwc: torch.Tensor) -> None:
+        """Quantize float channels-last weights (N, KH, KW, C) into this layer's buffers."""
+        q = quantize_weight(weight_nhwc, self.spec.weight_bits, self.group_size, self.spec.weight_symmetric,
+                            self.spec.fp8)
+        self.qweight = q.values.to(self.qweight.device)
+        self.weight_scale = q.scale.to(self.weight_scale.dtype).to(self.qweight.device)
+        if self.weight_zero is not None:
+            self.weight_zero = q.zero.to(self.qweight.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """Float weights (N, KH, KW, C): what the integer path multiplies by, for checks and references."""
+        return dequantize_weight(self.qweight, self.weight_scale, self.weight_zero, self.spec.weight_bits,
+                                 self.in_channels, self.group_size, self.spec.fp8)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply an unfolded shift and multiplier (weight-only and fp8 paths)."""
+        if self.act_shift is not None:
+            x = x - self.act_shift.to(x.dtype)
+        if self.act_multiplier is not None:
+            x = x * self.act_multiplier.to(x.dtype)
+        return x
+
+    def _fp8_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token e4m3 quantize-dequantize of (..., C) activations."""
+        return fake_quantize_activation(self._prepare(x), fp8=True)
+
+    def extra_repr(self) -> str:
+        group = f"group={self.group_size}" if self.group_size else "per-channel"
+        act = ("static" if self.act_scale is not None else "per-token") if not self.spec.weight_only else "float"
+        extras = [n for n in ("act_multiplier", "act_shift") if getattr(self, n) is not None]
+        return (f"{self.in_channels}, {self.out_channels}, spec={self.spec.name}, {group}, act={act}"
+                + (f", {'+'.join(extras)}" if extras else ""))
+
+
+class QuantLinear(_QuantLayer):
+    """``nn.Linear`` with int8 / packed int4 / fp8 weights; see the module docstring."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, spec,
+                 group_size: Optional[int] = None, device=None, **act) -> None:
+        super().__init__(in_features, out_features, (1, 1), bias, spec, group_size, device=device, **act)
+
+    @property
+    def in_features(self) -> int:
+        return self.in_channels
+
+    @property
+    def out_features(self) -> int:
+        return self.out_channels
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, spec, group_size: Optional[int] = None, **act) -> "QuantLinear":
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, spec=spec,
+                    group_size=group_size, device=linear.weight.device, **act)
+        layer.set_weight(linear.weight.detach().view(linear.out_features, 1, 1, -1))  # (N, 1, 1, K)
+        if linear.bias is not None:
+            layer.bias = linear.bias.detach().float().clone()
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_channels)  # (M, K)
+        if self.spec.weight_only or self.spec.fp8:
+            x2 = self._fp8_tokens(x2) if self.spec.fp8 else self._prepare(x2)
+            weight = self.dequantized_weight().view(self.out_channels, -1).to(x2.dtype)  # (N, K)
+            bias = None if self.bias is None else self.bias.to(x2.dtype)
+            return F.linear(x2, weight, bias).view(*lead, self.out_channels)
+        with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
+            q, scale = quantize_act(x2, self.act_multiplier, self.act_shift, self.act_scale)
+            y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
+                           self.bias, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (M, N)
+        return y.view(*lead, self.out_channels)
+
+
+class QuantConv2d(_QuantLayer):
+    """``nn.Conv2d`` (groups=1, dilation=1) with int8 / packed int4 / fp8 weights, through implicit GEMM."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
+                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0), bias: bool = True, *,
+                 spec, group_size: Optional[int] = None, device=None, **act) -> None:
+        super().__init__(in_channels, out_channels, tuple(kernel_size), bias, spec, group_size, device=device, **act)
+        self.stride, self.padding = tuple(stride), tuple(padding)
+
+    @staticmethod
+    def supports(conv: nn.Conv2d) -> Optional[str]:
+        """None when ``conv`` can be quantized, else why not."""
+        if conv.groups != 1:
+            return f"grouped convolution (groups={conv.groups})"
+        if tuple(conv.dilation) != (1, 1):
+            return f"dilation {tuple(conv.dilation)}"
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            return f"padding {conv.padding!r} / mode {conv.padding_mode!r}"
+        return None
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, spec, group_size: Optional[int] = None, **act) -> "QuantConv2d":
+        why = cls.supports(conv)
+        if why:
+            raise ValueError(f"QuantConv2d cannot take a {why}; keep this layer in float")
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.bias is not None, spec=spec, group_size=group_size, device=conv.weight.device, **act)
+        layer.set_weight(conv.weight.detach().permute(0, 2, 3, 1))  # (N, KH, KW, C)
+        if conv.bias is not None:
+            layer.bias = conv.bias.detach().float().clone()
+        return layer
+
+    @classmethod
+    def layer_config(cls, layer: "QuantConv2d") -> dict:
+        return {**super().layer_config(layer), "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
+                "padding": list(layer.padding)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        if self.spec.weight_only or self.spec.fp8:
+            pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+            pixels = self._fp8_tokens(pixels) if self.spec.fp8 else self._prepare(pixels)
+            weight = self.dequantized_weight().permute(0, 3, 1, 2).to(x.dtype)  # (N, C, KH, KW)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.conv2d(pixels.permute(0, 3, 1, 2), weight, bias, self.stride, self.padding)
+        with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
+            q, scale = quantize_act(x.permute(0, 2, 3, 1), self.act_multiplier, self.act_shift, self.act_scale)
+            y = int_conv2d(q, scale, self.qweight, self.weight_scale, self.weight_zero, self.bias, self.stride,
+                           self.padding, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (B, Ho, Wo, N)
+        return y.permute(0, 3, 1, 2)  # (B, N, Ho, Wo), channels-last memory
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+# ------------------------------------------------------------------------------------------------
+# fake-quant layers (quantization-aware training)
+# ------------------------------------------------------------------------------------------------
+class _FakeQuant:
+    """Quantize-dequantize weights and activations in the forward pass, straight-through backward."""
+
+    spec = None
+    group_size: Optional[int] = None
+
+    def _fake_weight(self, weight_nhwc: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        deq = fake_quantize_weight(weight_nhwc.detach(), s.weight_bits, self.group_size, s.weight_symmetric, s.fp8)
+        return _ste(weight_nhwc, deq)
+
+    def _fake_act(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.spec.weight_only:
+            return tokens
+        return _ste(tokens, fake_quantize_activation(tokens, 8, self.spec.fp8))
+
+
+class FakeQuantLinear(nn.Linear, _FakeQuant):
+    """``nn.Linear`` that trains through the quantization of ``spec`` (same parameters and state dict)."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, spec, group_size: Optional[int] = None) -> "FakeQuantLinear":
+        layer = cls.__new__(cls)
+        layer.__dict__.update(linear.__dict__)
+        layer.spec, layer.group_size = spec, group_size
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.weight.shape
+        weight = self._fake_weight(self.weight.view(n, 1, 1, k)).view(n, k)
+        return F.linear(self._fake_act(x), weight, self.bias)
+
+
+class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
+    """``nn.Conv2d`` that trains through the quantization of ``spec`` (same parameters and state dict)."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, spec, group_size: Optional[int] = None) -> "FakeQuantConv2d":
+        layer = cls.__new__(cls)
+        layer.__dict__.update(conv.__dict__)
+        layer.spec, layer.group_size = spec, group_size
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self._fake_weight(self.weight.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, C, KH, KW)
+        tokens = self._fake_act(x.permute(0, 2, 3, 1))  # per pixel over channels, as the integer path
+        return self._conv_forward(tokens.permute(0, 3, 1, 2), weight, self.bias)

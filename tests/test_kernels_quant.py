@@ -1,0 +1,366 @@
+"""The integer path: ``zoo::quantize_act`` (per-token int8 activations) and ``zoo::int_conv2d`` (implicit
+GEMM over int8 / packed int4 weights; ``int_linear`` is its 1 x 1 case).
+
+First the references against plain PyTorch (int4 packing, dequantized fp64 ``F.conv2d``, the
+quantizer's invariants), then the Triton kernels against the references on small ragged shapes:
+int8 codes and int32 accumulators bit for bit, float outputs within fp32 rounding (bit for bit in the
+interpreter, which has no FMA contraction), then ``opcheck`` and the error messages.
+
+Without a GPU the kernels run on CPU tensors through Triton's interpreter (conftest sets
+TRITON_INTERPRET=1), where one launch of these tiny shapes costs 0.1 to 1 s: keep shapes small.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels.dispatch import _interpreting, _triton_importable
+from kernels.int_gemm import int_conv2d_accumulators_reference, weight_values
+
+
+def _triton_device() -> str | None:
+    if not _triton_importable():
+        return None
+    if _interpreting():
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+DEVICE = _triton_device()
+needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
+
+
+@pytest.fixture
+def triton_mode(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "triton")
+
+
+def _assert_float_output(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bit for bit in the interpreter; on GPU within fp32 rounding (FMA contraction in the epilogue)."""
+    got = got.cpu()
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if _interpreting():
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    elif want.dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5 * float(want.abs().max().clamp(min=1)))
+    else:  # one rounding of a value that may differ in its last fp32 bits
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2 * float(want.abs().max()))
+
+
+# --------------------------------------------------------------------------------------------------
+# operands
+# --------------------------------------------------------------------------------------------------
+def _conv_operands(b, h, w, c, n, k, bits, group_size=None, asym=False, per_segment=True, seed=0):
+    """int8 activations with per-pixel scales, int8 or packed-int4 weights with scales (and zero points)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(-128, 128, (b, h, w, c), dtype=torch.int8, generator=gen)
+    a_scale = torch.rand(b, h, w, generator=gen) * 0.05 + 0.01
+    if bits == 8:
+        weight = torch.randint(-127, 128, (n, k, k, c), dtype=torch.int8, generator=gen)
+    else:
+        weight = kernels.pack_int4(torch.randint(0, 16, (n, k, k, c), generator=gen))
+    s = k * k * (c // group_size) if group_size and per_segment else 1
+    w_scale = torch.rand(n, s, generator=gen) * 0.02 + 0.001
+    w_zero = torch.randint(0, 16, (n, s), dtype=torch.uint8, generator=gen) if asym else None
+    bias = torch.randn(n, generator=gen)
+    return q, a_scale, weight, w_scale, w_zero, bias
+
+
+# (B, H, W, C, N, kernel, stride, padding, weight_bits, group_size, asymmetric, per-segment scales)
+CONV_CASES = {
+    "w8_3x3_pad1": (2, 3, 4, 13, 19, 3, 1, 1, 8, None, False, True),
+    "w8_3x3_stride2": (1, 5, 6, 9, 17, 3, 2, 0, 8, None, False, True),
+    "w4_3x3_stride2_pad1_oddC": (1, 5, 5, 11, 18, 3, 2, 1, 4, None, False, True),
+    "w4asym_3x3_group4": (1, 3, 3, 12, 17, 3, 1, 1, 4, 4, True, True),
+    "w8_1x1_group5": (2, 2, 3, 20, 5, 1, 1, 0, 8, 5, False, True),
+    "w8_1x1_group5_one_scale": (1, 2, 3, 20, 6, 1, 1, 0, 8, 5, False, False),
+    "w4_1x1_oddgroup3": (1, 2, 2, 9, 7, 1, 1, 0, 4, 3, False, True),
+    "w4asym_1x1_perchannel_1px": (3, 1, 1, 7, 33, 1, 1, 0, 4, None, True, True),
+    "w4asym_3x3_on_1x1_image": (1, 1, 1, 6, 4, 3, 1, 1, 4, 2, True, True),
+    "w8_1x1_stride2": (1, 5, 4, 5, 3, 1, 2, 0, 8, None, False, True),
+}
+
+
+def _conv_args(case):
+    b, h, w, c, n, k, s, p, bits, gs, asym, per_segment = CONV_CASES[case]
+    q, a_scale, weight, w_scale, w_zero, bias = _conv_operands(b, h, w, c, n, k, bits, gs, asym, per_segment)
+    return q, a_scale, weight, w_scale, w_zero, bias, (s, s), (p, p), bits, gs
+
+
+# --------------------------------------------------------------------------------------------------
+# references against plain PyTorch
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 6, 7])
+def test_pack_int4_round_trip_and_layout(channels):
+    values = torch.randint(0, 16, (3, 2, channels))
+    packed = kernels.pack_int4(values)
+    assert packed.dtype == torch.uint8 and packed.shape == (3, 2, (channels + 1) // 2)
+    assert torch.equal(kernels.unpack_int4(packed, channels), values.to(torch.uint8))
+    # channel 2i is the low nibble, 2i + 1 the high one
+    assert kernels.pack_int4(torch.tensor([3, 12, 5])).tolist() == [3 | 12 << 4, 5]
+    with pytest.raises(ValueError, match="0..15"):
+        kernels.pack_int4(torch.tensor([16]))
+
+
+def _dequantized_conv(q, a_scale, weight, w_scale, w_zero, bias, stride, padding, bits, group_size):
+    """The convolution of the dequantized tensors in fp64, with every per-segment scale expanded by hand."""
+    n, kh, kw, _ = weight.shape
+    c = q.shape[-1]
+    values = weight_values(weight, w_zero, bits, c, group_size).double()  # (N, KH, KW, C)
+    groups = c // (group_size or c)
+    tap = torch.arange(kh * kw).view(kh, kw, 1)
+    segment = tap * groups + torch.arange(c).view(1, 1, c) // (group_size or c)  # (KH, KW, C)
+    scale = w_scale.double()[:, segment] if w_scale.shape[1] > 1 else w_scale.double().view(n, 1, 1, 1)
+    x = (q.double() * a_scale.double()[..., None]).permute(0, 3, 1, 2)  # (B, C, H, W)
+    w = (values * scale).permute(0, 3, 1, 2)  # (N, C, KH, KW)
+    return F.conv2d(x, w, bias.double(), stride, padding).permute(0, 2, 3, 1)  # (B, Ho, Wo, N)
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_int_conv2d_reference_is_the_dequantized_convolution(case):
+    args = _conv_args(case)
+    out = kernels.int_conv2d_reference(*args, torch.float32)
+    want = _dequantized_conv(*args)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_int4_zero_points_shift_the_codes():
+    """asymmetric int4: value = nibble - zero, with zero = 8 when symmetric."""
+    nibbles = torch.tensor([[0, 15, 8, 3]])
+    packed = kernels.pack_int4(nibbles.view(1, 1, 1, 4))
+    assert weight_values(packed, None, 4, 4, None).flatten().tolist() == [-8, 7, 0, -5]
+    zero = torch.tensor([[3, 10]], dtype=torch.uint8)  # group_size 2: one zero per pair of channels
+    assert weight_values(packed, zero, 4, 4, 2).flatten().tolist() == [-3, 12, -2, -7]
+
+
+@pytest.mark.parametrize("case", ["w8_3x3_pad1", "w4asym_3x3_group4", "w4_1x1_oddgroup3"])
+def test_accumulators_reference_agrees_with_the_reference_op(case):
+    """Unit activation scales: the op's output is the sum of segment accumulators times their weight scale."""
+    q, _, weight, w_scale, w_zero, _, stride, padding, bits, gs = _conv_args(case)
+    acc = int_conv2d_accumulators_reference(q, weight, w_zero, stride, padding, bits, gs)
+    ones = torch.ones(q.shape[:3])
+    out = kernels.int_conv2d_reference(q, ones, weight, w_scale, w_zero, None, stride, padding, bits, gs,
+                                       torch.float64)
+    segments = acc.shape[-1]
+    c = q.shape[-1]
+    assert acc.dtype == torch.int32 and segments == weight.shape[1] * weight.shape[2] * (c // (gs or c))
+    terms = acc.double() * w_scale.double().expand(-1, segments)  # (B, Ho, Wo, N, segments)
+    # the reference sums in fp32 whatever out_dtype is: allow its rounding, relative to the terms' size
+    torch.testing.assert_close(out, terms.sum(-1), rtol=0, atol=1e-6 * float(terms.abs().sum(-1).max()))
+    with_scales = kernels.int_conv2d_reference(q, ones, weight, torch.ones_like(w_scale), w_zero, None, stride, padding,
+                                               bits, gs, torch.float64)
+    assert torch.equal(with_scales, acc.sum(-1).double())  # exact: every sum is far below 2^24
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_quantize_act_reference_invariants(dtype):
+    x = (torch.randn(6, 50) * torch.logspace(-3, 2, 6)[:, None]).to(dtype)
+    x[2] = 0
+    shift, multiplier = torch.randn(50) * 0.1, torch.rand(50) + 0.5
+    q, scale = kernels.quantize_act_reference(x, multiplier, shift)
+    v = (x.float() - shift) * multiplier
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (6,)
+    assert torch.equal(scale, v.abs().amax(-1) / 127)
+    assert q.abs().max() <= 127 and (q.abs() == 127).any(dim=-1).all()  # the largest |v| maps to +-127
+    err = (q.float() * scale[:, None] - v).abs()
+    assert (err <= scale[:, None] / 2 * (1 + 1e-5)).all()  # round to nearest
+    q0, scale0 = kernels.quantize_act_reference(x)  # without a shift the zero row stays zero
+    assert scale0[2] == 1 and not q0[2].any()
+
+
+def test_quantize_act_reference_static_scale_clamps_and_ties_round_to_even():
+    x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, 126.5, 300.0, -1000.0]])
+    q, scale = kernels.quantize_act_reference(x, static_scale=torch.tensor([1.0]))
+    assert q.tolist() == [[0, 2, 2, 0, -2, 0, 126, 127, -127]] and scale.tolist() == [1.0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels against the references
+# --------------------------------------------------------------------------------------------------
+def _quant_inputs(shape, dtype, options, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    k = shape[-1]
+    x = (torch.randn(shape, generator=gen) * 4).to(dtype)
+    shift = torch.randn(k, generator=gen) if "shift" in options else None
+    multiplier = (torch.rand(k, generator=gen) + 0.5).half() if "mult" in options else None  # any float dtype
+    static = torch.tensor([0.02]) if "static" in options else None
+    return x, multiplier, shift, static
+
+
+def _check_quantize(x, multiplier, shift, static):
+    def dev(t):
+        return None if t is None else t.to(DEVICE)
+
+    q, scale = kernels.quantize_act(dev(x), dev(multiplier), dev(shift), dev(static))
+    q_ref, scale_ref = kernels.quantize_act_reference(x, multiplier, shift, static)
+    assert q.dtype == torch.int8 and q.shape == x.shape and scale.shape == x.shape[:-1]
+    assert torch.equal(q.cpu(), q_ref)
+    assert torch.equal(scale.cpu(), scale_ref)
+
+
+@needs_triton
+@pytest.mark.parametrize("options", ["", "shift,mult", "static", "static,shift"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 37), (2, 3, 130)], ids=lambda s: "x".join(map(str, s)))
+def test_quantize_act_kernel_bit_exact(triton_mode, shape, options):
+    _check_quantize(*_quant_inputs(shape, torch.float32, options))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_quantize_act_kernel_low_precision_inputs(triton_mode, dtype):
+    _check_quantize(*_quant_inputs((5, 21), dtype, "shift,mult"))
+
+
+@needs_triton
+def test_quantize_act_kernel_k_loop_ties_and_zero_rows(triton_mode, monkeypatch):
+    """Rows longer than a block (the amax pass and the quantize pass loop over K), exact ties, zero rows."""
+    from kernels import _triton_quant
+
+    monkeypatch.setattr(_triton_quant, "MAX_BLOCK_K_QUANT", 16)
+    monkeypatch.setattr(_triton_quant, "QUANT_TILE", 64)
+    x, multiplier, shift, _ = _quant_inputs((7, 45), torch.float32, "shift,mult")
+    _check_quantize(x, multiplier, shift, None)
+    ties = torch.zeros(3, 45)
+    ties[0, :9] = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, 126.5, 127.0, -3.5])  # scale is exactly 1
+    _check_quantize(ties, None, None, None)  # row 1 and 2 are all zero: scale 1, codes 0
+    _check_quantize(ties, None, None, torch.tensor([0.5]))  # static: clamps at +-127
+
+
+@needs_triton
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_int_conv2d_kernel_matches_reference(triton_mode, case):
+    from kernels import _triton_quant
+
+    q, a_scale, weight, w_scale, w_zero, bias, stride, padding, bits, gs = args = _conv_args(case)
+    dev = [None if t is None else t.to(DEVICE) for t in (q, a_scale, weight, w_scale, w_zero, bias)]
+    acc = _triton_quant.int_conv2d_accumulators(dev[0], dev[2], dev[4], stride, padding, bits, gs)
+    assert acc.dtype == torch.int32
+    assert torch.equal(acc.cpu(), int_conv2d_accumulators_reference(q, weight, w_zero, stride, padding, bits, gs))
+    out = kernels.int_conv2d(*dev, stride, padding, bits, gs, torch.float32)
+    _assert_float_output(out, kernels.int_conv2d_reference(*args, torch.float32))
+
+
+@needs_triton
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", ["w4asym_3x3_group4", "w8_1x1_group5"])
+def test_int_conv2d_kernel_low_precision_output(triton_mode, case, out_dtype):
+    args = _conv_args(case)
+    dev = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in args]
+    _assert_float_output(kernels.int_conv2d(*dev, out_dtype=out_dtype), kernels.int_conv2d_reference(*args, out_dtype))
+
+
+@needs_triton
+@pytest.mark.parametrize("group_size", [None, 21])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_int_conv2d_kernel_several_chunks_per_segment(triton_mode, monkeypatch, bits, group_size):
+    """16-channel dot steps: a 42-channel segment takes three, a 21-channel group two; the second group
+    starts mid-byte in int4 (channel 21), so its chunks start at channel 20 with channel 20 masked."""
+    from kernels import _triton_quant
+
+    monkeypatch.setattr(_triton_quant, "MAX_BLOCK_C", 16)
+    q, a_scale, weight, w_scale, w_zero, bias = _conv_operands(1, 2, 3, 42, 9, 1, bits, group_size, asym=bits == 4)
+    args = (q, a_scale, weight, w_scale, w_zero, bias, (1, 1), (0, 0), bits, group_size)
+    w_zero_dev = None if w_zero is None else w_zero.to(DEVICE)
+    acc = _triton_quant.int_conv2d_accumulators(q.to(DEVICE), weight.to(DEVICE), w_zero_dev, (1, 1), (0, 0), bits,
+                                                group_size)
+    want = int_conv2d_accumulators_reference(q, weight, w_zero, (1, 1), (0, 0), bits, group_size)
+    assert torch.equal(acc.cpu(), want)
+    dev = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in args]
+    _assert_float_output(kernels.int_conv2d(*dev), kernels.int_conv2d_reference(*args, torch.float32))
+
+
+@needs_triton
+@pytest.mark.parametrize("m,k,n,bits,group_size,out_dtype", [
+    (1, 37, 21, 8, None, torch.float32),
+    (1, 64, 19, 4, 32, torch.bfloat16),
+    (3, 45, 18, 4, None, torch.float32),
+])
+def test_int_linear_kernel_matches_reference(triton_mode, m, k, n, bits, group_size, out_dtype):
+    """Activation quantization, then the 1 x 1 GEMM, as a quantized linear layer runs them."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(m, k, generator=gen)
+    asym = group_size is not None
+    _, _, weight, w_scale, w_zero, bias = _conv_operands(1, 1, 1, k, n, 1, bits, group_size, asym=asym)
+    weight = weight.view(n, -1)  # (N, K) or packed (N, ceil(K / 2))
+    q, a_scale = kernels.quantize_act(x.to(DEVICE))
+    w_zero_dev = None if w_zero is None else w_zero.to(DEVICE)
+    out = kernels.int_linear(q, a_scale, weight.to(DEVICE), w_scale.to(DEVICE), w_zero_dev, bias.to(DEVICE), bits,
+                             group_size, out_dtype)
+    q_ref, a_ref = kernels.quantize_act_reference(x)
+    assert torch.equal(q.cpu(), q_ref)
+    want = kernels.int_conv2d_reference(q_ref.view(1, 1, m, k), a_ref.view(1, 1, m), weight.view(n, 1, 1, -1), w_scale,
+                                        w_zero, bias, (1, 1), (0, 0), bits, group_size, out_dtype).view(m, n)
+    _assert_float_output(out, want)
+
+
+# --------------------------------------------------------------------------------------------------
+# opcheck and errors
+# --------------------------------------------------------------------------------------------------
+def _opcheck_cases(device):
+    x = torch.randn(3, 10, device=device)
+    q, a_scale, weight, w_scale, w_zero, bias = (t.to(device) for t in _conv_operands(1, 2, 3, 6, 5, 3, 4, 2, True))
+    q8, a8, w8, s8 = (t.to(device) for t in _conv_operands(1, 1, 2, 5, 4, 1, 8)[:4])
+    return [
+        (torch.ops.zoo.quantize_act.default,
+         (x, torch.rand(10, device=device) + 0.5, torch.randn(10, device=device), None)),
+        (torch.ops.zoo.quantize_act.default, (x.to(torch.bfloat16), None, None, torch.tensor([0.1], device=device))),
+        (torch.ops.zoo.int_conv2d.default,
+         (q, a_scale, weight, w_scale, w_zero, bias, [1, 1], [1, 1], 4, 2, torch.float32)),
+        (torch.ops.zoo.int_conv2d.default, (q8, a8, w8, s8, None, None, [1, 1], [0, 0], 8, None, torch.bfloat16)),
+    ]
+
+
+# Inference-only ops without an autograd formula: no input requires grad (one that did would make the
+# aot_dispatch checks differentiate through int8 outputs). The static aot check is added to the defaults.
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static",
+                 "test_aot_dispatch_dynamic")
+
+
+def test_opcheck_reference_path(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    for op, args in _opcheck_cases("cpu"):
+        torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
+
+
+@needs_triton
+def test_opcheck_triton_path(triton_mode):
+    for op, args in _opcheck_cases(DEVICE):
+        torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
+
+
+def test_both_ops_have_a_triton_implementation(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "auto")
+    ops = kernels.available()["ops"]
+    assert ops["quantize_act"] == ["torch", "triton"] and ops["int_conv2d"] == ["torch", "triton"]
+
+
+def test_bad_inputs_raise_errors_that_name_the_problem():
+    q, a_scale, weight, w_scale, _, bias = _conv_operands(1, 3, 3, 6, 4, 3, 8)
+    packed = kernels.pack_int4(torch.randint(0, 16, (4, 3, 3, 6)))
+    cases = [
+        (dict(q=q.float()), r"int8 activations \(B, H, W, C\); got torch.float32"),
+        (dict(a_scale=a_scale[0]), r"a_scale must be \(B, H, W\) = \(1, 3, 3\); got \(3, 3\)"),
+        (dict(weight=packed), r"8-bit weights for 6 input channels are torch.int8 \(N, KH, KW, 6\); got torch.uint8"),
+        (dict(weight=weight, weight_bits=4), r"4-bit weights .* torch.uint8 \(N, KH, KW, 3\); got torch.int8"),
+        (dict(weight_bits=2), r"weight_bits must be 4 or 8; got 2"),
+        (dict(group_size=4), r"group_size=4 does not divide the 6 input channels"),
+        (dict(w_scale=torch.rand(4, 5), group_size=3), r"w_scale must be \(4, 1\) or \(4, 18\); got \(4, 5\)"),
+        (dict(w_zero=torch.zeros(4, 1, dtype=torch.uint8)), r"w_zero is for 4-bit weights"),
+        (dict(bias=bias[:3]), r"bias must be \(4,\); got \(3,\)"),
+        (dict(q=q[:, :1, :1]), r"3x3 kernel does not fit a 1x1 input with padding \(0, 0\)"),
+    ]
+    base = dict(q=q, a_scale=a_scale, weight=weight, w_scale=w_scale, bias=bias)
+    for change, message in cases:
+        kwargs = {**base, **change}
+        if "q" in change and change["q"].dtype == torch.int8:
+            kwargs["a_scale"] = a_scale[:, :1, :1]
+        with pytest.raises(ValueError, match=message):
+            kernels.int_conv2d(**kwargs)
+    with pytest.raises(TypeError, match="floating-point activations; got torch.int8"):
+        kernels.quantize_act(q)
+    with pytest.raises(ValueError, match=r"multiplier must have shape \(6,\).*got \(5,\)"):
+        kernels.quantize_act(torch.randn(2, 6), multiplier=torch.rand(5))
+    with pytest.raises(ValueError, match=r"static_scale must hold one value; got shape \(2,\)"):
+        kernels.quantize_act(torch.randn(2, 6), static_scale=torch.rand(2))

@@ -1,0 +1,128 @@
+"""Quantized models on disk: one safetensors file holding the packed weights, their scales, the float
+layers, and (in the header metadata) the spec and each quantized layer's configuration, so
+``zoo.create(arch, pretrained=<file>)`` rebuilds the quantized model without any float weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from blocks.quant import QuantConv2d, QuantLinear
+
+from .convert import LayerReport, _set_module
+from .spec import QuantSpec
+
+META_KEY = "zoo.quant"
+FORMAT_VERSION = 1
+
+
+def quant_metadata(model: nn.Module) -> dict:
+    """The metadata describing a quantized model: spec, method and each quantized layer's shape."""
+    spec = getattr(model, "quant_spec", None)
+    if spec is None:
+        raise ValueError("the model is not quantized; call zoo.quantize(model, spec) first")
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (QuantConv2d, QuantLinear)):
+            layers[name] = {"type": type(module).__name__, "in_channels": module.in_channels,
+                            "out_channels": module.out_channels, **type(module).layer_config(module)}
+    return {"version": FORMAT_VERSION, "spec": json.loads(spec.to_json()),
+            "method": getattr(model, "quant_method", "rtn"), "layers": layers}
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike, extra_metadata: Optional[dict] = None) -> Path:
+    """Write a quantized model to one ``.safetensors`` file, atomically."""
+    from safetensors.torch import save_file
+
+    from ..hub import atomic_write
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"quantized models are saved as .safetensors; got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", META_KEY: json.dumps(quant_metadata(model))}
+    for key, value in (extra_metadata or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
+
+
+def read_quant_metadata(source: object) -> Optional[dict]:
+    """The quantization metadata of a ``.safetensors`` file (or a saved folder), None for a float file."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    text = os.fspath(source)
+    path = Path(text[len("local-dir:"):] if text.startswith("local-dir:") else text).expanduser()
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file() or path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception:  # not readable as safetensors: the normal loader reports it
+        return None
+    if META_KEY not in meta:
+        return None
+    data = json.loads(meta[META_KEY])
+    if data.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path} is a zoo quantized file of format version {data.get('version')}; this zoo reads "
+                         f"version {FORMAT_VERSION}")
+    data["path"] = str(path)
+    return data
+
+
+def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
+    """Swap ``model``'s float layers for empty quantized ones as ``metadata`` describes (weights follow)."""
+    spec = QuantSpec.from_json(json.dumps(metadata["spec"]))
+    report = []
+    for name, cfg in metadata["layers"].items():
+        try:
+            float_layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the quantized file has layer {name!r}, which this model does not have; was it saved "
+                             f"from another architecture or with other model arguments?") from None
+        act = {k: cfg[k] for k in ("act_multiplier", "act_shift", "act_scale")}
+        device = next(float_layer.parameters()).device
+        if cfg["type"] == "QuantConv2d":
+            layer = QuantConv2d(cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]),
+                                tuple(cfg["stride"]), tuple(cfg["padding"]), cfg["bias"], spec=spec,
+                                group_size=cfg["group_size"], device=device, **act)
+        else:
+            layer = QuantLinear(cfg["in_channels"], cfg["out_channels"], cfg["bias"], spec=spec,
+                                group_size=cfg["group_size"], device=device, **act)
+        _set_module(model, name, layer)
+        report.append(LayerReport(name, cfg["type"], "quantized", "loaded"))
+    model.quant_spec = spec
+    model.quant_method = metadata.get("method", "rtn")
+    model.quant_report = report
+    return model
+
+
+def load_quantized_into(model: nn.Module, metadata: dict) -> nn.Module:
+    """Rebuild ``model`` (float, possibly on the meta device) as the file's quantized model and load it."""
+    from ..checkpoint import CheckpointError, read_checkpoint
+
+    rebuild(model, metadata)
+    state = read_checkpoint(metadata["path"])
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                 f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}"
+                 if wrong else ""]
+        raise CheckpointError(f"{metadata['path']} does not fit the model: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True, assign=True)
+    leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"tensors {leftovers[:5]} were not in the file and were built on the meta device")
+    return model

@@ -1,0 +1,146 @@
+"""Calibration methods: the per-input-channel scale ``s`` and shift ``z`` of each layer.
+
+Every method rewrites a layer ``y = W x + b`` into the same function of easier-to-quantize tensors,
+
+    y = (W * s) ((x - z) / s) + (b + W z)
+
+(``s`` multiplies the weight's input channels, ``z`` moves into the bias) and then quantizes
+``W * s`` and ``(x - z) / s``:
+
+- ``rtn``: no rewrite (s = 1, z = 0), round to nearest;
+- ``smoothquant`` (Xiao et al., 2023): ``s_j = max|X_j|^a / max|W_j|^(1-a)`` migrates activation
+  outliers into the weights;
+- ``os+`` (Outlier Suppression+, Wei et al., 2023): ``z_j`` centres each channel's range
+  (``(max_j + min_j) / 2``), then ``s_j = max(1, max|X_j - z_j| / t)`` with the threshold ``t``
+  searched to minimise the layer's output error;
+- ``awq`` (Lin et al., 2024): ``s_j = mean|X_j|^a`` (normalised), ``a`` searched on a grid to minimise
+  the layer's output error with quantized weights (and activations when they are quantized).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blocks.quant import dequantize_weight, fake_quantize_activation, quantize_weight
+
+from .calibrate import LayerStats
+
+METHODS: dict[str, Callable] = {}
+GRID = 20
+
+
+@dataclass
+class Transform:
+    """What a method decided for one layer: activations ``(x - shift) / scale``."""
+
+    scale: Optional[torch.Tensor] = None
+    shift: Optional[torch.Tensor] = None
+
+
+def register_method(name: str):
+    def wrap(fn):
+        METHODS[name] = fn
+        return fn
+    return wrap
+
+
+def weight_nhwc(layer: nn.Module) -> torch.Tensor:
+    """A layer's float weight as (N, KH, KW, C)."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.weight.detach().float().permute(0, 2, 3, 1)
+    return layer.weight.detach().float()[:, None, None, :]
+
+
+def shift_allowed(layer: nn.Module) -> bool:
+    """A shift moves exactly into the bias only where no zero padding is read (the padded zeros
+    would become ``-z``)."""
+    return isinstance(layer, nn.Linear) or all(p == 0 for p in layer.padding)
+
+
+def _channel_view(t: torch.Tensor, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    return t.view(1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else t
+
+
+def _run(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    if isinstance(layer, nn.Conv2d):
+        return F.conv2d(x, weight.permute(0, 3, 1, 2), bias, layer.stride, layer.padding)
+    return F.linear(x, weight.flatten(1), bias)
+
+
+@torch.no_grad()
+def layer_error(layer: nn.Module, sample: torch.Tensor, spec, group_size: Optional[int], transform: Transform,
+                reference: Optional[torch.Tensor] = None) -> float:
+    """Mean squared error of the quantized, transformed layer against the float one on ``sample``."""
+    weight = weight_nhwc(layer)
+    bias = None if layer.bias is None else layer.bias.detach().float()
+    if reference is None:
+        reference = _run(layer, sample, weight, bias)
+    x, w = sample, weight
+    if transform.shift is not None:
+        x = x - _channel_view(transform.shift, x, layer)
+        correction = (weight * transform.shift).sum((1, 2, 3))  # W z, summed over taps
+        bias = correction if bias is None else bias + correction
+    if transform.scale is not None:
+        x = x / _channel_view(transform.scale, x, layer)
+        w = w * transform.scale
+    q = quantize_weight(w, spec.weight_bits, group_size, spec.weight_symmetric, spec.fp8)
+    w = dequantize_weight(q.values, q.scale, q.zero, spec.weight_bits, w.shape[-1], group_size, spec.fp8)
+    if not spec.weight_only:
+        tokens = x.permute(0, 2, 3, 1) if isinstance(layer, nn.Conv2d) else x
+        tokens = fake_quantize_activation(tokens, 8, spec.fp8)
+        x = tokens.permute(0, 3, 1, 2) if isinstance(layer, nn.Conv2d) else tokens
+    return float((_run(layer, x, w, bias) - reference).pow(2).mean())
+
+
+def _normalise(s: torch.Tensor) -> torch.Tensor:
+    """Scales centred geometrically on 1, clamped away from 0 and infinity."""
+    s = s.clamp(1e-4, 1e4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+@register_method("rtn")
+def rtn(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int], **_) -> Transform:
+    return Transform()
+
+
+@register_method("smoothquant")
+def smoothquant(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int], alpha: float = 0.5,
+                **_) -> Transform:
+    w_max = weight_nhwc(layer).abs().amax((0, 1, 2)).clamp_min(1e-5)  # (C,) over outputs and taps
+    x_max = stats.absmax.clamp_min(1e-5)
+    return Transform(scale=(x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp_min(1e-5))
+
+
+@register_method("os+")
+def outlier_suppression_plus(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int],
+                             **_) -> Transform:
+    shift = (stats.maximum + stats.minimum) / 2 if shift_allowed(layer) else None
+    centred = stats.absmax if shift is None else torch.maximum(stats.maximum - shift, shift - stats.minimum)
+    centred = centred.clamp_min(1e-5)
+    reference = _run(layer, stats.sample, weight_nhwc(layer), None if layer.bias is None else layer.bias.float())
+    best, best_err = Transform(shift=shift), layer_error(layer, stats.sample, spec, group_size,
+                                                         Transform(shift=shift), reference)
+    # candidate thresholds: the channel ranges themselves, from the largest down
+    for t in torch.quantile(centred, torch.linspace(1.0, 0.5, GRID)).tolist():
+        candidate = Transform(scale=(centred / t).clamp_min(1.0), shift=shift)
+        err = layer_error(layer, stats.sample, spec, group_size, candidate, reference)
+        if err < best_err:
+            best, best_err = candidate, err
+    return best
+
+
+@register_method("awq")
+def awq(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int], **_) -> Transform:
+    x_mean = stats.abs_mean.clamp_min(1e-5)
+    reference = _run(layer, stats.sample, weight_nhwc(layer), None if layer.bias is None else layer.bias.float())
+    best, best_err = Transform(), layer_error(layer, stats.sample, spec, group_size, Transform(), reference)
+    for a in torch.arange(1, GRID).div(GRID).tolist():
+        candidate = Transform(scale=_normalise(x_mean.pow(a)))
+        err = layer_error(layer, stats.sample, spec, group_size, candidate, reference)
+        if err < best_err:
+            best, best_err = candidate, err
+    return best
