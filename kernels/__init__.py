@@ -41,3 +41,7 @@ from .int_gemm import pack_int4, unpack_int4  # noqa: E402
 
 __all__ += ["quantize_act", "quantize_act_reference", "int_conv2d", "int_conv2d_reference",
             "int_conv2d_accumulators_reference", "int_linear", "pack_int4", "unpack_int4"]
+
+from .patch_embed import channel_patch_embed, channel_patch_embed_reference  # noqa: E402
+
+__all__ += ["channel_patch_embed", "channel_patch_embed_reference"]
