@@ -16,6 +16,7 @@ from .eca import EfficientChannelAttention
 from .fca import MultiSpectralAttention
 from .ca import ChannelAttention
 from .han import ChannelSpatialAttention, LayerAttention
+from .channel_vit import ChannelPatchEmbed, HierarchicalChannelSampler
 
 __all__ = [
     "create",

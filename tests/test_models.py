@@ -7,8 +7,10 @@ import torch
 import zoo
 
 MODELS = zoo.list_models()
-CLASSIFIERS = [m for m in MODELS if zoo.get_pretrained_cfg(m).num_classes > 0]
-SR_MODELS = [m for m in MODELS if m not in CLASSIFIERS]
+# vision transformers: token features (B, 1 + T, D) and no feature pyramid; their contract is test_token_model_contract
+TOKEN_MODELS = [m for m in MODELS if zoo.registry.model_family(m) == "channelvit"]
+CLASSIFIERS = [m for m in MODELS if zoo.get_pretrained_cfg(m).num_classes > 0 and m not in TOKEN_MODELS]
+SR_MODELS = [m for m in MODELS if m not in CLASSIFIERS and m not in TOKEN_MODELS]
 IMG = 64  # smallest size that keeps a 2x2 map at stride 32
 
 
@@ -67,6 +69,44 @@ def test_features_and_save_round_trip(name, tmp_path):
     loaded = zoo.create(name, pretrained=str(tmp_path / name)).eval()
     assert loaded.num_classes == 3
     x = torch.randn(1, 3, IMG, IMG)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", TOKEN_MODELS)
+def test_token_model_contract(name, tmp_path):
+    """ViTs: the classifier contract with token features (B, 1 + T, D) in place of a feature map; at
+    depth 2, since every block is alike and twelve ViT-B blocks cost a minute on this CPU."""
+    model = zoo.create(name, num_classes=7, depth=2)
+    cfg = model.pretrained_cfg
+    assert cfg["architecture"] == name
+    state = model.state_dict()
+    assert f"{cfg['first_conv']}.weight" in state and f"{cfg['classifier']}.weight" in state
+    for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "num_classes", "license", "paper", "origin_url"):
+        assert key in cfg
+
+    x = torch.randn(2, 3, IMG, IMG)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.ndim == 3 and feats.shape[0] == 2 and feats.shape[-1] == model.num_features
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+        torch.testing.assert_close(model.forward_head(feats), model(x))
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5) and model.num_classes == 5
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+
+    model = zoo.create(name, num_classes=3, drop_path_rate=0.1, depth=2).eval()
+    zoo.save_pretrained(model, tmp_path / name)
+    loaded = zoo.create(name, pretrained=str(tmp_path / name)).eval()
+    assert loaded.num_classes == 3
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 

@@ -1,4 +1,4 @@
 """Model families; importing a family registers its architectures."""
-from . import han, rcan, resnet
+from . import channelvit, han, rcan, resnet
 
-__all__ = ["han", "rcan", "resnet"]
+__all__ = ["channelvit", "han", "rcan", "resnet"]
