@@ -56,7 +56,7 @@ def quantize_act_reference(x: torch.Tensor, multiplier: Optional[torch.Tensor] =
         amax = v.abs().amax(dim=-1)
         scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
     else:
-        scale = static_scale.float().reshape(()).expand(v.shape[:-1]).contiguous()
+        scale = static_scale.float().reshape(()).expand(v.shape[:-1]).clone(memory_format=torch.contiguous_format)
     q = round_half_even(v / scale.unsqueeze(-1)).clamp_(-QMAX, QMAX).to(torch.int8)
     return q, scale
 

@@ -317,3 +317,29 @@ def test_cli_quantize_writes_a_loadable_file(tmp_path, capsys):
     assert zoo.create("rcan_tiny_x2", pretrained=str(out)).quant_spec.name == "w8a8"
     assert main(["quantize", "rcan_tiny_x2", str(out), "--spec", "w5a8"]) == 2
     assert "did you mean 'w8a8'" in capsys.readouterr().err
+
+
+def test_vit_post_layernorm_scales_fold_into_layernorm():
+    """RepQ-ViT-style: per-channel scales of post-LayerNorm activations move into the LayerNorm's affine
+    and the next linear layer; on a ViT whose LayerNorms make channel outliers this beats RTN."""
+    torch.manual_seed(0)
+    vit = zoo.create("channelvit", img_size=16, patch_size=8, in_chans=3, embed_dim=48, depth=2, num_heads=3,
+                     num_classes=5).eval()
+    with torch.no_grad():  # trained ViTs have a few LayerNorm channels far larger than the rest
+        for block in vit.blocks:
+            for norm in (block.norm1, block.norm2):
+                norm.weight[:3].mul_(20)
+                norm.bias[3:6].add_(8)
+    calib = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    x = torch.randn(16, 3, 16, 16)
+    ref = vit(x)
+
+    def sqnr(model):
+        return float(10 * torch.log10(ref.pow(2).sum() / (model(x) - ref).pow(2).sum()))
+
+    rtn = quantize(copy.deepcopy(vit), "w8a8-static", calib=calib)
+    repq = quantize(copy.deepcopy(vit), "w8a8-static", calib=calib, method="repq")
+    report = {r.name: r.detail for r in repq.quant_report}
+    assert "folded into blocks.1.norm1" in report["blocks.1.attn.qkv"]
+    assert "folded into blocks.0.norm2" in report["blocks.0.mlp.fc1"]
+    assert sqnr(repq) > sqnr(rtn) + 1.0, (sqnr(repq), sqnr(rtn))

@@ -57,18 +57,21 @@ class Calibration:
 class _UseCounter(TorchFunctionMode):
     """Counts, per tensor id, the torch calls that read the tensor and produce a tensor."""
 
-    def __init__(self, users: dict[int, int], state: dict) -> None:
+    def __init__(self, users: dict[int, int], state: dict, keep_alive: list) -> None:
         super().__init__()
-        self.users, self.state = users, state
+        self.users, self.state, self.keep_alive = users, state, keep_alive
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.state["quiet"] == 0 and self.state["passthrough"] == 0 and isinstance(out, (torch.Tensor, tuple)):
+        produces_tensor = isinstance(out, torch.Tensor) or (  # not torch.Size, a tuple of ints
+            isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out))
+        if self.state["quiet"] == 0 and self.state["passthrough"] == 0 and produces_tensor:
             for t in (*args, *kwargs.values()):
                 for u in (t if isinstance(t, (list, tuple)) else (t,)):
                     if isinstance(u, torch.Tensor):
                         self.users[id(u)] = self.users.get(id(u), 0) + 1
+                        self.keep_alive.append(u)  # a freed tensor's id could be reused by a later one
         return out
 
 
@@ -180,13 +183,20 @@ def calibrate(model: nn.Module, layers: dict[str, nn.Module], data: Iterable, nu
                 break
             x = input_of(batch)
             if step == 0:
-                first_layer = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+                # the first module with weights: where the data enters (a conv stem, a patch embedding, ...)
+                first_layer = next((m for m in model.modules() if not list(m.children())
+                                    and next(m.parameters(recurse=False), None) is not None), None)
                 check_input(model, x, first_layer)
                 result.first_input = x
             x = x.to(device) if isinstance(x, torch.Tensor) else x
             if step == 0:
-                with _UseCounter(users, state):
-                    model(x)
+                try:
+                    with _UseCounter(users, state, keep_alive):
+                        model(x)
+                except (RuntimeError, ValueError) as exc:
+                    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                    raise ValueError(f"the model cannot run on the calibration data (first batch {shape}): {exc}; "
+                                     f"pass batches of model inputs") from exc
             else:
                 model(x)
             if step == 0:

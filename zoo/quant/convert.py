@@ -172,7 +172,8 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
     if method != "rtn":
         with torch.no_grad():
             transforms = {name: METHODS[method](layer, calibration.stats[name], spec,
-                                                spec.group_for(_in_channels(layer)), alpha=alpha)
+                                                spec.group_for(_in_channels(layer)), alpha=alpha,
+                                                producer=_producer_module(model, calibration, name))
                           for name, layer in layers.items()}
         for t_name, layer in layers.items():  # a shift only where it moves exactly into the bias
             if transforms[t_name].shift is not None and not shift_allowed(layer):
@@ -204,6 +205,14 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
     model.quant_method = method
     model.quant_report = sorted(report, key=lambda r: order.get(r.name, -1))
     return model
+
+
+def _producer_module(model: nn.Module, calibration: Calibration, name: str) -> Optional[nn.Module]:
+    """The module whose output ``name`` reads directly (no non-linearity between), if any."""
+    producer = calibration.producers.get(name)
+    if producer is None or producer.through_nonlinearity:
+        return None
+    return model.get_submodule(producer.name)
 
 
 def _in_channels(layer: nn.Module) -> int:

@@ -14,7 +14,14 @@ Every method rewrites a layer ``y = W x + b`` into the same function of easier-t
   (``(max_j + min_j) / 2``), then ``s_j = max(1, max|X_j - z_j| / t)`` with the threshold ``t``
   searched to minimise the layer's output error;
 - ``awq`` (Lin et al., 2024): ``s_j = mean|X_j|^a`` (normalised), ``a`` searched on a grid to minimise
-  the layer's output error with quantized weights (and activations when they are quantized).
+  the layer's output error with quantized weights (and activations when they are quantized);
+- ``repq`` (RepQ-ViT, Li et al., 2023): for layers that read a LayerNorm's output, per-channel
+  activation quantization reparameterized to a per-layer one: ``z_j`` centres each channel
+  (``(max_j + min_j) / 2``) and ``s_j = r_j / mean(r)`` equalises the channel ranges ``r_j``, both
+  folded into the LayerNorm's affine and the next linear layer; other layers are left to RTN.
+
+Each method is called as ``method(layer, stats, spec, group_size, alpha=, producer=)``, ``producer``
+being the module whose output the layer reads directly (None when unknown or behind a non-linearity).
 """
 from __future__ import annotations
 
@@ -144,3 +151,14 @@ def awq(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int], **
         if err < best_err:
             best, best_err = candidate, err
     return best
+
+
+@register_method("repq")
+def repq(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int],
+         producer: Optional[nn.Module] = None, **_) -> Transform:
+    if not isinstance(producer, (nn.LayerNorm, nn.GroupNorm)):
+        return Transform()
+    shift = (stats.maximum + stats.minimum) / 2 if shift_allowed(layer) else None
+    reach = stats.absmax if shift is None else (stats.maximum - stats.minimum) / 2
+    reach = reach.clamp_min(1e-5)
+    return Transform(scale=reach / reach.mean(), shift=shift)
