@@ -13,7 +13,11 @@ from .optim import OptimizerConfig, SchedulerConfig
 
 
 class ClassificationTask(BaseTask):
-    """Supervised classification of ``(images, labels)`` batches.
+    """Supervised classification of ``(images, labels)`` or ``(images, labels, channel_ids)`` batches.
+
+    A third batch entry (multi-channel data with a channel subset, e.g. ``multichannel_digits`` with
+    ``channels: [0, 2]``) is passed on as ``model(images, channel_ids=...)``; two-entry batches call
+    ``model(images)``, so other models never see the keyword.
 
     Args (beyond :class:`BaseTask`'s):
         num_classes: classes; defaults to ``model.num_classes``.
@@ -49,23 +53,35 @@ class ClassificationTask(BaseTask):
         self.save_hyperparameters({"num_classes": self.num_classes, "label_smoothing": label_smoothing,
                                    "mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha, "mix_prob": mix_prob})
 
+    def forward(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if channel_ids is None:
+            return super().forward(x)
+        return (self._compiled_forward or self.model)(x, channel_ids=channel_ids)
+
+    @staticmethod
+    def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(images, labels[, channel_ids])`` -> images, labels and the model's extra keyword arguments."""
+        images, labels, *rest = batch
+        return images, labels, ({"channel_ids": rest[0]} if rest else {})
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
+        images, labels, extra = self._unpack(batch)
         if self.mixup is not None:
+            # mixing pairs images of one batch; their channel_ids are the same (one subset per data module)
             images, soft = self.mixup(images, labels)  # soft targets already carry the smoothing
-            loss = torch.sum(-soft * F.log_softmax(self(images), dim=-1), dim=-1).mean()
+            loss = torch.sum(-soft * F.log_softmax(self(images, **extra), dim=-1), dim=-1).mean()
         else:
-            loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
+            loss = F.cross_entropy(self(images, **extra), labels, label_smoothing=self.label_smoothing)
         self.check_loss(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
         self.log_lr()
         return loss
 
     def _evaluate(self, batch: Any, stage: str) -> None:
-        images, labels = batch
-        runs = [(stage, self(images))]
+        images, labels, extra = self._unpack(batch)
+        runs = [(stage, self(images, **extra))]
         if self.ema is not None:
-            runs.append((f"{stage}_ema", self.ema(images)))
+            runs.append((f"{stage}_ema", self.ema(images, **extra)))
         for prefix, logits in runs:
             self.log(f"{prefix}/loss", F.cross_entropy(logits, labels), prog_bar=False, batch_size=len(labels), sync_dist=True)
             for name, metric in self.metrics[prefix].items():
@@ -79,5 +95,7 @@ class ClassificationTask(BaseTask):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).softmax(dim=-1)
+        if not isinstance(batch, (tuple, list)):
+            return self(batch).softmax(dim=-1)
+        extra = {"channel_ids": batch[2]} if len(batch) > 2 else {}
+        return self(batch[0], **extra).softmax(dim=-1)
