@@ -102,7 +102,9 @@ def check_input(model: nn.Module, x: object, first_layer: nn.Module) -> None:
     if isinstance(first_layer, nn.Conv2d) and (x.ndim != 4 or x.shape[1] != first_layer.in_channels):
         raise ValueError(f"calibration data has shape {tuple(x.shape)}, but the model's first layer takes "
                          f"(B, {first_layer.in_channels}, H, W) images; pass batches of model inputs")
-    if isinstance(first_layer, nn.Linear) and x.is_floating_point() and x.shape[-1] != first_layer.in_features:
+    # only a 2-D batch must match a first Linear directly: a Flatten/reshape may sit in front of it
+    if isinstance(first_layer, nn.Linear) and x.is_floating_point() and x.ndim == 2 and \
+            x.shape[-1] != first_layer.in_features:
         raise ValueError(f"calibration data has shape {tuple(x.shape)}, but the model's first layer takes "
                          f"(..., {first_layer.in_features}) inputs; pass batches of model inputs")
 

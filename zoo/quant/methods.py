@@ -125,18 +125,20 @@ def smoothquant(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[
 @register_method("os+")
 def outlier_suppression_plus(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int],
                              **_) -> Transform:
-    shift = (stats.maximum + stats.minimum) / 2 if shift_allowed(layer) else None
-    centred = stats.absmax if shift is None else torch.maximum(stats.maximum - shift, shift - stats.minimum)
-    centred = centred.clamp_min(1e-5)
     reference = _run(layer, stats.sample, weight_nhwc(layer), None if layer.bias is None else layer.bias.float())
-    best, best_err = Transform(shift=shift), layer_error(layer, stats.sample, spec, group_size,
-                                                         Transform(shift=shift), reference)
-    # candidate thresholds: the channel ranges themselves, from the largest down
-    for t in torch.quantile(centred, torch.linspace(1.0, 0.5, GRID)).tolist():
-        candidate = Transform(scale=(centred / t).clamp_min(1.0), shift=shift)
-        err = layer_error(layer, stats.sample, spec, group_size, candidate, reference)
-        if err < best_err:
-            best, best_err = candidate, err
+    best, best_err = Transform(), layer_error(layer, stats.sample, spec, group_size, Transform(), reference)
+    # the shift helps skewed channels only when activations are quantized; with or without it, search
+    # the scaling threshold among the channel ranges themselves, from the largest down
+    shifts = [None] + ([(stats.maximum + stats.minimum) / 2] if shift_allowed(layer) else [])
+    for shift in shifts:
+        centred = stats.absmax if shift is None else torch.maximum(stats.maximum - shift, shift - stats.minimum)
+        centred = centred.clamp_min(1e-5)
+        candidates = [Transform(shift=shift)] + [Transform(scale=(centred / t).clamp_min(1.0), shift=shift)
+                                                 for t in torch.quantile(centred, torch.linspace(1.0, 0.5, GRID))]
+        for candidate in candidates:
+            err = layer_error(layer, stats.sample, spec, group_size, candidate, reference)
+            if err < best_err:
+                best, best_err = candidate, err
     return best
 
 
