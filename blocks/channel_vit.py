@@ -54,6 +54,9 @@ def resolve_channel_ids(x: torch.Tensor, channel_ids: torch.Tensor | None, chann
             raise ValueError(f"channel_ids must lie in 0..{channels - 1} (the model's in_chans={channels} "
                              f"training channels); got values from {lo} to {hi}. Use the index each channel "
                              f"had in training, or build the model with a larger in_chans")
+        if c > 1 and bool((ids.sort(dim=-1).values.diff(dim=-1) == 0).any()):
+            raise ValueError("channel_ids repeat a channel: each channel of x must name a different training "
+                             "channel (e.g. [0, 2, 3], not [0, 2, 2])")
     return ids.long()
 
 

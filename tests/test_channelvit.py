@@ -259,6 +259,10 @@ def test_errors_name_the_fix():
         model(x, torch.tensor([[0, 1, 2]] * 3))
     with pytest.raises(ValueError, match="integer"):
         model(x, torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="repeat a channel"):
+        model(x, torch.tensor([0, 2, 2]))
+    with pytest.raises(ValueError, match="repeat a channel"):
+        model(x, torch.tensor([[0, 1, 2], [3, 1, 3]]))
     with pytest.raises(ValueError, match="in_chans=6"):
         model(torch.randn(1, 6, 32, 32))
     with pytest.raises(ValueError, match="multiple of the patch size 8.*32x24"):
