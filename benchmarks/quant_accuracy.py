@@ -2,30 +2,33 @@
 
     python benchmarks/quant_accuracy.py [--quick] [--tables ABCD] [--retrain] [--calib-batches 4]
                                         [--digits-epochs 4] [--qat-epochs 4] [--full-images] [--save]
-                                        [--threads N]
+                                        [--threads 1]
 
 A. The quickstart RCAN (``rcan_tiny_x2``, shipped weights): PSNR (Y channel, 2-pixel border shaved) on
    the held-out val crops (192x192 HR centre crops of stereo_motorcycle and hubble_deep_field, mean
    of the two), for fp32 and every spec x method; the delta vs fp32, the quantized file's size
    against the fp32 file (``zoo.save_quantized`` / ``zoo.save_pretrained``) and the time
    ``zoo.quantize`` took (calibration included). ``--full-images`` adds the whole held-out images for
-   fp32, w8a8 rtn and the best w4a8 row (the integer layers run the exact int32 reference on CPU,
-   about a minute per model there). Goals: w8a8 (rtn) within 0.05 dB of fp32, best w4a8 within 0.3 dB.
+   fp32, w8a8 rtn and the best w4a8 row (the integer layers run the exact int32 reference on CPU:
+   one to two minutes per quantized model there). Goals: w8a8 (rtn) within 0.05 dB of fp32, best w4a8 within 0.3 dB.
 B. The digits SE-ResNet-18 (``configs/digits_seresnet.yaml``, ``--digits-epochs`` epochs through
    train.py, single-threaded so the weights are reproducible, cached under benchmarks/out/; ``--retrain``
    trains again): top-1 on the digits test split for the same grid, plus w4a8 with the 1x1 downsample
    convolutions kept in float. Goals: w8a8 (rtn) within 0.2 points of fp32, best w4a8 within 1 point.
 C. torchao on a linear-only model (4-layer MLPs trained here on the flattened 16x16 digits,
-   ``--mlp-seeds`` of them, single-threaded): SQNR of the logits against fp32 on the test split, torchao's ``Int8DynamicActivationInt8WeightConfig`` and
-   ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4)`` against ``zoo.quantize`` with
-   matching settings (rtn, every layer quantized: ``keep=()``). Goal: ours at least as accurate.
+   ``--mlp-seeds`` of them, single-threaded): SQNR of the logits against fp32 on the test split,
+   torchao's ``Int8DynamicActivationInt8WeightConfig`` and ``Int8DynamicActivationIntxWeightConfig(
+   weight_dtype=torch.int4)`` (group 32, its default, and per channel) against ``zoo.quantize`` with
+   matching settings (rtn, every layer quantized: ``keep=()``), averaged over the MLPs. Goal: ours at
+   least as accurate.
 D. Quantization-aware training: ``configs/quickstart_qat.yaml`` (``--qat-epochs`` epochs, cached
    like B) against RTN w4a8 of the shipped weights, val-crop PSNR of the exported integer model.
    Goal: QAT recovers at least half of the RTN w4a8 loss.
 
 Calibration data: ``--calib-batches`` training batches (RCAN: 8 random 48x48 LR crops each; digits:
 64 shift-augmented training images each). ``--quick`` runs a reduced grid (and skips B and D unless
-their trained models are cached). Everything written goes under benchmarks/out/quant_accuracy/
+their trained models are cached). ``--threads`` defaults to 1: the accuracy numbers do not depend on
+it, and on a shared machine 2 threads ran 5-10x slower. Everything written goes under benchmarks/out/quant_accuracy/
 (git-ignored); ``--save`` also writes the printed tables there.
 """
 from __future__ import annotations
@@ -149,7 +152,7 @@ def table_a(args) -> dict:
     print("\n== A. rcan_tiny_x2 (quickstart, shipped weights): PSNR on the held-out val crops ==")
     out = OUT / "rcan"
     data = sr_data()
-    val, test = list(data.val_dataloader()), list(data.test_dataloader())
+    val = list(data.val_dataloader())
     calib = sr_calibration(data, args.calib_batches)
     fp32 = zoo.create("rcan_tiny_x2", pretrained=True).eval()
     base = psnr_of(fp32, val)
@@ -169,6 +172,7 @@ def table_a(args) -> dict:
     w4 = [r for r in rows if r.spec == "w4a8"]
     best_w4 = max(w4, key=lambda r: r.metric)
     if args.full_images:
+        test = list(data.test_dataloader())  # the whole held-out images
         for r in (rows[0], w8, best_w4):
             model = fp32 if r.spec == "fp32" else models[(r.spec, r.method)]
             start = time.perf_counter()
@@ -382,7 +386,7 @@ def table_c(args) -> Optional[dict]:
     except ImportError:
         print("  skipped: torchao is not installed (pip install -e .[test])")
         return None
-    seeds = range(1 if args.quick else args.mlp_seeds)
+    seeds = range(args.mlp_seeds)
     cases = {what: {"torchao": [], "ours": [], "diff": [], "top1": []} for what, *_ in TORCHAO_CASES}
     calibrated: dict[tuple[str, str], list[float]] = {}
     fp32_top1 = []
@@ -486,12 +490,11 @@ def main() -> None:
     parser.add_argument("--full-images", action="store_true",
                         help="table A also on the whole held-out images (fp32, w8a8 rtn, best w4a8)")
     parser.add_argument("--save", action="store_true", help="write the tables to benchmarks/out/quant_accuracy/")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's); 1 on a shared machine, where OpenMP threads waiting "
-                             "on busy cores slow every small op down several times")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine OpenMP threads waiting for busy "
+                             "cores slowed 2-thread runs 5-10x; the accuracy numbers do not depend on it)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     unknown = set(args.tables.upper()) - set("ABCD")
     if unknown:
         parser.error(f"--tables: unknown table(s) {sorted(unknown)}; choose from A, B, C, D")

@@ -40,6 +40,16 @@ def _quantize(model: nn.Module, spec, calib=None, method: str = "rtn") -> nn.Mod
         return zoo.quantize(copy.deepcopy(model), spec, calib=calib, method=method)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread for this module's many small ops: on a shared 2-core machine, 2 OpenMP threads
+    waiting for busy cores made it 5-10x slower (18 s against 176 s); the numbers do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def sr():
     from zoo.data.super_resolution import SRSampleDataModule
