@@ -317,6 +317,14 @@ class _FakeQuant:
         deq = fake_quantize_weight(weight_nhwc.detach(), s.weight_bits, self.group_size, s.weight_symmetric, s.fp8)
         return _ste(weight_nhwc, deq)
 
+    @classmethod
+    def from_float(cls, layer: nn.Module, spec, group_size: Optional[int] = None):
+        """The fake-quant twin of a float layer, sharing its parameters (no copy)."""
+        twin = cls.__new__(cls)
+        twin.__dict__.update(layer.__dict__)
+        twin.spec, twin.group_size = spec, group_size
+        return twin
+
     def _fake_act(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.spec.weight_only:
             return tokens
@@ -326,13 +334,6 @@ class _FakeQuant:
 class FakeQuantLinear(nn.Linear, _FakeQuant):
     """``nn.Linear`` that trains through the quantization of ``spec`` (same parameters and state dict)."""
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, spec, group_size: Optional[int] = None) -> "FakeQuantLinear":
-        layer = cls.__new__(cls)
-        layer.__dict__.update(linear.__dict__)
-        layer.spec, layer.group_size = spec, group_size
-        return layer
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k = self.weight.shape
         weight = self._fake_weight(self.weight.view(n, 1, 1, k)).view(n, k)
@@ -341,13 +342,6 @@ class FakeQuantLinear(nn.Linear, _FakeQuant):
 
 class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
     """``nn.Conv2d`` that trains through the quantization of ``spec`` (same parameters and state dict)."""
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, spec, group_size: Optional[int] = None) -> "FakeQuantConv2d":
-        layer = cls.__new__(cls)
-        layer.__dict__.update(conv.__dict__)
-        layer.spec, layer.group_size = spec, group_size
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self._fake_weight(self.weight.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, C, KH, KW)
