@@ -3,7 +3,7 @@
 >>> import blocks
 >>> se = blocks.create("se", 256, rd_ratio=1 / 16)
 >>> blocks.list_blocks("*")
-['ca', 'csam', 'eca', 'fca', 'lam', 'se']
+['adaln_attn_block', 'adaln_before_head', 'ca', 'channel_patch_embed', 'csam', 'eca', 'fca', 'hcs_sampler', 'lam', 'moc_ffn', 'se', 'swiglu']
 
 Every block takes its channel count first, accepts ``device`` and ``dtype``, and calls
 :mod:`kernels` for its hot path.
@@ -17,6 +17,8 @@ from .fca import MultiSpectralAttention
 from .ca import ChannelAttention
 from .han import ChannelSpatialAttention, LayerAttention
 from .channel_vit import ChannelPatchEmbed, HierarchicalChannelSampler
+from .adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn
+from .moc_ffn import MoCFFN, SwiGLU
 
 __all__ = [
     "create",
@@ -33,4 +35,10 @@ __all__ = [
     "ChannelAttention",
     "LayerAttention",
     "ChannelSpatialAttention",
+    "ChannelPatchEmbed",
+    "HierarchicalChannelSampler",
+    "AdaLNSelfAttn",
+    "AdaLNBeforeHead",
+    "MoCFFN",
+    "SwiGLU",
 ]

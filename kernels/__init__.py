@@ -45,3 +45,17 @@ __all__ += ["quantize_act", "quantize_act_reference", "int_conv2d", "int_conv2d_
 from .patch_embed import channel_patch_embed, channel_patch_embed_reference  # noqa: E402
 
 __all__ += ["channel_patch_embed", "channel_patch_embed_reference"]
+
+from .moc_ffn import moc_ffn, moc_ffn_backward_reference, moc_ffn_reference, moc_ffn_with_selection  # noqa: E402
+from .moc_ffn import moc_ffn_decode, moc_ffn_decode_reference  # noqa: E402
+
+__all__ += ["moc_ffn", "moc_ffn_with_selection", "moc_ffn_reference", "moc_ffn_backward_reference",
+            "moc_ffn_decode", "moc_ffn_decode_reference"]
+
+from .kv_quant import KVQuantized, kv_dequantize, kv_dequantize_reference, kv_quantize, kv_quantize_reference  # noqa: E402
+
+__all__ += ["KVQuantized", "kv_quantize", "kv_dequantize", "kv_quantize_reference", "kv_dequantize_reference"]
+
+from .adaln import adaln_gated_residual, adaln_modulate, adaln_modulate_backward_reference, adaln_modulate_reference  # noqa: E402,E501
+
+__all__ += ["adaln_modulate", "adaln_gated_residual", "adaln_modulate_reference", "adaln_modulate_backward_reference"]

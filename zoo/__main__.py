@@ -1,10 +1,12 @@
-"""Command line: ``python -m zoo list|info|check|upscale|quantize``.
+"""Command line: ``python -m zoo list|info|check|upscale|quantize|generate|sample``.
 
     python -m zoo list "*eca*" --pretrained     # architectures, or arch.tag with weights
     python -m zoo info fcanet50                 # pretrained config, parameters, feature stages
     python -m zoo check "*resnet50*"            # build, run a procedural batch, print a table
     python -m zoo upscale --model rcan_tiny_x2 photo.png photo_x2.png --tile 256
     python -m zoo quantize rcan_tiny_x2 rcan_w4a8.safetensors --spec w4a8 --method awq --calib sr_samples
+    python -m zoo generate --model moc_lm_tiny --weights lm.safetensors --prompt "def " --temperature 0
+    python -m zoo sample --model var_d16 --weights var_d16.pth --vae vae_ch160v4096z32.pth --class 3 --n 16 out.png
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 import torch
 
 from . import create, get_pretrained_cfg, list_models
+from .registry import model_family
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -50,26 +53,51 @@ def _procedural_images(batch: int, size: int) -> torch.Tensor:
     return (torch.stack(images) - mean[:, None, None]) / std[:, None, None]  # (B, 3, H, W)
 
 
+def _check_inputs(name: str, model: torch.nn.Module, batch: int, size: int) -> tuple:
+    """A forward's arguments for ``check``: token ids for language models, (labels, teacher-forcing input)
+    for VAR, images in [-1, 1] for the VQVAE, procedural ImageNet-normalised images for the rest."""
+    family = model_family(name)
+    gen = torch.Generator().manual_seed(0)
+    if family == "moc_lm":
+        length = min(64, model.config.max_seq_len)
+        return (torch.randint(0, model.config.vocab_size, (batch, length), generator=gen),)  # (B, T)
+    if family == "var":
+        labels = torch.randint(0, model.num_classes, (batch,), generator=gen)
+        length = sum(p * p for p in model.patch_nums) - model.first_l
+        return labels, torch.randn(batch, length, model.Cvae, generator=gen)  # (B, L - first_l, Cvae)
+    if family == "vqvae":  # its quantizer's scale schedule fixes the image size
+        side = model.img_size
+        return (torch.rand(batch, model.in_channels, side, side, generator=gen) * 2 - 1,)  # (B, 3, H, W) in [-1, 1]
+    return (_procedural_images(batch, size),)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
-    x = _procedural_images(args.batch, args.size)
-    print(f"{'model':<16} {'params (M)':>10} {'output':>14} {'forward (ms)':>12}")
+    print(f"{'model':<22} {'params (M)':>10} {'output':>16} {'forward (ms)':>12}")
+    ran = 0
     for name in names:
+        params = sum(p.numel() for p in create(name, device="meta").parameters())  # no memory, no init
+        if params > args.max_params * 1e6:
+            print(f"{name:<22} {params / 1e6:>10.2f}   skipped: above --max-params {args.max_params:g}M", flush=True)
+            continue
         model = create(name).eval()
+        inputs = _check_inputs(name, model, args.batch, args.size)
         with torch.inference_mode():
-            model(x)  # warm-up
+            model(*inputs)  # warm-up
             start = time.perf_counter()
-            out = model(x)
+            out = model(*inputs)
             ms = 1e3 * (time.perf_counter() - start)
+        out = out[0] if isinstance(out, tuple) else out  # the VQVAE returns (images, usages, vq loss)
         if not torch.isfinite(out).all():
             print(f"{name}: non-finite output", file=sys.stderr)
             return 1
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{name:<16} {params:>10.2f} {str(tuple(out.shape)):>14} {ms:>12.1f}", flush=True)
-    print(f"{len(names)} models built and ran on {args.batch} procedural {args.size}x{args.size} images")
+        print(f"{name:<22} {params / 1e6:>10.2f} {str(tuple(out.shape)):>16} {ms:>12.1f}", flush=True)
+        ran += 1
+    print(f"{ran} of {len(names)} models built and ran (batch {args.batch}; images {args.size}x{args.size} "
+          "unless a model fixes its own size)")
     return 0
 
 
@@ -158,6 +186,29 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import generate_text
+
+    generate_text(args.model, args.prompt, weights=args.weights or True, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                  cache=None if args.cache == "none" else args.cache, tokenizer=args.tokenizer, device=args.device)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .models.var import load_for_sampling, sample_grid
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1; got {args.n}")
+    net = load_for_sampling(args.model, args.weights, args.vae, device=args.device)
+    start = time.perf_counter()
+    out = sample_grid(net, args.output, args.class_id, n=args.n, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                      seed=args.seed, more_smooth=args.more_smooth, guidance_off_last=args.guidance_off_last,
+                      local_attn_last=args.local_attn_last, kv_cache=None if args.cache == "dense" else args.cache)
+    print(f"{args.n} samples of class {args.class_id} -> {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="show a model's pretrained config and stages")
     p.add_argument("name")
     p.set_defaults(fn=_cmd_info)
-    p = sub.add_parser("check", help="build models and run them on procedural images")
+    p = sub.add_parser("check", help="build models and run each on inputs of its kind (images, tokens, ...)")
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument("--max-params", type=float, default=400.0, help="skip models above this many million parameters")
     p.set_defaults(fn=_cmd_check)
     p = sub.add_parser("upscale", help="upscale an image (or a folder of images) with an SR model")
     p.add_argument("input", help="an image file or a folder of images")
@@ -194,6 +246,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--calib-size", type=int, default=64, help="crop size for a folder of images")
     p.set_defaults(fn=_cmd_quantize)
+    p = sub.add_parser("generate", help="stream a language model's continuation of a prompt")
+    p.add_argument("--model", required=True, help="a language model (moc_lm_tiny, dense_lm_tiny, ...)")
+    p.add_argument("--weights", default=None, help="weights file/folder; default: the model's pretrained weights")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
+    p.add_argument("--cache", default="dense", choices=["dense", "kivi4", "kivi2", "none"], help="KV cache")
+    p.add_argument("--tokenizer", default=None, help="byte, hf:<name>, tiktoken:<enc>; default: the model's")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=_cmd_generate)
+    p = sub.add_parser("sample", help="sample class-conditional images with a VAR model into a grid PNG")
+    p.add_argument("output", help="the grid image (.png)")
+    p.add_argument("--model", default="var_d16", help="var_d16, var_d20, var_d24, var_d30 or var")
+    p.add_argument("--weights", default=None, help="VAR weights file/folder; default: the release's")
+    p.add_argument("--vae", default=None, help="tokenizer weights file/folder; default: vae_ch160v4096z32.pth")
+    p.add_argument("--class", dest="class_id", type=int, required=True, help="the class id to draw")
+    p.add_argument("--n", type=int, default=16, help="images in the grid")
+    p.add_argument("--cfg", type=float, default=4.0, help="guidance at the finest scale (rises from 0)")
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax soft codes (visual only)")
+    p.add_argument("--guidance-off-last", type=int, default=0, help="no guidance on the finest N scales (Switti)")
+    p.add_argument("--local-attn-last", type=int, default=0, help="finest N scales attend only to themselves")
+    p.add_argument("--cache", default="dense", choices=["dense", "kivi4", "kivi2"], help="KV cache")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=_cmd_sample)
     args = parser.parse_args(argv)
     if getattr(args, "tile", None) == 0:
         args.tile = None
