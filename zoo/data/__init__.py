@@ -6,6 +6,8 @@ from .multichannel import MultiChannelFolderDataModule
 from .multichannel_digits import MultiChannelDigitsDataModule
 from .so2sat import So2SatDataModule
 from .super_resolution import SRFolderDataModule, SRSampleDataModule
+from .text import TextDataModule
+from .tokenizers import get_tokenizer
 
 DATAMODULES = {
     "digits": DigitsDataModule,
@@ -15,8 +17,9 @@ DATAMODULES = {
     "multichannel_folder": MultiChannelFolderDataModule,
     "multichannel_digits": MultiChannelDigitsDataModule,
     "so2sat": So2SatDataModule,
+    "text": TextDataModule,
 }
 
 __all__ = ["DATAMODULES", "DigitsDataModule", "ImageFolderDataModule", "MultiChannelDigitsDataModule",
            "MultiChannelFolderDataModule", "SRFolderDataModule", "SRSampleDataModule", "So2SatDataModule",
-           "imresize", "read_image", "write_image"]
+           "imresize", "read_image", "write_image", "TextDataModule", "get_tokenizer"]
