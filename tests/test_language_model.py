@@ -319,3 +319,9 @@ def test_fit_three_steps_through_train_py(tmp_path):
     assert "train/tokens_per_s" in header and "val/ppl" in header
     sample = (out / "samples.txt").read_text(encoding="utf-8")
     assert "step 3" in sample and "\nline " in sample
+    # the exported folder is what `python -m zoo generate --weights` reads (architecture kwargs included)
+    from zoo.__main__ import main
+
+    assert (out / "export" / "model.safetensors").is_file()
+    assert main(["generate", "--model", "moc_lm_tiny", "--weights", str(out / "export"), "--prompt", "line ",
+                 "--max-new-tokens", "5", "--temperature", "0"]) == 0
