@@ -67,10 +67,13 @@ METHODS = ("rtn", "smoothquant", "awq", "os+")
 SPECS: dict[str, object] = {"w8a8": "w8a8", "w4a16": "w4a16", "w4a8": "w4a8",
                             "w4a8-g32*": QuantSpec.parse("w4a8").with_(group_size=32)}
 QUICK_GRID = [("w8a8", "rtn"), ("w4a8", "rtn"), ("w4a8", "smoothquant")]
-# table B extra: the 1x1 stride-2 downsample convolutions kept in float too (3 layers, 0.17 M of 11 M
-# weights): at 4 bits they are where the digits ResNet loses its accuracy
+# table B extras: the 1x1 stride-2 downsample convolutions (3 layers, 0.17 M of 11 M weights) with 8-bit
+# weights (mixed precision, ``keep_w8``) or kept in float: at 4 bits they are where the digits ResNet
+# loses its accuracy
+W8_DOWNSAMPLE = "w4a8 ds-w8*"
 KEEP_DOWNSAMPLE = "w4a8 ds-fp*"
-SPECS_B = {KEEP_DOWNSAMPLE: QuantSpec.parse("w4a8").with_(keep=("<first>", "<last>", "*downsample*"))}
+SPECS_B = {W8_DOWNSAMPLE: QuantSpec.parse("w4a8").with_(keep_w8=("*downsample*",)),
+           KEEP_DOWNSAMPLE: QuantSpec.parse("w4a8").with_(keep=("<first>", "<last>", "*downsample*"))}
 GOALS: list[tuple[str, bool, str]] = []  # (goal, met, evidence)
 
 
@@ -267,7 +270,7 @@ def table_b(args) -> Optional[dict]:
     fp32_size = file_size(run_dir / "export" / "model.safetensors")
     rows = [Row("fp32", "-", base)]
     specs = [(s, m) for s, m in grid(args.quick) if not args.quick or m == "rtn"]
-    specs += [] if args.quick else [(KEEP_DOWNSAMPLE, "rtn"), (KEEP_DOWNSAMPLE, "awq")]
+    specs += [] if args.quick else [(W8_DOWNSAMPLE, "rtn"), (W8_DOWNSAMPLE, "awq"), (KEEP_DOWNSAMPLE, "rtn")]
     for spec_name, method in specs:
         model = copy.deepcopy(fp32)
         seconds = quantize_timed(model, {**SPECS, **SPECS_B}[spec_name], calib, method)
@@ -278,7 +281,8 @@ def table_b(args) -> Optional[dict]:
         print(f"  {spec_name:<10} {method:<12} {rows[-1].metric:.2f} %  ({seconds:.1f} s)", flush=True)
     n = sum(len(y) for _, y in test)
     if not args.quick:
-        print(f"{KEEP_DOWNSAMPLE}: w4a8 with the downsample convolutions also kept in float")
+        print(f"{W8_DOWNSAMPLE}: w4a8 with 8-bit weights in the downsample convolutions (keep_w8); "
+              f"{KEEP_DOWNSAMPLE}: w4a8 with them kept in float")
     print(f"\n{n} test images (one image = {100 / n:.2f} points); fp32 file {fp32_size / 2 ** 20:.1f} MiB; "
           f"model trained {meta['epochs']} epochs ({meta['wall_s']:.0f} s); calibration {args.calib_batches} x 64 "
           f"training images")
@@ -287,10 +291,18 @@ def table_b(args) -> Optional[dict]:
                          "1.000" if r.spec == "fp32" else f"{r.size_ratio:.3f}",
                          "-" if r.spec == "fp32" else f"{r.quant_s:.1f}"] for r in rows])
     w8 = next(r for r in rows if r.spec == "w8a8" and r.method == "rtn")
-    best_w4 = max((r for r in rows if r.spec == "w4a8"), key=lambda r: r.metric)
     goal("B: w8a8 rtn within 0.2 points of fp32 top-1", base - w8.metric <= 0.2, f"{fmt_delta(w8.metric - base, 2)}")
-    goal("B: best w4a8 within 1 point of fp32 top-1", base - best_w4.metric <= 1.0,
-         f"{best_w4.method}: {fmt_delta(best_w4.metric - base, 2)}")
+    plain = [r for r in rows if r.spec in ("w4a8", "w4a8-g32*")]
+    if plain:
+        best_w4 = max(plain, key=lambda r: r.metric)
+        goal("B: best w4a8, every conv at 4 bits, within 1 point of fp32 top-1", base - best_w4.metric <= 1.0,
+             f"{best_w4.spec} {best_w4.method}: {fmt_delta(best_w4.metric - base, 2)}")
+    mixed = [r for r in rows if r.spec == W8_DOWNSAMPLE]
+    if mixed:
+        best_mixed = max(mixed, key=lambda r: r.metric)
+        goal("B: best w4a8 with 8-bit downsample convs (keep_w8) within 1 point of fp32 top-1",
+             base - best_mixed.metric <= 1.0, f"{best_mixed.method}: {fmt_delta(best_mixed.metric - base, 2)}, "
+             f"size {best_mixed.size_ratio:.3f}x fp32")
     return {"text": text, "rows": [r.__dict__ for r in rows], "fp32": base, "train": meta}
 
 

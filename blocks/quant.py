@@ -46,14 +46,33 @@ def _segments(weight: torch.Tensor, group_size: Optional[int]) -> torch.Tensor:
     return weight.reshape(n, kh * kw * (c // group_size), group_size)
 
 
+# Symmetric int4 uses the whole signed grid -8..7 with the scale that clips nothing: the most negative
+# weight lands on -8 or the largest positive one on 7, whichever needs the larger step (torchao's
+# SYMMETRIC_NO_CLIPPING_ERR). Against -7..7 with max|w| / 7 the step is up to 1/8 finer; against
+# torchao's default max|w| / 7.5 nothing is clipped. Clipping, even where it lowers the weights' squared
+# error (a per-segment search over max|w| / 7 ... / 12), cost accuracy on the digits ResNet and the MLPs
+# of benchmarks/quant_accuracy.py: it shrinks the largest weights, a bias that adds up through the layers.
+INT4_MIN, INT4_MAX = -8, 7
+
+
+def _rounded_scale(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
+    """The scale as stored (fp16 for groups), never zero: all-zero segments get the smallest normal."""
+    return scale.to(scale_dtype).clamp_min(torch.finfo(scale_dtype).tiny)
+
+
 def _weight_grid(seg: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype):
-    """Scale (N, S), zero point (N, S) or None, and integer levels (N, S, L) of weight segments."""
+    """Scale (N, S), zero point (N, S) or None, and integer levels (N, S, L) of weight segments.
+
+    Levels are computed against the stored (rounded) scale.
+    """
+    if symmetric and bits == 8:
+        scale = _rounded_scale(seg.abs().amax(-1) / 127, scale_dtype)
+        return scale, None, torch.round(seg / scale.float()[..., None]).clamp(-127, 127)
+    high, low = seg.amax(-1).clamp(min=0), seg.amin(-1).clamp(max=0)  # keep 0 exactly representable
     if symmetric:
-        qmax = 127 if bits == 8 else 7
-        scale = (seg.abs().amax(-1) / qmax).clamp_min(1e-12).to(scale_dtype)
-        return scale, None, torch.round(seg / scale.float()[..., None]).clamp(-qmax, qmax)
-    low, high = seg.amin(-1).clamp(max=0), seg.amax(-1).clamp(min=0)  # keep 0 exactly representable
-    scale = ((high - low) / 15).clamp_min(1e-12).to(scale_dtype)
+        scale = _rounded_scale(torch.maximum(high / INT4_MAX, low / INT4_MIN), scale_dtype)  # (N, S)
+        return scale, None, torch.round(seg / scale.float()[..., None]).clamp(INT4_MIN, INT4_MAX)
+    scale = _rounded_scale((high - low) / 15, scale_dtype)
     zero = torch.round(-low / scale.float()).clamp(0, 15)
     return scale, zero, (torch.round(seg / scale.float()[..., None]) + zero[..., None]).clamp(0, 15)
 
@@ -170,7 +189,7 @@ class _QuantLayer(nn.Module):
     @classmethod
     def layer_config(cls, layer: "_QuantLayer") -> dict:
         """What rebuilding an empty layer of this shape needs (saved in a quantized file's metadata)."""
-        return {"group_size": layer.group_size, "bias": layer.bias is not None,
+        return {"weight_bits": layer.spec.weight_bits, "group_size": layer.group_size, "bias": layer.bias is not None,
                 "act_multiplier": layer.act_multiplier is not None, "act_shift": layer.act_shift is not None,
                 "act_scale": layer.act_scale is not None}
 

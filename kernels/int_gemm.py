@@ -6,7 +6,7 @@ Operands (the layout :mod:`blocks.quant` stores):
   (a linear layer's (M, K) input is the 1 x M image of a 1 x 1 convolution);
 - weights (N, KH, KW, C) int8 (8 bit, symmetric) or (N, KH, KW, ceil(C / 2)) uint8 (4 bit: channel
   2i in the low nibble, 2i + 1 in the high one, each an unsigned value 0..15 read as ``nibble - zero``
-  with ``zero = 8`` for symmetric weights);
+  with ``zero = 8`` for symmetric weights, whose codes span the whole -8..7);
 - ``w_scale`` (N, S) fp16/fp32 and, for asymmetric 4-bit weights, ``w_zero`` (N, S) uint8, where
   ``S = 1`` (one scale per output channel) or ``S = KH * KW * C / group_size`` (a scale per tap and
   group of ``group_size`` input channels, index ``tap * (C / group_size) + c // group_size``).

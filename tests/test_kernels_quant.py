@@ -295,6 +295,28 @@ def test_int_linear_kernel_matches_reference(triton_mode, m, k, n, bits, group_s
     _assert_float_output(out, want)
 
 
+@needs_triton
+@pytest.mark.parametrize("group_size", [None, 6])
+def test_quantizer_int4_codes_with_minus_eight_through_the_kernel(triton_mode, group_size):
+    """Weights from :func:`blocks.quant.quantize_weight` (symmetric int4 on -8..7: a segment whose
+    largest magnitude is negative puts it on -8, nibble 0) give the same int32 accumulators in the kernel
+    as in the reference, and the reference decodes them back to ``round(w / scale)``."""
+    from blocks.quant import quantize_weight
+    from kernels import _triton_quant
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(5, 3, 3, 12, generator=gen)  # (N, KH, KW, C)
+    w[:, 0, 0, 0] = -4.0  # the largest magnitude of its segment, negative: code -8
+    qw = quantize_weight(w, 4, group_size)
+    codes = weight_values(qw.values, None, 4, 12, group_size)  # (N, KH, KW, C) signed
+    assert int(codes.min()) == -8 and int(codes.max()) <= 7
+    assert (codes[:, 0, 0, 0] == -8).all()
+    q = torch.randint(-127, 128, (2, 4, 5, 12), dtype=torch.int8, generator=gen)
+    acc = _triton_quant.int_conv2d_accumulators(q.to(DEVICE), qw.values.to(DEVICE), None, (1, 1), (1, 1), 4,
+                                                group_size)
+    assert torch.equal(acc.cpu(), int_conv2d_accumulators_reference(q, qw.values, None, (1, 1), (1, 1), 4, group_size))
+
+
 # --------------------------------------------------------------------------------------------------
 # opcheck and errors
 # --------------------------------------------------------------------------------------------------

@@ -72,6 +72,28 @@ def test_weight_quantization_error_bound(bits, group, symmetric):
     assert torch.equal(fake_quantize_weight(w, bits, group, symmetric), deq)
 
 
+def test_symmetric_int4_uses_minus_eight_and_clips_nothing():
+    """The grid is -8..7 with the no-clipping scale: a negative extreme lands on -8 exactly (a step of
+    max|w| / 8, finer than -7..7's max|w| / 7), a positive extreme on 7 (max|w| / 7, nothing clipped)."""
+    w = torch.tensor([[-0.8, 0.1, 0.7, 0.0], [0.8, -0.1, 0.3, 0.0]]).view(2, 1, 1, 4)  # (N, KH, KW, C)
+    q = quantize_weight(w, 4)
+    torch.testing.assert_close(q.scale.flatten(), torch.tensor([0.1, 0.8 / 7]))
+    codes = kernels.unpack_int4(q.values, 4).view(2, 4).to(torch.int64) - 8
+    assert codes.tolist() == [[-8, 1, 7, 0], [7, -1, 3, 0]]
+    deq = dequantize_weight(q.values, q.scale, None, 4, 4, None)
+    torch.testing.assert_close(deq[0], w[0])  # on the grid: exact
+    assert float(deq[1].max()) == pytest.approx(0.8)  # the positive maximum is not clipped
+    # random weights: every code in -8..7, -8 used, never clipped (the error bound above holds)
+    torch.manual_seed(0)
+    w = torch.randn(64, 1, 1, 32)
+    codes = kernels.unpack_int4(quantize_weight(w, 4, 8).values, 32).to(torch.int64) - 8
+    assert int(codes.min()) == -8 and int(codes.max()) == 7
+    # an all-zero segment quantizes to zeros with a finite, non-zero stored scale
+    zero = quantize_weight(torch.zeros(2, 1, 1, 8), 4, 4)
+    assert bool((zero.scale > 0).all()) and torch.equal(dequantize_weight(zero.values, zero.scale, None, 4, 8, 4),
+                                                          torch.zeros(2, 1, 1, 8))
+
+
 def test_activation_fake_quant_matches_integer_path():
     x = torch.randn(5, 24) * torch.linspace(0.1, 10, 24)
     q, scale = kernels.quantize_act(x)
@@ -238,6 +260,64 @@ def test_create_with_quant_and_file_round_trip(tmp_path):
                                rtol=0, atol=1e-6)
 
 
+def test_keep_w8_mixed_precision_saves_and_loads(tmp_path):
+    """``keep_w8`` layers of a 4-bit spec hold int8 per-channel weights; the file records each layer's
+    bits (format version 2) and rebuilds the same model; version 1 files (no per-layer bits) still load."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from zoo.quant import io as quant_io
+
+    net, batches = _net_and_data()
+    spec = QuantSpec.parse("w4a8-g8").with_(keep_w8=("conv2", "fc"))
+    q = quantize(copy.deepcopy(net), spec)
+    assert q.conv2.spec.weight_bits == 8 and q.conv2.qweight.dtype == torch.int8 and q.conv2.group_size is None
+    assert q.conv1.spec.weight_bits == 4 and q.conv1.qweight.dtype == torch.uint8 and q.conv1.group_size == 8
+    assert "8-bit weights (keep_w8)" in summary(q)
+    with torch.no_grad():
+        ref, y = net(batches[0]), q(batches[0])
+    all_w4 = quantize(copy.deepcopy(net), spec.with_(keep_w8=()))
+    with torch.no_grad():  # the 8-bit layers are the more accurate
+        assert (y - ref).norm() < (all_w4(batches[0]) - ref).norm()
+    path = zoo.save_quantized(q, tmp_path / "mixed.safetensors")
+    meta = read_quant_metadata(path)
+    assert meta["version"] == 2 and meta["layers"]["conv2"]["weight_bits"] == 8
+    assert meta["layers"]["conv1"]["weight_bits"] == 4 and meta["layers"]["fc"]["weight_bits"] == 8
+    again = quant_io.load_quantized_into(_Net().eval(), meta)
+    with torch.no_grad():
+        torch.testing.assert_close(again(batches[0]), y, rtol=0, atol=0)
+    # the same file as version 1 wrote it (every layer at the spec's bits: no keep_w8, no "weight_bits")
+    plain = quantize(copy.deepcopy(net), spec.with_(keep_w8=()))
+    data = quant_io.quant_metadata(plain)
+    data["version"] = 1
+    for layer in data["layers"].values():
+        del layer["weight_bits"]
+    old = tmp_path / "v1.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(old),
+              metadata={"format": "pt", quant_io.META_KEY: json.dumps(data)})
+    loaded = quant_io.load_quantized_into(_Net().eval(), read_quant_metadata(old))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batches[0]), plain(batches[0]), rtol=0, atol=0)
+    # an unknown version is refused with what to do
+    with safe_open(str(old), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    data["version"] = 99
+    future = tmp_path / "v99.safetensors"
+    save_file(tensors, str(future), metadata={"format": "pt", quant_io.META_KEY: json.dumps(data)})
+    with pytest.raises(ValueError, match="format version 99; this zoo reads versions 1, 2: quantize the float"):
+        read_quant_metadata(future)
+
+
+def test_keep_w8_errors_name_the_problem():
+    with pytest.raises(ValueError, match="already has 8-bit weights: drop keep_w8"):
+        QuantSpec.parse("w8a8").with_(keep_w8=("*",))
+    net, _ = _net_and_data()
+    with pytest.raises(ValueError, match="keep_w8 pattern 'conv3' matches no layer; did you mean 'conv2'"):
+        quantize(net, QuantSpec.parse("w4a8").with_(keep_w8=("conv3",)))
+
+
 def test_stored_size_goals():
     """w4a8 weights at most 0.15x and w8a8 at most 0.3x of fp32 (scales included), on rcan_x2."""
     float_bytes = _state_bytes(zoo.create("rcan_x2", n_resgroups=2))
@@ -284,6 +364,25 @@ def test_fake_quant_layers_train_and_keep_state_dict():
     plain.load_state_dict(net.state_dict())
     real = quantize(plain.eval(), "w4a8-g8")(batches[1])
     torch.testing.assert_close(real, fake, rtol=1e-4, atol=1e-4)
+
+
+def test_quant_aware_rejects_static_activation_specs_up_front(tmp_path):
+    """Static activation scales need calibration data, which the QAT export does not have: refused when
+    the fake-quant layers are put in (before any training), with the dynamic spec to use instead."""
+    import train
+
+    net, _ = _net_and_data()
+    with pytest.raises(ValueError, match=r"quant_aware='w4a8-static'.*use the dynamic spec 'w4a8'|"
+                                         r"quant_aware='w4a8-static'.*train with the dynamic spec 'w4a8'"):
+        zoo.quant_aware(net, "w4a8-static")
+    assert isinstance(net.conv1, nn.Conv2d) and not isinstance(net.conv1, FakeQuantConv2d)  # nothing swapped
+    with pytest.raises(ValueError, match="per_channel"):
+        zoo.quant_aware(net, "w8a8-pc")
+    cfg = train.parse_config(["--config", "configs/quickstart_qat.yaml", "--output_dir", str(tmp_path),
+                              "--model.quant_aware", "w4a8-g8-static"])
+    with pytest.raises(ValueError, match="train with the dynamic spec 'w4a8-g8'"):
+        train.build(cfg)
+    assert not (tmp_path / "export").exists()
 
 
 def test_quant_aware_config_trains_and_exports(tmp_path):

@@ -47,6 +47,32 @@ def _unsupported(module: nn.Module) -> Optional[str]:
     return QuantConv2d.supports(module) if isinstance(module, nn.Conv2d) else None
 
 
+def _matching(patterns: tuple[str, ...], names: list[str], field: str) -> dict[str, str]:
+    """name -> the first of ``patterns`` (fnmatch; ``<first>``/``<last>`` aliases) that matches it."""
+    aliases = {"<first>": names[0], "<last>": names[-1]}
+    matches: dict[str, str] = {}
+    for pattern in patterns:
+        target = aliases.get(pattern, pattern)
+        matched = [n for n in names if fnmatch.fnmatchcase(n, target)]
+        if not matched and pattern not in aliases:
+            near = closest(pattern, names, n=3)
+            raise ValueError(f"{field} pattern {pattern!r} matches no layer" +
+                             (f"; did you mean {', '.join(map(repr, near))}?" if near else ""))
+        for n in matched:
+            matches.setdefault(n, pattern)
+    return matches
+
+
+def layer_specs(model: nn.Module, spec: QuantSpec, names: Iterable[str]) -> dict[str, QuantSpec]:
+    """The spec of each named layer: ``spec``, or its 8-bit-weight twin for the ``keep_w8`` layers."""
+    names = list(names)
+    if not spec.keep_w8:
+        return {n: spec for n in names}
+    every = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, QuantLinear, QuantConv2d))]
+    eight = _matching(spec.keep_w8, every, "keep_w8")
+    return {n: spec.eight_bit() if n in eight else spec for n in names}
+
+
 def select_layers(model: nn.Module, spec: QuantSpec) -> tuple[dict[str, nn.Module], list[LayerReport]]:
     """The layers to quantize (module order) and a report of those kept in float, with the reason."""
     candidates = [(n, m) for n, m in model.named_modules()
@@ -56,17 +82,8 @@ def select_layers(model: nn.Module, spec: QuantSpec) -> tuple[dict[str, nn.Modul
     # blocks may declare their layers float-only with a ``keep_float_reason`` attribute
     float_only = {n: m.keep_float_reason for n, m in model.named_modules() if getattr(m, "keep_float_reason", None)}
     names = [n for n, _ in candidates]
-    aliases = {"<first>": names[0], "<last>": names[-1]}
-    kept: dict[str, str] = {}
-    for pattern in spec.keep:
-        target = aliases.get(pattern, pattern)
-        matched = [n for n in names if fnmatch.fnmatchcase(n, target)]
-        if not matched and pattern not in aliases:
-            near = closest(pattern, names, n=3)
-            raise ValueError(f"keep pattern {pattern!r} matches no layer" +
-                             (f"; did you mean {', '.join(map(repr, near))}?" if near else ""))
-        for n in matched:
-            kept.setdefault(n, f"kept by {pattern!r}")
+    kept = {n: f"kept by {pattern!r}" for n, pattern in _matching(spec.keep, names, "keep").items()}
+    specs = layer_specs(model, spec, names)
     layers, report = {}, []
     for name, module in candidates:
         owner = next((reason for prefix, reason in float_only.items() if name.startswith(prefix + ".")), None)
@@ -74,7 +91,7 @@ def select_layers(model: nn.Module, spec: QuantSpec) -> tuple[dict[str, nn.Modul
         if why:
             report.append(LayerReport(name, type(module).__name__, "kept", why))
             continue
-        spec.group_for(module.in_channels if isinstance(module, nn.Conv2d) else module.in_features)  # raises early
+        specs[name].group_for(_in_channels(module))  # raises early
         layers[name] = module
     if not layers:
         raise ValueError("every layer is kept in float by spec.keep; nothing to quantize")
@@ -169,10 +186,11 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
         report.append(LayerReport(name, type(layers.pop(name)).__name__, "kept", "not reached by the calibration data"))
     explicit: dict[str, tuple] = {}
     transforms = {name: Transform() for name in layers}
+    specs = layer_specs(model, spec, layers)
     if method != "rtn":
         with torch.no_grad():
-            transforms = {name: METHODS[method](layer, calibration.stats[name], spec,
-                                                spec.group_for(_in_channels(layer)), alpha=alpha,
+            transforms = {name: METHODS[method](layer, calibration.stats[name], specs[name],
+                                                specs[name].group_for(_in_channels(layer)), alpha=alpha,
                                                 producer=_producer_module(model, calibration, name))
                           for name, layer in layers.items()}
         for t_name, layer in layers.items():  # a shift only where it moves exactly into the bias
@@ -187,7 +205,7 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
             multiplier, static_scale = _static_scales(layer, calibration.stats[name], transforms[name], multiplier,
                                                       spec)
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        quantized = cls.from_float(layer, spec, spec.group_for(_in_channels(layer)),
+        quantized = cls.from_float(layer, specs[name], specs[name].group_for(_in_channels(layer)),
                                    act_multiplier=multiplier is not None, act_shift=shift is not None,
                                    act_scale=static_scale is not None and not spec.weight_only)
         with torch.no_grad():
@@ -199,6 +217,8 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
                 quantized.act_scale.fill_(float(static_scale))
         _set_module(model, name, quantized)
         detail = f"group {quantized.group_size}" if quantized.group_size else "per-channel"
+        if specs[name] is not spec:
+            detail = f"8-bit weights (keep_w8), {detail}"
         report.append(LayerReport(name, type(layer).__name__, "quantized", f"{detail}{', ' + how if how else ''}"))
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     model.quant_spec = spec
@@ -285,10 +305,17 @@ def quant_aware(model: nn.Module, spec) -> nn.Module:
     After training, the float state dict loads into the plain model, which :func:`quantize` converts.
     """
     spec = QuantSpec.parse(spec)
+    if spec.static_activations:
+        raise ValueError(f"quant_aware={spec.name!r}: quantization-aware training simulates dynamic per-token "
+                         f"activation scales, and its export has no calibration data for static "
+                         f"({spec.act_granularity}) ones; train with the dynamic spec "
+                         f"{spec.with_(act_granularity='per_token').name!r}, then calibrate static scales on the "
+                         f"trained model with zoo.quantize(model, {spec.name!r}, calib=<batches>)")
     layers, _ = select_layers(model, spec)
+    specs = layer_specs(model, spec, layers)
     for name, layer in layers.items():
         cls = FakeQuantConv2d if isinstance(layer, nn.Conv2d) else FakeQuantLinear
-        _set_module(model, name, cls.from_float(layer, spec, spec.group_for(_in_channels(layer))))
+        _set_module(model, name, cls.from_float(layer, specs[name], specs[name].group_for(_in_channels(layer))))
     model.quant_aware_spec = spec
     return model
 
@@ -306,4 +333,4 @@ def summary(model: nn.Module) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["quantize", "quant_aware", "select_layers", "summary", "input_of", "LayerReport"]
+__all__ = ["quantize", "quant_aware", "select_layers", "layer_specs", "summary", "input_of", "LayerReport"]

@@ -17,7 +17,11 @@ from .convert import LayerReport, _set_module
 from .spec import QuantSpec
 
 META_KEY = "zoo.quant"
-FORMAT_VERSION = 1
+# 2: each layer records its "weight_bits" (mixed precision: a 4-bit spec's keep_w8 layers hold int8).
+# Version 1 files (every layer at the spec's bits) read the same way; the int4 codes of both are
+# ``nibble - 8`` (version 2 writers use the -8 level, which version 1 readers also decode correctly).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def quant_metadata(model: nn.Module) -> dict:
@@ -72,9 +76,10 @@ def read_quant_metadata(source: object) -> Optional[dict]:
     if META_KEY not in meta:
         return None
     data = json.loads(meta[META_KEY])
-    if data.get("version") != FORMAT_VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{path} is a zoo quantized file of format version {data.get('version')}; this zoo reads "
-                         f"version {FORMAT_VERSION}")
+                         f"versions {', '.join(map(str, READABLE_VERSIONS))}: quantize the float model again with "
+                         f"this zoo (or load the file with the zoo that wrote it)")
     data["path"] = str(path)
     return data
 
@@ -90,13 +95,18 @@ def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
             raise ValueError(f"the quantized file has layer {name!r}, which this model does not have; was it saved "
                              f"from another architecture or with other model arguments?") from None
         act = {k: cfg[k] for k in ("act_multiplier", "act_shift", "act_scale")}
+        bits = cfg.get("weight_bits", spec.weight_bits)  # absent in version 1 files
+        if bits not in (spec.weight_bits, 8):
+            raise ValueError(f"the quantized file's layer {name!r} has {bits}-bit weights under spec {spec.name!r}; "
+                             f"the file is corrupt or from an incompatible writer")
+        layer_spec = spec if bits == spec.weight_bits else spec.eight_bit()
         device = next(float_layer.parameters()).device
         if cfg["type"] == "QuantConv2d":
             layer = QuantConv2d(cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]),
-                                tuple(cfg["stride"]), tuple(cfg["padding"]), cfg["bias"], spec=spec,
+                                tuple(cfg["stride"]), tuple(cfg["padding"]), cfg["bias"], spec=layer_spec,
                                 group_size=cfg["group_size"], device=device, **act)
         else:
-            layer = QuantLinear(cfg["in_channels"], cfg["out_channels"], cfg["bias"], spec=spec,
+            layer = QuantLinear(cfg["in_channels"], cfg["out_channels"], cfg["bias"], spec=layer_spec,
                                 group_size=cfg["group_size"], device=device, **act)
         _set_module(model, name, layer)
         report.append(LayerReport(name, cfg["type"], "quantized", "loaded"))

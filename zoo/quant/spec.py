@@ -38,6 +38,9 @@ class QuantSpec:
             the weights); the last two are static and need calibration data unless ``act_dynamic``.
         keep: ``fnmatch`` patterns of module names left in floating point; ``"<first>"`` and
             ``"<last>"`` name the first and last quantizable layers in module order.
+        keep_w8: patterns (as ``keep``) of layers that a 4-bit spec quantizes with 8-bit per-channel
+            weights instead (mixed precision, for the few layers too sensitive for 4 bits, e.g. the 1x1
+            downsample convolutions of a ResNet: ``keep_w8=("*downsample*",)``); activations as the rest.
     """
 
     weight_bits: int = 8
@@ -48,6 +51,7 @@ class QuantSpec:
     group_fallback: bool = False
     act_granularity: str = "per_token"
     keep: tuple[str, ...] = ("<first>", "<last>")
+    keep_w8: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.fp8:
@@ -70,6 +74,10 @@ class QuantSpec:
         if self.act_bits is None and self.act_granularity != "per_token":
             raise ValueError("static activation scales need quantized activations (act_bits=8)")
         object.__setattr__(self, "keep", tuple(self.keep))
+        object.__setattr__(self, "keep_w8", tuple(self.keep_w8))
+        if self.keep_w8 and (self.weight_bits != 4 or self.fp8):
+            raise ValueError(f"keep_w8={self.keep_w8} gives some layers 8-bit weights in a 4-bit spec; this spec "
+                             f"already has {'fp8' if self.fp8 else '8-bit'} weights: drop keep_w8")
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -79,6 +87,10 @@ class QuantSpec:
     @property
     def static_activations(self) -> bool:
         return self.act_granularity != "per_token"
+
+    def eight_bit(self) -> "QuantSpec":
+        """The spec of a ``keep_w8`` layer: 8-bit symmetric per-channel weights, the same activations."""
+        return replace(self, weight_bits=8, weight_symmetric=True, group_size=None, group_fallback=False, keep_w8=())
 
     @property
     def name(self) -> str:
