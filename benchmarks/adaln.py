@@ -22,10 +22,8 @@ Every row gives max |out - eager out| as a check that the paths agree.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,33 +31,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, median_ms, print_table, time_interleaved
+from common import (do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine, print_table, save_text,
+                    shapes_arg, timed_call)
 
 import kernels
 
-OUT = Path(__file__).resolve().parent / "out"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Shape = tuple[int, int, int]  # (B, L, C)
-
-
-def parse_shapes(text: str) -> list[Shape]:
-    try:
-        return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]  # type: ignore[misc]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shapes are BxLxC[,BxLxC...], got {text!r}") from None
-
-
-@contextmanager
-def kernel_mode(mode: str):
-    old = os.environ.get("ZOO_KERNELS")
-    os.environ["ZOO_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ZOO_KERNELS", None)
-        else:
-            os.environ["ZOO_KERNELS"] = old
 
 
 def eager(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -89,17 +67,7 @@ def traffic(shape: Shape, itemsize: int, backward: bool) -> int:
     return itemsize * (2 * tokens + (3 * tokens if backward else 0))
 
 
-def timed_call(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], backward: bool) -> Callable[[], object]:
-    if not backward:
-        return lambda: fn(*inputs)
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    grad = torch.randn_like(fn(*inputs))
-    return lambda: torch.autograd.grad(fn(*leaves), leaves, grad)
-
-
 def run_cuda(args: argparse.Namespace) -> str:
-    from triton.testing import do_bench
-
     dtype = DTYPES[args.dtype]
     print(f"CUDA {torch.cuda.get_device_name()}, {args.dtype}; median of triton.testing.do_bench")
     rows = []
@@ -112,17 +80,7 @@ def run_cuda(args: argparse.Namespace) -> str:
             paths["eager torch.compile"] = torch.compile(eager)
         for backward in (False, True):
             fns = {name: timed_call(fn, inputs, backward) for name, fn in paths.items()}
-            for fn in fns.values():  # compile and autotune outside the timing
-                fn()
-            torch.cuda.synchronize()
-            ms, peak = {}, {}
-            for name, fn in fns.items():
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                fn()
-                torch.cuda.synchronize()
-                peak[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
-                ms[name] = do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
+            ms, peak = do_bench_with_peaks(fns, args.rep_ms)  # compiles and autotunes outside the timing
             n_bytes = traffic(shape, inputs[0].element_size(), backward)
             for name in fns:
                 diff = float((paths[name](*inputs).float() - want.float()).abs().max())
@@ -161,7 +119,7 @@ def run_cpu(args: argparse.Namespace) -> str:
             fns = {"CPU reference": reference, "eager": eager}
             timed = {name: timed_call(fn, inputs, backward) for name, fn in fns.items()}
             with torch.set_grad_enabled(backward):
-                ms = {k: median_ms(v) for k, v in time_interleaved(timed, args.repeats, warmup=1).items()}
+                ms = interleaved_medians_ms(timed, args.repeats, warmup=1)
             diff = float((reference(*inputs) - eager(*inputs)).abs().max())
             for name, fn in fns.items():
                 rows.append(["x".join(map(str, shape)), "fwd+bwd" if backward else "fwd", name, f"{ms[name]:.1f}",
@@ -173,7 +131,7 @@ def run_cpu(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", type=parse_shapes, default=None,
+    parser.add_argument("--shapes", type=shapes_arg("BxLxC"), default=None,
                         help="comma-separated BxLxC (default: VAR-like 16x680x1024 and 8x680x1536 on CUDA "
                              "(d16 and d24 widths, 680 tokens at 256px); B = 2 on CPU)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="CUDA only; the CPU runs fp32")
@@ -186,15 +144,9 @@ def main() -> None:
     cuda = torch.cuda.is_available() and not args.cpu
     if args.shapes is None:
         args.shapes = [(16, 680, 1024), (8, 680, 1536)] if cuda else [(2, 680, 1024), (2, 680, 1536)]
-    if any(len(s) != 3 for s in args.shapes):
-        parser.error(f"--shapes are BxLxC; got {args.shapes}")
     text = run_cuda(args) if cuda else run_cpu(args)
     if args.save:
-        OUT.mkdir(exist_ok=True)
-        path = OUT / f"adaln_{'cuda' if cuda else 'cpu'}.txt"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+        path = save_text(text, f"adaln_{'cuda' if cuda else 'cpu'}.txt")
         print(f"wrote {path}")
 
 

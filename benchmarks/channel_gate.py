@@ -19,9 +19,7 @@ All figures are medians of interleaved repeats (benchmarks/common.py).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,17 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import blocks  # noqa: E402
 import kernels  # noqa: E402
-from common import machine, median_ms, print_table, time_interleaved  # noqa: E402
+from common import (cuda_peak_mib, interleaved_medians_ms, kernel_mode, machine, median_ms,  # noqa: E402
+                    print_table, shapes_arg, time_interleaved)
 
 BLOCKS = ("se", "eca", "ca", "fca")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    dims = tuple(int(d) for d in text.lower().split("x"))
-    if len(dims) != 4:
-        raise argparse.ArgumentTypeError(f"a shape is BxCxHxW, got {text!r}")
-    return dims  # type: ignore[return-value]
 
 
 def make_block(name: str, channels: int, height: int, width: int, device, dtype) -> torch.nn.Module:
@@ -71,19 +63,6 @@ def plain_gate(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(block, blocks.MultiSpectralAttention):
         return excite(block, (x.float() * block.dct_layer.weight.float()).sum(dim=(2, 3)))
     return excite(block, x.float().mean(dim=(2, 3)))
-
-
-@contextmanager
-def kernel_mode(mode: str):
-    old = os.environ.get("ZOO_KERNELS")
-    os.environ["ZOO_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ZOO_KERNELS", None)
-        else:
-            os.environ["ZOO_KERNELS"] = old
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,8 +96,7 @@ def run_cpu(args: argparse.Namespace) -> None:
             fns = {"floor": floor, **{name: runner(m) for name, m in mods.items()},
                    **{f"{name} excite": exciter(m) for name, m in mods.items()}}
             with torch.inference_mode(), kernel_mode("auto"):
-                times = time_interleaved(fns, args.repeats)
-            ms = {k: median_ms(v) for k, v in times.items()}
+                ms = interleaved_medians_ms(fns, args.repeats)
             for name in BLOCKS:
                 ratio = ms[name] / ms["floor"]
                 if name == "fca":
@@ -204,13 +182,7 @@ def run_cuda(args: argparse.Namespace) -> None:
             for fn in variants.values():  # compile and autotune outside the timing
                 fn()
             torch.cuda.synchronize()
-            peaks = {}
-            for k, fn in variants.items():
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                fn()
-                torch.cuda.synchronize()
-                peaks[k] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            peaks = {k: cuda_peak_mib(fn) for k, fn in variants.items()}
             times = time_interleaved({k: timed(f) for k, f in variants.items()}, args.repeats)
             for k, t in times.items():
                 ms = median_ms(t) / args.inner
@@ -224,7 +196,7 @@ def run_cuda(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", type=lambda s: [parse_shape(t) for t in s.split(",")], default=None,
+    parser.add_argument("--shapes", type=shapes_arg("BxCxHxW"), default=None,
                         help="comma-separated BxCxHxW (default: ResNet-50 stages and RCAN)")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--inner", type=int, default=20, help="calls per timed round on CUDA")

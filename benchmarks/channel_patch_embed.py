@@ -25,10 +25,8 @@ also gives max |out - unfused out| as a check that the two paths compute the sam
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,11 +34,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, median_ms, print_table, time_interleaved
+from common import (do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine, print_table, save_text,
+                    timed_call)
 
 import kernels
 
-OUT = Path(__file__).resolve().parent / "out"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Shape = tuple[int, int, int, int, int]  # (B, C, H, W, p)
 
@@ -52,19 +50,6 @@ def parse_shape(text: str) -> Shape:
         return b, c, h, w, int(p)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a shape is BxCxHxW/p, got {text!r}") from None
-
-
-@contextmanager
-def kernel_mode(mode: str):
-    old = os.environ.get("ZOO_KERNELS")
-    os.environ["ZOO_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ZOO_KERNELS", None)
-        else:
-            os.environ["ZOO_KERNELS"] = old
 
 
 def unfused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, channel_embed: torch.Tensor,
@@ -105,21 +90,10 @@ def traffic(shape: Shape, dim: int, itemsize: int, backward: bool) -> int:
     return itemsize * (forward + (tokens + image + image + params if backward else 0))
 
 
-def timed_call(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], backward: bool) -> Callable[[], object]:
-    """The forward on ``inputs``, or forward + backward into copies of them that require grad."""
-    if not backward:
-        return lambda: fn(*inputs)
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    grad = torch.randn_like(fn(*inputs))
-    return lambda: torch.autograd.grad(fn(*leaves), leaves, grad)
-
-
 # --------------------------------------------------------------------------------------------------
 # CUDA: fused kernels, unfused eager, unfused torch.compile, the op's reference
 # --------------------------------------------------------------------------------------------------
 def run_cuda(args: argparse.Namespace) -> str:
-    from triton.testing import do_bench
-
     dtype = DTYPES[args.dtype]
     print(f"CUDA {torch.cuda.get_device_name()}, {args.dtype}, D={args.dim}; median of triton.testing.do_bench "
           f"(L2 flushed before each call)")
@@ -133,17 +107,7 @@ def run_cuda(args: argparse.Namespace) -> str:
             paths["unfused torch.compile"] = torch.compile(unfused)
         for backward in (False, True):
             fns = {name: timed_call(fn, inputs, backward) for name, fn in paths.items()}
-            for fn in fns.values():  # compile and autotune outside the timing
-                fn()
-            torch.cuda.synchronize()
-            ms, peak = {}, {}
-            for name, fn in fns.items():
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                fn()
-                torch.cuda.synchronize()
-                peak[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
-                ms[name] = do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
+            ms, peak = do_bench_with_peaks(fns, args.rep_ms)  # compiles and autotunes outside the timing
             n_bytes = traffic(shape, args.dim, inputs[0].element_size(), backward)
             for name in fns:
                 diff = float((paths[name](*inputs).float() - want.float()).abs().max())
@@ -168,7 +132,7 @@ def run_cpu(args: argparse.Namespace) -> str:
             fns = {"CPU reference": reference, "unfused": unfused}
             timed = {name: timed_call(fn, inputs, backward) for name, fn in fns.items()}
             with torch.set_grad_enabled(backward):
-                ms = {k: median_ms(v) for k, v in time_interleaved(timed, args.repeats, warmup=1).items()}
+                ms = interleaved_medians_ms(timed, args.repeats, warmup=1)
             diff = float((reference(*inputs) - unfused(*inputs)).abs().max())
             n_bytes = traffic(shape, args.dim, 4, backward)
             for name in fns:
@@ -204,9 +168,7 @@ def main() -> None:
         args.repeats, args.rep_ms = min(args.repeats, 3), min(args.rep_ms, 25)
     text = run_cuda(args) if cuda else run_cpu(args)
     if args.save:
-        OUT.mkdir(exist_ok=True)
-        path = OUT / f"channel_patch_embed_{'cuda' if cuda else 'cpu'}.txt"
-        path.write_text(text + "\n")
+        path = save_text(text, f"channel_patch_embed_{'cuda' if cuda else 'cpu'}.txt")
         print(f"wrote {path}")
 
 

@@ -17,35 +17,19 @@ medians of interleaved repeats (benchmarks/common.py).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, median_ms, print_table, time_interleaved
+from common import kernel_mode, machine, median_ms, print_table, save_text, time_interleaved
 
 import kernels
 from kernels.kv_quant import kv_dequantize_reference, kv_quantize_reference
 
-OUT = Path(__file__).resolve().parent / "out"
 AXES = {"keys (per channel)": 2, "values (per token)": 3}
-
-
-@contextmanager
-def kernel_mode(mode: str):
-    old = os.environ.get("ZOO_KERNELS")
-    os.environ["ZOO_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ZOO_KERNELS", None)
-        else:
-            os.environ["ZOO_KERNELS"] = old
 
 
 def synthetic_keys(shape: tuple[int, ...], device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -161,11 +145,7 @@ def main() -> None:
     text = bytes_table((1, 8, 1024, 64) if cuda else args.shape) + "\n\n"
     text += run_cuda(args) if cuda else run_cpu(args)
     if args.save:
-        OUT.mkdir(exist_ok=True)
-        path = OUT / f"kv_quant_{'cuda' if cuda else 'cpu'}.txt"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+        path = save_text(text, f"kv_quant_{'cuda' if cuda else 'cpu'}.txt")
         print(f"wrote {path}")
 
 

@@ -26,20 +26,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, median_ms, print_table, time_interleaved
+from common import machine, median_ms, print_table, save_text, shapes_arg, time_interleaved
 
 import blocks
 
-OUT = Path(__file__).resolve().parent / "out"
 Shape = tuple[int, int, int]  # (T, d, H)
-
-
-def parse_shape(text: str) -> Shape:
-    try:
-        t, d, h = (int(v) for v in text.lower().split("x"))
-        return t, d, h
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a shape is TxdxH, got {text!r}") from None
 
 
 class NaiveMoC(torch.nn.Module):
@@ -140,7 +131,7 @@ def time_rows(shapes: list[Shape], device: str, dtype: torch.dtype, repeats: int
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", type=lambda s: [parse_shape(v) for v in s.split(",")],
+    parser.add_argument("--shapes", type=shapes_arg("TxdxH"),
                         default=[(2048, 256, 688), (2048, 512, 1368)])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="one small shape, 3 repeats")
@@ -161,11 +152,7 @@ def main(argv: list[str] | None = None) -> str:
                             time_rows(args.shapes, device, dtype, args.repeats)))
     report = "\n".join(text)
     if args.save:
-        OUT.mkdir(exist_ok=True)
-        path = OUT / f"moc_ffn_{device}.txt"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(report + "\n")
-        tmp.replace(path)
+        save_text(report, f"moc_ffn_{device}.txt")
     return report
 
 

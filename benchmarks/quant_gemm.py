@@ -38,19 +38,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kernels  # noqa: E402
-from common import machine, median_ms, print_table, time_interleaved  # noqa: E402
+from common import interleaved_medians_ms, machine, print_table, save_text, shapes_arg  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "out"
-
-
-def parse_nk(text: str) -> list[tuple[int, int]]:
-    pairs = []
-    for item in text.split(","):
-        dims = tuple(int(d) for d in item.lower().split("x"))
-        if len(dims) != 2:
-            raise argparse.ArgumentTypeError(f"a GEMM shape is NxK, got {item!r}")
-        pairs.append(dims)
-    return pairs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,11 +208,11 @@ def run_cpu(args: argparse.Namespace) -> str:
         for n, k in args.nk:
             for m in args.ms:
                 fns, ref, ops = linear_case(m, n, k, args.group_size, "cpu", floats)
-                ms = {name: median_ms(t) for name, t in time_interleaved(fns, args.repeats, warmup=1).items()}
+                ms = interleaved_medians_ms(fns, args.repeats, warmup=1)
                 rows += rows_for(f"linear M={m} {n}x{k}", fns, ref, ops, ms, "fp32", 1e9)
         for b, c, h, w in args.convs:
             fns, ref, ops = conv_case(b, c, h, w, "cpu", floats)
-            ms = {name: median_ms(t) for name, t in time_interleaved(fns, args.repeats, warmup=1).items()}
+            ms = interleaved_medians_ms(fns, args.repeats, warmup=1)
             rows += rows_for(f"conv3x3 {b}x{c}x{h}x{w}", fns, ref, ops, ms, "fp32", 1e9)
     return print_table(["shape", "path", "ms", "GOP/s", "x fp32", "rel err"], rows)
 
@@ -232,7 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ms", type=lambda s: [int(t) for t in s.split(",")], default=None,
                         help="token counts M (default: 1,4,16,4096 on CUDA; 1,16,128 on CPU)")
-    parser.add_argument("--nk", type=parse_nk, default=None,
+    parser.add_argument("--nk", type=shapes_arg("NxK"), default=None,
                         help="comma-separated NxK weight shapes (default: 4096x4096,11008x4096 on CUDA)")
     parser.add_argument("--group-size", type=int, default=128, help="W4A8 input channels per weight scale")
     parser.add_argument("--repeats", type=int, default=5, help="CPU: interleaved rounds")
@@ -261,9 +250,7 @@ def main() -> None:
             parser.error(f"--group-size {args.group_size} does not divide K={k}; pick a divisor of every K")
     text = run_cuda(args) if cuda else run_cpu(args)
     if args.save:
-        OUT.mkdir(exist_ok=True)
-        path = OUT / f"quant_gemm_{'cuda' if cuda else 'cpu'}.txt"
-        path.write_text(text + "\n")
+        path = save_text(text, f"quant_gemm_{'cuda' if cuda else 'cpu'}.txt")
         print(f"wrote {path}")
 
 

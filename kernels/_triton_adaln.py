@@ -20,18 +20,14 @@ Rows wider than MAX_C channels (they would not fit in registers) run the PyTorch
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if _INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
-    raise RuntimeError(
-        f"TRITON_INTERPRET={'1' if _INTERPRET else 'unset'} now, but triton was imported "
-        f"{'without' if _INTERPRET else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
-        "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
+from ._triton_common import interpreter_checked
+
+_INTERPRET = interpreter_checked()
 
 # Module attributes so the tests can shrink them and exercise the row loop and the partial sums.
 MAX_C = 16384  # widest row kept in registers

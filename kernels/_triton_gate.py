@@ -4,7 +4,8 @@ Imported lazily, on the first launch, by :mod:`kernels.channel_pool` and :mod:`k
 so a machine without Triton never imports it. ``TRITON_INTERPRET=1`` has to be set before *triton*
 is imported, and torch imports triton itself when ``torch._dynamo`` loads (the first call of any
 custom op with autograd, or ``torch.compile``): set it when the process starts (tests/conftest.py
-does). A mismatch is reported here with that advice instead of Triton's own obscure error.
+does). A mismatch is reported on import (:mod:`kernels._triton_common`) with that advice instead of
+Triton's own obscure error.
 
 Every kernel sees a 4-D tensor as (B, C, HW) through three strides, so one kernel serves NCHW
 (HW contiguous) and channels_last (C contiguous); only the tile shape changes with the layout.
@@ -18,18 +19,14 @@ over (B, splits, C) finishes the job, which keeps the result deterministic (no a
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if _INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
-    raise RuntimeError(
-        f"TRITON_INTERPRET={'1' if _INTERPRET else 'unset'} now, but triton was imported "
-        f"{'without' if _INTERPRET else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
-        "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
+from ._triton_common import interpreter_checked
+
+_INTERPRET = interpreter_checked()
 
 # Tile budget (elements per program per step) and the number of programs a reduction aims for.
 # Module attributes so tests can shrink them to exercise HW splits and many tiles on tiny shapes.
@@ -153,7 +150,7 @@ def _pool_fwd_kernel(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, div
     tl.store(part_ptr + row * C + offs_c, total, mask=mask_c)
 
 
-def pool(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def pool(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C) fp32 (fp64 for fp64 x): mean over H x W, or the weighted sum with ``weight`` (C, H, W)."""
     x = as_readable(x)
     b, c, h, w = x.shape

@@ -24,18 +24,14 @@ the two-pass form handles every axis, group size and ragged last dim with the sa
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if _INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
-    raise RuntimeError(
-        f"TRITON_INTERPRET={'1' if _INTERPRET else 'unset'} now, but triton was imported "
-        f"{'without' if _INTERPRET else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
-        "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
+from ._triton_common import interpreter_checked
+
+_INTERPRET = interpreter_checked()
 
 _ROUND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # how the scale is rounded to x's dtype
 

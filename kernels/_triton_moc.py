@@ -45,18 +45,13 @@ weighed against the gate GEMM.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if _INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
-    raise RuntimeError(
-        f"TRITON_INTERPRET={'1' if _INTERPRET else 'unset'} now, but triton was imported "
-        f"{'without' if _INTERPRET else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
-        "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
+from ._triton_common import interpreter_checked
+
+_INTERPRET = interpreter_checked()
 
 # Module attributes so the tests can shrink them and exercise every loop and chunk on tiny shapes.
 GEMM_BLOCKS = (32, 32, 32) if _INTERPRET else (64, 64, 32)  # (BLOCK_T, BLOCK_H, BLOCK_D) of the gate GEMM

@@ -2,7 +2,7 @@
 
 Imported lazily, on the first launch, by :mod:`kernels.patch_embed`, so a machine without Triton never
 imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_gate`);
-a mismatch is reported here with that advice.
+a mismatch is reported on import with that advice.
 
 Notation: x (B, C, H, W), weight (D, p, p), K = p * p, N = (H // p) * (W // p) patches per channel image,
 M = B * C * N tokens. Token m = (b * C + c) * N + n reads the patch whose top-left pixel is
@@ -30,18 +30,14 @@ chosen by compiling every config for sm_90 (registers, no spills); they have not
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if _INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
-    raise RuntimeError(
-        f"TRITON_INTERPRET={'1' if _INTERPRET else 'unset'} now, but triton was imported "
-        f"{'without' if _INTERPRET else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
-        "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
+from ._triton_common import interpreter_checked
+
+_INTERPRET = interpreter_checked()
 
 # Module attributes so the tests can shrink them and exercise the loops and splits on tiny shapes.
 MAX_BLOCK_K = 64  # patch pixels per tl.dot step of the forward, and per grad_x tile

@@ -3,7 +3,7 @@ int8 / int4 convolution (a linear layer is its 1 x 1 case).
 
 Imported lazily, on the first launch, by :mod:`kernels.quant_act` and :mod:`kernels.int_gemm`, so a
 machine without Triton never imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is
-imported (see :mod:`kernels._triton_gate`); a mismatch is reported here with that advice.
+imported (see :mod:`kernels._triton_gate`); a mismatch is reported on import with that advice.
 
 Both kernels repeat their reference's arithmetic in the same order, so that under the interpreter
 the int8 codes, the int32 accumulators and even the float outputs equal the reference bit for bit;
@@ -19,22 +19,16 @@ the epilogue's multiply-add into an FMA:
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 # no import cycle: kernels.int_gemm and kernels.quant_act import this module lazily
+from ._triton_common import interpreter_checked
 from .int_gemm import INT4_SYMMETRIC_ZERO, output_size
 from .quant_act import QMAX
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-if _INTERPRET != (type(tl.sum).__name__ == "InterpretedFunction"):
-    raise RuntimeError(
-        f"TRITON_INTERPRET={'1' if _INTERPRET else 'unset'} now, but triton was imported "
-        f"{'without' if _INTERPRET else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
-        "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
+_INTERPRET = interpreter_checked()
 
 _QMAX = tl.constexpr(float(QMAX))  # module constants a kernel reads must be constexpr
 _ZERO4 = tl.constexpr(INT4_SYMMETRIC_ZERO)

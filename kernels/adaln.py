@@ -167,17 +167,5 @@ def adaln_gated_residual(residual: torch.Tensor, y: torch.Tensor, gate: torch.Te
 # --------------------------------------------------------------------------------------------------
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
-def _forward_triton(*args):
-    from . import _triton_adaln
-
-    return _triton_adaln.adaln_modulate(*args)
-
-
-def _backward_triton(*args):
-    from . import _triton_adaln
-
-    return _triton_adaln.adaln_modulate_backward(*args)
-
-
-_forward.register_triton(_forward_triton)
-_backward.register_triton(_backward_triton)
+_forward.register_triton_lazy("kernels._triton_adaln", "adaln_modulate")
+_backward.register_triton_lazy("kernels._triton_adaln", "adaln_modulate_backward")

@@ -86,30 +86,12 @@ def pool_backward_reference(grad: torch.Tensor, weight: Optional[torch.Tensor], 
 # --------------------------------------------------------------------------------------------------
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
-def _pool_mean_triton(x: torch.Tensor) -> torch.Tensor:
-    from . import _triton_gate
-
-    return _triton_gate.pool(x, None)
-
-
-def _pool_weighted_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    from . import _triton_gate
-
-    return _triton_gate.pool(x, weight)
-
-
-def _pool_backward_triton(grad, weight, height, width, dtype, channels_last):
-    from . import _triton_gate
-
-    return _triton_gate.pool_backward(grad, weight, height, width, dtype, channels_last)
-
-
 _mean = kernel_op("channel_pool.mean")(pool_mean_reference)
-_mean.register_triton(_pool_mean_triton)
+_mean.register_triton_lazy("kernels._triton_gate", "pool")  # pool(x): weight defaults to None, the mean
 _weighted = kernel_op("channel_pool.weighted")(pool_weighted_reference)
-_weighted.register_triton(_pool_weighted_triton)
+_weighted.register_triton_lazy("kernels._triton_gate", "pool")
 _backward = kernel_op("channel_pool.backward")(pool_backward_reference)
-_backward.register_triton(_pool_backward_triton)
+_backward.register_triton_lazy("kernels._triton_gate", "pool_backward")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -92,22 +92,10 @@ def channel_scale_backward_reference(grad: torch.Tensor, x: torch.Tensor, gate: 
 # --------------------------------------------------------------------------------------------------
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
-def _channel_scale_triton(x, gate, shortcut=None, relu=False):
-    from . import _triton_gate
-
-    return _triton_gate.channel_scale(x, gate, shortcut, relu)
-
-
-def _channel_scale_backward_triton(grad, x, gate, out, need_x, need_gate, need_shortcut):
-    from . import _triton_gate
-
-    return _triton_gate.channel_scale_backward(grad, x, gate, out, need_x, need_gate, need_shortcut)
-
-
 _scale = kernel_op("channel_scale")(channel_scale_reference)
-_scale.register_triton(_channel_scale_triton)
+_scale.register_triton_lazy("kernels._triton_gate", "channel_scale")
 _scale_backward = kernel_op("channel_scale.backward")(channel_scale_backward_reference)
-_scale_backward.register_triton(_channel_scale_backward_triton)
+_scale_backward.register_triton_lazy("kernels._triton_gate", "channel_scale_backward")
 
 
 # --------------------------------------------------------------------------------------------------

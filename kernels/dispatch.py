@@ -11,9 +11,9 @@ reference. ``ZOO_KERNELS`` overrides it:
 Public ops are ``torch.library.custom_op``s (namespace ``zoo``) whose bodies call a :class:`KernelOp`,
 so the choice is made per call, inside the op, on real tensors; ``torch.compile`` sees one opaque op
 with a fake implementation and an autograd formula. Triton itself is imported only when a kernel first
-launches (the Triton implementations import :mod:`kernels._triton_gate` lazily), so ``import kernels``
-works on machines without Triton. ``TRITON_INTERPRET=1`` must be in the environment before triton is
-imported, by us or by torch (``torch._dynamo`` imports it): set it when the process starts.
+launches (:meth:`KernelOp.register_triton_lazy` defers importing the ``kernels._triton_*`` modules), so
+``import kernels`` works on machines without Triton. ``TRITON_INTERPRET=1`` must be in the environment
+before triton is imported, by us or by torch (``torch._dynamo`` imports it): set it when the process starts.
 """
 from __future__ import annotations
 
@@ -62,6 +62,16 @@ class KernelOp:
     def register_triton(self, fn: Callable) -> Callable:
         self.triton = fn
         return fn
+
+    def register_triton_lazy(self, module: str, function: str) -> None:
+        """Register ``module.function`` (e.g. ``"kernels._triton_adaln", "adaln_modulate"``) as the Triton
+        implementation without importing it: the module, and triton with it, is imported on the first launch."""
+
+        def launch(*args, **kwargs):
+            return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+        launch.__qualname__ = launch.__name__ = f"{module}.{function}"
+        self.register_triton(launch)
 
     def backend_for(self, x: torch.Tensor) -> str:
         mode = kernel_mode()

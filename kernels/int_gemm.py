@@ -178,13 +178,7 @@ def int_conv2d_reference(q: torch.Tensor, a_scale: torch.Tensor, weight: torch.T
 _int_conv2d = kernel_op("int_conv2d")(int_conv2d_reference)
 
 
-def _int_conv2d_triton(*args):
-    from . import _triton_quant  # imported on first launch: Triton stays optional
-
-    return _triton_quant.int_conv2d(*args)
-
-
-_int_conv2d.register_triton(_int_conv2d_triton)
+_int_conv2d.register_triton_lazy("kernels._triton_quant", "int_conv2d")  # imported on first launch
 
 
 @torch.library.custom_op("zoo::int_conv2d", mutates_args=())

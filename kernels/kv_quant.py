@@ -250,17 +250,5 @@ def kv_dequantize(q: KVQuantized, dtype: Optional[torch.dtype] = None) -> torch.
 # --------------------------------------------------------------------------------------------------
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
-def _quantize_triton(*args):
-    from . import _triton_kv_quant
-
-    return _triton_kv_quant.kv_quantize(*args)
-
-
-def _dequantize_triton(*args):
-    from . import _triton_kv_quant
-
-    return _triton_kv_quant.kv_dequantize(*args)
-
-
-_quantize.register_triton(_quantize_triton)
-_dequantize.register_triton(_dequantize_triton)
+_quantize.register_triton_lazy("kernels._triton_kv_quant", "kv_quantize")
+_dequantize.register_triton_lazy("kernels._triton_kv_quant", "kv_dequantize")

@@ -260,26 +260,7 @@ def moc_ffn_decode(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_
     return _decode(x.contiguous(), w_gate.contiguous(), w_up.contiguous(), w_down_t.contiguous(), top_k)
 
 
-def _forward_triton(*args):
-    from . import _triton_moc  # imported on first launch: Triton stays optional
-
-    return _triton_moc.moc_ffn(*args)
-
-
-def _backward_triton(*args):
-    from . import _triton_moc
-
-    return _triton_moc.moc_ffn_backward(*args)
-
-
-_forward.register_triton(_forward_triton)
-_backward.register_triton(_backward_triton)
-
-
-def _decode_triton(*args):
-    from . import _triton_moc
-
-    return _triton_moc.moc_ffn_decode(*args)
-
-
-_decode.register_triton(_decode_triton)
+# imported on first launch: Triton stays optional
+_forward.register_triton_lazy("kernels._triton_moc", "moc_ffn")
+_backward.register_triton_lazy("kernels._triton_moc", "moc_ffn_backward")
+_decode.register_triton_lazy("kernels._triton_moc", "moc_ffn_decode")

@@ -141,17 +141,6 @@ def channel_patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     return _patch_embed_op(x, weight, bias, channel_embed, pos_embed)
 
 
-def _forward_triton(*args):
-    from . import _triton_patch_embed  # imported on first launch: Triton stays optional
-
-    return _triton_patch_embed.channel_patch_embed(*args)
-
-
-def _backward_triton(*args):
-    from . import _triton_patch_embed
-
-    return _triton_patch_embed.channel_patch_embed_backward(*args)
-
-
-_forward.register_triton(_forward_triton)
-_backward.register_triton(_backward_triton)
+# imported on first launch: Triton stays optional
+_forward.register_triton_lazy("kernels._triton_patch_embed", "channel_patch_embed")
+_backward.register_triton_lazy("kernels._triton_patch_embed", "channel_patch_embed_backward")

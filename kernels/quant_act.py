@@ -64,13 +64,7 @@ def quantize_act_reference(x: torch.Tensor, multiplier: Optional[torch.Tensor] =
 _quantize_act = kernel_op("quantize_act")(quantize_act_reference)
 
 
-def _quantize_act_triton(*args):
-    from . import _triton_quant  # imported on first launch: Triton stays optional
-
-    return _triton_quant.quantize_act(*args)
-
-
-_quantize_act.register_triton(_quantize_act_triton)
+_quantize_act.register_triton_lazy("kernels._triton_quant", "quantize_act")  # imported on first launch
 
 
 @torch.library.custom_op("zoo::quantize_act", mutates_args=())

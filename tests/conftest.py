@@ -59,6 +59,12 @@ def _seed_and_threads():
 
 
 @pytest.fixture
+def triton_mode(monkeypatch):
+    """ZOO_KERNELS=triton for one test: its kernel calls take the Triton path (see tests/kernel_testing.py)."""
+    monkeypatch.setenv("ZOO_KERNELS", "triton")
+
+
+@pytest.fixture
 def torch_home(tmp_path, monkeypatch) -> Path:
     """An empty torch hub cache for tests that place or download weights."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

@@ -1,6 +1,8 @@
 """The dispatch between Triton kernels and their PyTorch references."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -55,6 +57,22 @@ def test_dispatch_picks_reference_on_cpu_and_triton_when_forced(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
     op(x)
     assert calls == ["triton", "torch"]
+
+
+def test_lazy_triton_registration_imports_on_first_launch(tmp_path, monkeypatch):
+    (tmp_path / "zoo_lazy_kernel_probe.py").write_text("def triple(x):\n    return x * 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "zoo_lazy_kernel_probe", raising=False)
+    op = KernelOp("test.lazy", lambda x: x * 2)
+    op.register_triton_lazy("zoo_lazy_kernel_probe", "triple")
+    assert "zoo_lazy_kernel_probe" not in sys.modules  # registering imports nothing
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("ZOO_KERNELS", "triton")
+    torch.testing.assert_close(op(torch.ones(2)), torch.full((2,), 3.0))
+    assert "zoo_lazy_kernel_probe" in sys.modules
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    torch.testing.assert_close(op(torch.ones(2)), torch.full((2,), 2.0))
+    monkeypatch.delitem(sys.modules, "zoo_lazy_kernel_probe")
 
 
 def test_available_reports_ops():

@@ -13,29 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels.dispatch import _interpreting, _triton_importable
 
-
-def _triton_device() -> str | None:
-    if not _triton_importable():
-        return None
-    if _interpreting():
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
-TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.bfloat16: {"atol": 2e-2, "rtol": 1e-2},
-       torch.float16: {"atol": 2e-3, "rtol": 1e-3}, torch.float64: {"atol": 1e-12, "rtol": 1e-12}}
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
 
 # (B, L, C): C not a power of two, L = 1, B = 1, a C of one tile column, a row wider than 64
 SHAPES = [(2, 5, 24), (1, 1, 40), (3, 7, 33), (2, 3, 100)]
-
-
-@pytest.fixture
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "triton")
 
 
 def _inputs(shape, dtype=torch.float32, param_dtype=None, device="cpu", seed=0, scale_shape="b1c"):
@@ -195,14 +177,12 @@ def _opcheck_cases(device):
 
 def test_opcheck_reference_path(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
-    for op, args in _opcheck_cases("cpu"):
-        torch.library.opcheck(op, args)
+    opcheck_all(_opcheck_cases("cpu"))
 
 
 @needs_triton
 def test_opcheck_triton_path(triton_mode):
-    for op, args in _opcheck_cases(DEVICE):
-        torch.library.opcheck(op, args)
+    opcheck_all(_opcheck_cases(DEVICE))
 
 
 def test_compiles_fullgraph():

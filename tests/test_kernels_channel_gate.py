@@ -13,25 +13,12 @@ from safetensors.torch import load_file
 
 import blocks
 import kernels
-from kernels.dispatch import _interpreting, _triton_importable
 
-
-def _triton_device() -> str | None:
-    if not _triton_importable():
-        return None
-    if _interpreting():
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
 
 # channels and H x W off the tile sizes (B=1, C=1, H x W = 1, W = 1 included)
 SHAPES = [(2, 5, 3, 7), (1, 3, 1, 1), (3, 19, 4, 5), (2, 33, 6, 1), (1, 1, 1, 9)]
 LAYOUTS = ["nchw", "channels_last"]
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12),
-       torch.bfloat16: dict(atol=2e-2, rtol=1e-2), torch.float16: dict(atol=2e-3, rtol=1e-3)}
 
 # name -> (the op under test, its plain-PyTorch reference, the tensors it takes)
 CASES = {
@@ -90,11 +77,6 @@ def _compare(case, shape, dtype, layout, device):
     for name, got, want in zip(names, grads, ref_grads):
         assert got.shape == want.shape and got.dtype == tensors[name].dtype, name
         torch.testing.assert_close(got, want.to(got.dtype), **tol, msg=lambda m: f"grad of {name}: {m}")
-
-
-@pytest.fixture
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "triton")
 
 
 @pytest.fixture
@@ -240,14 +222,12 @@ def _opcheck_args(device):
 
 def test_opcheck_reference_path(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
-    for op, args, kwargs in _opcheck_args("cpu"):
-        torch.library.opcheck(op, args, kwargs)
+    opcheck_all(_opcheck_args("cpu"))
 
 
 @needs_triton
 def test_opcheck_triton_path(triton_mode):
-    for op, args, kwargs in _opcheck_args(DEVICE):
-        torch.library.opcheck(op, args, kwargs)
+    opcheck_all(_opcheck_args(DEVICE))
 
 
 def test_bad_inputs_fail_before_any_work():

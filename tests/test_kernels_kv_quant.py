@@ -12,30 +12,15 @@ import pytest
 import torch
 
 import kernels
-from kernels.dispatch import _interpreting, _triton_importable
 from kernels.kv_quant import KVQuantized, pack_codes, unpack_codes
 
+from kernel_testing import DEVICE, needs_triton, opcheck_all
 
-def _triton_device() -> str | None:
-    if not _triton_importable():
-        return None
-    if _interpreting():
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 # (shape, axis, group_size): keys per channel (axis = T), values per token (axis = D); D = 24 and 40
 # (not powers of two; odd last dims are in the packing test), B = 1, a group size of 20
 CASES = [((2, 3, 16, 24), 2, 8), ((1, 2, 8, 40), 2, 8), ((2, 3, 5, 24), 3, 8), ((1, 2, 3, 40), 3, 20)]
-
-
-@pytest.fixture
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "triton")
 
 
 def _x(shape, dtype=torch.float32, seed=0, device="cpu"):
@@ -218,14 +203,12 @@ def _opcheck_cases(device):
 
 def test_opcheck_reference_path(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
-    for op, args in _opcheck_cases("cpu"):
-        torch.library.opcheck(op, args)
+    opcheck_all(_opcheck_cases("cpu"))
 
 
 @needs_triton
 def test_opcheck_triton_path(triton_mode):
-    for op, args in _opcheck_cases(DEVICE)[::2]:  # fp32 quantize, dequantize (the interpreter is slow)
-        torch.library.opcheck(op, args)
+    opcheck_all(_opcheck_cases(DEVICE)[::2])  # fp32 quantize, dequantize (the interpreter is slow)
 
 
 def test_compiles_fullgraph():

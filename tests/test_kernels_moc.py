@@ -13,27 +13,12 @@ import pytest
 import torch
 
 import kernels
-from kernels.dispatch import _interpreting, _triton_importable
+
+from kernel_testing import DEVICE, needs_triton, opcheck_all
 
 moc_module = importlib.import_module("kernels.moc_ffn")  # the package attribute is the op
 
-
-def _triton_device() -> str | None:
-    if not _triton_importable():
-        return None
-    if _interpreting():
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
 TOL = {torch.float32: {"atol": 2e-5, "rtol": 2e-5}, torch.bfloat16: {"atol": 2e-2, "rtol": 2e-2}}
-
-
-@pytest.fixture
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "triton")
 
 
 def _inputs(t, d, h, dtype=torch.float32, device="cpu", seed=0):
@@ -182,15 +167,13 @@ def _opcheck_cases(device):
 
 def test_opcheck_reference_path(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
-    for op, args in _opcheck_cases("cpu"):
-        torch.library.opcheck(op, args)
+    opcheck_all(_opcheck_cases("cpu"))
 
 
 @needs_triton
 def test_opcheck_triton_path(triton_mode):
     """The registration is the reference path's; here the kernels' outputs against the fake tensors."""
-    for op, args in _opcheck_cases(DEVICE):
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+    opcheck_all(_opcheck_cases(DEVICE), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_available_lists_both_backends():

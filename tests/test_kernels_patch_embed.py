@@ -12,31 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels.dispatch import _interpreting, _triton_importable
 from kernels.patch_embed import channel_patch_embed_backward_reference
 
-
-def _triton_device() -> str | None:
-    if not _triton_importable():
-        return None
-    if _interpreting():
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
-TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.bfloat16: {"atol": 2e-2, "rtol": 1e-2},
-       torch.float64: {"atol": 1e-12, "rtol": 1e-12}}
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
 
 # (B, C, H, W, p, D): H, W off the patch grid (the remainder is ignored), D off the 16-wide tiles,
 # B = 1, C = 1, one patch per channel, p = 4 / 8 / 16 (K = 16, 64 and 256: the forward's K loop)
 SHAPES = [(2, 3, 9, 13, 4, 20), (1, 1, 8, 8, 8, 17), (2, 2, 17, 19, 8, 33), (1, 2, 16, 17, 16, 18)]
-
-
-@pytest.fixture
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "triton")
 
 
 def _inputs(shape, dtype=torch.float32, param_dtype=torch.float32, bias=True, device="cpu", seed=0):
@@ -186,14 +168,12 @@ def _opcheck_cases(device):
 
 def test_opcheck_reference_path(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
-    for op, args in _opcheck_cases("cpu"):
-        torch.library.opcheck(op, args)
+    opcheck_all(_opcheck_cases("cpu"))
 
 
 @needs_triton
 def test_opcheck_triton_path(triton_mode):
-    for op, args in _opcheck_cases(DEVICE):
-        torch.library.opcheck(op, args)
+    opcheck_all(_opcheck_cases(DEVICE))
 
 
 def test_bad_inputs_fail_before_any_work():

@@ -16,25 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels.dispatch import _interpreting, _triton_importable
+from kernels.dispatch import _interpreting
 from kernels.int_gemm import int_conv2d_accumulators_reference, weight_values
 
-
-def _triton_device() -> str | None:
-    if not _triton_importable():
-        return None
-    if _interpreting():
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
-DEVICE = _triton_device()
-needs_triton = pytest.mark.skipif(DEVICE is None, reason="needs Triton and CUDA, or TRITON_INTERPRET=1")
-
-
-@pytest.fixture
-def triton_mode(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "triton")
+from kernel_testing import DEVICE, needs_triton, opcheck_all
 
 
 def _assert_float_output(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -342,14 +327,12 @@ OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor",
 
 def test_opcheck_reference_path(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
-    for op, args in _opcheck_cases("cpu"):
-        torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
+    opcheck_all(_opcheck_cases("cpu"), test_utils=OPCHECK_TESTS)
 
 
 @needs_triton
 def test_opcheck_triton_path(triton_mode):
-    for op, args in _opcheck_cases(DEVICE):
-        torch.library.opcheck(op, args, test_utils=OPCHECK_TESTS)
+    opcheck_all(_opcheck_cases(DEVICE), test_utils=OPCHECK_TESTS)
 
 
 def test_both_ops_have_a_triton_implementation(monkeypatch):

@@ -1,0 +1,23 @@
+"""What every ``kernels/_triton_*.py`` module checks when it is imported (lazily, on a kernel's first launch)."""
+from __future__ import annotations
+
+import os
+
+import triton.language as tl
+
+
+def interpreter_checked() -> bool:
+    """Whether Triton runs in its interpreter (``TRITON_INTERPRET=1``), after checking that triton was
+    imported in that same mode.
+
+    ``TRITON_INTERPRET`` is read once, when *triton* is imported, and torch imports triton itself when
+    ``torch._dynamo`` loads (the first call of a custom op with autograd, or ``torch.compile``). A
+    mismatch is reported here, with that advice, instead of Triton's own obscure error.
+    """
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if interpret != (type(tl.sum).__name__ == "InterpretedFunction"):
+        raise RuntimeError(
+            f"TRITON_INTERPRET={'1' if interpret else 'unset'} now, but triton was imported "
+            f"{'without' if interpret else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
+            "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
+    return interpret
