@@ -37,6 +37,16 @@ def _tiny_image_folder(root: Path, count: int = 2, size: int = 48) -> str:
     return str(root)
 
 
+def _stand_in_tokenizer(path: str, out: Path) -> str:
+    """A randomly initialised tokenizer with the architecture of the config that trains ``path``
+    (``runs/vqvae_digits/export`` -> configs/vqvae_digits.yaml), saved where the generator can load it."""
+    config = ROOT / "configs" / f"{Path(path).parent.name}.yaml"
+    assert config.is_file(), f"no config trains the tokenizer {path}"
+    model = yaml.safe_load(config.read_text())["model"]
+    zoo.save_pretrained(zoo.create(model["name"], **model["kwargs"]), out)
+    return str(out)
+
+
 def tiny_config(path: Path, out: Path, **trainer) -> Path:
     """``path`` shrunk to a few batches of tiny data, written beside the run. Folders a config points
     at (a user's data) are replaced by small ones made here."""
@@ -54,6 +64,9 @@ def tiny_config(path: Path, out: Path, **trainer) -> Path:
         args.update(patch_size=8, repeat=4, val_crop=32, num_workers=0)
     if "train_images" in accepted:
         args.update(train_images=["chelsea"], val_images=["coffee"], test_images=["colorwheel"])
+    kwargs = cfg.get("model", {}).get("kwargs", {})
+    if isinstance(kwargs.get("vae"), str):  # a generator on a tokenizer trained by another config: a random one
+        kwargs["vae"] = _stand_in_tokenizer(kwargs["vae"], out.parent / "vae")
     cfg["trainer"] = {**cfg.get("trainer", {}), **FAST_TRAINER, **trainer}
     cfg["output_dir"] = str(out)
     tiny = out.parent / f"{out.name}.yaml"

@@ -32,7 +32,9 @@ class DigitsDataModule(L.LightningDataModule):
     """scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes), shipped with the package.
 
     Images are scaled to [0, 1], resized to ``img_size`` (bilinear), repeated to ``channels`` and
-    normalised. The split is fixed: a seeded, per-class shuffle puts ``val_fraction`` and
+    normalised: ``normalize="standard"`` subtracts the training mean and divides by its std (kept as
+    ``mean``/``std`` after ``setup``); ``"symmetric"`` maps [0, 1] to [-1, 1], the range image
+    tokenizers such as VAR's VQVAE expect. The split is fixed: a seeded, per-class shuffle puts ``val_fraction`` and
     ``test_fraction`` of every class in validation and test. ``limit`` keeps only the first images
     of each split (for smoke tests).
     """
@@ -41,14 +43,17 @@ class DigitsDataModule(L.LightningDataModule):
 
     def __init__(self, img_size: int = 32, channels: int = 1, batch_size: int = 64, num_workers: int = 0,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
-                 max_shift: int = 2, limit: int | None = None) -> None:
+                 max_shift: int = 2, limit: int | None = None, normalize: str = "standard") -> None:
         super().__init__()
         if not 0 < val_fraction + test_fraction < 1:
             raise ValueError(f"val_fraction + test_fraction must be in (0, 1); got {val_fraction + test_fraction}")
+        if normalize not in ("standard", "symmetric"):
+            raise ValueError(f"normalize must be 'standard' (training mean/std) or 'symmetric' ([-1, 1]); "
+                             f"got {normalize!r}")
         self.save_hyperparameters()
         self.img_size, self.channels, self.batch_size, self.num_workers = img_size, channels, batch_size, num_workers
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.max_shift, self.limit = max_shift, limit
+        self.max_shift, self.limit, self.normalize = max_shift, limit, normalize
         self.splits: dict[str, TensorDataset] = {}
         self.indices: dict[str, torch.Tensor] = {}  # rows of sklearn's digits in each split
 
@@ -72,6 +77,9 @@ class DigitsDataModule(L.LightningDataModule):
             parts["train"].append(idx[n_val + n_test:])
         train_idx = torch.cat(parts["train"])
         mean, std = images[train_idx].mean().item(), images[train_idx].std().item()
+        if self.normalize == "symmetric":
+            mean, std = 0.5, 0.5  # [0, 1] -> [-1, 1]
+        self.mean, self.std = mean, std
         images = ((images - mean) / std).repeat(1, self.channels, 1, 1)  # (N, C, S, S)
         self.background = (0.0 - mean) / std
         self.indices = {name: torch.sort(torch.cat(idx)).values for name, idx in parts.items()}

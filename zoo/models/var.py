@@ -41,7 +41,8 @@ from ..pretrained import PretrainedCfg
 from ..registry import register_model, register_pretrained_cfgs
 from .vqvae import RELEASE_PATCH_NUMS, VQVAE
 
-__all__ = ["VAR", "SampleResult", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "checkpoint_filter_fn"]
+__all__ = ["VAR", "SampleResult", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "checkpoint_filter_fn",
+           "load_tokenizer"]
 
 
 def sample_with_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
