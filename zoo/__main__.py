@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax soft codes (visual only)")
     p.add_argument("--guidance-off-last", type=int, default=0, help="no guidance on the finest N scales (Switti)")
     p.add_argument("--local-attn-last", type=int, default=0, help="finest N scales attend only to themselves")
-    p.add_argument("--cache", default="dense", choices=["dense", "kivi4", "kivi2"], help="KV cache")
+    p.add_argument("--cache", default="dense", choices=["dense", "kivi4", "kivi2", "none"], help="KV cache (none: recompute every scale)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=_cmd_sample)
     args = parser.parse_args(argv)
