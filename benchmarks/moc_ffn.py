@@ -1,6 +1,7 @@
 """The Mixture-of-Channels FFN (``blocks.create("moc_ffn", ...)``) against the dense SwiGLU it sparsifies.
 
-    python benchmarks/moc_ffn.py [--shapes 2048x256x688,2048x512x1368] [--repeats 7] [--quick] [--save]
+    python benchmarks/moc_ffn.py [--shapes 2048x256x688,2048x512x1368] [--repeats 7] [--quick] [--no-compile]
+                                 [--save]
 
 Two tables, every figure measured in the same run:
 
@@ -11,7 +12,11 @@ Two tables, every figure measured in the same run:
 2. Step time, forward + backward (x and all three weights require grad), as medians of interleaved
    repeats (benchmarks/common.py), and a decode step (one token, forward only). On CPU that is the
    reference path (CPU users' path); on CUDA (when present) the Triton kernels, bf16, with
-   ``torch.cuda.synchronize`` around each call.
+   ``torch.cuda.synchronize`` around each call. The "compiled" columns time the same train step through
+   ``torch.compile`` (inductor) modules, interleaved with the eager ones: dense SwiGLU compiled against
+   MoC compiled (the ``zoo::moc_ffn`` custom op stays opaque inside the graph; inductor fuses what is
+   around it). Inductor on the CPU needs a working C++ compiler: when a tiny compile fails, the benchmark
+   says why and leaves the columns out.
 
 ``--save`` writes the tables to benchmarks/out/ (git-ignored); nothing else is written.
 """
@@ -78,6 +83,19 @@ def build(shape: Shape, device: str, dtype: torch.dtype) -> dict[str, torch.nn.M
     return models
 
 
+def compile_unavailable(device: str) -> str | None:
+    """None when ``torch.compile`` (inductor) builds and runs a tiny module here, else the reason it does not."""
+    try:
+        probe = torch.compile(torch.nn.Linear(4, 4, device=device))
+        probe(torch.randn(2, 4, device=device)).sum().backward()
+    except Exception as error:  # a missing or broken C++ compiler surfaces as many exception types
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return None
+
+
+COMPILED = ("dense SwiGLU", "MoC K=H/8", "MoC K=H/4")  # the models also timed through torch.compile
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -96,11 +114,15 @@ def memory_rows(shapes: list[Shape], device: str, dtype: torch.dtype) -> list[li
     return rows
 
 
-def time_rows(shapes: list[Shape], device: str, dtype: torch.dtype, repeats: int) -> list[list[str]]:
+def time_rows(shapes: list[Shape], device: str, dtype: torch.dtype, repeats: int,
+              compiled: bool) -> list[list[str]]:
     rows = []
     for shape in shapes:
         t, d, h = shape
         models = build(shape, device, dtype)
+        if compiled:
+            torch.compiler.reset()  # a fresh static-shape graph per shape, not a dynamic recompile
+        compiled_models = {n: torch.compile(models[n]) for n in COMPILED} if compiled else {}
         x = torch.randn(t, d, device=device, dtype=dtype, requires_grad=True)
         grad = torch.randn(t, d, device=device, dtype=dtype)
         token = torch.randn(1, d, device=device, dtype=dtype)
@@ -119,13 +141,21 @@ def time_rows(shapes: list[Shape], device: str, dtype: torch.dtype, repeats: int
                 sync(device)
             return run
 
-        train = time_interleaved({n: train_step(m) for n, m in models.items()}, repeats)
+        steps = {n: train_step(m) for n, m in models.items()}
+        steps.update({f"{n} (compiled)": train_step(m) for n, m in compiled_models.items()})
+        for name in compiled_models:
+            steps[f"{name} (compiled)"]()  # compile (forward and backward graphs) before the timed rounds
+        train = time_interleaved(steps, repeats)
         decode = time_interleaved({n: decode_step(m) for n, m in models.items()}, repeats * 20)
         base_train, base_decode = median_ms(train["dense SwiGLU"]), median_ms(decode["dense SwiGLU"])
         for name in models:
             tr, de = median_ms(train[name]), median_ms(decode[name])
-            rows.append([f"{t}x{d}x{h}", name, f"{tr:.2f}", f"{tr / base_train:.3f}", f"{1e3 * de:.1f}",
-                         f"{de / base_decode:.3f}"])
+            row = [f"{t}x{d}x{h}", name, f"{tr:.2f}", f"{tr / base_train:.3f}"]
+            if compiled:
+                base_compiled = median_ms(train["dense SwiGLU (compiled)"])
+                co = median_ms(train[f"{name} (compiled)"]) if name in compiled_models else None
+                row += ["-", "-"] if co is None else [f"{co:.2f}", f"{co / base_compiled:.3f}"]
+            rows.append(row + [f"{1e3 * de:.1f}", f"{de / base_decode:.3f}"])
     return rows
 
 
@@ -136,6 +166,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="one small shape, 3 repeats")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is present")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile columns")
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -148,8 +179,16 @@ def main(argv: list[str] | None = None) -> str:
     text.append(print_table(["T x d x H", "FFN", "saved MiB", "x dense"], memory_rows(args.shapes, device, dtype)))
     print()
     text.append("")
-    text.append(print_table(["T x d x H", "FFN", "fwd+bwd ms", "x dense", "decode us", "x dense"],
-                            time_rows(args.shapes, device, dtype, args.repeats)))
+    compiled = not args.no_compile
+    if compiled and (reason := compile_unavailable(device)) is not None:
+        compiled = False
+        note = f"torch.compile columns skipped: inductor does not work here ({reason})"
+        print(note)
+        text.append(note)
+    header = ["T x d x H", "FFN", "fwd+bwd ms", "x dense"]
+    header += ["compiled ms", "x dense compiled"] if compiled else []
+    text.append(print_table(header + ["decode us", "x dense"],
+                            time_rows(args.shapes, device, dtype, args.repeats, compiled)))
     report = "\n".join(text)
     if args.save:
         save_text(report, f"moc_ffn_{device}.txt")

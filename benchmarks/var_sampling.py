@@ -7,7 +7,10 @@
 One run measures, on the same trained VAR (``--var``, its tokenizer ``--vae``):
 - sampling time (median of interleaved repeats) of a batch with the dense KV cache (the release's),
   with no cache (``kv_cache="none"``: every scale runs the whole prefix under the block-causal mask)
-  and with the 4-bit KIVI cache (keys per channel, values per token);
+  and with the KIVI caches: the sampler's built-in ``kivi4``/``kivi2`` (each scale quantized as it is
+  stored, keys per channel over the scale's tokens, values per token: ChunkQuantizedKVCache) and, for
+  comparison, KIVI's windowed cache (``kivi4-w16``: key groups of 16 tokens, a 16-token full-precision
+  window, the sampler's built-in cache before the per-scale one);
 - the bytes each cache holds at the end of sampling, against the dense cache;
 - class accuracy of ``--per-class`` seeded samples of every class (the same seed for every cache),
   as judged by the project's digits classifier (``--classifier``, configs/digits_seresnet.yaml),
@@ -32,13 +35,12 @@ from zoo.models.kv_cache import QuantizedKVCache  # noqa: E402
 from zoo.models.var import load_for_sampling  # noqa: E402
 from zoo.models.vqvae import RELEASE_PATCH_NUMS  # noqa: E402
 
-# name -> a fresh cache spec per call; "kivi4" is the sampler's built-in spec (key groups of 16 tokens,
-# a 16-token full-precision window), "kivi4-g8" fits VAR's short digits sequence (30 tokens): key
-# groups of 8 tokens, an 8-token window, value groups of one head's channels
+# name -> a fresh cache spec per call; "kivi4"/"kivi2" are the sampler's built-in specs (one quantized
+# block per scale, no full-precision window), "kivi4-w16" KIVI's windowed cache as the sampler built it
+# before (key groups of 16 tokens, a 16-token full-precision window)
 SHAPE = {"depth": 0, "head_dim": 0}  # set from the loaded model
-CACHES = {"dense": lambda: None, "none": lambda: "none", "kivi4": lambda: "kivi4",
-          "kivi4-g8": lambda: QuantizedKVCache(SHAPE["depth"], bits=4, key_group_size=8,
-                                               value_group_size=SHAPE["head_dim"], residual_length=8)}
+CACHES = {"dense": lambda: None, "none": lambda: "none", "kivi4": lambda: "kivi4", "kivi2": lambda: "kivi2",
+          "kivi4-w16": lambda: QuantizedKVCache(SHAPE["depth"], bits=4, key_group_size=16, residual_length=16)}
 
 
 def classify(classifier: torch.nn.Module, images01: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -68,7 +70,8 @@ def release_schedule_bytes(head_dim: int = 64, batch: int = 2) -> dict[str, int]
     vae = zoo.create("vqvae", vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1), num_res_blocks=1,
                      patch_nums=RELEASE_PATCH_NUMS)
     net = zoo.create("var", vae=vae, num_classes=10, depth=2, embed_dim=2 * head_dim, num_heads=2).eval()
-    specs = {"dense": None, "kivi4": "kivi4",
+    specs = {"dense": None, "kivi4": "kivi4", "kivi2": "kivi2",
+             "kivi4-w16": QuantizedKVCache(2, bits=4, key_group_size=16, residual_length=16),
              "kivi4-g64": QuantizedKVCache(2, bits=4, key_group_size=64, value_group_size=64, residual_length=64)}
     with torch.no_grad():
         return {name: net.sample(batch, 1, g_seed=0, kv_cache=spec).kv_cache_bytes for name, spec in specs.items()}
@@ -150,6 +153,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nheld-out digits: VQVAE PSNR {report['vqvae_test_psnr']:.2f} dB; classifier accuracy on real "
           f"{100 * report['judge_real_acc']:.1f}%, on reconstructions {100 * report['judge_recon_acc']:.1f}%")
     print("dense per-class accuracy %: " + " ".join(f"{c}:{100 * a:.0f}" for c, a in enumerate(per_class["dense"])))
+    points = 100 * (accs["kivi4"] - accs["dense"])
+    report["issue9_kivi4"] = {"bytes_ratio_at_most_0.3": report["kivi4"]["bytes_ratio"] <= 0.3,
+                              "accuracy_within_3_points": abs(points) <= 3}
+    print(f"4-bit cache (kivi4) against dense: {report['kivi4']['bytes_ratio']:.3f}x the bytes (target <= 0.3x), "
+          f"class accuracy {points:+.1f} points (target within 3)")
     long = release_schedule_bytes()
     report["release_schedule_bytes"] = long
     print("release schedule (L=680, head_dim 64, fp32), cache bytes x dense: "

@@ -15,11 +15,18 @@ T x H buffer is kept for the backward.
 
 Reference (the CPU path): which formulation wins depends on how many tokens there are.
 
-- Many tokens (training, prefill): U and the down projection run as dense GEMMs (U over all channels,
-  then a gather; y from the activation scattered into a transient (T, H) buffer). A gather-GEMM on the
-  CPU would materialize (T, K, d) weight rows, T * K / H copies of the matrix, and loses to the BLAS
-  GEMM by far. The per-token selection is NumPy's ``partition`` (see :func:`top_k_channels`), ~4x cheaper than
-  ``torch.topk``, which would otherwise cost more than one of the GEMMs.
+- Many tokens (training, prefill): the selection is a sparse (T, H) pattern with K entries per row. The
+  products that only matter on it run as sparse kernels (CSR, ``torch.sparse``; MKL): U and
+  grad(SiLU(G) * U) only on the selected channels (``sampled_addmm``: T * K dot products), y and grad x
+  from the sparse activation or its gradient (CSR x dense). They do K / H of a GEMM's work at a few
+  times its cost per flop, so each is used only below its measured break-even density
+  (:data:`SAMPLED_MAX_DENSITY`, :data:`CSR_MATMUL_MAX_DENSITY`); above it, dense GEMMs plus a gather
+  or a scatter. The weight gradients ((H, d) and (d, H) outputs) are always BLAS GEMMs over a transient
+  zero-filled (T, H) buffer: sparse kernels would need the pattern transposed (a sort of T * K
+  indices), which costs more than it saves. A gather formulation (index the K weight rows per token)
+  would materialize (T, K, d), T * K / H copies of the matrix, and loses by far. The per-token
+  selection is NumPy's ``partition`` (see :func:`top_k_channels`), ~3x cheaper than ``torch.topk``.
+  Without MKL (:data:`SPARSE_CPU`) or for other dtypes, only the dense formulation runs.
 - Few tokens (decode, T <= ``DECODE_TOKENS``): only the selected rows of Wu and columns of Wd are read.
   For inference, ``zoo::moc_ffn_decode`` takes Wd^T (H, d), so each selected column is a contiguous row
   (the block keeps that transposed copy while it runs without autograd).
@@ -29,12 +36,20 @@ selection is made on the fp32 gate.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 from .dispatch import kernel_op
 
 DECODE_TOKENS = 16  # at most this many tokens take the gather (decode) formulation
+SPARSE_CPU = torch.backends.mkl.is_available()  # CSR kernels for many tokens; dense GEMMs without MKL
+# The sparse kernels win below these fractions K / H (measured on x86 with MKL at T = 2048, d = 512,
+# H = 1368: at K = H/8 sampled products take 0.6x of the GEMM + gather, CSR x dense 0.85x of the GEMM;
+# at K = H/6 the CSR product already loses, at K = H/4 both lose)
+SAMPLED_MAX_DENSITY = 1 / 6
+CSR_MATMUL_MAX_DENSITY = 1 / 8
 _16BIT = (torch.float16, torch.bfloat16)
 
 
@@ -88,6 +103,32 @@ def top_k_channels(gate: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
     return gate.topk(top_k, dim=1, sorted=False)
 
 
+def _sparse_kernels(x: torch.Tensor, top_k: int, hidden: int) -> tuple[bool, bool]:
+    """Whether (the sampled products, the CSR x dense products) of the many-token formulation beat their
+    dense GEMMs: fp32/fp64 math on a CPU with MKL, K / H at most the measured break-even density."""
+    if not (SPARSE_CPU and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and x.shape[0] > DECODE_TOKENS):
+        return False, False
+    return top_k <= SAMPLED_MAX_DENSITY * hidden, top_k <= CSR_MATMUL_MAX_DENSITY * hidden
+
+
+def _csr(idx: torch.Tensor, values: torch.Tensor, hidden: int) -> torch.Tensor:
+    """The (T, H) sparse matrix with ``values`` (T, K) at the channels ``idx`` (T, K) of each row (distinct
+    per row; MKL's products and ``sampled_addmm`` do not need them sorted)."""
+    t, k = idx.shape
+    rows = torch.arange(0, t * k + 1, k, device=idx.device)  # (T + 1,): exactly K entries per row
+    with warnings.catch_warnings():  # torch's once-per-process "sparse CSR is in beta" note
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(rows, idx.reshape(-1), values.reshape(-1), (t, hidden),
+                                       check_invariants=False)
+
+
+def _sampled_products(pattern: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a @ b)`` at the K entries per row of the CSR ``pattern`` (T, H), as (T, K): T * K dot products."""
+    t = pattern.shape[0]
+    return torch.sparse.sampled_addmm(pattern, a, b, beta=0.0).values().view(t, -1)  # (T, K)
+
+
 def silu_grad(g: torch.Tensor) -> torch.Tensor:
     """d SiLU(g) / dg = sigmoid(g) * (1 + g * (1 - sigmoid(g)))."""
     s = torch.sigmoid(g)
@@ -113,12 +154,18 @@ def moc_ffn_reference(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
         down_cols = wd.index_select(1, flat).view(-1, t, top_k)  # (d, T, K): the selected columns of Wd
         y = torch.bmm(down_cols.transpose(0, 1), act.unsqueeze(2)).squeeze(2)  # (T, d)
     else:
-        gate, up = xf @ wg.t(), xf @ wu.t()  # (T, H) each (a [Wg; Wu] GEMM would copy the weights per call)
+        sampled, csr_matmul = _sparse_kernels(xf, top_k, h)
+        gate = xf @ wg.t()  # (T, H)
         gate_sel, idx = top_k_channels(gate, top_k)  # (T, K)
-        up_sel = up.gather(1, idx)
+        if sampled:  # U only on the selected channels
+            up_sel = _sampled_products(_csr(idx, gate_sel, h), xf, wu.t())  # (T, K)
+        else:
+            up_sel = (xf @ wu.t()).gather(1, idx)  # (T, H) -> (T, K)
         act = F.silu(gate_sel) * up_sel
-        # G is spent: its memory (already paged in, unlike a fresh buffer) holds the sparse activation
-        y = gate.zero_().scatter_(1, idx, act) @ wd.t()  # (T, H) sparse rows -> (T, d)
+        if csr_matmul:
+            y = _csr(idx, act, h) @ wd.t()  # (T, H) sparse x (H, d)
+        else:  # G is spent: its memory (already paged in, unlike a fresh buffer) holds the sparse activation
+            y = gate.zero_().scatter_(1, idx, act) @ wd.t()  # (T, H) sparse rows -> (T, d)
     return y.to(x.dtype), idx.to(index_dtype(h)), gate_sel.to(x.dtype), up_sel.to(x.dtype)
 
 
@@ -133,22 +180,31 @@ def moc_ffn_backward_reference(grad_y: torch.Tensor, x: torch.Tensor, w_gate: to
     g, u = gate_sel.to(f), up_sel.to(f)
     silu = F.silu(g)
     if t <= DECODE_TOKENS:
-        dense = None
         d_act = torch.einsum("td,dtk->tk", gy, wd[:, idx])  # (T, K)
+        csr_matmul = False
     else:
-        dense = gy @ wd  # (T, H) GEMM
-        d_act = dense.gather(1, idx)  # the selected channels
+        sampled, csr_matmul = _sparse_kernels(xf, idx.shape[1], h)
+        if sampled:  # grad_y @ Wd on the selected channels only
+            d_act = _sampled_products(_csr(idx, g, h), gy, wd)  # (T, K)
+        else:
+            d_act = (gy @ wd).gather(1, idx)  # (T, H) GEMM -> (T, K)
     d_up = d_act * silu
     d_gate = d_act * u * silu_grad(g)
-    # transient dense (T, H) buffers: the BLAS GEMMs beat any gather formulation on the CPU. The spent
-    # (T, H) product is reused (zeroing paged-in memory is cheaper than a fresh buffer's page faults).
-    act_dense = (xf.new_zeros(t, h) if dense is None else dense.zero_()).scatter_(1, idx, silu * u)  # (T, H)
-    grad_wd = gy.t() @ act_dense  # (d, H)
-    d_gate_dense = act_dense.zero_().scatter_(1, idx, d_gate)  # (T, H)
-    d_up_dense = xf.new_zeros(t, h).scatter_(1, idx, d_up)  # (T, H)
-    grad_x = torch.addmm(d_gate_dense @ wg, d_up_dense, wu)  # (T, d)
+    if csr_matmul:
+        grad_x = torch.addmm(_csr(idx, d_gate, h) @ wg, _csr(idx, d_up, h), wu)  # (T, H) sparse x (H, d)
+    # The weight gradients (and grad x without the CSR product): BLAS GEMMs over a transient zero-filled
+    # (T, H) buffer, refilled in turn; the sparse kernels would need the pattern transposed (a sort of
+    # T * K indices), which costs more than it saves.
+    buffer = xf.new_zeros(t, h).scatter_(1, idx, silu * u)  # (T, H)
+    grad_wd = gy.t() @ buffer  # (d, H)
+    d_gate_dense = buffer.zero_().scatter_(1, idx, d_gate)  # (T, H)
     grad_wg = d_gate_dense.t() @ xf  # (H, d)
+    if not csr_matmul:
+        grad_x = d_gate_dense @ wg  # (T, d)
+    d_up_dense = d_gate_dense.zero_().scatter_(1, idx, d_up)  # (T, H)
     grad_wu = d_up_dense.t() @ xf  # (H, d)
+    if not csr_matmul:
+        grad_x = torch.addmm(grad_x, d_up_dense, wu)  # (T, d)
     return grad_x.to(x.dtype), grad_wg.to(w_gate.dtype), grad_wu.to(w_up.dtype), grad_wd.to(w_down.dtype)
 
 

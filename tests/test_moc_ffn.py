@@ -154,10 +154,19 @@ def _masked_swiglu(x, wg, wu, wd, k):
     return (F.silu(gate) * (x @ wu.t()) * mask) @ wd.t()
 
 
-@pytest.mark.parametrize("tokens", [3, 40], ids=["decode", "prefill"])
+@pytest.mark.parametrize("tokens,sparse", [(3, True), (40, True), (40, False)],
+                         ids=["decode", "prefill-csr", "prefill-dense"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
-def test_both_formulations_match_autograd_of_masked_math(tokens, dtype):
+def test_both_formulations_match_autograd_of_masked_math(tokens, sparse, dtype, monkeypatch):
+    """Decode (gathers), prefill with the sparse kernels (MKL builds) and prefill with dense GEMMs."""
     assert (tokens <= moc_module.DECODE_TOKENS) == (tokens == 3)
+    if sparse and tokens > moc_module.DECODE_TOKENS and not torch.backends.mkl.is_available():
+        pytest.skip("the CSR formulation needs a PyTorch built with MKL")
+    monkeypatch.setattr(moc_module, "SPARSE_CPU", sparse)
+    # K = 9 of 52 is above the sparse kernels' break-even densities; raise them so that every kernel runs
+    monkeypatch.setattr(moc_module, "SAMPLED_MAX_DENSITY", 0.25)
+    monkeypatch.setattr(moc_module, "CSR_MATMUL_MAX_DENSITY", 0.25)
+    assert moc_module._sparse_kernels(torch.empty(tokens, 20), 9, 52) == (sparse and tokens == 40,) * 2
     block = _block("moc_ffn", 20, 52, dtype=dtype, top_k=9, seed=1)
     x, g = torch.randn(tokens, 20).to(dtype), torch.randn(tokens, 20).to(dtype)
     y, grad_x, grads = _run(block, x, g)

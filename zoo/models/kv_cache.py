@@ -16,6 +16,9 @@ its past, a token LM or a scale-wise image generator, can use them.
   in full precision; whenever the window grows past it, its oldest ``key_group_size`` tokens are
   quantized as one block. Attention reads the past dequantized on the fly plus the window (a fused
   kernel that attends over the codes directly is future work; this is the storage format and its error).
+- :class:`ChunkQuantizedKVCache`: the same quantization with no full-precision window, for a decoder
+  that appends its tokens in blocks (VAR's scales): each update's block is quantized as it is stored,
+  keys per channel with the block's tokens as one group, values per token in groups of channels.
 
 ``nbytes()`` reports the bytes the cache stores, codes, scales, zero points and window included.
 """
@@ -256,6 +259,96 @@ class QuantizedKVCache(KVCache):
         return total
 
 
+class ChunkQuantizedKVCache(KVCache):
+    """KIVI's asymmetric quantization, one block per update and no full-precision window.
+
+    A scale-wise generator (VAR, Tian et al., NeurIPS 2024) appends a whole scale at a time: 1, 4, 9,
+    ... tokens. Each update's keys are quantized per channel with that block's tokens as one group
+    (group size = the block's length; a 1-token block comes back exactly: min = max), its values per
+    token in groups of ``value_group_size`` channels, as soon as the block is stored. The block's own
+    attention in that step sees its keys and values at full precision (as :class:`QuantizedKVCache`);
+    from the next step on it reads them dequantized. With no window to keep, a short schedule shrinks
+    as much as a long one: per channel and ``n``-token block the keys take ``n * bits / 8`` bytes plus
+    a scale and a zero point (the cache's dtype), the values ``bits / 8`` bytes per element plus a
+    scale and zero point per ``value_group_size`` channels (see ``tests/test_kv_cache.py``).
+
+    Args:
+        num_layers: attention layers.
+        bits: 2 or 4 (8 also works).
+        value_group_size: channels per value group; must divide head_dim (None: ``gcd(64, head_dim)``,
+            one group per head for head_dim 64).
+    """
+
+    def __init__(self, num_layers: int, bits: int = 4, value_group_size: int | None = None) -> None:
+        super().__init__(num_layers)
+        if bits not in (2, 4, 8):
+            raise ValueError(f"bits must be 2, 4 or 8; got {bits}")
+        if value_group_size is not None and value_group_size < 1:
+            raise ValueError(f"value_group_size must be a positive number of channels or None; got {value_group_size}")
+        self.bits, self.value_group_size = bits, value_group_size
+        self.reset()
+
+    def reset(self) -> None:
+        # kernels.KVQuantized: the keys one per block (each its own group size), the values appended into one
+        self._keys: list[list[Any]] = [[] for _ in range(self.num_layers)]
+        self._values: list[Any] = [None] * self.num_layers
+        self._lengths = [0] * self.num_layers
+
+    def _value_group(self, head_dim: int) -> int:
+        group = self.value_group_size or math.gcd(64, head_dim)
+        if head_dim % group:
+            raise ValueError(f"value_group_size={group} does not divide head_dim={head_dim}; pick a divisor of "
+                             f"{head_dim}")
+        return group
+
+    def _read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stored block dequantized, (B, H_kv, T, D) each (on every read: only the codes are kept)."""
+        from kernels import kv_dequantize
+
+        keys = torch.cat([kv_dequantize(q) for q in self._keys[layer]], dim=2)  # (B, H_kv, T, D)
+        return keys, kv_dequantize(self._values[layer])
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from kernels import KVQuantized, kv_quantize
+
+        self._check_layer(layer)
+        _check_kv(k, v)
+        group = self._value_group(v.shape[-1])  # a bad group size fails before anything is stored
+        stored = self._keys[layer]
+        if stored:
+            first = stored[0]
+            if (tuple(first.shape[:2]), first.shape[-1], first.dtype) != (tuple(k.shape[:2]), k.shape[-1], k.dtype):
+                raise ValueError(f"layer {layer} caches (B, H_kv, D) = {tuple(first.shape[:2]) + (first.shape[-1],)} "
+                                 f"in {first.dtype}; got keys {tuple(k.shape)} in {k.dtype}; reset() the cache for a "
+                                 f"new batch")
+            past_k, past_v = self._read(layer)
+            keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H_kv, T, D)
+        else:
+            keys, values = k, v
+        t = k.shape[2]
+        stored.append(kv_quantize(k.contiguous(), bits=self.bits, group_size=t, axis=2))  # per channel, one group
+        qv = kv_quantize(v.contiguous(), bits=self.bits, group_size=group, axis=3)  # per token
+        old = self._values[layer]
+        self._values[layer] = qv if old is None else KVQuantized.cat([old, qv], dim=2)
+        self._lengths[layer] += t
+        return keys, values
+
+    def dequantized(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything ``layer`` stores, as attention will read it from the next step on: (B, H_kv, T, D)."""
+        self._check_layer(layer)
+        if not self._keys[layer]:
+            raise ValueError(f"layer {layer} stores nothing yet")
+        return self._read(layer)
+
+    def seq_len(self, layer: int = 0) -> int:
+        return self._lengths[layer]
+
+    def nbytes(self) -> int:
+        """Codes, scales and zero points of every stored block."""
+        keys = sum(q.nbytes() for parts in self._keys for q in parts)
+        return keys + sum(q.nbytes() for q in self._values if q is not None)
+
+
 CACHE_KINDS = ("dense", "kivi4", "kivi2")
 
 
@@ -270,4 +363,5 @@ def make_cache(kind: str | KVCache | None, num_layers: int, max_len: int | None 
     raise ValueError(f"cache={kind!r} is not a cache kind; use one of {', '.join(CACHE_KINDS)}, None, or a KVCache")
 
 
-__all__ = ["KVCache", "DenseKVCache", "QuantizedKVCache", "make_cache", "CACHE_KINDS", "tensor_bytes"]
+__all__ = ["KVCache", "DenseKVCache", "QuantizedKVCache", "ChunkQuantizedKVCache", "make_cache", "CACHE_KINDS",
+           "tensor_bytes"]

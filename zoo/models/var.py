@@ -317,7 +317,8 @@ class VAR(nn.Module):
                 non-autoregressive variant), leaving the cache as it is.
             kv_cache: None (dense tensors, the release), ``'none'`` (no cache: every scale runs the
                 whole prefix under the block-causal mask, the baseline the cache saves), a
-                :class:`zoo.models.kv_cache.KVCache`, or ``'kivi4'``/``'kivi2'`` (KIVI's quantized cache).
+                :class:`zoo.models.kv_cache.KVCache`, or ``'kivi4'``/``'kivi2'`` (KIVI's quantized cache,
+                each scale quantized as it is stored: :class:`zoo.models.kv_cache.ChunkQuantizedKVCache`).
             keep_logits: record each scale's raw (2B or B, l, V) and guided (B, l, V) logits.
         """
         S = len(self.patch_nums)
@@ -439,10 +440,11 @@ def _make_kv_cache(spec: Any, depth: int) -> Any:
     if match is None:
         raise ValueError(f"kv_cache must be None (dense), 'none' (recompute), a KVCache, 'kivi4' or 'kivi2'; "
                          f"got {spec!r}")
-    from .kv_cache import QuantizedKVCache
+    from .kv_cache import ChunkQuantizedKVCache
 
-    # small groups: VAR's first scales hold 1, 4, 9 ... tokens
-    return QuantizedKVCache(depth, bits=int(match.group(1)), key_group_size=16, residual_length=16)
+    # one scale per update: each scale's keys are one group per channel, quantized as soon as stored (no
+    # full-precision window, which on a short schedule such as digits' 30 tokens would hold half the cache)
+    return ChunkQuantizedKVCache(depth, bits=int(match.group(1)))
 
 
 def _cache_bytes(cache: Any, blocks: nn.ModuleList) -> int:
