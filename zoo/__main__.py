@@ -196,7 +196,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .models.var import load_for_sampling, sample_grid
+    from .models.var_sampling import load_for_sampling, sample_grid
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}")

@@ -39,43 +39,11 @@ from ..builder import build_model
 from ..checkpoint import CheckpointError
 from ..pretrained import PretrainedCfg
 from ..registry import register_model, register_pretrained_cfgs
+from .var_sampling import gumbel_softmax_with_rng, sample_with_top_k_top_p_
 from .vqvae import RELEASE_PATCH_NUMS, VQVAE
 
 __all__ = ["VAR", "SampleResult", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "checkpoint_filter_fn",
            "load_tokenizer"]
-
-
-def sample_with_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
-                             rng: torch.Generator | None = None, num_samples: int = 1) -> torch.Tensor:
-    """(B, l, V) logits -> (B, l, num_samples) ids, top-k then nucleus filtered *in place* (the
-    release's helper and RNG use: one ``torch.multinomial`` over all B*l rows)."""
-    b, length, vocab = logits_BlV.shape
-    if top_k > 0:
-        kth = logits_BlV.topk(top_k, largest=True, sorted=False, dim=-1)[0].amin(dim=-1, keepdim=True)  # (B, l, 1)
-        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
-    if top_p > 0:
-        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
-        remove = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
-        remove[..., -1:] = False  # always keep the most likely
-        logits_BlV.masked_fill_(remove.scatter(sorted_idx.ndim - 1, sorted_idx, remove), -torch.inf)
-    replacement = num_samples >= 0
-    probs = logits_BlV.softmax(dim=-1).view(-1, vocab)  # (B*l, V)
-    return torch.multinomial(probs, num_samples=abs(num_samples), replacement=replacement,
-                             generator=rng).view(b, length, abs(num_samples))
-
-
-def gumbel_softmax_with_rng(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10,
-                            dim: int = -1, rng: torch.Generator | None = None) -> torch.Tensor:
-    """``F.gumbel_softmax`` drawing its noise from ``rng`` (exponential, as the release)."""
-    if rng is None:
-        return F.gumbel_softmax(logits, tau=tau, hard=hard, eps=eps, dim=dim)
-    gumbels = -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=rng).log()
-    y_soft = ((logits + gumbels) / tau).softmax(dim)
-    if not hard:
-        return y_soft
-    index = y_soft.max(dim, keepdim=True)[1]
-    y_hard = torch.zeros_like(logits, memory_format=torch.legacy_contiguous_format).scatter_(dim, index, 1.0)
-    return y_hard - y_soft.detach() + y_soft
 
 
 class SharedAdaLin(nn.Linear):
@@ -541,46 +509,3 @@ def var_d24(pretrained: Any = False, **kwargs: Any) -> VAR:
 def var_d30(pretrained: Any = False, **kwargs: Any) -> VAR:
     """VAR-d30: 1920 wide, 30 heads, 2.01B parameters."""
     return _sized("var_d30", 30, pretrained, **kwargs)
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] -> one (3, H', W') grid, ``nrow`` images a row (default: ~square)."""
-    n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = images.new_ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(n):
-        top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
-        grid[:, top:top + h, left:left + w] = images[i]
-    return grid
-
-
-def load_for_sampling(model: str, weights: str | None = None, vae: str | None = None, device: str = "cpu") -> VAR:
-    """A VAR and its tokenizer for sampling: ``weights``/``vae`` are files or saved folders (None:
-    the release's weights); a folder's config.json gives the architecture and arguments."""
-    from ..factory import create
-    from ..hub import read_source_config
-
-    vae_arch = (read_source_config(vae) or {}).get("architecture", "vqvae_ch160v4096z32") if vae else \
-        "vqvae_ch160v4096z32"
-    tokenizer = create(vae_arch, pretrained=vae or True).eval().to(device)
-    net = create(model, pretrained=weights or True, vae=tokenizer).eval().to(device)
-    if not isinstance(net, VAR):
-        raise ValueError(f"{model} is not a VAR model; try var_d16, var_d20, var_d24 or var_d30")
-    return net
-
-
-def sample_grid(net: VAR, output: str | Path, class_id: int, n: int = 16, cfg: float = 4.0, top_k: int = 900,
-                top_p: float = 0.95, seed: int | None = 0, more_smooth: bool = False, **options: Any) -> Path:
-    """Sample ``n`` images of ``class_id`` and write them as one grid PNG (atomically)."""
-    from ..data.images import write_image
-
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    if not 0 <= class_id < net.num_classes:
-        raise ValueError(f"class {class_id} is out of range: the model has num_classes={net.num_classes} "
-                         f"(ids 0..{net.num_classes - 1})")
-    images = net.autoregressive_infer_cfg(n, class_id, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                                          more_smooth=more_smooth, **options)
-    write_image(image_grid(images.float().cpu()), output)
-    return Path(output)

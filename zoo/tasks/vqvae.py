@@ -21,7 +21,7 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def save_grid_png(images: torch.Tensor, path: Path, nrow: int) -> Path:
     """(N, C, H, W) in [0, 1] (C = 1 or 3) -> one grid PNG, written atomically."""
     from ..data.images import write_image
-    from ..models.var import image_grid
+    from ..models.var_sampling import image_grid
 
     images = images.detach().float().cpu()
     if images.shape[1] == 1:
