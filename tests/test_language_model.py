@@ -153,6 +153,28 @@ def test_hf_tokenizer_loads_a_local_tokenizer_json_offline(tmp_path, monkeypatch
 
 # ---------------------------------------------------------------- data
 
+def test_hf_tokenizer_with_the_real_tokenizers_package(tmp_path):
+    """A byte-level BPE trained here with Hugging Face's ``tokenizers`` and saved as a folder loads
+    through ``hf:<folder>`` offline, round-trips text and names its end-of-text token."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    bpe = tokenizers.Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["def add(a, b):\n    return a + b\n"] * 50, trainer=trainer)
+    (tmp_path / "tok").mkdir()
+    bpe.save(str(tmp_path / "tok" / "tokenizer.json"))
+    tok = get_tokenizer(f"hf:{tmp_path / 'tok'}")
+    text = "def add(x, y):\n    return x + y  # é\n"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text and len(ids) < len(text.encode())  # merges learned on the corpus apply
+    assert tok.eos_id == bpe.token_to_id("<|endoftext|>") == 0 and tok.vocab_size == bpe.get_vocab_size()
+    assert tok.decode(ids + [tok.eos_id]) == text  # the end-of-text id is dropped on decoding
+
+
 def test_split_by_file_packing_and_batches(tmp_path):
     files = write_corpus(tmp_path / "corpus")
     dm = TextDataModule(paths=str(tmp_path / "corpus"), seq_len=32, batch_size=4, val_fraction=0.2,
