@@ -13,7 +13,9 @@ NeurIPS 2024 (arXiv:2404.02905); layouts of the release, github.com/FoundationVi
   ``gamma1, gamma2, scale1, scale2, shift1, shift2``.
 
 Attention runs through ``F.scaled_dot_product_attention`` with the additive block-causal mask in
-training/teacher forcing, and with a KV cache (no mask) in the scale-by-scale sampler.
+training/teacher forcing, and with a KV cache (no mask) in the scale-by-scale sampler. Given a
+FlexAttention ``BlockMask`` (:func:`scale_block_mask`) instead of the dense mask, teacher forcing runs
+through ``torch.nn.attention.flex_attention`` (compiled on CUDA), which skips the masked-out tiles.
 """
 from __future__ import annotations
 
@@ -29,7 +31,62 @@ import kernels
 from .layers import DropPath
 from .registry import register
 
-__all__ = ["AdaLNSelfAttn", "AdaLNBeforeHead", "ScaleSelfAttention", "FFN", "adaln_modulate"]
+__all__ = ["AdaLNSelfAttn", "AdaLNBeforeHead", "ScaleSelfAttention", "FFN", "adaln_modulate", "ATTN_IMPLS",
+           "resolve_attn_impl", "scale_block_mask"]
+
+ATTN_IMPLS = ("sdpa", "flex", "auto")
+_compiled_flex: Any = None
+
+
+def _flex_module() -> Any:
+    """``torch.nn.attention.flex_attention``, or None where this torch has no FlexAttention."""
+    try:
+        from torch.nn.attention import flex_attention
+    except ImportError:
+        return None
+    return flex_attention
+
+
+def resolve_attn_impl(attn_impl: str, device: torch.device | str, attn_drop: float = 0.0) -> str:
+    """``"sdpa"`` or ``"flex"`` for ``attn_impl`` on ``device``: ``"auto"`` picks FlexAttention on CUDA
+    when importable (and no attention dropout, which it lacks), SDPA otherwise."""
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}; got {attn_impl!r}")
+    if attn_impl == "auto":
+        flex_ok = torch.device(device).type == "cuda" and attn_drop == 0 and _flex_module() is not None
+        return "flex" if flex_ok else "sdpa"
+    if attn_impl == "flex" and _flex_module() is None:
+        raise RuntimeError(f"attn_impl='flex' needs torch.nn.attention.flex_attention (torch >= 2.5); this "
+                           f"torch {torch.__version__} has none. Use attn_impl='sdpa'")
+    return attn_impl
+
+
+def scale_block_mask(scale_of: torch.Tensor) -> Any:
+    """FlexAttention ``BlockMask`` of the block-causal scale mask: query token q sees key token kv when
+    ``scale_of[kv] <= scale_of[q]``; ``scale_of`` is the (L,) integer scale index of each token."""
+    flex = _flex_module()
+    if flex is None:
+        raise RuntimeError(f"FlexAttention is not in torch {torch.__version__}; use the dense additive mask")
+    if scale_of.dim() != 1 or scale_of.is_floating_point():
+        raise ValueError(f"scale_of must be an (L,) integer tensor of scale indices; got {scale_of.dtype} "
+                         f"{tuple(scale_of.shape)}")
+
+    def sees_coarser_or_same(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return scale_of[kv_idx] <= scale_of[q_idx]
+
+    length = scale_of.shape[0]
+    return flex.create_block_mask(sees_coarser_or_same, None, None, length, length, device=scale_of.device)
+
+
+def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, scale: float) -> torch.Tensor:
+    """FlexAttention, compiled on CUDA (the fused kernel); eager elsewhere (CPU has a forward only)."""
+    global _compiled_flex
+    flex = _flex_module()
+    if q.device.type != "cuda":
+        return flex.flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex.flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale)
 
 
 def _adaln_modulate_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
@@ -104,8 +161,17 @@ class ScaleSelfAttention(nn.Module):
         self.kv_cache, self.kv_layer = (cache, layer) if enable else (None, 0)
         self.attend_current_only = False
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: Any) -> torch.Tensor:
+        """(B, L, C) tokens and the additive (1, 1, L, L) mask, None, or a FlexAttention ``BlockMask``
+        (:func:`scale_block_mask`; full-sequence calls only, not with the KV cache)."""
         b, length, dim = x.shape
+        use_flex = attn_bias is not None and not isinstance(attn_bias, torch.Tensor)
+        if use_flex and self.caching:
+            raise ValueError("a FlexAttention BlockMask is for full-sequence (teacher-forcing) calls; the KV-cached "
+                             "sampler attends to everything cached, so pass attn_bias=None (or a dense mask)")
+        if use_flex and self.training and self.attn_drop > 0:
+            raise ValueError(f"FlexAttention has no attention dropout (attn_drop={self.attn_drop}); use "
+                             f"attn_impl='sdpa' or attn_drop=0")
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         if type(self.mat_qkv) is nn.Linear:  # the release's fused bias
             qkv = F.linear(x, self.mat_qkv.weight, bias)
@@ -126,10 +192,13 @@ class ScaleSelfAttention(nn.Module):
                 k = self.cached_k = torch.cat((self.cached_k, k), dim=2)  # (B, H, L_so_far, c)
                 v = self.cached_v = torch.cat((self.cached_v, v), dim=2)
         dropout_p = self.attn_drop if self.training else 0.0
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_bias,
-                                             dropout_p=dropout_p, scale=self.scale)  # (B, H, L, c)
+        if use_flex:
+            out = _flex_attention(q, k.to(q.dtype), v.to(q.dtype), attn_bias, self.scale)  # (B, H, L, c)
+        else:
+            if attn_bias is not None:
+                attn_bias = attn_bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_bias,
+                                                 dropout_p=dropout_p, scale=self.scale)  # (B, H, L, c)
         out = out.transpose(1, 2).reshape(b, length, dim)  # (B, L, C)
         return self.proj_drop(self.proj(out))
 
@@ -176,8 +245,9 @@ class AdaLNSelfAttn(nn.Module):
             return (self.ada_gss + cond_BD).unbind(2)  # (1, 1, 6, C) + (B, 1, 6, C) -> 6 x (B, 1, C)
         return self.ada_lin(cond_BD).view(-1, 1, 6, self.C).unbind(2)  # 6 x (B, 1, C)
 
-    def forward(self, x: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        """(B, L, C) tokens, the (B, D) condition (or shared (B, 1, 6, C)), an additive mask or None."""
+    def forward(self, x: torch.Tensor, cond_BD: torch.Tensor, attn_bias: Any) -> torch.Tensor:
+        """(B, L, C) tokens, the (B, D) condition (or shared (B, 1, 6, C)), an additive mask, a
+        FlexAttention ``BlockMask`` (:func:`scale_block_mask`) or None."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond_BD)
         h = self.attn(adaln_modulate(x, scale1, shift1, self.norm_eps), attn_bias=attn_bias)
         x = x + self.drop_path(h.mul(gamma1))

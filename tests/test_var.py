@@ -322,3 +322,71 @@ def test_sample_command_writes_a_grid(tiny, tmp_path):
     assert main(["sample", "--model", "var", "--weights", str(tmp_path / "var"), "--vae", str(tmp_path / "vae"),
                  "--class", "10", str(out)]) == 2  # out of range: a clear error, exit code 2
     assert isinstance(zoo.create("var", pretrained=str(tmp_path / "var"), vae=model.vae), VAR)
+
+
+def _with_attn_impl(tiny, attn_impl: str, device: str = "cpu") -> VAR:
+    """The tiny release model rebuilt through zoo.create with another ``attn_impl``."""
+    model, _, meta, state = tiny
+    cfg = meta["config"]
+    return zoo.create("var", pretrained=state, vae=model.vae, num_classes=cfg["num_classes"], depth=cfg["depth"],
+                      embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
+                      shared_aln=cfg["shared_aln"], attn_l2_norm=cfg["attn_l2_norm"], patch_nums=cfg["patch_nums"],
+                      cond_drop_rate=0.0, attn_impl=attn_impl).to(device).eval()
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*")
+def test_flex_attention_matches_sdpa(tiny):
+    """FlexAttention with the block-causal BlockMask gives SDPA's logits; CPU has its forward only, so
+    training with it there is refused with the fix; "auto" keeps SDPA on CPU; the sampler is unchanged."""
+    model, io, _, _ = tiny
+    label, x = io["input.label_B"], io["var.x_BLCv_wo_first_l"]
+    flex = _with_attn_impl(tiny, "flex")
+    assert flex.attn_impl == "flex" and flex.model_args["attn_impl"] == "flex"
+    with torch.no_grad():
+        want, got = model(label, x), flex(label, x)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got, io["var.logits_BLV"], atol=ATOL, rtol=0)
+    mask = flex._block_masks[torch.device("cpu")]  # the BlockMask is the release's dense mask
+    dense = mask.to_dense()[0, 0].bool()  # (L, L) at the mask's 128-token block size: one block here
+    assert dense.all() and mask.mask_mod(0, 0, torch.tensor(1), torch.tensor(4)).item()
+    assert not mask.mask_mod(0, 0, torch.tensor(1), torch.tensor(5)).item()  # scale 1 does not see scale 2
+    assert mask.mask_mod(0, 0, torch.tensor(13), torch.tensor(0)).item()
+    with pytest.raises(NotImplementedError, match="attn_impl='sdpa'"):
+        flex(label, x)  # grad enabled on CPU: FlexAttention has no CPU backward
+    assert _with_attn_impl(tiny, "auto").attn_impl == "auto"
+    with torch.no_grad():  # auto is SDPA on CPU: bit-identical to the default
+        assert torch.equal(_with_attn_impl(tiny, "auto")(label, x), want)
+        a = model.autoregressive_infer_cfg(2, label, g_seed=0, cfg=1.5, top_k=5)
+        b = flex.autoregressive_infer_cfg(2, label, g_seed=0, cfg=1.5, top_k=5)
+    assert torch.equal(a, b)  # the KV-cached sampler keeps SDPA
+    block = model.blocks[0]
+    block.attn.kv_caching(True)
+    try:
+        with pytest.raises(ValueError, match="full-sequence"):
+            block(torch.zeros(1, model.L, model.C), torch.zeros(1, model.D), mask)
+    finally:
+        block.attn.kv_caching(False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
+def test_flex_attention_backward_matches_sdpa_on_cuda(tiny):
+    _, io, _, _ = tiny
+    label, x = io["input.label_B"].cuda(), io["var.x_BLCv_wo_first_l"].cuda()
+    grads = []
+    for impl in ("sdpa", "flex"):
+        net = _with_attn_impl(tiny, impl, "cuda")
+        logits = net(label, x)
+        F.cross_entropy(logits.flatten(0, 1), io["vae.gt_idx_BL"].cuda().flatten()).backward()
+        grads.append((logits.detach(), [p.grad for p in net.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=ATOL, rtol=0)
+    for g_flex, g_sdpa in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(g_flex, g_sdpa, atol=ATOL, rtol=1e-4)
+
+
+def test_attn_impl_bad_value(tiny):
+    model = tiny[0]
+    with pytest.raises(ValueError, match=r"attn_impl must be one of \('sdpa', 'flex', 'auto'\); got 'flash'"):
+        zoo.create("var", vae=model.vae, num_classes=10, depth=2, embed_dim=64, num_heads=2, attn_impl="flash")
+    with pytest.raises(ValueError, match="no attention dropout"):
+        zoo.create("var", vae=model.vae, num_classes=10, depth=2, embed_dim=64, num_heads=2, attn_impl="flex",
+                   attn_drop_rate=0.1)

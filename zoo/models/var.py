@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn
+from blocks.adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn, resolve_attn_impl, scale_block_mask
 
 from ..builder import build_model
 from ..checkpoint import CheckpointError
@@ -80,15 +80,23 @@ class VAR(nn.Module):
         attn_l2_norm: cosine attention with a learnt scale (True in every released model).
         patch_nums: the scale schedule; must equal the tokenizer's (default: the tokenizer's).
         init: apply the release's ``init_weights`` (False when weights are loaded anyway).
+        attn_impl: teacher forcing's attention: ``"sdpa"`` (the dense additive mask), ``"flex"``
+            (FlexAttention with a ``BlockMask``; forward only on CPU) or ``"auto"`` (flex on CUDA when
+            importable, else sdpa). The KV-cached sampler always uses SDPA with no mask.
     """
 
     def __init__(self, vae: VQVAE | None = None, num_classes: int = 1000, depth: int = 16, embed_dim: int = 1024,
                  num_heads: int = 16, mlp_ratio: float = 4.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False,
                  cond_drop_rate: float = 0.1, attn_l2_norm: bool = True, patch_nums: Sequence[int] | None = None,
-                 init: bool = True, device: Any = None, dtype: Any = None) -> None:
+                 init: bool = True, attn_impl: str = "sdpa", device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        resolve_attn_impl(attn_impl, "cpu", attn_drop_rate)  # a bad name fails here, before any work
+        if attn_impl == "flex" and attn_drop_rate > 0:
+            raise ValueError(f"attn_impl='flex' has no attention dropout; set attn_drop_rate=0 (got {attn_drop_rate}) "
+                             f"or use attn_impl='sdpa'")
+        self.attn_impl, self._block_masks = attn_impl, {}
         if isinstance(vae, (str, os.PathLike)):  # a config names the tokenizer by its file or saved folder
             vae = load_tokenizer(vae, device=device)
         if vae is None:
@@ -225,10 +233,22 @@ class VAR(nn.Module):
         x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)  # (B, L, C)
         x_BLC = x_BLC + (self.lvl_embed(self.lvl_1L.expand(b, -1)) + self.pos_1LC)
         attn_bias = self.attn_bias_for_masking
+        if resolve_attn_impl(self.attn_impl, attn_bias.device, self.blocks[0].attn.attn_drop) == "flex":
+            attn_bias = self._flex_block_mask(attn_bias.device)
         cond = self.shared_ada_lin(cond_BD)
         for block in self.blocks:
             x_BLC = block(x_BLC, cond, attn_bias)
         return self.get_logits(x_BLC, cond_BD)  # (B, L, V)
+
+    def _flex_block_mask(self, device: torch.device) -> Any:
+        """The block-causal ``BlockMask`` for FlexAttention, built once per device."""
+        if device.type == "cpu" and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            raise NotImplementedError(f"attn_impl='flex' cannot train on CPU: torch {torch.__version__}'s "
+                                      f"FlexAttention has no CPU backward. Use attn_impl='sdpa' (or 'auto') on CPU, "
+                                      f"or run the forward under torch.no_grad()")
+        if device not in self._block_masks:
+            self._block_masks[device] = scale_block_mask(self.lvl_1L[0].to(device))
+        return self._block_masks[device]
 
     @torch.no_grad()
     def teacher_forcing_batch(self, img_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
