@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, median_ms, print_table, save_text, shapes_arg, time_interleaved
 
-import blocks
+import blocks  # noqa: E402
+from zoo.profiling import saved_for_backward_bytes  # noqa: E402
 
 Shape = tuple[int, int, int]  # (T, d, H)
 
@@ -51,23 +52,6 @@ class NaiveMoC(torch.nn.Module):
         up_sel = self.dense.up_proj(x).gather(-1, idx)  # (T, K)
         act = torch.zeros_like(gate).scatter(-1, idx, F.silu(gate_sel) * up_sel)  # (T, H)
         return self.dense.down_proj(act)
-
-
-def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the unique storages autograd keeps for backward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = module(x)
-    del y
-    return sum(storages.values())
 
 
 def build(shape: Shape, device: str, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
@@ -107,7 +91,7 @@ def memory_rows(shapes: list[Shape], device: str, dtype: torch.dtype) -> list[li
         t, d, h = shape
         models = build(shape, device, dtype)
         x = torch.randn(t, d, device=device, dtype=dtype, requires_grad=True)
-        sizes = {name: saved_bytes(m, x) for name, m in models.items()}
+        sizes = {name: saved_for_backward_bytes(m, x) for name, m in models.items()}
         dense = sizes["dense SwiGLU"]
         for name, size in sizes.items():
             rows.append([f"{t}x{d}x{h}", name, f"{size / 2**20:.2f}", f"{size / dense:.3f}"])

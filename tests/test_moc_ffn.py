@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import blocks
 import kernels
+from zoo.profiling import saved_for_backward_bytes
 moc_module = importlib.import_module("kernels.moc_ffn")  # the package attribute is the op
 
 KS = (11, 22, 88)
@@ -189,23 +190,6 @@ def test_gradcheck_fp64():
     assert torch.autograd.gradcheck(lambda *a: kernels.moc_ffn(*a, 3), (x, *ws))
 
 
-def _saved_activation_bytes(block, x) -> int:
-    """Bytes of the unique storages autograd saves for backward, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = block(x)
-    del y
-    return sum(storages.values())
-
-
 def test_saved_for_backward_is_under_a_quarter_of_swiglu():
     """At K = H/8 the backward keeps x, int16 indices and two (T, K) values: ~0.16x of SwiGLU's x, G,
     SiLU(G), U and their product."""
@@ -213,7 +197,7 @@ def test_saved_for_backward_is_under_a_quarter_of_swiglu():
     moc = _block("moc_ffn", dim, hidden, dtype=torch.float32, top_k=hidden // 8)
     dense = _block("swiglu", dim, hidden, dtype=torch.float32)
     x = torch.randn(2, tokens // 2, dim, requires_grad=True)
-    moc_bytes, dense_bytes = _saved_activation_bytes(moc, x), _saved_activation_bytes(dense, x)
+    moc_bytes, dense_bytes = saved_for_backward_bytes(moc, x), saved_for_backward_bytes(dense, x)
     k = hidden // 8
     assert moc_bytes == tokens * dim * 4 + tokens * k * (2 + 4 + 4)  # x, idx int16, gate_sel, up_sel
     assert dense_bytes >= tokens * (dim + 4 * hidden) * 4
