@@ -6,12 +6,11 @@ import torch
 
 import zoo
 
-MODELS = zoo.list_models()
-# VAR and its tokenizer are generators (labels + token maps in, logits/images out): no classifier or SR
-# contract applies; tests/test_var.py and tests/test_vqvae.py check their own contract and the release parity
-MODELS = [m for m in MODELS if zoo.registry.model_family(m) not in ("var", "vqvae")]
-# language models (token ids (B, T) in, (B, T, vocab) logits out): tests/test_moc_lm.py checks their contract
-MODELS = [m for m in MODELS if zoo.registry.model_family(m) != "moc_lm"]
+# Families with their own contract, checked in their own files: VAR and its tokenizer are generators
+# (labels + token maps in, logits / images out; tests/test_var.py, tests/test_vqvae.py), the language
+# models take token ids (B, T) and return (B, T, vocab) logits (tests/test_moc_lm.py).
+OWN_CONTRACT = ("var", "vqvae", "moc_lm")
+MODELS = [m for m in zoo.list_models() if zoo.registry.model_family(m) not in OWN_CONTRACT]
 # vision transformers: token features (B, 1 + T, D) and no feature pyramid; their contract is test_token_model_contract
 TOKEN_MODELS = [m for m in MODELS if zoo.registry.model_family(m) == "channelvit"]
 CLASSIFIERS = [m for m in MODELS if zoo.get_pretrained_cfg(m).num_classes > 0 and m not in TOKEN_MODELS]
@@ -29,33 +28,42 @@ def test_registry_lists_the_families():
     assert "fcanet50.release_in1k" in zoo.list_pretrained("fcanet*")
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
-def test_model_contract(name):
-    model = zoo.create(name, num_classes=7, zero_init_last=False)
+def _check_cfg_forward_and_gradients(model: torch.nn.Module, name: str, x: torch.Tensor) -> None:
+    """The pretrained cfg names the model's layers; 7 logits; every parameter gets a gradient."""
     cfg = model.pretrained_cfg
     assert cfg["architecture"] == name
     state = model.state_dict()
     assert f"{cfg['first_conv']}.weight" in state and f"{cfg['classifier']}.weight" in state
     for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "num_classes", "license", "paper", "origin_url"):
         assert key in cfg
-
-    x = torch.randn(2, 3, IMG, IMG)
     out = model(x)
     assert out.shape == (2, 7)
     out.square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
 
+
+def _check_head(model: torch.nn.Module, feats: torch.Tensor, x: torch.Tensor) -> None:
+    """forward_head (pre-logits and logits) and reset_classifier, on an eval model under no_grad."""
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    torch.testing.assert_close(model.forward_head(feats), model(x))
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5) and model.num_classes == 5
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_model_contract(name):
+    model = zoo.create(name, num_classes=7, zero_init_last=False)
+    x = torch.randn(2, 3, IMG, IMG)
+    _check_cfg_forward_and_gradients(model, name, x)
+
     model.eval()
     with torch.no_grad():
         feats = model.forward_features(x)
         assert feats.shape == (2, model.num_features, IMG // 32, IMG // 32)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
-        torch.testing.assert_close(model.forward_head(feats), model(x))
-        model.reset_classifier(5)
-        assert model(x).shape == (2, 5) and model.num_classes == 5
-        model.reset_classifier(0)
-        assert model(x).shape == (2, model.num_features)
+        _check_head(model, feats, x)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
@@ -83,30 +91,14 @@ def test_token_model_contract(name, tmp_path):
     """ViTs: the classifier contract with token features (B, 1 + T, D) in place of a feature map; at
     depth 2, since every block is alike and twelve ViT-B blocks cost a minute on this CPU."""
     model = zoo.create(name, num_classes=7, depth=2)
-    cfg = model.pretrained_cfg
-    assert cfg["architecture"] == name
-    state = model.state_dict()
-    assert f"{cfg['first_conv']}.weight" in state and f"{cfg['classifier']}.weight" in state
-    for key in ("input_size", "mean", "std", "interpolation", "crop_pct", "num_classes", "license", "paper", "origin_url"):
-        assert key in cfg
-
     x = torch.randn(2, 3, IMG, IMG)
-    out = model(x)
-    assert out.shape == (2, 7)
-    out.square().mean().backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    _check_cfg_forward_and_gradients(model, name, x)
 
     model.eval()
     with torch.no_grad():
         feats = model.forward_features(x)
         assert feats.ndim == 3 and feats.shape[0] == 2 and feats.shape[-1] == model.num_features
-        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
-        torch.testing.assert_close(model.forward_head(feats), model(x))
-        model.reset_classifier(5)
-        assert model(x).shape == (2, 5) and model.num_classes == 5
-        model.reset_classifier(0)
-        assert model(x).shape == (2, model.num_features)
+        _check_head(model, feats, x)
 
     model = zoo.create(name, num_classes=3, drop_path_rate=0.1, depth=2).eval()
     zoo.save_pretrained(model, tmp_path / name)
