@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
+
+from .loaders import SplitDataModule
 
 
 class _ShiftAugment(Dataset):
@@ -28,7 +29,7 @@ class _ShiftAugment(Dataset):
         return img, self.labels[i]
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes), shipped with the package.
 
     Images are scaled to [0, 1], resized to ``img_size`` (bilinear), repeated to ``channels`` and
@@ -54,7 +55,6 @@ class DigitsDataModule(L.LightningDataModule):
         self.img_size, self.channels, self.batch_size, self.num_workers = img_size, channels, batch_size, num_workers
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.max_shift, self.limit, self.normalize = max_shift, limit, normalize
-        self.splits: dict[str, TensorDataset] = {}
         self.indices: dict[str, torch.Tensor] = {}  # rows of sklearn's digits in each split
 
     def setup(self, stage: str | None = None) -> None:
@@ -87,26 +87,12 @@ class DigitsDataModule(L.LightningDataModule):
             idx = idx[: self.limit]
             self.splits[name] = TensorDataset(images[idx], labels[idx])
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataset(self) -> Dataset:
         images, labels = self.splits["train"].tensors
-        data = _ShiftAugment(images, labels, self.max_shift, self.background)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=len(data) > self.batch_size,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return _ShiftAugment(images, labels, self.max_shift, self.background)
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Your images: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (and optionally ``test``).
 
     Training uses random-resized crops and flips; evaluation resizes to ``img_size / crop_pct`` and
@@ -127,7 +113,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.img_size, self.batch_size, self.num_workers = img_size, batch_size, num_workers
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir or val_dir}
         self.crop_pct, self.mean, self.std = crop_pct, tuple(mean), tuple(std)
-        self.splits: dict = {}
 
     @property
     def num_classes(self) -> int:
@@ -142,19 +127,3 @@ class ImageFolderDataModule(L.LightningDataModule):
         for split, folder in self.dirs.items():
             if split not in self.splits:
                 self.splits[split] = datasets.ImageFolder(str(self.root / folder), train_tf if split == "train" else eval_tf)
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")

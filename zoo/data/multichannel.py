@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from .loaders import SplitDataModule
 
 SPLITS = ("train", "val", "test")
 
@@ -135,7 +136,7 @@ class MultiChannelDataset(Dataset):
         return (x, y, self.ids) if self.with_ids else (x, y)
 
 
-class MultiChannelDataModule(L.LightningDataModule):
+class MultiChannelDataModule(SplitDataModule):
     """Loaders and channel bookkeeping shared by the multi-channel data modules; a subclass fills ``splits``."""
 
     num_classes: int
@@ -144,7 +145,6 @@ class MultiChannelDataModule(L.LightningDataModule):
     def __init__(self, batch_size: int, num_workers: int, channels: Sequence[int] | None) -> None:
         super().__init__()
         self.batch_size, self.num_workers, self.channels = batch_size, num_workers, channels
-        self.splits: dict[str, Dataset] = {}
 
     @property
     def channel_ids(self) -> torch.Tensor:
@@ -154,23 +154,6 @@ class MultiChannelDataModule(L.LightningDataModule):
     @property
     def in_chans(self) -> int:
         return len(self.channel_ids)
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        data = self.splits[split]
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, drop_last=shuffle and len(data) > self.batch_size,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
 
 # ----------------------------------------------------------------------------------------------- folders
