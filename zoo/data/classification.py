@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .loaders import SplitDataModule
+from .loaders import SplitDataModule, stratified_split
 
 
 class _ShiftAugment(Dataset):
@@ -27,6 +27,16 @@ class _ShiftAugment(Dataset):
             dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
             img = padded[:, dy:dy + img.shape[1], dx:dx + img.shape[2]]
         return img, self.labels[i]
+
+
+def digit_images(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 digits scaled to [0, 1] and resized (bilinear) to ``img_size``: (N, 1, S, S), (N,)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    return F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False), labels
 
 
 class DigitsDataModule(SplitDataModule):
@@ -60,29 +70,15 @@ class DigitsDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
-        labels = torch.tensor(digits.target, dtype=torch.long)
-        images = F.interpolate(images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        gen = torch.Generator().manual_seed(self.split_seed)
-        parts: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
-        for c in range(self.num_classes):
-            idx = torch.nonzero(labels == c).flatten()
-            idx = idx[torch.randperm(len(idx), generator=gen)]
-            n_val, n_test = round(self.val_fraction * len(idx)), round(self.test_fraction * len(idx))
-            parts["val"].append(idx[:n_val])
-            parts["test"].append(idx[n_val:n_val + n_test])
-            parts["train"].append(idx[n_val + n_test:])
-        train_idx = torch.cat(parts["train"])
-        mean, std = images[train_idx].mean().item(), images[train_idx].std().item()
+        images, labels = digit_images(self.img_size)  # (N, 1, S, S) in [0, 1], (N,)
+        self.indices = stratified_split(labels, self.val_fraction, self.test_fraction, self.split_seed)
+        train = images[self.indices["train"]]
+        mean, std = train.mean().item(), train.std().item()
         if self.normalize == "symmetric":
             mean, std = 0.5, 0.5  # [0, 1] -> [-1, 1]
         self.mean, self.std = mean, std
         images = ((images - mean) / std).repeat(1, self.channels, 1, 1)  # (N, C, S, S)
         self.background = (0.0 - mean) / std
-        self.indices = {name: torch.sort(torch.cat(idx)).values for name, idx in parts.items()}
         for name, idx in self.indices.items():
             idx = idx[: self.limit]
             self.splits[name] = TensorDataset(images[idx], labels[idx])

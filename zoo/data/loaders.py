@@ -1,8 +1,28 @@
-"""The loaders every split-based data module shares: shuffled training batches, in-order evaluation."""
+"""What the split-based data modules share: a seeded stratified split, shuffled training batches and
+in-order evaluation loaders."""
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """A seeded per-class shuffle: ``val_fraction`` / ``test_fraction`` of every class to val / test (sorted rows)."""
+    if not 0 < val_fraction + test_fraction < 1:
+        raise ValueError(f"val_fraction + test_fraction must be in (0, 1); got {val_fraction + test_fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[torch.Tensor]] = {s: [] for s in SPLITS}
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_val, n_test = round(val_fraction * len(idx)), round(test_fraction * len(idx))
+        parts["val"].append(idx[:n_val])
+        parts["test"].append(idx[n_val:n_val + n_test])
+        parts["train"].append(idx[n_val + n_test:])
+    return {s: torch.sort(torch.cat(p)).values for s, p in parts.items()}
 
 
 class SplitDataModule(L.LightningDataModule):

@@ -24,25 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .loaders import SplitDataModule
-
-SPLITS = ("train", "val", "test")
-
-
-def stratified_split(labels: torch.Tensor, val_fraction: float, test_fraction: float, seed: int) -> dict[str, torch.Tensor]:
-    """A seeded per-class shuffle: ``val_fraction`` / ``test_fraction`` of every class to val / test (sorted rows)."""
-    if not 0 < val_fraction + test_fraction < 1:
-        raise ValueError(f"val_fraction + test_fraction must be in (0, 1); got {val_fraction + test_fraction}")
-    gen = torch.Generator().manual_seed(seed)
-    parts: dict[str, list[torch.Tensor]] = {s: [] for s in SPLITS}
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_val, n_test = round(val_fraction * len(idx)), round(test_fraction * len(idx))
-        parts["val"].append(idx[:n_val])
-        parts["test"].append(idx[n_val:n_val + n_test])
-        parts["train"].append(idx[n_val + n_test:])
-    return {s: torch.sort(torch.cat(p)).values for s, p in parts.items()}
+from .loaders import SPLITS, SplitDataModule, stratified_split
 
 
 def channel_ids(channels: Sequence[int] | None, total: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .classification import digit_images
 from .multichannel import (
     MultiChannelDataModule,
     MultiChannelDataset,
@@ -127,12 +128,7 @@ class MultiChannelDigitsDataModule(MultiChannelDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
-        labels = torch.tensor(digits.target, dtype=torch.long)
-        images = F.interpolate(images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        images, labels = digit_images(self.img_size)  # (N, 1, S, S) in [0, 1], (N,)
         images = digit_views(images, self.views, self.noise, self.seed)  # (N, V, S, S)
         self.indices = stratified_split(labels, *self.fractions, self.split_seed)
         train = images[self.indices["train"]]
