@@ -233,6 +233,17 @@ def train_cached(name: str, config: str, epochs: int, retrain: bool, extra: Opti
     return meta
 
 
+def run_for_table(args, name: str, config: str, epochs: int, what: str) -> Optional[dict]:
+    """:func:`train_cached` for one table; with ``--quick`` only an earlier run serves (None without one)."""
+    if args.quick and not (OUT / name / "benchmark.json").is_file():
+        print(f"  skipped: no cached {what} (run once without --quick to train it)")
+        return None
+    meta = train_cached(name, config, epochs, args.retrain and not args.quick)
+    if meta["cached"]:
+        print(f"  cached {what} ({meta['epochs']} epochs, trained in {meta['wall_s']:.0f} s)")
+    return meta
+
+
 def digits_data():
     from zoo.data import DigitsDataModule
 
@@ -254,13 +265,9 @@ def top1_of(model: nn.Module, loader) -> float:
 def table_b(args) -> Optional[dict]:
     print("\n== B. seresnet18 on digits: top-1 (%) on the test split ==")
     run_dir = OUT / "digits_seresnet"
-    if args.quick and not (run_dir / "benchmark.json").is_file():
-        print("  skipped: no cached digits model (run once without --quick to train it)")
+    meta = run_for_table(args, "digits_seresnet", "configs/digits_seresnet.yaml", args.digits_epochs, "digits model")
+    if meta is None:
         return None
-    meta = train_cached("digits_seresnet", "configs/digits_seresnet.yaml", args.digits_epochs,
-                        args.retrain and not args.quick)
-    if meta["cached"]:
-        print(f"  cached digits model ({meta['epochs']} epochs, trained in {meta['wall_s']:.0f} s)")
     data = digits_data()
     test = list(data.test_dataloader())
     torch.manual_seed(0)
@@ -455,13 +462,9 @@ def table_c(args) -> Optional[dict]:
 def table_d(args) -> Optional[dict]:
     print("\n== D. QAT (configs/quickstart_qat.yaml) vs RTN w4a8: PSNR on the held-out val crops ==")
     run_dir = OUT / "quickstart_qat"
-    if args.quick and not (run_dir / "benchmark.json").is_file():
-        print("  skipped: no cached QAT run (run once without --quick to train it)")
+    meta = run_for_table(args, "quickstart_qat", "configs/quickstart_qat.yaml", args.qat_epochs, "QAT run")
+    if meta is None:
         return None
-    meta = train_cached("quickstart_qat", "configs/quickstart_qat.yaml", args.qat_epochs,
-                        args.retrain and not args.quick)
-    if meta["cached"]:
-        print(f"  cached QAT run ({meta['epochs']} epochs, trained in {meta['wall_s']:.0f} s)")
     data = sr_data()
     val = list(data.val_dataloader())
     fp32 = zoo.create("rcan_tiny_x2", pretrained=True).eval()
