@@ -20,6 +20,7 @@ import kernels
 from kernels.moc_ffn import DECODE_TOKENS
 
 from .layers import _observed
+from .quant import QuantLinear
 from .registry import register
 
 
@@ -75,6 +76,10 @@ class MoCFFN(SwiGLU):
     Inference on at most ``kernels.moc_ffn.DECODE_TOKENS`` tokens (decoding) reads only the K selected rows
     of ``Wu`` and columns of ``Wd`` per token, the latter from a transposed copy of ``Wd`` that the block
     keeps while it runs without autograd (d * H extra elements; rebuilt whenever the weight changes).
+    Quantized (``w8a8``, ``w4a8``: integer layers with int8 activations), a step of T tokens with
+    ``2 * T * top_k <= hidden_dim`` (T <= 4 at K = H/8) reads each token's K packed rows of ``up_proj`` and
+    of ``down_proj``'s transposed integer weights (:func:`kernels.moc_ffn_decode_int`); past that the rows
+    the tokens read would approach all H, and the dense integer layers are cheaper.
 
     Attributes: ``dim``, ``hidden_dim``, ``top_k`` (an int; ``hidden_dim`` when dense) and ``is_dense``.
     """
@@ -93,7 +98,7 @@ class MoCFFN(SwiGLU):
                              f"SwiGLU; got {top_k!r}")
         super().__init__(dim, hidden, device=device, dtype=dtype)
         self.top_k = hidden if top_k is None else top_k
-        self._down_t: tuple[tuple, torch.Tensor] | None = None  # inference cache of Wd^T, see _down_transposed
+        self._down_t: tuple[tuple, object] | None = None  # inference cache of Wd^T, see _down_transposed
 
     @property
     def is_dense(self) -> bool:
@@ -104,6 +109,9 @@ class MoCFFN(SwiGLU):
             return super().forward(x)
         self._check_input(x)
         if not self._plain_projections():
+            # each token reads its own K rows: worth it while the T * K rows are at most half of the H rows
+            if 2 * (x.numel() // self.dim) * self.top_k <= self.hidden_dim and self._integer_decode_ready():
+                return self._forward_integer_decode(x)
             return self._forward_through_modules(x)
         tokens = x.reshape(-1, self.dim)  # (T, d)
         w_gate, w_up = self.gate_proj.weight.to(x.dtype), self.up_proj.weight.to(x.dtype)
@@ -124,13 +132,54 @@ class MoCFFN(SwiGLU):
     def _forward_through_modules(self, x: torch.Tensor) -> torch.Tensor:
         """The same math with each projection called as a module (quantized, QAT or hooked layers).
 
-        The up and down projections run densely here: an integer layer has no rows to gather, so this path
-        keeps MoC's result but not its savings."""
+        The up and down projections run densely here, over all H channels: this path keeps MoC's result but
+        not its savings. Integer layers decoding a few tokens take :meth:`_forward_integer_decode` instead,
+        which equals this bit for bit."""
         gate = self.gate_proj(x)  # (..., H)
         idx = gate.topk(self.top_k, dim=-1).indices  # (..., K)
         selected = F.silu(gate.gather(-1, idx)) * self.up_proj(x).gather(-1, idx)  # (..., K)
         hidden = torch.zeros_like(gate).scatter(-1, idx, selected)  # (..., H), zero outside the top-K
         return self.down_proj(hidden)
+
+    def _integer_decode_ready(self) -> bool:
+        """True when the three projections are integer layers (int8 activations: ``w8a8``, ``w4a8``) that
+        :func:`kernels.moc_ffn_decode_int` can read row by row: no calibration hooks, and no Outlier
+        Suppression+ shift before ``down_proj`` (it would turn the activation's zeros into -shift)."""
+        layers = (self.gate_proj, self.up_proj, self.down_proj)
+        if not all(isinstance(m, QuantLinear) and not m.spec.weight_only and not m.spec.fp8 and not _observed(m)
+                   for m in layers):
+            return False
+        return self.down_proj.act_shift is None
+
+    def _forward_integer_decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized block on a few tokens, reading K packed rows of ``up_proj`` and of ``down_proj``'s
+        transposed weights per token (see :mod:`kernels.moc_ffn_int`); the gate runs as its integer layer."""
+        up, down = self.up_proj, self.down_proj
+        with torch.no_grad():
+            tokens = x.reshape(-1, self.dim)  # (T, d)
+            gate = self.gate_proj(tokens)  # (T, H): the selection needs every channel
+            gate_sel, idx = gate.topk(self.top_k, dim=-1)  # (T, K), as the dense path selects
+            idx, order = idx.sort(dim=-1)  # ascending: the down kernel closes one segment at a time
+            gate_sel = gate_sel.gather(-1, order)
+            q, a_scale = kernels.quantize_act(tokens, up.act_multiplier, up.act_shift, up.act_scale)  # (T, d) int8
+            w_down_t, scale_t, zero_t = self._integer_down_transposed()
+            y = kernels.moc_ffn_decode_int(
+                q, a_scale, gate_sel, idx, up.qweight.view(up.out_channels, -1), up.weight_scale, up.weight_zero,
+                up.bias, up.spec.weight_bits, up.group_size, w_down_t, scale_t, zero_t, down.bias,
+                down.spec.weight_bits, down.group_size, down.act_multiplier, down.act_scale, out_dtype=x.dtype)
+        return y.reshape(x.shape)  # (..., d)
+
+    def _integer_down_transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``down_proj``'s integer weights as rows of Wd^T (H, ...) with (S, d) scale and zero tables, built from
+        its buffers (the codes are moved, not requantized), kept between calls (another copy of the down
+        weights, as the float path keeps Wd^T) and rebuilt when the buffers change."""
+        down = self.down_proj
+        key = tuple((t.data_ptr(), t._version) for t in (down.qweight, down.weight_scale) if not t.is_inference())
+        if self._down_t is None or self._down_t[0] != ("int",) + key or not key:
+            transposed = kernels.transpose_int_weight(down.qweight, down.weight_scale, down.weight_zero,
+                                                      down.spec.weight_bits, down.in_channels)
+            self._down_t = (("int",) + key, transposed)
+        return self._down_t[1]
 
     def _down_transposed(self, dtype: torch.dtype) -> torch.Tensor:
         """Wd^T (H, d), contiguous, for decoding: each selected column of Wd becomes one contiguous row.

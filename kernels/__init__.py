@@ -52,6 +52,10 @@ from .moc_ffn import moc_ffn_decode, moc_ffn_decode_reference  # noqa: E402
 __all__ += ["moc_ffn", "moc_ffn_with_selection", "moc_ffn_reference", "moc_ffn_backward_reference",
             "moc_ffn_decode", "moc_ffn_decode_reference"]
 
+from .moc_ffn_int import moc_ffn_decode_int, moc_int_down_reference, moc_int_up_reference, transpose_int_weight  # noqa: E402,E501
+
+__all__ += ["moc_ffn_decode_int", "moc_int_up_reference", "moc_int_down_reference", "transpose_int_weight"]
+
 from .kv_quant import KVQuantized, kv_dequantize, kv_dequantize_reference, kv_quantize, kv_quantize_reference  # noqa: E402
 
 __all__ += ["KVQuantized", "kv_quantize", "kv_dequantize", "kv_quantize_reference", "kv_dequantize_reference"]

@@ -1,0 +1,135 @@
+"""The quantized MoC FFN in decoding: the row-gathering integer decode against the dense integer layers.
+
+    python benchmarks/moc_ffn_int.py [--shapes 256x688,768x2048,1024x2736] [--tokens 1,16] [--repeats 30]
+                                     [--specs w4a8,w8a8] [--quick] [--save]
+
+For each FFN width d x H (moc_lm_tiny, GaLore's 130M and 350M LLaMA FFNs) at K = H/8 and each spec, a
+decode step of T tokens (forward, no autograd) through four blocks built from the same float weights:
+
+- "MoC int decode": the block's integer decode, called directly (the block itself takes it only while
+  2 * T * K <= H, T <= 4 at K = H/8) (``kernels.moc_ffn_decode_int``): the gate as an integer
+  layer, then K packed rows of up_proj and of down_proj's transposed weights per token;
+- "MoC int dense": the same quantized block through its three integer layers on all H channels
+  (the path before the decode op, and still the path for more than ``DECODE_TOKENS`` tokens);
+- "SwiGLU int": the dense SwiGLU twin quantized alike;
+- "SwiGLU fp32": the float dense SwiGLU (the reference the ratios use).
+
+Columns: median time of interleaved repeats (benchmarks/common.py) and its ratio to the float SwiGLU; the
+weight bytes the step reads (packed codes plus scales and zero points of every row it touches: the whole
+gate, and for the MoC decode each token's K rows) and their ratio to the float SwiGLU's. On the CPU the op runs its reference (plain PyTorch integer math); on CUDA the Triton
+kernels. ``--save`` writes the table to benchmarks/out/ (git-ignored).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import interleaved_medians_ms, machine, print_table, save_text, shapes_arg
+
+import blocks  # noqa: E402
+import zoo  # noqa: E402
+
+
+def quantized(block: nn.Module, spec: str) -> nn.Module:
+    """``block`` quantized in place with ``spec`` (RTN, dynamic activations)."""
+    zoo.quantize(block, zoo.quant.QuantSpec.parse(spec).with_(keep=()))  # every projection, none kept in float
+    return block
+
+
+def layer_bytes(layer: nn.Module) -> int:
+    """Bytes of a layer's weights: float, or integer codes with their scales and zero points."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight.numel() * layer.weight.element_size()
+    tensors = [layer.qweight, layer.weight_scale] + ([layer.weight_zero] if layer.weight_zero is not None else [])
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def decode_bytes(block: nn.Module, tokens: int) -> int:
+    """What the integer decode requests: the gate whole, and per token its K rows of up_proj and of Wd^T
+    (each 1/H of the down weights), even where tokens share a row (a cache may serve the repeats)."""
+    rows = tokens * block.top_k
+    return (layer_bytes(block.gate_proj) + layer_bytes(block.up_proj) * rows // block.hidden_dim
+            + layer_bytes(block.down_proj) * rows // block.hidden_dim)
+
+
+def rows_for(shape: tuple[int, int], tokens: list[int], specs: list[str], repeats: int, device: str) -> list[list[str]]:
+    d, h = shape
+    k = h // 8
+    torch.manual_seed(0)
+    dense = blocks.create("swiglu", d, hidden_dim=h).to(device).eval()
+    out = []
+    for spec in specs:
+        moc = blocks.create("moc_ffn", d, hidden_dim=h, top_k=k).to(device).eval()
+        moc.load_state_dict(dense.state_dict())
+        moc_int = quantized(moc, spec)
+        dense_int = quantized(_copy(dense, d, h, device), spec)
+        for t in tokens:
+            x = torch.randn(t, d, device=device)
+            steps = {"MoC int decode": lambda: moc_int._forward_integer_decode(x),
+                     "MoC int dense": lambda: moc_int._forward_through_modules(x),
+                     "SwiGLU int": lambda: dense_int(x), "SwiGLU fp32": lambda: dense(x)}
+            with torch.no_grad():
+                torch.testing.assert_close(steps["MoC int decode"](), steps["MoC int dense"](), rtol=0, atol=0)
+                ms = interleaved_medians_ms({n: _synced(f, device) for n, f in steps.items()}, repeats)
+                reads = {"MoC int decode": decode_bytes(moc_int, t),
+                         "MoC int dense": sum(layer_bytes(m) for m in (moc_int.gate_proj, moc_int.up_proj,
+                                                                       moc_int.down_proj)),
+                         "SwiGLU int": sum(layer_bytes(m) for m in (dense_int.gate_proj, dense_int.up_proj,
+                                                                    dense_int.down_proj)),
+                         "SwiGLU fp32": sum(layer_bytes(m) for m in (dense.gate_proj, dense.up_proj, dense.down_proj))}
+            for name in steps:
+                out.append([f"{d}x{h}", f"K={k}", spec if name != "SwiGLU fp32" else "-", str(t), name,
+                            f"{1e3 * ms[name]:.0f}", f"{ms[name] / ms['SwiGLU fp32']:.2f}",
+                            f"{reads[name] / 2 ** 20:.3f}", f"{reads[name] / reads['SwiGLU fp32']:.3f}"])
+    return out
+
+
+def _copy(dense: nn.Module, d: int, h: int, device: str) -> nn.Module:
+    twin = blocks.create("swiglu", d, hidden_dim=h).to(device).eval()
+    twin.load_state_dict(dense.state_dict())
+    return twin
+
+
+def _synced(fn, device: str):
+    def run():
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", type=shapes_arg("dxH"), default=[(256, 688), (768, 2048), (1024, 2736)])
+    parser.add_argument("--tokens", default="1,4,16", help="tokens per decode step, comma-separated (the block "
+                        "takes the integer decode while 2 * T * K <= H; 16 shows why)")
+    parser.add_argument("--specs", default="w4a8,w8a8")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="one small shape, one token, 5 repeats")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is present")
+    parser.add_argument("--save", action="store_true")
+    args = parser.parse_args(argv)
+    tokens = [int(t) for t in args.tokens.split(",")]
+    if args.quick:
+        args.shapes, tokens, args.repeats = [(128, 344)], [1], 5
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    head = f"Quantized MoC FFN decode, {device}, {machine()}"
+    print(head)
+    rows = []
+    for shape in args.shapes:
+        rows += rows_for(shape, tokens, args.specs.split(","), args.repeats, device)
+    table = print_table(["d x H", "top-K", "spec", "T", "FFN", "us", "x fp32", "weights read MiB", "x fp32"], rows)
+    report = f"{head}\n\n{table}"
+    if args.save:
+        save_text(report, f"moc_ffn_int_{device}.txt")
+    return report
+
+
+if __name__ == "__main__":
+    main()
