@@ -191,6 +191,22 @@ def test_quantize_keeps_first_and_last_and_reports():
     assert isinstance(q2.stem, QuantConv2d) and not isinstance(q2.fc, QuantLinear)
 
 
+def test_blocks_declare_float_only_layers():
+    """A module with ``keep_float_reason`` keeps itself and every layer inside it in float, with that reason
+    in the report; the rest is quantized as usual."""
+    net, _ = _net_and_data()
+    net.fc.keep_float_reason = "needs float weights (test)"
+    inner = nn.Sequential(nn.Conv2d(16, 16, 1))
+    inner.keep_float_reason = "a float-only block (test)"
+    net.conv2 = inner
+    q = quantize(net, "w8a8")
+    assert type(q.fc) is nn.Linear and type(q.conv2[0]) is nn.Conv2d
+    assert isinstance(q.conv1, QuantConv2d)
+    reasons = {r.name: r.detail for r in q.quant_report if r.action == "kept"}
+    assert reasons["fc"] == "needs float weights (test)" and reasons["conv2.0"] == "a float-only block (test)"
+    assert "a float-only block (test)" in summary(q)
+
+
 @pytest.mark.parametrize("method", ["smoothquant", "awq", "os+"])
 def test_calibrated_folding_is_exact_in_float(method):
     """Folding moves scales between layers without changing the float function."""

@@ -79,14 +79,16 @@ def select_layers(model: nn.Module, spec: QuantSpec) -> tuple[dict[str, nn.Modul
                   if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, (QuantLinear, QuantConv2d))]
     if not candidates:
         raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize")
-    # blocks may declare their layers float-only with a ``keep_float_reason`` attribute
+    # a block (or a layer) declares its layers float-only with a ``keep_float_reason`` attribute: the why
+    # that the summary prints, e.g. an op that needs float weights
     float_only = {n: m.keep_float_reason for n, m in model.named_modules() if getattr(m, "keep_float_reason", None)}
     names = [n for n, _ in candidates]
     kept = {n: f"kept by {pattern!r}" for n, pattern in _matching(spec.keep, names, "keep").items()}
     specs = layer_specs(model, spec, names)
     layers, report = {}, []
     for name, module in candidates:
-        owner = next((reason for prefix, reason in float_only.items() if name.startswith(prefix + ".")), None)
+        owner = next((reason for prefix, reason in float_only.items()
+                      if name == prefix or name.startswith(prefix + ".") or prefix == ""), None)
         why = kept.get(name) or owner or _unsupported(module)
         if why:
             report.append(LayerReport(name, type(module).__name__, "kept", why))
