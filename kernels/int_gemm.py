@@ -40,20 +40,23 @@ def pack_int4(values: torch.Tensor) -> torch.Tensor:
     return v[..., 0::2] | (v[..., 1::2] << 4)
 
 
-def unpack_int4(packed: torch.Tensor, channels: int) -> torch.Tensor:
-    """The inverse of :func:`pack_int4`: (..., ceil(C / 2)) uint8 -> (..., C) uint8 in 0..15."""
-    low, high = packed & 0xF, packed >> 4
-    return torch.stack((low, high), dim=-1).flatten(-2)[..., :channels]
+def unpack_int4(packed: torch.Tensor, channels: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """The inverse of :func:`pack_int4`: (..., ceil(C / 2)) uint8 -> (..., C) values 0..15 in ``dtype``."""
+    out = torch.empty(*packed.shape[:-1], 2 * packed.shape[-1], dtype=dtype, device=packed.device)
+    out[..., 0::2] = packed & 0xF  # written in place: no stacked temporary
+    out[..., 1::2] = packed >> 4
+    return out[..., :channels]
 
 
 def weight_values(weight: torch.Tensor, w_zero: Optional[torch.Tensor], weight_bits: int, channels: int,
-                  group_size: Optional[int]) -> torch.Tensor:
-    """Signed integer weights (N, KH, KW, C) int32 (``nibble - zero`` for 4 bit)."""
+                  group_size: Optional[int], dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Signed integer weights (N, KH, KW, C) (``nibble - zero`` for 4 bit), as ``dtype`` (int32, or a float
+    type, which holds these small integers exactly)."""
     if weight_bits == 8:
-        return weight.to(torch.int32)
-    values = unpack_int4(weight, channels).to(torch.int32)  # (N, KH, KW, C)
+        return weight.to(dtype)
+    values = unpack_int4(weight, channels, dtype)  # (N, KH, KW, C)
     if w_zero is None:
-        return values - INT4_SYMMETRIC_ZERO
+        return values.sub_(INT4_SYMMETRIC_ZERO)
     n, kh, kw, c = values.shape
     zero = _per_channel(w_zero.to(torch.int32), kh * kw, c, group_size)  # (N, KH*KW, C)
     return values - zero.view(n, kh, kw, c)
@@ -147,29 +150,109 @@ def int_conv2d_accumulators_reference(q: torch.Tensor, weight: torch.Tensor, w_z
     return acc.permute(1, 2, 0).reshape(b, ho, wo, n, -1)
 
 
+_FP32_EXACT = 2 ** 24  # every integer of smaller magnitude is an fp32 number
+
+
+def _chunks(length: int, weight_bits: int) -> int:
+    """How many equal slices of ``length`` channels keep every partial sum of int8 x weight products
+    below 2^24 (weights up to 15 in magnitude at 4 bits, codes minus a zero point; 127 at 8 bits), so
+    that an fp32 GEMM computes each slice's accumulator exactly; 0 when no divisor of ``length`` does."""
+    per_channel = 127 * (127 if weight_bits == 8 else 15)
+    for pieces in range(1, length + 1):
+        if length % pieces == 0 and length // pieces * per_channel < _FP32_EXACT:
+            return pieces
+    return 0
+
+
+def _grouped_weights(weight: torch.Tensor, w_zero: Optional[torch.Tensor], weight_bits: int, channels: int,
+                     group_size: Optional[int], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Signed weights in ``dtype`` as a list of (N, KH, KW, groups, L) parts whose dot products with the
+    matching parts of the activations (:func:`_grouped_inputs`) add up to each group's accumulator.
+
+    Packed int4 with even groups is not interleaved back into channel order (a strided copy that costs as
+    much as the GEMM): its low nibbles (the even channels) and high nibbles (the odd ones) are two parts,
+    converted as they lie. A dot product does not depend on the order of its terms, so the accumulators
+    are the same integers."""
+    n, kh, kw, _ = weight.shape
+    g = group_size or channels
+    groups = channels // g
+    if weight_bits == 4 and g % 2 == 0:
+        if w_zero is None:
+            zero = INT4_SYMMETRIC_ZERO
+        else:  # one zero point per (tap, group)
+            zero = _per_channel(w_zero.to(dtype), kh * kw, groups, 1).view(n, kh, kw, groups, 1)
+        return [(weight & 0xF).to(dtype).view(n, kh, kw, groups, g // 2).sub_(zero),  # even channels
+                (weight >> 4).to(dtype).view(n, kh, kw, groups, g // 2).sub_(zero)]  # odd channels
+    values = weight_values(weight, w_zero, weight_bits, channels, group_size, dtype)  # (N, KH, KW, C)
+    return [values.reshape(n, kh, kw, groups, g)]
+
+
+def _grouped_inputs(taken: torch.Tensor, groups: int, parts: int) -> list[torch.Tensor]:
+    """(M, C) activations as ``parts`` (groups, M, L) tensors matching :func:`_grouped_weights`."""
+    x = taken.view(taken.shape[0], groups, -1)  # (M, groups, g)
+    if parts == 1:
+        return [x.transpose(0, 1).contiguous()]
+    return [x[..., 0::2].transpose(0, 1).contiguous(), x[..., 1::2].transpose(0, 1).contiguous()]  # even, odd
+
+
+def _segment_accumulators(x_parts: list[torch.Tensor], w_parts: list[torch.Tensor], weight_bits: int,
+                          group: int) -> torch.Tensor:
+    """Every segment's accumulator, exact, as fp32 (the int32 value rounded to fp32, as the kernel does):
+    (groups, M, N) from the (groups, M, L) activation parts and (groups, L, N) weight parts.
+
+    BLAS float GEMMs (an int32 matmul is a slow loop on the CPU) on slices short enough that fp32 holds
+    every partial sum (:func:`_chunks`); the slices' results, exact integers, are added in fp32 while the
+    segment's bound stays below 2^24 and in fp64 otherwise. fp64 throughout where fp32 matmuls may run
+    at reduced precision (``torch.set_float32_matmul_precision``) or no slicing fits."""
+    per_channel = 127 * (127 if weight_bits == 8 else 15)
+    fp32_ok = torch.get_float32_matmul_precision() == "highest" and not x_parts[0].is_cuda
+    total = torch.float32 if group * per_channel < _FP32_EXACT else torch.float64
+    acc = None
+    for x, w in zip(x_parts, w_parts):
+        length = x.shape[-1]
+        pieces = _chunks(length, weight_bits) if fp32_ok else 0
+        dtype, step = (torch.float32, length // pieces) if pieces else (torch.float64, length)
+        for start in range(0, length, step):
+            product = torch.bmm(x[..., start:start + step].to(dtype), w[:, start:start + step].to(dtype))
+            product = product.to(total)
+            acc = product if acc is None else acc.add_(product)  # exact: integers below the type's limit
+    return acc.float()
+
+
 def int_conv2d_reference(q: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor,
                          w_zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], stride: tuple[int, int],
                          padding: tuple[int, int], weight_bits: int, group_size: Optional[int],
                          out_dtype: torch.dtype) -> torch.Tensor:
-    """Quantized convolution: (B, H, W, C) int8 -> (B, Ho, Wo, N) ``out_dtype``; see the module docstring."""
+    """Quantized convolution: (B, H, W, C) int8 -> (B, Ho, Wo, N) ``out_dtype``; see the module docstring.
+
+    The segments' integer accumulators come from batched float GEMMs that compute them exactly
+    (:func:`_segment_accumulators`), then go through the fp32 epilogue in segment order. They equal
+    :func:`int_conv2d_accumulators_reference` (int32 arithmetic) bit for bit, as the tests check."""
     b, h, w, c = q.shape
     n, kh, kw, _ = weight.shape
     g = group_size or c
     groups = c // g
-    values = weight_values(weight, w_zero, weight_bits, c, group_size)  # (N, KH, KW, C) int32
+    parts = _grouped_weights(weight, w_zero, weight_bits, c, group_size, torch.float32)  # (N, KH, KW, groups, L)
     ho, wo = output_size(h, kh, stride[0], padding[0]), output_size(w, kw, stride[1], padding[1])
     scale_w = w_scale.float()  # (N, S)
     out = torch.zeros(b * ho * wo, n, dtype=torch.float32, device=q.device)
+    pointwise = (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
     for i in range(kh):
         for j in range(kw):
-            taken, inside = _tap_input(q, i, j, (ho, wo), stride, padding)
-            a_taken, _ = _tap_input(a_scale.unsqueeze(-1), i, j, (ho, wo), stride, padding)
-            taken = (taken.to(torch.int32) * inside[None, :, :, None]).reshape(-1, c)  # (M, C)
-            a_s = a_taken.reshape(-1)  # (M,)
-            for k in range(groups):
-                acc = _int_matmul(taken[:, k * g:(k + 1) * g], values[:, i, j, k * g:(k + 1) * g].T)  # (M, N)
-                s = (i * kw + j) * groups + k if scale_w.shape[1] > 1 else 0
-                out += acc.float() * a_s[:, None] * scale_w[None, :, s]
+            if pointwise:  # a linear layer: every pixel reads itself
+                taken, a_s = q.reshape(-1, c).float(), a_scale.reshape(-1)  # (M, C), (M,)
+            else:
+                taken, inside = _tap_input(q, i, j, (ho, wo), stride, padding)
+                a_taken, _ = _tap_input(a_scale.unsqueeze(-1), i, j, (ho, wo), stride, padding)
+                taken = (taken.float() * inside[None, :, :, None]).reshape(-1, c)  # (M, C)
+                a_s = a_taken.reshape(-1)  # (M,)
+            w_tap = [part[:, i, j].permute(1, 2, 0) for part in parts]  # (groups, L, N) each
+            acc = _segment_accumulators(_grouped_inputs(taken, groups, len(parts)), w_tap, weight_bits, g)
+            first = (i * kw + j) * groups
+            tap_scales = scale_w[:, first:first + groups] if scale_w.shape[1] > 1 else scale_w.expand(n, groups)
+            terms = acc.mul_(a_s[None, :, None]).mul_(tap_scales.t().contiguous()[:, None, :])  # (groups, M, N)
+            for k in range(groups):  # summed in segment order, as the kernel
+                out += terms[k]
     if bias is not None:
         out += bias.float()
     return out.to(out_dtype).view(b, ho, wo, n)

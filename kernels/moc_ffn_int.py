@@ -146,9 +146,10 @@ def moc_int_up_reference(q: torch.Tensor, a_scale: torch.Tensor, gate_sel: torch
     products = rows.view(t, k, d // g, g) * q.to(torch.int32).view(t, 1, d // g, g)  # (T, K, S, g)
     acc = products.sum(-1, dtype=torch.int32)  # (T, K, S) exact
     scale = up_scale.float().index_select(0, flat).view(t, k, -1)  # (T, K, 1 or S)
+    terms = acc.float().mul_(a_scale[:, None, None]).mul_(scale)  # (T, K, S): acc * a_scale * w_scale
     u = torch.zeros(t, k, dtype=torch.float32, device=q.device)
-    for s in range(acc.shape[2]):  # segment order, as int_linear's epilogue
-        u += acc[..., s].float() * a_scale[:, None] * scale[..., s if scale.shape[2] > 1 else 0]
+    for s in range(acc.shape[2]):  # summed in segment order, as int_linear's epilogue
+        u += terms[..., s]
     if up_bias is not None:
         u += up_bias.float()[flat].view(t, k)
     v = F.silu(gate_sel.float()) * u
@@ -176,10 +177,10 @@ def moc_int_down_reference(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.T
     segments = down_scale_t.shape[0]
     acc = torch.zeros(t, segments, n, dtype=torch.int32, device=qd.device)  # (T, S, N)
     acc.scatter_add_(1, segment.view(t, k, 1).expand(t, k, n), products)  # exact: int32 sums per segment
-    scale = down_scale_t.float()
+    terms = acc.float().mul_(d_scale[:, None, None]).mul_(down_scale_t.float())  # (T, S, N)
     y = torch.zeros(t, n, dtype=torch.float32, device=qd.device)
-    for s in range(segments):  # segment order; untouched segments add zero
-        y += acc[:, s].float() * d_scale[:, None] * scale[s][None, :]
+    for s in range(segments):  # summed in segment order; untouched segments add zero
+        y += terms[:, s]
     if down_bias is not None:
         y += down_bias.float()
     return y

@@ -139,6 +139,46 @@ def test_accumulators_reference_agrees_with_the_reference_op(case):
     assert torch.equal(with_scales, acc.sum(-1).double())  # exact: every sum is far below 2^24
 
 
+def _int32_epilogue(q, a_scale, weight, w_scale, w_zero, bias, bits, group_size):
+    """A 1 x 1 convolution's output from the int32 accumulators, summed in segment order as the kernel."""
+    acc = int_conv2d_accumulators_reference(q, weight, w_zero, (1, 1), (0, 0), bits, group_size)  # (..., N, S)
+    out = torch.zeros(acc.shape[:-1])
+    for s in range(acc.shape[-1]):
+        out += acc[..., s].float() * a_scale[..., None] * w_scale.float()[:, s if w_scale.shape[1] > 1 else 0]
+    return out + bias
+
+
+@pytest.mark.parametrize("c,bits,group_size", [(2080, 8, None), (1051, 8, None), (4100, 4, None), (2080, 4, 1040)],
+                         ids=["w8_two_fp32_slices", "w8_prime_fp64", "w4_sum_in_fp64", "w4_groups"])
+@pytest.mark.parametrize("precision", ["highest", "medium"])
+def test_reference_is_exact_for_long_segments(c, bits, group_size, precision):
+    """Segments long enough that one fp32 GEMM could round (int8 x int8 over more than 1040 channels): the
+    reference slices them (or takes fp64, also when fp32 matmuls may run at reduced precision) and still
+    equals the int32 accumulators' epilogue bit for bit. Activations and weights at their extremes."""
+    q = torch.full((1, 1, 3, c), -127, dtype=torch.int8)
+    q[0, 0, 1] = 127
+    a_scale = torch.tensor([[[0.01, 0.02, 0.03]]])
+    if bits == 8:
+        weight = torch.full((2, 1, 1, c), 127, dtype=torch.int8)
+        weight[1, ..., ::3] = -127
+        weight[0, ..., -1] = 1  # an odd sum above 2^24: an fp32 GEMM over the whole segment must round it
+    else:
+        nibbles = torch.zeros(2, 1, 1, c, dtype=torch.int64)  # nibble 0: value -8
+        nibbles[0, ..., -1] = 9  # value 1: an odd sum
+        weight = kernels.pack_int4(nibbles)
+    segments = c // group_size if group_size else 1
+    w_scale = torch.rand(2, segments) * 0.01 + 1e-3
+    bias = torch.randn(2)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        out = kernels.int_conv2d_reference(q, a_scale, weight, w_scale, None, bias, (1, 1), (0, 0), bits,
+                                           group_size, torch.float32)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert torch.equal(out, _int32_epilogue(q, a_scale, weight, w_scale, None, bias, bits, group_size))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_quantize_act_reference_invariants(dtype):
     x = (torch.randn(6, 50) * torch.logspace(-3, 2, 6)[:, None]).to(dtype)
