@@ -83,7 +83,7 @@ def test_tokenizer_errors_name_the_fix(monkeypatch):
 
 
 def test_tiktoken_wrapper_uses_its_end_of_text(monkeypatch):
-    """The wrapper's contract against a fake ``tiktoken`` (the package is not installed here)."""
+    """The wrapper's contract against a fake ``tiktoken`` module (named encodings download their ranks)."""
     class FakeEncoding:
         n_vocab, eot_token = 300, 299
 
@@ -100,6 +100,52 @@ def test_tiktoken_wrapper_uses_its_end_of_text(monkeypatch):
     assert (tok.name, tok.vocab_size, tok.eos_id) == ("tiktoken:fake", 300, 299)
     assert tok.encode("ab") == [97, 98] and tok.decode([97, 299, 98]) == "ab"
     assert text_data.encode_array(tok, "ab").dtype == np.uint16
+
+
+def _write_ranks(path, tokens: list[bytes]) -> None:
+    import base64
+
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens)))
+
+
+def test_tiktoken_local_ranks_file_with_the_real_package(tmp_path):
+    """``tiktoken:<file>.tiktoken`` builds a real tiktoken Encoding offline: the 256 bytes plus three merges,
+    cl100k's pre-tokenization, end-of-text after the last rank; merges apply, text round-trips."""
+    tiktoken = pytest.importorskip("tiktoken")
+    ranks = tmp_path / "tiny.tiktoken"
+    _write_ranks(ranks, [bytes([b]) for b in range(256)] + [b"de", b"def", b" r"])
+    tok = get_tokenizer(f"tiktoken:{ranks}")
+    assert isinstance(tok._enc, tiktoken.Encoding)
+    assert (tok.vocab_size, tok.eos_id) == (260, 259)
+    assert tok.encode("def") == [257] and tok.encode("de") == [256]
+    text = "def f(x):\n    return 'naïve ∑'\n"
+    ids = tok.encode(text)
+    assert 258 in ids and len(ids) < len(text.encode())  # " r" of " return" merged
+    assert tok.decode(ids) == text and tok.decode(ids[:3] + [tok.eos_id] + ids[3:]) == text
+    assert text_data.encode_array(tok, text).tolist() == ids
+    # the cl100k split keeps "def" and " f" apart: no merge crosses a pre-token boundary
+    assert tok.encode("de f") == [256, 32, 102]
+
+
+def test_tiktoken_errors_name_the_fix(tmp_path, monkeypatch):
+    tiktoken = pytest.importorskip("tiktoken")
+    with pytest.raises(FileNotFoundError, match="no ranks file at .*missing.tiktoken"):
+        get_tokenizer(f"tiktoken:{tmp_path / 'missing.tiktoken'}")
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_text("not-base64!! 0\n")
+    with pytest.raises(ValueError, match="bad.tiktoken:1 is not a '<base64 token> <rank>' line"):
+        get_tokenizer(f"tiktoken:{bad}")
+    with pytest.raises(ValueError, match="Unknown encoding"):  # tiktoken's own message lists the known ones
+        get_tokenizer("tiktoken:no_such_encoding")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(tiktoken.load, "read_file", offline)
+    tiktoken.registry.ENCODINGS.pop("cl100k_base", None)  # an encoding loaded earlier in the process
+    with pytest.raises(RuntimeError, match="could not load the 'cl100k_base' ranks.*tiktoken:/path/to/cl100k_base.tiktoken"):
+        get_tokenizer("tiktoken:cl100k_base")
 
 
 def test_hf_tokenizer_loads_a_local_tokenizer_json_offline(tmp_path, monkeypatch):

@@ -204,6 +204,10 @@ def test_w8a8_logits_close_to_float_and_moc_ffn_quantized(tmp_path):
     reloaded = zoo.create("moc_lm", pretrained=str(tmp_path / "q")).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(ids), moc(ids))
+    # decoding one sequence takes the integer decode (K packed rows per token), rebuilt from the file alone
+    assert reloaded.layers[1].ffn._integer_decode_ready()
+    prompt = ids[:1, :4]
+    assert torch.equal(reloaded.generate(prompt, 6, temperature=0), moc.generate(prompt, 6, temperature=0))
 
 
 def test_text_streamer_holds_back_partial_characters():

@@ -3,7 +3,8 @@
     tok = get_tokenizer("byte")                      # UTF-8 bytes 0..255, end of text 256
     tok = get_tokenizer("hf:/path/to/tokenizer")     # a local folder or tokenizer.json (offline)
     tok = get_tokenizer("hf:gpt2")                   # a hub name (the Hugging Face cache or the network)
-    tok = get_tokenizer("tiktoken:cl100k_base")
+    tok = get_tokenizer("tiktoken:cl100k_base")            # downloads its ranks once (tiktoken's cache)
+    tok = get_tokenizer("tiktoken:/path/to/ranks.tiktoken")  # a local ranks file (offline), cl100k's split
 
 Every tokenizer has ``name`` (the string that made it, also the cache key of tokenized corpora),
 ``vocab_size``, ``eos_id`` (the separator put between packed documents), ``encode(text) -> list[int]``
@@ -113,8 +114,34 @@ class HFTokenizer:
         return f"HFTokenizer({self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
 
+# cl100k_base's pre-tokenization (how text is split into words before BPE), for local ranks files
+CL100K_SPLIT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+                r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+
+
+def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """A ``.tiktoken`` ranks file: one ``<base64 token> <rank>`` line per token."""
+    import base64
+
+    ranks = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as err:
+            raise ValueError(f"{path}:{number} is not a '<base64 token> <rank>' line of a .tiktoken ranks file "
+                             f"({err})") from None
+    if not ranks:
+        raise ValueError(f"{path} holds no tokens; a .tiktoken ranks file has one '<base64 token> <rank>' line each")
+    return ranks
+
+
 class TiktokenTokenizer:
-    """An OpenAI ``tiktoken`` encoding (``cl100k_base``, ``o200k_base``, ``gpt2``, ...); its
+    """An OpenAI ``tiktoken`` encoding: a named one (``cl100k_base``, ``o200k_base``, ``gpt2``, ...;
+    tiktoken downloads its ranks once into its cache, ``TIKTOKEN_CACHE_DIR``), or a local ``.tiktoken``
+    ranks file with cl100k's pre-tokenization and an end-of-text token after the last rank. The
     end-of-text token separates documents. Special-token text in a corpus is encoded as plain text."""
 
     def __init__(self, encoding: str) -> None:
@@ -123,7 +150,23 @@ class TiktokenTokenizer:
             import tiktoken
         except ImportError:
             raise ImportError(f"tokenizer {self.name!r} needs tiktoken: pip install tiktoken") from None
-        self._enc = tiktoken.get_encoding(encoding)
+        path = Path(encoding).expanduser()
+        if path.suffix == ".tiktoken" or path.is_file():
+            if not path.is_file():
+                raise FileNotFoundError(f"tokenizer {self.name!r}: no ranks file at {path}")
+            ranks = read_tiktoken_ranks(path)
+            self._enc = tiktoken.Encoding(name=path.stem, pat_str=CL100K_SPLIT, mergeable_ranks=ranks,
+                                          special_tokens={"<|endoftext|>": max(ranks.values()) + 1})
+        else:
+            try:
+                self._enc = tiktoken.get_encoding(encoding)
+            except ValueError:
+                raise  # an unknown encoding name: tiktoken's message lists the known ones
+            except Exception as err:  # the download of its ranks (no network, a proxy, ...)
+                raise RuntimeError(
+                    f"tokenizer {self.name!r}: tiktoken could not load the {encoding!r} ranks ({type(err).__name__}: "
+                    f"{err}). They download once into TIKTOKEN_CACHE_DIR; offline, copy that cache here or pass a "
+                    f"local ranks file: 'tiktoken:/path/to/{encoding}.tiktoken'") from err
         self.vocab_size = int(self._enc.n_vocab)
         self.eos_id = int(self._enc.eot_token)
 
@@ -138,7 +181,7 @@ class TiktokenTokenizer:
 
 
 def get_tokenizer(name: str = "byte") -> Tokenizer:
-    """``"byte"``, ``"hf:<hub name or local path>"`` or ``"tiktoken:<encoding>"``."""
+    """``"byte"``, ``"hf:<hub name or local path>"`` or ``"tiktoken:<encoding name or .tiktoken file>"``."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"tokenizer must be a string: 'byte', 'hf:<name or path>' or 'tiktoken:<encoding>'; got {name!r}")
     if name == "byte":
