@@ -12,7 +12,9 @@ decode step of T tokens (forward, no autograd) through four blocks built from th
 - "MoC int dense": the same quantized block through its three integer layers on all H channels
   (the path before the decode op, and still the path for more than ``DECODE_TOKENS`` tokens);
 - "SwiGLU int": the dense SwiGLU twin quantized alike;
-- "SwiGLU fp32": the float dense SwiGLU (the reference the ratios use).
+- "SwiGLU fp32": the float dense SwiGLU (the reference the ratios use);
+- "(compiled)": the integer decode and the float SwiGLU through ``torch.compile`` (inductor; the decode
+  traces whole, its ops stay opaque custom ops), unless ``--no-compile`` or inductor does not work here.
 
 Columns: median time of interleaved repeats (benchmarks/common.py) and its ratio to the float SwiGLU; the
 weight bytes the step reads (packed codes plus scales and zero points of every row it touches: the whole
@@ -31,6 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import interleaved_medians_ms, machine, print_table, save_text, shapes_arg
+from moc_ffn import compile_unavailable
 
 import blocks  # noqa: E402
 import zoo  # noqa: E402
@@ -58,7 +61,8 @@ def decode_bytes(block: nn.Module, tokens: int) -> int:
             + layer_bytes(block.down_proj) * rows // block.hidden_dim)
 
 
-def rows_for(shape: tuple[int, int], tokens: list[int], specs: list[str], repeats: int, device: str) -> list[list[str]]:
+def rows_for(shape: tuple[int, int], tokens: list[int], specs: list[str], repeats: int, device: str,
+             compiled: bool) -> list[list[str]]:
     d, h = shape
     k = h // 8
     torch.manual_seed(0)
@@ -74,8 +78,18 @@ def rows_for(shape: tuple[int, int], tokens: list[int], specs: list[str], repeat
             steps = {"MoC int decode": lambda: moc_int._forward_integer_decode(x),
                      "MoC int dense": lambda: moc_int._forward_through_modules(x),
                      "SwiGLU int": lambda: dense_int(x), "SwiGLU fp32": lambda: dense(x)}
+            if compiled:
+                torch.compiler.reset()  # a fresh static-shape graph per shape
+                decode_graph = torch.compile(moc_int._forward_integer_decode, fullgraph=True)
+                fp32_graph = torch.compile(dense)
+                steps["MoC int decode (compiled)"] = lambda: decode_graph(x)
+                steps["SwiGLU fp32 (compiled)"] = lambda: fp32_graph(x)
             with torch.no_grad():
                 torch.testing.assert_close(steps["MoC int decode"](), steps["MoC int dense"](), rtol=0, atol=0)
+                if compiled:  # compiles here, before the timed rounds
+                    torch.testing.assert_close(steps["MoC int decode (compiled)"](), steps["MoC int decode"](),
+                                               rtol=0, atol=0)
+                    steps["SwiGLU fp32 (compiled)"]()
                 ms = interleaved_medians_ms({n: _synced(f, device) for n, f in steps.items()}, repeats)
                 reads = {"MoC int decode": decode_bytes(moc_int, t),
                          "MoC int dense": sum(layer_bytes(m) for m in (moc_int.gate_proj, moc_int.up_proj,
@@ -83,8 +97,10 @@ def rows_for(shape: tuple[int, int], tokens: list[int], specs: list[str], repeat
                          "SwiGLU int": sum(layer_bytes(m) for m in (dense_int.gate_proj, dense_int.up_proj,
                                                                     dense_int.down_proj)),
                          "SwiGLU fp32": sum(layer_bytes(m) for m in (dense.gate_proj, dense.up_proj, dense.down_proj))}
+                reads["MoC int decode (compiled)"] = reads["MoC int decode"]
+                reads["SwiGLU fp32 (compiled)"] = reads["SwiGLU fp32"]
             for name in steps:
-                out.append([f"{d}x{h}", f"K={k}", spec if name != "SwiGLU fp32" else "-", str(t), name,
+                out.append([f"{d}x{h}", f"K={k}", "-" if name.startswith("SwiGLU fp32") else spec, str(t), name,
                             f"{1e3 * ms[name]:.0f}", f"{ms[name] / ms['SwiGLU fp32']:.2f}",
                             f"{reads[name] / 2 ** 20:.3f}", f"{reads[name] / reads['SwiGLU fp32']:.3f}"])
     return out
@@ -113,6 +129,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="one small shape, one token, 5 repeats")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is present")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args(argv)
     tokens = [int(t) for t in args.tokens.split(",")]
@@ -121,9 +138,14 @@ def main(argv: list[str] | None = None) -> str:
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     head = f"Quantized MoC FFN decode, {device}, {machine()}"
     print(head)
+    compiled = not args.no_compile
+    if compiled and (reason := compile_unavailable(device)) is not None:
+        compiled = False
+        head += f"\ntorch.compile rows skipped: inductor does not work here ({reason})"
+        print(head.splitlines()[-1])
     rows = []
     for shape in args.shapes:
-        rows += rows_for(shape, tokens, args.specs.split(","), args.repeats, device)
+        rows += rows_for(shape, tokens, args.specs.split(","), args.repeats, device, compiled)
     table = print_table(["d x H", "top-K", "spec", "T", "FFN", "us", "x fp32", "weights read MiB", "x fp32"], rows)
     report = f"{head}\n\n{table}"
     if args.save:

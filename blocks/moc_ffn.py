@@ -174,6 +174,9 @@ class MoCFFN(SwiGLU):
         its buffers (the codes are moved, not requantized), kept between calls (another copy of the down
         weights, as the float path keeps Wd^T) and rebuilt when the buffers change."""
         down = self.down_proj
+        if torch.compiler.is_compiling():  # traced into the graph (no data pointers to key a cache on)
+            return kernels.transpose_int_weight(down.qweight, down.weight_scale, down.weight_zero,
+                                                down.spec.weight_bits, down.in_channels)
         key = tuple((t.data_ptr(), t._version) for t in (down.qweight, down.weight_scale) if not t.is_inference())
         if self._down_t is None or self._down_t[0] != ("int",) + key or not key:
             transposed = kernels.transpose_int_weight(down.qweight, down.weight_scale, down.weight_zero,

@@ -34,6 +34,11 @@ def pack_int4(values: torch.Tensor) -> torch.Tensor:
     """Pack unsigned 4-bit values (..., C) in 0..15 into (..., ceil(C / 2)) uint8, low nibble first."""
     if values.numel() and (int(values.min()) < 0 or int(values.max()) > 15):
         raise ValueError("pack_int4 takes unsigned 4-bit values in 0..15")
+    return pack_nibbles(values)
+
+
+def pack_nibbles(values: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_int4` without the range check (for values known to be nibbles; traceable by torch.compile)."""
     v = values.to(torch.uint8)
     if v.shape[-1] % 2:
         v = torch.nn.functional.pad(v, (0, 1))  # a zero high nibble for an odd channel count

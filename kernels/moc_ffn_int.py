@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import kernel_op
-from .int_gemm import pack_int4, unpack_int4, INT4_SYMMETRIC_ZERO
+from .int_gemm import INT4_SYMMETRIC_ZERO, pack_nibbles, unpack_int4
 from .quant_act import quantize_act
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def transpose_int_weight(values: torch.Tensor, scale: torch.Tensor, zero: Option
         values_t = values.reshape(n, in_features).t().contiguous()  # (C, N)
     else:
         codes = unpack_int4(values.reshape(n, -1), in_features)  # (N, C) uint8 0..15
-        values_t = pack_int4(codes.t().contiguous())  # (C, ceil(N/2))
+        values_t = pack_nibbles(codes.t().contiguous())  # (C, ceil(N/2))
     zero_t = None if zero is None else zero.t().contiguous()
     return values_t, scale.t().contiguous(), zero_t  # scale_t (S, N)
 
@@ -125,7 +125,7 @@ def _check(q, a_scale, gate_sel, idx, w_up, up_scale, up_zero, up_bias, up_bits,
         raise ValueError(f"moc_ffn_decode_int: down_multiplier must be ({h},); got {tuple(down_multiplier.shape)}")
     if down_static_scale is not None and down_static_scale.numel() != 1:
         raise ValueError("moc_ffn_decode_int: down_static_scale holds one value")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= h):
+    if idx.numel() and not torch.compiler.is_compiling() and (int(idx.min()) < 0 or int(idx.max()) >= h):
         raise ValueError(f"moc_ffn_decode_int: idx must lie in 0..{h - 1}")
 
 
@@ -235,7 +235,7 @@ def moc_ffn_decode_int(q: torch.Tensor, a_scale: torch.Tensor, gate_sel: torch.T
     kernel closes a segment's accumulator when the next channel lies in another segment)."""
     _check(q, a_scale, gate_sel, idx, w_up, up_scale, up_zero, up_bias, up_bits, up_group, w_down_t, down_scale_t,
            down_zero_t, down_bias, down_bits, down_group, down_multiplier, down_static_scale)
-    if idx.shape[1] > 1 and not bool((idx[:, 1:] > idx[:, :-1]).all()):
+    if idx.shape[1] > 1 and not torch.compiler.is_compiling() and not bool((idx[:, 1:] > idx[:, :-1]).all()):
         raise ValueError("moc_ffn_decode_int: idx must be strictly ascending per token (sort the selection)")
     args = (q, a_scale, gate_sel, idx, w_up, up_scale, up_zero, up_bias, up_bits, up_group, w_down_t, down_scale_t,
             down_zero_t, down_bias, down_bits, down_group, down_multiplier, down_static_scale, out_dtype)

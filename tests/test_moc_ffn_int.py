@@ -132,6 +132,18 @@ def test_cached_transpose_follows_the_weights():
         assert torch.equal(got, block._forward_through_modules(x))
 
 
+@pytest.mark.parametrize("spec", ["w4a8", "w8a8-static"])
+def test_compiles_with_fullgraph(spec):
+    """The integer decode traces whole (the transposed down weights are built inside the graph, the
+    data-dependent checks are skipped) and equals eager bit for bit."""
+    model, block = _quantized_block(spec)
+    torch.compiler.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        x = model[0](torch.randn(2, 48))
+        assert torch.equal(compiled(x), block(x))
+
+
 def test_bad_input_is_named():
     _, block = _quantized_block("w4a8")
     up, down = block.up_proj, block.down_proj
@@ -242,6 +254,19 @@ def test_kernels_match_reference(case, triton_mode, monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
     want = kernels.moc_ffn_decode_int(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ops.items()})
     torch.testing.assert_close(full.cpu(), want, rtol=1e-4, atol=1e-3 * float(want.abs().max()))
+
+
+@needs_triton
+def test_bf16_gate_and_output(triton_mode, monkeypatch):
+    """bf16 tokens: the gate values come in bf16 and y goes out in bf16; the math stays fp32 inside."""
+    ops = _operands(4, 33, 40, 27, 9, 4, 11, 8, False, True, True, device=DEVICE)
+    ops["gate_sel"] = ops["gate_sel"].to(torch.bfloat16)
+    got = kernels.moc_ffn_decode_int(**ops, out_dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    want = kernels.moc_ffn_decode_int(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ops.items()},
+                                      out_dtype=torch.bfloat16)
+    torch.testing.assert_close(got.cpu().float(), want.float(), rtol=2e-2, atol=2e-2 * float(want.abs().max()))
 
 
 @needs_triton
