@@ -234,6 +234,12 @@ def test_cli_generate_streams_deterministic_text(tmp_path, capsys):
     ids = model.generate(torch.tensor([list(b"def ")]), 12, temperature=0)
     expected = bytes(i for i in ids[0].tolist() if i < 256).decode("utf-8", errors="replace")
     assert first == expected + "\n"
+    assert main(args + ["--quant", "w4a8", "--cache", "kivi4"]) == 0  # integer layers, MoC integer decode
+    quantized = zoo.create("moc_lm", pretrained=str(tmp_path / "lm"), quant="w4a8").eval()
+    ids = quantized.generate(torch.tensor([list(b"def ")]), 12, temperature=0)
+    assert capsys.readouterr().out == bytes(i for i in ids[0].tolist() if i < 256).decode("utf-8", "replace") + "\n"
+    assert main(args + ["--quant", "w3a8"]) != 0
+    assert "quant='w3a8' is not a quantization spec (did you mean 'w8a8'?)" in capsys.readouterr().err
     seeded = args[:-4] + ["--temperature", "1.0", "--seed", "7", "--top-p", "0.9"]
     assert main(seeded) == 0 and main(seeded) == 0
     one, two = capsys.readouterr().out.splitlines()[:2]

@@ -191,7 +191,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     generate_text(args.model, args.prompt, weights=args.weights or True, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                  cache=None if args.cache == "none" else args.cache, tokenizer=args.tokenizer, device=args.device)
+                  cache=None if args.cache == "none" else args.cache, tokenizer=args.tokenizer, device=args.device,
+                  quant=args.quant)
     return 0
 
 
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
     p.add_argument("--cache", default="dense", choices=["dense", "kivi4", "kivi2", "none"], help="KV cache")
     p.add_argument("--tokenizer", default=None, help="byte, hf:<name>, tiktoken:<enc>; default: the model's")
+    p.add_argument("--quant", default=None, help="quantize the float weights first: w8a8, w4a8, ... (RTN; a quantized "
+                   "file passed as --weights needs no flag)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=_cmd_generate)
     p = sub.add_parser("sample", help="sample class-conditional images with a VAR model into a grid PNG")

@@ -172,11 +172,13 @@ class TextStreamer:
 def generate_text(model_name: str, prompt: str, weights: Any = True, max_new_tokens: int = 200,
                   temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                   seed: int | None = None, cache: str | None = "dense", tokenizer: str | None = None,
-                  device: str = "cpu", out: TextIO | None = None) -> str:
+                  device: str = "cpu", out: TextIO | None = None, quant: str | None = None) -> str:
     """Load ``model_name`` with ``weights``, stream a continuation of ``prompt`` to ``out`` (stdout); return it.
 
     The tokenizer defaults to the model's pretrained cfg (``extra['tokenizer']``, byte-level for the
-    tiny models). The CLI ``python -m zoo generate`` calls this.
+    tiny models). ``quant`` (``w8a8``, ``w4a8``, ...) quantizes the loaded float weights (RTN, dynamic
+    activations) as ``zoo.create(..., quant=)`` does; a quantized file passed as ``weights`` loads as it is.
+    The CLI ``python -m zoo generate`` calls this.
     """
     from . import create
     from .data.tokenizers import get_tokenizer
@@ -184,7 +186,7 @@ def generate_text(model_name: str, prompt: str, weights: Any = True, max_new_tok
     check_sampling(temperature, top_k, top_p)
     if not prompt:
         raise ValueError("the prompt is empty; pass --prompt with at least one character")
-    model = create(model_name, pretrained=weights).eval().to(device)
+    model = create(model_name, pretrained=weights, quant=quant).eval().to(device)
     if not hasattr(model, "make_cache"):
         raise ValueError(f"{model_name} is not a language model; try moc_lm_tiny or dense_lm_tiny")
     name = tokenizer or model.pretrained_cfg.get("extra", {}).get("tokenizer", "byte")
