@@ -1,0 +1,108 @@
+"""The quantized MoC language model: validation perplexity and size per spec and calibration method.
+
+    nice -n 10 python benchmarks/moc_lm_quant.py                       # train 200 steps, then measure
+    python benchmarks/moc_lm_quant.py --weights runs/lm/model            # a trained model (folder or file)
+
+The model (``moc_lm_tiny`` by default) is trained briefly on the stdlib corpus as in
+benchmarks/kv_cache.py unless ``--weights`` gives one. Each row quantizes a copy of it with
+``zoo.quantize`` (first and last layers kept in float, the presets' default; calibrated methods see
+``--calib-batches`` training batches) and reports the validation loss and perplexity on the same
+sequences, the perplexity change against fp32, the stored size (``zoo.save_quantized``) against the fp32
+file, and how many greedy tokens match fp32's over 64 steps from a few code prompts (decoding one
+sequence, so the quantized MoC FFN runs its integer decode).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from common import machine, print_table  # noqa: E402
+from kv_cache import nll, train  # noqa: E402
+
+import zoo  # noqa: E402
+
+ROWS = [("fp32", None, None), ("w8a8", "w8a8", "rtn"), ("w8a8 SmoothQuant", "w8a8", "smoothquant"),
+        ("w4a16", "w4a16", "rtn"), ("w4a8", "w4a8", "rtn"), ("w4a8 AWQ", "w4a8", "awq"),
+        ("w4a8 SmoothQuant", "w4a8", "smoothquant")]
+PROMPTS = ["def ", "import ", "class Parser:\n    def ", "    return "]
+
+
+def stored_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's safetensors file (quantized: packed codes, scales and the float layers)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        if getattr(model, "quant_spec", None) is not None:
+            zoo.save_quantized(model, path)
+        else:
+            zoo.save_pretrained(model, tmp)
+            path = next(Path(tmp).glob("*.safetensors"))
+        return path.stat().st_size
+
+
+def greedy(model: torch.nn.Module, prompt: str, steps: int) -> list[int]:
+    ids = torch.tensor([list(prompt.encode())])
+    return model.generate(ids, steps, temperature=0.0)[0, ids.shape[1]:].tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="moc_lm_tiny")
+    parser.add_argument("--weights", default=None, help="trained weights; default: train --train-steps here")
+    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--val-sequences", type=int, default=16)
+    parser.add_argument("--calib-batches", type=int, default=4)
+    parser.add_argument("--greedy-steps", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", default=None, help="save the trained float model to this folder")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    model = zoo.create(args.model, pretrained=args.weights or False)
+    from zoo.data import TextDataModule
+
+    data = TextDataModule(seq_len=model.max_seq_len, batch_size=8, val_sequences=args.val_sequences)
+    data.setup()
+    if args.weights is None:
+        train(model, data, args.train_steps, args.lr)
+        if args.save:
+            zoo.save_pretrained(model, args.save)
+    model.eval()
+    x, y = (torch.cat(t) for t in zip(*list(data.val_dataloader())))  # (N, T) each
+    x, y = x[:args.val_sequences], y[:args.val_sequences]
+    loader = iter(data.train_dataloader())
+    calib = [next(loader)[0] for _ in range(args.calib_batches)]  # (8, T) token ids each
+    rows, reference = [], {}
+    for name, spec, method in ROWS:
+        if spec is None:
+            quantized = model
+        else:
+            quantized = zoo.quantize(copy.deepcopy(model), spec, calib=calib if method != "rtn" else None,
+                                     method=method)
+        with torch.no_grad():
+            loss = nll(quantized(x), y)
+            tokens = [greedy(quantized, p, args.greedy_steps) for p in PROMPTS]
+        size = stored_bytes(quantized)
+        if spec is None:
+            reference = {"loss": loss, "size": size, "tokens": tokens}
+        agree = sum(a == b for got, want in zip(tokens, reference["tokens"]) for a, b in zip(got, want))
+        total = sum(len(t) for t in reference["tokens"])
+        rows.append([name, f"{loss:.4f}", f"{math.exp(loss):.4f}", f"{100 * (math.exp(loss - reference['loss']) - 1):+.2f}%",
+                     f"{size / 2 ** 20:.2f}", f"{size / reference['size']:.3f}", f"{agree}/{total}"])
+        print(f"{name}: val loss {loss:.4f}", flush=True)
+    print()
+    print(f"{args.model}, {'weights ' + args.weights if args.weights else f'{args.train_steps} training steps'}; "
+          f"{len(x)} validation sequences of {x.shape[1]} byte tokens; calibration: {args.calib_batches} batches of 8")
+    print_table(["model", "val loss", "val ppl", "ppl vs fp32", "file MiB", "x fp32", "greedy tokens = fp32"], rows)
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
