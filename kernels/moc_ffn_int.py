@@ -166,18 +166,21 @@ def moc_int_down_reference(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.T
     t, k = idx.shape
     h, n = w_down_t.shape[0], out_features
     flat = idx.reshape(-1).long()  # (T*K,)
+    segments = h // (down_group or h)  # int32 accumulators per token: one per group of H
     segment = flat // (down_group or h)  # (T*K,)
+    table_row = segment if down_scale_t.shape[0] > 1 else torch.zeros_like(segment)  # (1, N) tables: shared
     packed = w_down_t.index_select(0, flat)  # (T*K, bytes): the selected rows of Wd^T
     if down_bits == 8:
         rows = packed.to(torch.int32)  # (T*K, N)
     else:  # nibble - zero, the zero point of the row's segment for each output n
-        zero = INT4_SYMMETRIC_ZERO if down_zero_t is None else down_zero_t.index_select(0, segment).to(torch.int32)
+        zero = INT4_SYMMETRIC_ZERO if down_zero_t is None else down_zero_t.index_select(0, table_row).to(torch.int32)
         rows = unpack_int4(packed, n).to(torch.int32) - zero  # (T*K, N)
-    products = (rows * qd.to(torch.int32).reshape(-1, 1)).view(t, k, n)  # (T, K, N)
-    segments = down_scale_t.shape[0]
-    acc = torch.zeros(t, segments, n, dtype=torch.int32, device=qd.device)  # (T, S, N)
-    acc.scatter_add_(1, segment.view(t, k, 1).expand(t, k, n), products)  # exact: int32 sums per segment
-    terms = acc.float().mul_(d_scale[:, None, None]).mul_(down_scale_t.float())  # (T, S, N)
+    products = rows * qd.to(torch.int32).reshape(-1, 1)  # (T*K, N)
+    acc = torch.zeros(t * segments, n, dtype=torch.int32, device=qd.device)  # (T*S, N)
+    cell = torch.arange(t, device=qd.device).repeat_interleave(k) * segments + segment  # (T*K,): row t*S + s
+    acc.index_add_(0, cell, products)  # exact: int32 sums per (token, segment)
+    scale = down_scale_t.float().expand(segments, n)  # (S, N)
+    terms = acc.view(t, segments, n).float().mul_(d_scale[:, None, None]).mul_(scale)  # (T, S, N)
     y = torch.zeros(t, n, dtype=torch.float32, device=qd.device)
     for s in range(segments):  # summed in segment order; untouched segments add zero
         y += terms[:, s]

@@ -189,12 +189,13 @@ def test_quantized_lm_generates_through_the_integer_decode(monkeypatch):
 # --------------------------------------------------------------------------------------------------
 # Triton kernels against the reference (TRITON_INTERPRET=1 on the CPU)
 # --------------------------------------------------------------------------------------------------
-def _operands(t, d, h, n, k, bits, up_group, down_group, asym, bias, mult, seed=0, device="cpu"):
-    """Random integer operands in the layout the block passes (ascending idx, packed rows, tables)."""
+def _operands(t, d, h, n, k, bits, up_group, down_group, asym, bias, mult, seed=0, device="cpu", shared=False):
+    """Random integer operands in the layout the block passes (ascending idx, packed rows, tables); with
+    ``shared``, one scale (and zero point) per row for all its groups, as int_conv2d also accepts."""
     gen = torch.Generator().manual_seed(seed)
 
     def packed(rows, length, group):
-        segments = length // group if group else 1
+        segments = length // group if group and not shared else 1
         if bits == 8:
             values = torch.randint(-127, 128, (rows, length), generator=gen, dtype=torch.int8)
         else:
@@ -254,6 +255,29 @@ def test_kernels_match_reference(case, triton_mode, monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "torch")
     want = kernels.moc_ffn_decode_int(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ops.items()})
     torch.testing.assert_close(full.cpu(), want, rtol=1e-4, atol=1e-3 * float(want.abs().max()))
+
+
+@needs_triton
+def test_shared_tables_with_groups(triton_mode):
+    """Groups with one scale per row: still one int32 accumulator per group (as the dense integer layers),
+    each scaled by the row's single scale; Triton == reference bit for bit in the down projection."""
+    triton_int = importlib.import_module("kernels._triton_moc_int")
+    ops = _operands(2, 24, 48, 20, 10, 4, 8, 12, True, False, False, device=DEVICE, shared=True)
+    assert ops["down_scale_t"].shape[0] == 1 and ops["up_scale"].shape[1] == 1
+    cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ops.items()}
+    v = int_module.moc_int_up_reference(*(cpu[k] for k in ("q", "a_scale", "gate_sel", "idx", "w_up", "up_scale",
+                                                           "up_zero", "up_bias", "up_bits", "up_group",
+                                                           "down_multiplier")))
+    qd, d_scale = kernels.quantize_act_reference(v)
+    args = [qd, d_scale, cpu["idx"], cpu["w_down_t"], cpu["down_scale_t"], cpu["down_zero_t"], None, 4, 12, 20]
+    want = int_module.moc_int_down_reference(*args)
+    got = triton_int.moc_int_down(*[a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args])
+    assert torch.equal(got.cpu(), want)
+    # the reference against the dense integer layer on the scattered activation (int_linear, (N, 1) scales)
+    hidden = torch.zeros(2, 48, dtype=torch.int8).scatter_(1, cpu["idx"].long(), qd)
+    w_down = kernels.transpose_int_weight(cpu["w_down_t"], cpu["down_scale_t"], cpu["down_zero_t"], 4, 20)
+    dense = kernels.int_linear(hidden, d_scale, w_down[0].view(20, -1), w_down[1], w_down[2], None, 4, 12)
+    assert torch.equal(dense, want)
 
 
 @needs_triton
