@@ -3,7 +3,7 @@ packed integer weights.
 
 A MoC block quantized to ``w4a8`` / ``w8a8`` (:mod:`blocks.quant`) holds ``gate_proj``, ``up_proj`` and
 ``down_proj`` as integer layers. The gate runs densely (the selection needs every channel); this op does
-the rest for a few tokens (T <= ``kernels.moc_ffn.DECODE_TOKENS``), reading per token K rows of the
+the rest for a few tokens (the block calls it while 2 * T * K <= H), reading per token K rows of the
 packed up weights and K rows of the transposed down weights instead of all H of each:
 
     up (int8 x int4/int8 rows of Wu):   u[t, k] = sum_s acc_s * a_scale[t] * up_scale[idx, s]  (+ bias)
@@ -45,8 +45,6 @@ from .quant_act import quantize_act
 # ---------------------------------------------------------------------------------------------------------
 # the transposed down weights
 # ---------------------------------------------------------------------------------------------------------
-
-
 def transpose_int_weight(values: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], bits: int,
                          in_features: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """An integer (N, C) weight (int8, or int4 packed along C) as (C, N) rows: (values_t, scale_t, zero_t).
