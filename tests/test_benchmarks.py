@@ -1,0 +1,32 @@
+"""The benchmark scripts stay runnable: each one imports and parses its arguments (``--help``), and the
+quick ones run a smoke pass. They print figures, they do not assert speed (benchmarks/RESULTS.md)."""
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if 'if __name__ == "__main__"' in p.read_text())
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_script_imports_and_parses_help(script, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the scripts prepend their folders
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(script), run_name="__main__")
+    assert stop.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_quantized_moc_decode_quick_pass(monkeypatch):
+    """One small FFN per spec: the script checks the integer decode equals the dense integer path bit for
+    bit before timing, and prints a row per path."""
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
+    module = runpy.run_path(str(BENCHMARKS / "moc_ffn_int.py"))
+    report = module["main"](["--quick", "--no-compile", "--repeats", "1"])
+    rows = [line for line in report.splitlines() if "K=43" in line]
+    assert len(rows) == 8 and sum("MoC int decode" in r for r in rows) == 2
