@@ -9,10 +9,13 @@ them is ``quantize_act``'s own kernel. Both kernels repeat their reference's int
   codes one segment at a time, the epilogue ``acc * a_scale * up_scale[row, segment]``, the bias, then
   v = SiLU(gate) * u * multiplier. The dot products are ``tl.sum`` over a (BLOCK_K, BLOCK_D) tile: each
   row belongs to a different channel, so there is no shared operand for ``tl.dot``.
-- ``_down_kernel``, a program per (token, block of output features): a loop over the K selected channels
-  (ascending), each adding ``qd[t, k] * Wd^T[idx[t, k], n-block]`` (one contiguous packed row) to an int32
-  accumulator, which is closed (scaled into the fp32 total) when the next channel lies in another
-  segment. Traffic per token: K rows of Wu and of Wd^T, K / H of the dense integer layers'.
+- ``_down_partial_kernel``, a program per (token, block of output features, chunk of the selected
+  channels): for each of its channels (ascending) ``qd[t, k] * Wd^T[idx[t, k], n-block]`` (one
+  contiguous packed row) into an int32 accumulator, handed over with an atomic add into the
+  (T, groups, N) int32 buffer when the next channel lies in another group. Integer sums are exact in
+  any order, so splitting K over programs (a decode step of one token still fills the GPU) changes
+  nothing. ``_down_epilogue_kernel`` then sums ``acc * d_scale * scale`` over the groups in order.
+  Traffic per token: K rows of Wu and of Wd^T, K / H of the dense integer layers'.
 
 The SiLU uses ``exp``, which may differ from PyTorch's in the last bit, so v matches its reference to
 rounding (and, rarely, a requantized code by one step); the down kernel's output equals its reference
@@ -33,7 +36,8 @@ _ZERO4 = tl.constexpr(INT4_SYMMETRIC_ZERO)
 
 # Module attributes so the tests can shrink them and exercise every loop on tiny shapes.
 UP_BLOCKS = (16, 32) if _INTERPRET else (16, 128)  # (BLOCK_K selected rows, BLOCK_D input channels)
-DOWN_BLOCK_N = 32 if _INTERPRET else 256  # output features per down program
+DOWN_BLOCK_N = 32 if _INTERPRET else 128  # output features per down program
+DOWN_K_CHUNK = 8 if _INTERPRET else 16  # selected channels per down program (split K: programs = T * N/128 * K/16)
 
 
 def _pow2(n: int) -> int:
@@ -79,19 +83,21 @@ def _up_kernel(q_ptr, a_ptr, g_ptr, idx_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, mu
 
 
 @triton.jit
-def _down_kernel(qd_ptr, a_ptr, idx_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, y_ptr, K, N, W_ROW, G, SEG_STEP,
-                 WEIGHT_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _down_partial_kernel(qd_ptr, idx_ptr, w_ptr, wz_ptr, acc_ptr, K, N, W_ROW, G, S_ACC, SEG_STEP, K_CHUNK,
+                         WEIGHT_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program (t, n-block, k-chunk): its K_CHUNK selected channels' rows times their codes, added into the
+    (T, groups, N) int32 accumulators with atomics (integer sums: exact in any order)."""
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    a = tl.load(a_ptr + t)
-    total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    k0 = tl.program_id(2) * K_CHUNK
+    k1 = tl.minimum(k0 + K_CHUNK, K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    for j in range(K):
+    for j in range(k0, k1):
         ch = tl.load(idx_ptr + t * K + j).to(tl.int64)
         seg = ch // G
         code = tl.load(qd_ptr + t * K + j).to(tl.int32)
-        row = w_ptr + ch * W_ROW
+        row = w_ptr + ch * W_ROW  # one contiguous row of Wd^T
         if WEIGHT_BITS == 8:
             w = tl.load(row + offs_n, mask=mask_n, other=0).to(tl.int32)
         else:
@@ -102,12 +108,26 @@ def _down_kernel(qd_ptr, a_ptr, idx_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, y_ptr,
             else:
                 w = nibble - _ZERO4
         acc += code * w
-        # close the segment's accumulator when the next selected channel (ascending) lies in another one
-        nxt = tl.load(idx_ptr + t * K + tl.minimum(j + 1, K - 1)).to(tl.int64)
-        if (j == K - 1) | (nxt // G != seg):
-            ws = tl.load(ws_ptr + seg * SEG_STEP * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            total += acc.to(tl.float32) * a * ws
+        # hand the group's sum over when the next selected channel (ascending) lies in another group
+        nxt = tl.load(idx_ptr + t * K + tl.minimum(j + 1, k1 - 1)).to(tl.int64)
+        if (j == k1 - 1) | (nxt // G != seg):
+            tl.atomic_add(acc_ptr + (t * S_ACC + seg) * N + offs_n, acc, mask=mask_n)
             acc = tl.zeros((BLOCK_N,), dtype=tl.int32)
+
+
+@triton.jit
+def _down_epilogue_kernel(acc_ptr, a_ptr, ws_ptr, bias_ptr, y_ptr, N, S_ACC, SEG_STEP, HAS_BIAS: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
+    """y[t, n-block] = sum over groups, in order, of acc * a_scale[t] * scale[group, n] (+ bias)."""
+    t = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    a = tl.load(a_ptr + t)
+    total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for seg in range(S_ACC):  # untouched groups add zero, as in the reference
+        acc = tl.load(acc_ptr + (t * S_ACC + seg) * N + offs_n, mask=mask_n, other=0)
+        ws = tl.load(ws_ptr + seg * SEG_STEP * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        total += acc.to(tl.float32) * a * ws
     if HAS_BIAS:
         total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(y_ptr + t * N + offs_n, total, mask=mask_n)
@@ -141,16 +161,22 @@ def moc_int_down(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.Tensor, w_d
                  down_bits: int, down_group: int | None, out_features: int) -> torch.Tensor:
     """y (T, N) fp32; see :func:`kernels.moc_ffn_int.moc_int_down_reference`."""
     t, k = idx.shape
-    n = out_features
+    h, n = w_down_t.shape[0], out_features
     y = torch.zeros(t, n, dtype=torch.float32, device=qd.device)
-    if y.numel() == 0 or k == 0:
+    if y.numel() == 0:
         return y
+    group = down_group or h
+    groups = h // group
+    acc = torch.zeros(t, groups, n, dtype=torch.int32, device=qd.device)  # exact int32 sums per group
     scale = down_scale_t.contiguous()
+    seg_step = 1 if scale.shape[0] > 1 else 0
     block_n = min(DOWN_BLOCK_N, _pow2(n))
-    dummy = y
-    _down_kernel[(t, triton.cdiv(n, block_n))](
-        qd.contiguous(), d_scale.contiguous(), idx.contiguous(), w_down_t.contiguous(), scale,
-        dummy if down_zero_t is None else down_zero_t.contiguous(), dummy if down_bias is None else down_bias.contiguous(),
-        y, k, n, w_down_t.shape[1], down_group or w_down_t.shape[0], 1 if scale.shape[0] > 1 else 0,
-        WEIGHT_BITS=down_bits, HAS_ZERO=down_zero_t is not None, HAS_BIAS=down_bias is not None, BLOCK_N=block_n)
+    if k:
+        _down_partial_kernel[(t, triton.cdiv(n, block_n), triton.cdiv(k, DOWN_K_CHUNK))](
+            qd.contiguous(), idx.contiguous(), w_down_t.contiguous(),
+            acc if down_zero_t is None else down_zero_t.contiguous(), acc, k, n, w_down_t.shape[1], group, groups,
+            seg_step, DOWN_K_CHUNK, WEIGHT_BITS=down_bits, HAS_ZERO=down_zero_t is not None, BLOCK_N=block_n)
+    _down_epilogue_kernel[(t, triton.cdiv(n, block_n))](
+        acc, d_scale.contiguous(), scale, y if down_bias is None else down_bias.contiguous(), y, n, groups, seg_step,
+        HAS_BIAS=down_bias is not None, BLOCK_N=block_n)
     return y

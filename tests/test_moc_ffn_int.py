@@ -235,6 +235,7 @@ def test_kernels_match_reference(case, triton_mode, monkeypatch):
     triton_int = importlib.import_module("kernels._triton_moc_int")
     monkeypatch.setattr(triton_int, "UP_BLOCKS", (4, 8))  # several row blocks and channel chunks
     monkeypatch.setattr(triton_int, "DOWN_BLOCK_N", 8)
+    monkeypatch.setattr(triton_int, "DOWN_K_CHUNK", 3)  # chunks that cut groups in two: atomic int32 sums
     ops = _operands(*case, device=DEVICE)
     n = ops["down_scale_t"].shape[1]
     up_args = [ops[k] for k in ("q", "a_scale", "gate_sel", "idx", "w_up", "up_scale", "up_zero", "up_bias",
