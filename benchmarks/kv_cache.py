@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from common import machine, print_table  # noqa: E402
+from tiny_lm import add_model_args, describe, model_and_data, nll  # noqa: E402
 
-import zoo  # noqa: E402
 from zoo.generation import cached_logits  # noqa: E402
 from zoo.models.kv_cache import DenseKVCache, QuantizedKVCache  # noqa: E402
 
@@ -37,54 +37,12 @@ CACHES = {  # name -> factory(num_layers)
 }
 
 
-def train(model: torch.nn.Module, data, steps: int, lr: float) -> None:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (0.1 + 0.9 * 0.5 * (
-        1 + math.cos(math.pi * min(s, steps) / steps))))
-    loader = iter(data.train_dataloader())
-    model.train()
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        x, y = next(loader)
-        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        if step % 25 == 0 or step == steps:
-            print(f"step {step:4d}  train loss {loss.item():.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
-    model.eval()
-
-
-def nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="moc_lm_tiny")
-    parser.add_argument("--weights", default=None, help="trained weights; default: train --train-steps here")
-    parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--val-sequences", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save", default=None, help="save the trained model to this folder")
+    add_model_args(parser)
     args = parser.parse_args()
-    torch.manual_seed(args.seed)
-    model = zoo.create(args.model, pretrained=args.weights or False)
+    model, _, x, y = model_and_data(args)
     seq = model.max_seq_len
-    from zoo.data import TextDataModule
-
-    data = TextDataModule(seq_len=seq, batch_size=8, val_sequences=args.val_sequences)
-    data.setup()
-    if args.weights is None:
-        train(model, data, args.train_steps, args.lr)
-        if args.save:
-            zoo.save_pretrained(model, args.save)
-    model.eval()
-    x, y = (torch.cat(t) for t in zip(*list(data.val_dataloader())))  # (N, T) each
-    x, y = x[:args.val_sequences], y[:args.val_sequences]
     with torch.no_grad():
         ref = nll(model(x), y)
     cfg = model.config
@@ -109,8 +67,7 @@ def main() -> None:
                      f"{sizes[torch.float32] / dense_sizes[torch.float32]:.3f}",
                      f"{sizes[torch.float16] / dense_sizes[torch.float16]:.3f}", f"{ms:.1f}"])
     print()
-    print(f"{args.model}, {'weights ' + args.weights if args.weights else f'{args.train_steps} training steps'}; "
-          f"{len(x)} validation sequences of {seq} byte tokens; full-forward val loss {ref:.4f} (ppl {math.exp(ref):.4f})")
+    print(f"{describe(args, x)}; full-forward val loss {ref:.4f} (ppl {math.exp(ref):.4f})")
     print_table(["cache", "val loss", "val ppl", "ppl vs full", "bytes / fp32 dense", "bytes / fp16 dense",
                  f"ms per step (B={len(x)})"], rows)
     for long_t in (1024, 4096):

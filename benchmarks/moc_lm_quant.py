@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from common import machine, print_table  # noqa: E402
-from kv_cache import nll, train  # noqa: E402
+from tiny_lm import add_model_args, describe, model_and_data, nll  # noqa: E402
 
 import zoo  # noqa: E402
 
@@ -54,29 +54,11 @@ def greedy(model: torch.nn.Module, prompt: str, steps: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="moc_lm_tiny")
-    parser.add_argument("--weights", default=None, help="trained weights; default: train --train-steps here")
-    parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--val-sequences", type=int, default=16)
+    add_model_args(parser)
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--greedy-steps", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save", default=None, help="save the trained float model to this folder")
     args = parser.parse_args()
-    torch.manual_seed(args.seed)
-    model = zoo.create(args.model, pretrained=args.weights or False)
-    from zoo.data import TextDataModule
-
-    data = TextDataModule(seq_len=model.max_seq_len, batch_size=8, val_sequences=args.val_sequences)
-    data.setup()
-    if args.weights is None:
-        train(model, data, args.train_steps, args.lr)
-        if args.save:
-            zoo.save_pretrained(model, args.save)
-    model.eval()
-    x, y = (torch.cat(t) for t in zip(*list(data.val_dataloader())))  # (N, T) each
-    x, y = x[:args.val_sequences], y[:args.val_sequences]
+    model, data, x, y = model_and_data(args)
     loader = iter(data.train_dataloader())
     calib = [next(loader)[0] for _ in range(args.calib_batches)]  # (8, T) token ids each
     rows, reference = [], {}
@@ -98,8 +80,7 @@ def main() -> None:
                      f"{size / 2 ** 20:.2f}", f"{size / reference['size']:.3f}", f"{agree}/{total}"])
         print(f"{name}: val loss {loss:.4f}", flush=True)
     print()
-    print(f"{args.model}, {'weights ' + args.weights if args.weights else f'{args.train_steps} training steps'}; "
-          f"{len(x)} validation sequences of {x.shape[1]} byte tokens; calibration: {args.calib_batches} batches of 8")
+    print(f"{describe(args, x)}; calibration: {args.calib_batches} batches of 8")
     print_table(["model", "val loss", "val ppl", "ppl vs fp32", "file MiB", "x fp32", "greedy tokens = fp32"], rows)
     print(machine())
 
