@@ -98,7 +98,8 @@ class MoCFFN(SwiGLU):
                              f"SwiGLU; got {top_k!r}")
         super().__init__(dim, hidden, device=device, dtype=dtype)
         self.top_k = hidden if top_k is None else top_k
-        self._down_t: tuple[tuple, object] | None = None  # inference cache of Wd^T, see _down_transposed
+        self._down_t: tuple[tuple, torch.Tensor] | None = None  # inference cache of Wd^T, see _down_transposed
+        self._down_t_int: tuple[tuple, tuple] | None = None  # the integer Wd^T, see _integer_down_transposed
 
     @property
     def is_dense(self) -> bool:
@@ -178,11 +179,11 @@ class MoCFFN(SwiGLU):
             return kernels.transpose_int_weight(down.qweight, down.weight_scale, down.weight_zero,
                                                 down.spec.weight_bits, down.in_channels)
         key = tuple((t.data_ptr(), t._version) for t in (down.qweight, down.weight_scale) if not t.is_inference())
-        if self._down_t is None or self._down_t[0] != ("int",) + key or not key:
+        if not key or self._down_t_int is None or self._down_t_int[0] != key:
             transposed = kernels.transpose_int_weight(down.qweight, down.weight_scale, down.weight_zero,
                                                       down.spec.weight_bits, down.in_channels)
-            self._down_t = (("int",) + key, transposed)
-        return self._down_t[1]
+            self._down_t_int = (key, transposed)
+        return self._down_t_int[1]
 
     def _down_transposed(self, dtype: torch.dtype) -> torch.Tensor:
         """Wd^T (H, d), contiguous, for decoding: each selected column of Wd becomes one contiguous row.

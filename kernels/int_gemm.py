@@ -158,11 +158,16 @@ def int_conv2d_accumulators_reference(q: torch.Tensor, weight: torch.Tensor, w_z
 _FP32_EXACT = 2 ** 24  # every integer of smaller magnitude is an fp32 number
 
 
+def _product_bound(weight_bits: int) -> int:
+    """The largest |int8 activation x weight| product: weights up to 127 at 8 bits, 15 at 4 bits (codes
+    minus a zero point)."""
+    return 127 * (127 if weight_bits == 8 else 15)
+
+
 def _chunks(length: int, weight_bits: int) -> int:
-    """How many equal slices of ``length`` channels keep every partial sum of int8 x weight products
-    below 2^24 (weights up to 15 in magnitude at 4 bits, codes minus a zero point; 127 at 8 bits), so
+    """How many equal slices of ``length`` channels keep every partial sum of products below 2^24, so
     that an fp32 GEMM computes each slice's accumulator exactly; 0 when no divisor of ``length`` does."""
-    per_channel = 127 * (127 if weight_bits == 8 else 15)
+    per_channel = _product_bound(weight_bits)
     for pieces in range(1, length + 1):
         if length % pieces == 0 and length // pieces * per_channel < _FP32_EXACT:
             return pieces
@@ -209,9 +214,8 @@ def _segment_accumulators(x_parts: list[torch.Tensor], w_parts: list[torch.Tenso
     every partial sum (:func:`_chunks`); the slices' results, exact integers, are added in fp32 while the
     segment's bound stays below 2^24 and in fp64 otherwise. fp64 throughout where fp32 matmuls may run
     at reduced precision (``torch.set_float32_matmul_precision``) or no slicing fits."""
-    per_channel = 127 * (127 if weight_bits == 8 else 15)
     fp32_ok = torch.get_float32_matmul_precision() == "highest" and not x_parts[0].is_cuda
-    total = torch.float32 if group * per_channel < _FP32_EXACT else torch.float64
+    total = torch.float32 if group * _product_bound(weight_bits) < _FP32_EXACT else torch.float64
     acc = None
     for x, w in zip(x_parts, w_parts):
         length = x.shape[-1]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import kernel_op
-from .int_gemm import INT4_SYMMETRIC_ZERO, pack_nibbles, unpack_int4
+from .int_gemm import INT4_SYMMETRIC_ZERO, pack_nibbles, unpack_int4, weight_values
 from .quant_act import quantize_act
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,19 +59,6 @@ def transpose_int_weight(values: torch.Tensor, scale: torch.Tensor, zero: Option
         values_t = pack_nibbles(codes.t().contiguous())  # (C, ceil(N/2))
     zero_t = None if zero is None else zero.t().contiguous()
     return values_t, scale.t().contiguous(), zero_t  # scale_t (S, N)
-
-
-def _signed_rows(rows: torch.Tensor, zero: Optional[torch.Tensor], bits: int, length: int,
-                 group: Optional[int]) -> torch.Tensor:
-    """Packed rows (R, bytes) -> signed int32 values (R, length); ``zero`` (R, S) per segment of ``group``."""
-    if bits == 8:
-        return rows.to(torch.int32)
-    values = unpack_int4(rows, length).to(torch.int32)  # (R, length)
-    if zero is None:
-        return values - INT4_SYMMETRIC_ZERO
-    if zero.shape[1] == 1:
-        return values - zero.to(torch.int32)
-    return values - zero.to(torch.int32).repeat_interleave(group, dim=1)
 
 
 def _check(q, a_scale, gate_sel, idx, w_up, up_scale, up_zero, up_bias, up_bits, up_group, w_down_t, down_scale_t,
@@ -140,7 +127,8 @@ def moc_int_up_reference(q: torch.Tensor, a_scale: torch.Tensor, gate_sel: torch
     flat = idx.reshape(-1).long()  # (T*K,)
     g = up_group or d
     zero = None if up_zero is None else up_zero.index_select(0, flat)
-    rows = _signed_rows(w_up.index_select(0, flat), zero, up_bits, d, g)  # (T*K, d): the selected rows of Wu
+    packed = w_up.index_select(0, flat)  # (T*K, bytes): the selected rows of Wu
+    rows = weight_values(packed.view(t * k, 1, 1, -1), zero, up_bits, d, up_group).view(t * k, d)  # signed int32
     products = rows.view(t, k, d // g, g) * q.to(torch.int32).view(t, 1, d // g, g)  # (T, K, S, g)
     acc = products.sum(-1, dtype=torch.int32)  # (T, K, S) exact
     scale = up_scale.float().index_select(0, flat).view(t, k, -1)  # (T, K, 1 or S)
@@ -172,7 +160,7 @@ def moc_int_down_reference(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.T
         rows = packed.to(torch.int32)  # (T*K, N)
     else:  # nibble - zero, the zero point of the row's segment for each output n
         zero = INT4_SYMMETRIC_ZERO if down_zero_t is None else down_zero_t.index_select(0, table_row).to(torch.int32)
-        rows = unpack_int4(packed, n).to(torch.int32) - zero  # (T*K, N)
+        rows = unpack_int4(packed, n, torch.int32) - zero  # (T*K, N)
     products = rows * qd.to(torch.int32).reshape(-1, 1)  # (T*K, N)
     acc = torch.zeros(t * segments, n, dtype=torch.int32, device=qd.device)  # (T*S, N)
     cell = torch.arange(t, device=qd.device).repeat_interleave(k) * segments + segment  # (T*K,): row t*S + s

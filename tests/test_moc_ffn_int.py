@@ -32,35 +32,39 @@ def _quantized_block(spec: str, dim: int = 48, hidden: int = 192, top_k: int = 2
     return model, block
 
 
+@pytest.fixture
+def decode_calls(monkeypatch) -> list:
+    """One entry per call of ``kernels.moc_ffn_decode_int`` (which still runs)."""
+    calls = []
+    op = kernels.moc_ffn_decode_int
+    monkeypatch.setattr(kernels, "moc_ffn_decode_int", lambda *a, **k: calls.append(1) or op(*a, **k))
+    return calls
+
+
 SPECS = [("w8a8", 192, "rtn"), ("w4a8", 192, "rtn"), ("w4a8-g16", 192, "rtn"), ("w4a8-asym", 192, "rtn"),
          ("w4a8", 172, "rtn"), ("w8a8-static", 192, "rtn"), ("w4a8", 192, "smoothquant"), ("w4a8", 192, "awq")]
 
 
 @pytest.mark.parametrize("spec,hidden,method", SPECS, ids=[f"{s}-H{h}-{m}" for s, h, m in SPECS])
-def test_block_decode_equals_dense_integer_path(spec, hidden, method, monkeypatch):
+def test_block_decode_equals_dense_integer_path(spec, hidden, method, decode_calls):
     """1..4 tokens through the row-gathering op == the three integer layers on all H channels, bit for bit."""
     model, block = _quantized_block(spec, hidden=hidden, method=method)
     assert block._integer_decode_ready(), block
-    calls = []
-    op = kernels.moc_ffn_decode_int
-    monkeypatch.setattr(kernels, "moc_ffn_decode_int", lambda *a, **k: calls.append(1) or op(*a, **k))
     with torch.no_grad():
         for tokens in (1, 3, 4):  # 2 * T * K <= H: T <= 4 at H = 192 (and 172), K = 21
             h = model[0](torch.randn(tokens, 48))
             got = block(h)
             want = block._forward_through_modules(h)
             assert torch.equal(got, want), (spec, tokens, (got - want).abs().max())
-    assert len(calls) == 3, "every call took the integer decode"
+    assert len(decode_calls) == 3, "every call took the integer decode"
     with torch.no_grad():
         block(torch.randn(5, 48))  # the rows 5 tokens read approach all H: the dense integer path
-    assert len(calls) == 3
+    assert len(decode_calls) == 3
 
 
-def test_down_shift_and_weight_only_take_the_dense_path(monkeypatch):
+def test_down_shift_and_weight_only_take_the_dense_path(decode_calls):
     """A shift before down_proj (an unfolded Outlier Suppression+ shift turns the activation's zeros into
     -shift) or weight-only layers: the block runs its dense path, and says so by not calling the op."""
-    calls = []
-    monkeypatch.setattr(kernels, "moc_ffn_decode_int", lambda *a, **k: calls.append(1))
     model, block = _quantized_block("w4a8")
     block.down_proj.act_shift = torch.full((192,), 0.01)
     _, weight_only = _quantized_block("w4a16")
@@ -69,7 +73,7 @@ def test_down_shift_and_weight_only_take_the_dense_path(monkeypatch):
             assert not b._integer_decode_ready()
             x = model[0](torch.randn(2, 48))
             assert torch.equal(b(x), b._forward_through_modules(x))
-    assert not calls
+    assert not decode_calls
 
 
 def test_reads_only_the_selected_rows():
@@ -123,12 +127,12 @@ def test_cached_transpose_follows_the_weights():
     with torch.no_grad():
         x = model[0](torch.randn(1, 48))
         block(x)
-        first = block._down_t[1][0]
+        first = block._down_t_int[1][0]
         block(x)
-        assert block._down_t[1][0] is first
+        assert block._down_t_int[1][0] is first
         block.down_proj.set_weight(torch.randn(48, 1, 1, 192))
         got = block(x)
-        assert block._down_t[1][0] is not first
+        assert block._down_t_int[1][0] is not first
         assert torch.equal(got, block._forward_through_modules(x))
 
 
@@ -170,17 +174,14 @@ def test_bad_input_is_named():
         kernels.moc_ffn_decode_int(*bad)
 
 
-def test_quantized_lm_generates_through_the_integer_decode(monkeypatch):
+def test_quantized_lm_generates_through_the_integer_decode(decode_calls, monkeypatch):
     """w4a8 moc_lm_tiny: greedy generation through the row-gathering decode == through the dense integer
     layers, token for token; the op runs once per MoC layer and step."""
     torch.manual_seed(0)
     model = zoo.create("moc_lm_tiny", quant="w4a8").eval()
     prompt = torch.tensor([[100, 101, 32, 61]])
-    calls = []
-    op = kernels.moc_ffn_decode_int
-    monkeypatch.setattr(kernels, "moc_ffn_decode_int", lambda *a, **k: calls.append(1) or op(*a, **k))
     fast = model.generate(prompt, max_new_tokens=6, temperature=0.0)
-    assert len(calls) >= 5 * model.config.n_layers
+    assert len(decode_calls) >= 5 * model.config.n_layers
     monkeypatch.setattr(blocks.MoCFFN, "_integer_decode_ready", lambda self: False)
     dense = model.generate(prompt, max_new_tokens=6, temperature=0.0)
     assert torch.equal(fast, dense)
