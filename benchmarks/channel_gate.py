@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import blocks  # noqa: E402
 import kernels  # noqa: E402
-from common import (cuda_peak_mib, interleaved_medians_ms, kernel_mode, machine, median_ms,  # noqa: E402
-                    print_table, shapes_arg, time_interleaved)
+from common import (cuda_peak_mib, interleaved_medians_ms, keep_freed_memory, kernel_mode, machine,  # noqa: E402
+                    median_ms, print_table, shapes_arg, time_interleaved)
 
 BLOCKS = ("se", "eca", "ca", "fca")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,7 +69,9 @@ def plain_gate(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 # CPU: the reference path against the floor of one mean plus one multiply
 # --------------------------------------------------------------------------------------------------
 def run_cpu(args: argparse.Namespace) -> None:
-    print(f"CPU reference path, fp32 forward (inference_mode), median of {args.repeats} interleaved runs; {machine()}")
+    heap = "malloc keeps freed memory" if keep_freed_memory() else "default malloc"
+    print(f"CPU reference path, fp32 forward (inference_mode), median of {args.repeats} interleaved runs; {machine()}; "
+          f"{heap}")
     rows, fca_ratios = [], {}
     for shape in args.shapes:
         b, c, h, w = shape
@@ -210,7 +212,8 @@ def main() -> None:
     cuda = torch.cuda.is_available() and not args.cpu
     if args.shapes is None:
         args.shapes = ([(8, 256, 56, 56), (8, 2048, 7, 7), (16, 64, 128, 128), (8, 512, 28, 28), (32, 256, 56, 56)]
-                       if cuda else [(8, 256, 56, 56), (8, 2048, 7, 7), (16, 64, 128, 128)])
+                       if cuda else [(8, 256, 56, 56), (8, 512, 28, 28), (8, 1024, 14, 14), (8, 2048, 7, 7),
+                                     (16, 64, 128, 128)])
     run_cuda(args) if cuda else run_cpu(args)
 
 

@@ -63,27 +63,52 @@ def adaptive_pool_matrix(out_size: int, in_size: int) -> torch.Tensor:
     return inside.to(torch.float64) / (end - start).to(torch.float64)
 
 
+def shared_filter_groups(weight: torch.Tensor, groups: int) -> int:
+    """``groups`` if each of the ``groups`` runs of channels in ``weight`` (C, H, W) holds one filter, else C."""
+    channels = weight.shape[0]
+    if groups < 1 or channels % groups:
+        return channels
+    runs = weight.reshape(groups, channels // groups, -1)  # (G, C/G, H*W)
+    return groups if torch.equal(runs, runs[:, :1].expand_as(runs)) else channels
+
+
 class DCTFilter(nn.Module):
-    """Holds FcaNet's DCT filter as buffer ``weight`` (C, dct_h, dct_w), the release's key layout."""
+    """Holds FcaNet's DCT filter as buffer ``weight`` (C, dct_h, dct_w), the release's key layout.
+
+    Each of the n frequency groups is a run of C / n channels with one basis, so the pooling op gets
+    the n distinct filters (``groups``); a loaded state dict whose buffer breaks that pattern is
+    pooled channel by channel instead (checked on every ``load_state_dict``).
+    """
 
     def __init__(self, channels: int, dct_h: int, dct_w: int, freqs_x: list[int], freqs_y: list[int],
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         weight = dct_filter(channels, dct_h, dct_w, freqs_x, freqs_y)
         self.register_buffer("weight", weight.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        self.frequencies = len(freqs_x)
+        self.groups = self.frequencies
+        self.register_load_state_dict_post_hook(DCTFilter._recheck_groups)
 
-    def spatial_filter(self, height: int, width: int) -> torch.Tensor:
-        """The filter for an input of ``height x width``, with adaptive pooling folded in.
+    @staticmethod
+    def _recheck_groups(module: "DCTFilter", incompatible_keys) -> None:
+        module.groups = shared_filter_groups(module.weight, module.frequencies)
+
+    def spatial_filter(self, height: int, width: int, per_channel: bool = False) -> torch.Tensor:
+        """The (groups, H, W) filter for an input of ``height x width``, with adaptive pooling folded in;
+        with ``per_channel``, expanded to (C, H, W).
 
         Adaptive average pooling is linear and separable, so ``sum(pool(x) * D) = sum(x * P_h^T D P_w)``:
         the feature map is read once at its own size instead of being pooled first.
         """
-        _, dct_h, dct_w = self.weight.shape
-        if (height, width) == (dct_h, dct_w):
+        channels, dct_h, dct_w = self.weight.shape
+        if (height, width) == (dct_h, dct_w) and per_channel:
             return self.weight
-        p_h = adaptive_pool_matrix(dct_h, height).to(self.weight)  # (dct_h, H)
-        p_w = adaptive_pool_matrix(dct_w, width).to(self.weight)  # (dct_w, W)
-        return torch.einsum("cij,ih,jw->chw", self.weight, p_h, p_w)  # (C, H, W)
+        filt = self.weight[:: channels // self.groups]  # (G, dct_h, dct_w): the first channel of each run
+        if (height, width) != (dct_h, dct_w):
+            p_h = adaptive_pool_matrix(dct_h, height).to(filt)  # (dct_h, H)
+            p_w = adaptive_pool_matrix(dct_w, width).to(filt)  # (dct_w, W)
+            filt = torch.einsum("gij,ih,jw->ghw", filt, p_h, p_w)  # (G, H, W)
+        return filt.repeat_interleave(channels // self.groups, dim=0) if per_channel else filt
 
 
 @register("fca")
@@ -132,7 +157,10 @@ class MultiSpectralAttention(ChannelGate):
         self.gate = create_act(gate_layer)
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1])  # (C, H, W)
+        # pooling an NCHW map on the CPU is a per-channel GEMV (one filter per channel: at the DCT size
+        # the buffer itself, no copy); any other map reads the G shared filters (fewer bytes, and the
+        # CPU's channels_last path needs them)
+        filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1], per_channel=x.is_contiguous())
         s = kernels.pool_weighted(x, filt)
         s = s.to(param_dtype(self.fc[0], s.dtype))  # (B, C)
         return self.gate(self.fc(s))  # (B, C)

@@ -7,14 +7,15 @@ or the reference on every call (``ZOO_KERNELS=auto|torch|triton``).
 
 Channel gate (SE, ECA, RCAN's CA, FcaNet):
 
-- ``pool_mean(x) -> (B, C)`` and ``pool_weighted(x, weight) -> (B, C)``: the squeeze, fp32 results;
+- ``pool_mean(x) -> (B, C)`` and ``pool_weighted(x, weight) -> (B, C)``: the squeeze, fp32 results
+  (``weight``: a (C, H, W) filter, or (G, H, W) shared by runs of C / G channels);
 - ``channel_scale(x, gate, shortcut=None, relu=False)``: the rescale, optionally fused with a
   residual block's ``relu(x * gate + shortcut)`` epilogue;
 - ``pool_backward`` and ``channel_scale_backward``: the ops their autograd formulas call.
 """
 from .dispatch import KernelOp, available, kernel_mode, kernel_op
 from .channel_pool import pool_backward, pool_backward_reference, pool_mean, pool_mean_reference, pool_weighted
-from .channel_pool import pool_weighted_reference
+from .channel_pool import per_channel_filter, pool_weighted_reference
 from .channel_scale import channel_scale_backward, channel_scale_backward_reference, channel_scale_reference
 from .channel_scale import channel_scale
 
@@ -30,6 +31,7 @@ __all__ = [
     "channel_scale_backward",
     "pool_mean_reference",
     "pool_weighted_reference",
+    "per_channel_filter",
     "pool_backward_reference",
     "channel_scale_reference",
     "channel_scale_backward_reference",

@@ -121,12 +121,12 @@ def _splits(b: int, n_cblocks: int, hw: int, block_hw: int, device: torch.device
 
 
 # ----------------------------------------------------------------------------------------------
-# pooling: out[b, c] = sum_hw x[b, c, hw] * (w[c, hw] or 1) / divisor
+# pooling: out[b, c] = sum_hw x[b, c, hw] * (w[c // channels_per_filter, hw] or 1) / divisor
 # ----------------------------------------------------------------------------------------------
 @triton.autotune(configs=_CONFIGS, key=["C", "HW", "BLOCK_C", "BLOCK_HW"])
 @triton.jit
 def _pool_fwd_kernel(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, divisor,
-                     sxb, sxc, sxhw, swc, swhw,
+                     sxb, sxc, sxhw, swc, swhw, channels_per_filter,
                      HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -136,7 +136,7 @@ def _pool_fwd_kernel(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, div
     hw_lo = split * hw_per_split
     hw_hi = tl.minimum(hw_lo + hw_per_split, HW)
     x_rows = x_ptr + b.to(tl.int64) * sxb + offs_c[:, None].to(tl.int64) * sxc
-    w_rows = w_ptr + offs_c[:, None].to(tl.int64) * swc
+    w_rows = w_ptr + (offs_c[:, None] // channels_per_filter).to(tl.int64) * swc
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=ACC)
     for start in range(hw_lo, hw_hi, BLOCK_HW):
         offs_hw = start + tl.arange(0, BLOCK_HW)
@@ -150,8 +150,20 @@ def _pool_fwd_kernel(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, div
     tl.store(part_ptr + row * C + offs_c, total, mask=mask_c)
 
 
+def _filter_rows(weight: torch.Tensor | None, c: int, hw: int, channels_fast: bool,
+                 placeholder: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """(filter as (G, HW), its channel stride, its HW stride, channels per filter) for the kernels."""
+    if weight is None:
+        return placeholder, 0, 0, 1  # never read
+    groups = weight.shape[0]
+    # read in the same order as the map: (G, HW) row-major for NCHW, (HW, G) for channels_last
+    w2 = weight.reshape(groups, hw)
+    w2 = w2.t().contiguous().t() if channels_fast else w2.contiguous()
+    return w2, w2.stride(0), w2.stride(1), c // groups
+
+
 def pool(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C) fp32 (fp64 for fp64 x): mean over H x W, or the weighted sum with ``weight`` (C, H, W)."""
+    """(B, C) fp32 (fp64 for fp64 x): mean over H x W, or the weighted sum with ``weight`` (C or G, H, W)."""
     x = as_readable(x)
     b, c, h, w = x.shape
     hw = h * w
@@ -162,27 +174,21 @@ def pool(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     block_c, block_hw = _tiles(c, hw, channels_fast)
     n_cblocks = triton.cdiv(c, block_c)
     splits, per_split = _splits(b, n_cblocks, hw, block_hw, x.device)
-    if weight is None:
-        w2, swc, swhw = x, 0, 0  # never read
-    else:
-        # the filter is read in the same order as x: (C, HW) row-major for NCHW, (HW, C) for channels_last
-        w2 = weight.reshape(c, hw)
-        w2 = w2.t().contiguous().t() if channels_fast else w2.contiguous()
-        swc, swhw = w2.stride()
+    w2, swc, swhw, per_filter = _filter_rows(weight, c, hw, channels_fast, x)
     part = torch.empty(b, splits, c, dtype=acc, device=x.device)
     _pool_fwd_kernel[(b * n_cblocks, splits)](
         x, w2, part, c, hw, n_cblocks, per_split, hw if weight is None else 1,
-        *_bchw_strides(x), swc, swhw,
+        *_bchw_strides(x), swc, swhw, per_filter,
         HAS_WEIGHT=weight is not None, ACC=_compute_dtype(x.dtype), BLOCK_C=block_c, BLOCK_HW=block_hw)
     return part[:, 0] if splits == 1 else part.sum(dim=1)
 
 
 # ----------------------------------------------------------------------------------------------
-# pooling backward: grad_x[b, c, hw] = grad[b, c] * (w[c, hw] or 1) / divisor
+# pooling backward: grad_x[b, c, hw] = grad[b, c] * (w[c // channels_per_filter, hw] or 1) / divisor
 # ----------------------------------------------------------------------------------------------
 @triton.autotune(configs=_CONFIGS, key=["C", "HW", "BLOCK_C", "BLOCK_HW"])
 @triton.jit
-def _pool_bwd_kernel(g_ptr, w_ptr, gx_ptr, C, HW, divisor, sob, soc, sohw, swc, swhw,
+def _pool_bwd_kernel(g_ptr, w_ptr, gx_ptr, C, HW, divisor, sob, soc, sohw, swc, swhw, channels_per_filter,
                      HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     offs_hw = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -192,7 +198,8 @@ def _pool_bwd_kernel(g_ptr, w_ptr, gx_ptr, C, HW, divisor, sob, soc, sohw, swc, 
     g = tl.load(g_ptr + b * C + offs_c, mask=mask_c, other=0.0).to(ACC) / divisor
     v = tl.broadcast_to(g[:, None], (BLOCK_C, BLOCK_HW))
     if HAS_WEIGHT:
-        v = v * tl.load(w_ptr + offs_c[:, None] * swc + offs_hw[None, :] * swhw, mask=mask, other=0.0).to(ACC)
+        w_rows = w_ptr + (offs_c[:, None] // channels_per_filter) * swc
+        v = v * tl.load(w_rows + offs_hw[None, :] * swhw, mask=mask, other=0.0).to(ACC)
     out = gx_ptr + b * sob + offs_c[:, None].to(tl.int64) * soc + offs_hw[None, :].to(tl.int64) * sohw
     tl.store(out, v.to(gx_ptr.dtype.element_ty), mask=mask)
 
@@ -209,14 +216,10 @@ def pool_backward(grad: torch.Tensor, weight: torch.Tensor | None, height: int, 
     grad = grad.contiguous()
     channels_fast = _channels_fast(gx)
     block_c, block_hw = _tiles(c, hw, channels_fast)
-    if weight is None:
-        w2, swc, swhw = grad, 0, 0
-    else:
-        w2 = weight.reshape(c, hw)
-        w2 = w2.t().contiguous().t() if channels_fast else w2.contiguous()
-        swc, swhw = w2.stride()
+    w2, swc, swhw, per_filter = _filter_rows(weight, c, hw, channels_fast, grad)
     grid = (triton.cdiv(hw, block_hw), triton.cdiv(c, block_c), b)
     _pool_bwd_kernel[grid](grad, w2, gx, c, hw, hw if weight is None else 1, *_bchw_strides(gx), swc, swhw,
+                           per_filter,
                            HAS_WEIGHT=weight is not None, ACC=_compute_dtype(grad.dtype),
                            BLOCK_C=block_c, BLOCK_HW=block_hw)
     return gx

@@ -1,8 +1,10 @@
 """Squeeze step of channel attention: one number per channel from a (B, C, H, W) map.
 
 ``pool_mean`` is SE/ECA/RCAN's global average; ``pool_weighted`` is FcaNet's DCT-weighted sum
-(any per-channel spatial filter, e.g. DCT bases with adaptive pooling folded in). Both read the
-feature map once and accumulate in fp32 (fp64 for fp64 inputs).
+(any per-channel spatial filter, e.g. DCT bases with adaptive pooling folded in). The filter is
+(C, H, W), one per channel, or (G, H, W) with G dividing C: each run of C / G channels shares one
+filter, as FcaNet's frequency groups do. Both read the feature map once and accumulate in fp32
+(fp64 for fp64 inputs).
 
 Each is a ``torch.library.custom_op`` (``zoo::pool_mean``, ``zoo::pool_weighted``) with a fake
 implementation and an autograd formula whose x-gradient is the op ``zoo::pool_backward`` (a broadcast
@@ -11,6 +13,7 @@ the plain-PyTorch reference (:mod:`kernels.dispatch`).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -36,9 +39,12 @@ def _check_map(op: str, x: torch.Tensor) -> None:
 
 def _check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
     _check_map("pool_weighted", x)
-    if tuple(weight.shape) != tuple(x.shape[1:]):
+    c = x.shape[1]
+    groups = weight.shape[0] if weight.ndim == 3 else 0
+    if tuple(weight.shape[1:]) != tuple(x.shape[2:]) or groups < 1 or c % groups:
         raise ValueError(f"pool_weighted needs a (C, H, W) = {tuple(x.shape[1:])} filter for an input of shape "
-                         f"{tuple(x.shape)}; got a filter of shape {tuple(weight.shape)}")
+                         f"{tuple(x.shape)} (or (G, H, W) with G dividing C = {c}, one filter per run of C / G "
+                         f"channels); got a filter of shape {tuple(weight.shape)}")
     if weight.device != x.device:
         raise ValueError(f"pool_weighted: the filter is on {weight.device} but the input is on {x.device}")
 
@@ -51,34 +57,90 @@ def pool_mean_reference(x: torch.Tensor) -> torch.Tensor:
     return x.float().mean(dim=(2, 3)) if x.dtype != torch.float64 else x.mean(dim=(2, 3))
 
 
+# channels_last CPU maps whose filter is shared by at least this many adjacent channels take the
+# embedding_bag path (rows of fewer channels are too short for it to beat the depthwise conv)
+MIN_SHARED_CHANNELS = 16
+
+
+def per_channel_filter(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A (G, H, W) filter shared by runs of C / G channels, expanded to one filter per channel (C, H, W)."""
+    groups = weight.shape[0]
+    return weight if groups == channels else weight.repeat_interleave(channels // groups, dim=0)
+
+
 def pool_weighted_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-channel weighted sum: s[b, c] = sum_hw x[b, c, h, w] * weight[c, h, w] -> (B, C), in fp32."""
+    """Per-channel weighted sum: s[b, c] = sum_hw x[b, c, h, w] * weight[c // (C / G), h, w] -> (B, C), in fp32.
+
+    ``weight`` is (C, H, W), or (G, H, W) with runs of C / G channels sharing a filter.
+    """
     if x.dtype != torch.float64:
         x, weight = x.float(), weight.float()
     b, c, h, w = x.shape
     hw = h * w
     # PyTorch has no fused multiply-and-sum, so the form that reads x once at memory speed depends on
     # the layout (benchmarks/channel_gate.py; on 2 CPU cores, 8x256x56x56: mean 1.0 ms, this 1.0 ms,
-    # vecdot's (B, C, HW) product temporary 3.0 ms). bmm and conv2d are autocast ops: keep them fp32.
+    # vecdot's (B, C, HW) product temporary 3.0 ms). bmm, conv2d and embedding_bag are autocast ops:
+    # keep them in x's dtype.
     with torch.autocast(x.device.type, enabled=False):
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if (x.device.type == "cpu" and channels_last and hw > 1
+                and c // weight.shape[0] >= MIN_SHARED_CHANNELS):
+            return _pool_shared_rows(x, weight)
+        weight = per_channel_filter(weight, c)
         if x.is_contiguous() and hw >= 64:
             # NCHW: per channel, (1, HW) @ (HW, B) over x's own strides; BLAS streams it like a mean
             s = torch.bmm(weight.reshape(c, 1, hw), x.reshape(b, c, hw).permute(1, 2, 0))  # (C, 1, B)
             return s.reshape(c, b).t()
-        if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last) and hw > 1:
-            # channels_last: a depthwise convolution with an H x W kernel (oneDNN), about 2x a mean
-            # (CPU only: cuDNN may run it in TF32)
+        if x.device.type == "cpu" and channels_last and hw > 1:
+            # channels_last, one filter per channel: a depthwise convolution with an H x W kernel
+            # (oneDNN), 2-3x a mean (CPU only: cuDNN may run it in TF32)
             return F.conv2d(x, weight.reshape(c, 1, h, w), groups=c).reshape(b, c)
     # small maps: one per-channel dot product over (B, C, HW)
     return torch.linalg.vecdot(x.reshape(b, c, hw), weight.reshape(c, hw))  # (B, C)
 
 
+@functools.lru_cache(maxsize=8)
+def _row_bags(batch: int, height: int, width: int, groups: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """embedding_bag's (indices, offsets) for :func:`_pool_shared_rows`: one bag per (b, h, group)."""
+    with torch.inference_mode(False):  # the cache outlives any inference_mode block it is built in
+        n = batch * height * width * groups
+        dtype = torch.int32 if n < 2**31 else torch.int64
+        rows = torch.arange(n, dtype=dtype, device=device).view(batch, height, width, groups)
+        indices = rows.transpose(2, 3).reshape(-1)  # (B*H*G*W,): bag (b, h, g) lists its W rows
+        offsets = torch.arange(0, n, width, dtype=dtype, device=device)
+    return indices, offsets
+
+
+def _pool_shared_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The weighted sum of a channels_last map whose filter is shared by runs of C / G channels.
+
+    Channels_last x is a table of rows of C / G channels, one row per (pixel, group), and a row's
+    weight is one number: the filter of its group at its pixel. embedding_bag's weighted row sums
+    (a vectorized kernel) then pool x in one read, where a depthwise conv costs 2-3x a mean. Bags
+    span one image row (W pixels) so the G bags reading a pixel's C channels find them in cache;
+    a last, small sum adds the H row sums.
+    """
+    b, c, h, w = x.shape
+    groups = weight.shape[0]
+    indices, offsets = _row_bags(b, h, w, groups, x.device)
+    table = x.permute(0, 2, 3, 1).reshape(b * h * w * groups, c // groups)  # (B*H*W*G, C/G), a view
+    row_weights = weight.permute(1, 0, 2).reshape(1, -1).expand(b, -1).reshape(-1)  # (B*H*G*W,) in bag order
+    sums = F.embedding_bag(indices, table, offsets, mode="sum", per_sample_weights=row_weights)  # (B*H*G, C/G)
+    return sums.view(b, h, c).sum(dim=1)  # (B, C)
+
+
 def pool_backward_reference(grad: torch.Tensor, weight: Optional[torch.Tensor], height: int, width: int,
                             dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    """d(pool)/dx: grad[b, c] * weight[c, h, w] (or / (H * W) for the mean), in ``dtype`` and the given layout."""
+    """d(pool)/dx: grad[b, c] * weight[c // (C / G), h, w] (or / (H * W) for the mean), in ``dtype`` and the
+    given layout."""
     b, c = grad.shape
-    g = grad[:, :, None, None]
-    value = g * weight.to(grad.dtype) if weight is not None else (g / (height * width)).expand(b, c, height, width)
+    if weight is None:
+        value = (grad[:, :, None, None] / (height * width)).expand(b, c, height, width)
+    else:  # a shared filter (G, H, W) multiplies each run of C / G channels
+        groups = weight.shape[0]
+        g = grad.reshape(b, groups, c // groups, 1, 1)
+        value = (g * weight.to(grad.dtype)[None, :, None]).view(b, c, height, width)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(b, c, height, width, dtype=dtype, device=grad.device, memory_format=fmt).copy_(value)
 
@@ -112,7 +174,11 @@ def _(x):
 
 @torch.library.custom_op("zoo::pool_weighted", mutates_args=())
 def pool_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """s[b, c] = sum_hw x[b, c, h, w] * weight[c, h, w]: (B, C), accumulated and returned in fp32."""
+    """s[b, c] = sum_hw x[b, c, h, w] * weight[c // (C / G), h, w]: (B, C), accumulated and returned in fp32.
+
+    ``weight`` is one filter per channel (C, H, W), or (G, H, W) with G dividing C: a filter per run
+    of C / G channels (FcaNet's frequency groups; the CPU reads such a map faster).
+    """
     _check_weight(x, weight)
     return _weighted(x, weight).contiguous()
 
@@ -156,9 +222,11 @@ def _backward_weighted(ctx, grad):
     weight, x = ctx.saved_tensors
     grad_x = pool_backward(grad, weight, *ctx.meta) if ctx.needs_input_grad[0] else None
     grad_w = None
-    if ctx.needs_input_grad[1]:  # d s[b, c] / d w[c, hw] = x[b, c, hw]; rare, so plain PyTorch
+    if ctx.needs_input_grad[1]:  # d s[b, c] / d w[c // (C / G), hw] = x[b, c, hw]; rare, so plain PyTorch
+        groups = weight.shape[0]
         with torch.autocast(grad.device.type, enabled=False):
-            grad_w = torch.einsum("bc,bchw->chw", grad, x.to(grad.dtype)).to(weight.dtype)
+            grad_w = torch.einsum("bgk,bgkhw->ghw", grad.unflatten(1, (groups, -1)),
+                                  x.to(grad.dtype).unflatten(1, (groups, -1))).to(weight.dtype)
     return grad_x, grad_w
 
 

@@ -55,6 +55,39 @@ def test_fca_pooled_input_equals_pool_then_filter():
         torch.testing.assert_close(block(x), expected, atol=1e-12, rtol=0)
 
 
+def test_fca_pools_with_its_shared_frequency_filters():
+    """The block hands the pooling op its G distinct DCT filters (one per frequency group) for a
+    channels_last map or another size, and the buffer itself for an NCHW map at the DCT size; all agree
+    with the release's per-channel buffer, in both layouts and at another input size."""
+    block = blocks.create("fca", 64, dct_h=7, dct_w=7).double()  # top16: runs of 4 channels
+    layer = block.dct_layer
+    assert layer.groups == 16
+    assert layer.spatial_filter(7, 7, per_channel=True) is layer.weight
+    torch.testing.assert_close(layer.spatial_filter(7, 7).repeat_interleave(4, 0), layer.weight, atol=0, rtol=0)
+    for size in [(7, 7), (10, 9)]:
+        x = torch.randn(2, 64, *size, dtype=torch.float64)
+        pooled = F.adaptive_avg_pool2d(x, (7, 7))
+        expected = x * torch.sigmoid(block.fc((pooled * layer.weight).sum(dim=(2, 3))))[:, :, None, None]
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.testing.assert_close(block(x.contiguous(memory_format=layout)), expected, atol=1e-12, rtol=0)
+
+
+def test_fca_falls_back_to_per_channel_filters_for_a_loaded_buffer_without_shared_runs():
+    """A state dict whose DCT buffer differs inside a frequency group is pooled channel by channel
+    (checked on load); loading the release's pattern back restores the shared filters."""
+    block = blocks.create("fca", 32, dct_h=4, dct_w=4, freq_sel_method="low4").double()
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    edited = {**state, "dct_layer.weight": state["dct_layer.weight"].clone()}
+    edited["dct_layer.weight"][1] *= 2.0
+    block.load_state_dict(edited)
+    assert block.dct_layer.groups == 32
+    x = torch.randn(2, 32, 4, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    expected = x * torch.sigmoid(block.fc((x * edited["dct_layer.weight"]).sum(dim=(2, 3))))[:, :, None, None]
+    torch.testing.assert_close(block(x), expected, atol=1e-12, rtol=0)
+    block.load_state_dict(state)
+    assert block.dct_layer.groups == 4
+
+
 def test_adaptive_pool_matrix_matches_torch():
     for out_size, in_size in [(7, 10), (7, 7), (56, 24), (3, 8), (4, 1)]:
         v = torch.randn(3, in_size, dtype=torch.float64)

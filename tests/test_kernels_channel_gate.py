@@ -20,11 +20,20 @@ from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
 SHAPES = [(2, 5, 3, 7), (1, 3, 1, 1), (3, 19, 4, 5), (2, 33, 6, 1), (1, 1, 1, 9)]
 LAYOUTS = ["nchw", "channels_last"]
 
+def _shared_filters(weight: torch.Tensor) -> torch.Tensor:
+    """The first G rows of a (C, H, W) filter, G the largest proper divisor of C (1 for a prime C): a
+    filter shared by runs of C / G channels, as FcaNet's frequency groups."""
+    c = weight.shape[0]
+    return weight[: next((d for d in range(c // 2, 0, -1) if c % d == 0), 1)]
+
+
 # name -> (the op under test, its plain-PyTorch reference, the tensors it takes)
 CASES = {
     "pool_mean": (lambda x, w, g, s: kernels.pool_mean(x), lambda x, w, g, s: kernels.pool_mean_reference(x), "x"),
     "pool_weighted": (lambda x, w, g, s: kernels.pool_weighted(x, w),
                       lambda x, w, g, s: kernels.pool_weighted_reference(x, w), "xw"),
+    "pool_weighted_shared": (lambda x, w, g, s: kernels.pool_weighted(x, _shared_filters(w)),
+                             lambda x, w, g, s: kernels.pool_weighted_reference(x, _shared_filters(w)), "xw"),
     "scale": (lambda x, w, g, s: kernels.channel_scale(x, g), lambda x, w, g, s: kernels.channel_scale_reference(x, g), "xg"),
     "scale_relu": (lambda x, w, g, s: kernels.channel_scale(x, g, relu=True),
                    lambda x, w, g, s: kernels.channel_scale_reference(x, g, relu=True), "xg"),
@@ -188,6 +197,68 @@ def test_gradcheck_fp64(monkeypatch, case, layout):
         assert torch.autograd.gradcheck(call, args)
 
 
+@pytest.fixture
+def shared_rows_path(monkeypatch):
+    """Every channels_last CPU map with a shared filter takes the embedding_bag path (normally only
+    runs of 16 or more channels do)."""
+    from kernels import channel_pool
+
+    monkeypatch.setattr(channel_pool, "MIN_SHARED_CHANNELS", 1)
+
+
+def _plain_weighted_pool(x, weight):
+    return (x * kernels.per_channel_filter(weight, x.shape[1])).sum(dim=(2, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(3, 32, 5, 7), (2, 48, 1, 4)], ids=lambda s: "x".join(map(str, s)))
+def test_shared_filter_rows_path_matches_plain_formula(shared_rows_path, shape, dtype):
+    """The channels_last embedding_bag path (one row of C / G channels per pixel and group, bags of one
+    image row) against x * filter summed, forward and both gradients, from inside and outside inference_mode
+    (its index cache is built in one and used in the other)."""
+    from kernels import channel_pool
+
+    x = _layout(torch.randn(shape, dtype=dtype), "channels_last")
+    weight = _shared_filters(torch.randn(shape[1:], dtype=dtype))
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.pool_weighted_reference(x, weight), _plain_weighted_pool(x, weight),
+                                   **TOL[torch.float32])
+    calls = []
+    original = channel_pool._pool_shared_rows
+    channel_pool._pool_shared_rows = lambda *a: calls.append(1) or original(*a)
+    try:
+        leaves = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
+        out = kernels.pool_weighted_reference(*leaves)
+    finally:
+        channel_pool._pool_shared_rows = original
+    # a map that is also NCHW-contiguous (C = 1, or 1x1) takes the NCHW path
+    assert bool(calls) == (not x.is_contiguous())
+    plain = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
+    expected = _plain_weighted_pool(*plain)
+    torch.testing.assert_close(out, expected.to(out.dtype), **TOL[torch.float32])
+    grad = torch.randn_like(expected)
+    grads = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+    for got, want in zip(grads, torch.autograd.grad(expected, plain, grad)):
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+def test_shared_filter_rows_path_is_taken_for_wide_runs(monkeypatch):
+    """At the default threshold a channels_last fp32 map with runs of 16 channels takes the rows path
+    (and NCHW does not), with the same result as the per-channel filter."""
+    from kernels import channel_pool
+
+    calls = []
+    original = channel_pool._pool_shared_rows
+    monkeypatch.setattr(channel_pool, "_pool_shared_rows", lambda *a: calls.append(1) or original(*a))
+    x = torch.randn(2, 64, 6, 5)
+    weight = torch.randn(4, 6, 5)
+    expected = kernels.pool_weighted_reference(x, kernels.per_channel_filter(weight, 64))
+    assert not calls
+    got = kernels.pool_weighted_reference(_layout(x, "channels_last"), weight)
+    assert calls
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def _opcheck_args(device):
     """(op, args, kwargs) for every custom op: NCHW and channels_last, fp32 and bf16, with and without
     inputs that require grad (the backward ops have no autograd formula: no double backward)."""
@@ -210,7 +281,9 @@ def _opcheck_args(device):
         (kernels.pool_mean, (cl(x).to(torch.bfloat16),), {}),
         (kernels.pool_weighted, (leaf(cl(x)), weight), {}),
         (kernels.pool_weighted, (x, leaf(weight)), {}),
+        (kernels.pool_weighted, (leaf(cl(x)), leaf(weight[:1])), {}),  # one filter shared by all channels
         (kernels.pool_backward, (gate, weight, h, w, torch.bfloat16, True), {}),
+        (kernels.pool_backward, (gate, weight[:1], h, w, torch.float32, False), {}),
         (kernels.pool_backward, (gate, None, h, w, torch.float32, False), {}),
         (kernels.channel_scale, (leaf(cl(x)), leaf(gate)), {}),
         (kernels.channel_scale, (leaf(x), leaf(gate), leaf(shortcut)), {"relu": True}),
@@ -240,6 +313,8 @@ def test_bad_inputs_fail_before_any_work():
         kernels.channel_scale(x, torch.rand(2, 4), x.double())
     with pytest.raises(ValueError, match=r"\(C, H, W\) = \(4, 3, 3\) filter.*\(4, 7, 7\)"):
         kernels.pool_weighted(x, torch.randn(4, 7, 7))
+    with pytest.raises(ValueError, match=r"\(G, H, W\) with G dividing C = 4.*\(3, 3, 3\)"):
+        kernels.pool_weighted(x, torch.randn(3, 3, 3))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\) feature map; got shape \(4, 3, 3\)"):
         kernels.pool_mean(x[0])
 
