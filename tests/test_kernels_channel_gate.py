@@ -200,7 +200,7 @@ def test_gradcheck_fp64(monkeypatch, case, layout):
 @pytest.fixture
 def shared_rows_path(monkeypatch):
     """Every channels_last CPU map with a shared filter takes the embedding_bag path (normally only
-    runs of 16 or more channels do)."""
+    runs of 8 or more channels do)."""
     from kernels import channel_pool
 
     monkeypatch.setattr(channel_pool, "MIN_SHARED_CHANNELS", 1)
@@ -257,6 +257,28 @@ def test_shared_filter_rows_path_is_taken_for_wide_runs(monkeypatch):
     got = kernels.pool_weighted_reference(_layout(x, "channels_last"), weight)
     assert calls
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("groups", [24, 3], ids=["per-channel", "shared"])
+def test_weighted_pool_ignores_autocast(monkeypatch, layout, groups):
+    """Under bf16 autocast the pool's bmm / conv / embedding_bag and the filter's gradient still run in
+    fp32: bit for bit the values without autocast."""
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    x = _layout(torch.randn(2, 24, 9, 8), layout)
+    weight = torch.randn(groups, 9, 8)
+
+    def pool_and_grads():
+        leaves = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
+        out = kernels.pool_weighted(*leaves)
+        return (out, *torch.autograd.grad(out.square().sum(), leaves))
+
+    expected = pool_and_grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pool_and_grads()
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
 
 
 def _opcheck_args(device):
