@@ -9,7 +9,7 @@ from torch import nn
 import kernels
 
 from .gate import ChannelGate
-from .layers import param_dtype, pointwise
+from .layers import fused_mlp_gate, param_dtype, pointwise
 from .registry import register
 
 
@@ -41,8 +41,11 @@ class ChannelAttention(ChannelGate):
         )
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        down, _, up, _ = self.conv_du
+        down, act, up, gate = self.conv_du
         s = kernels.pool_mean(x)
         s = s.to(param_dtype(down, s.dtype))  # (B, C)
+        fused = fused_mlp_gate(s, down, act, up, gate)
+        if fused is not None:
+            return fused
         s = F.relu(pointwise(down, s))  # (B, C / r)
         return torch.sigmoid(pointwise(up, s))  # (B, C)

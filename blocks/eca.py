@@ -7,7 +7,7 @@ from torch import nn
 import kernels
 
 from .gate import ChannelGate
-from .layers import LayerType, create_act, eca_kernel_size
+from .layers import LayerType, create_act, eca_kernel_size, fused_conv_gate
 from .registry import register
 
 
@@ -41,6 +41,9 @@ class EfficientChannelAttention(ChannelGate):
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         s = kernels.pool_mean(x).to(self.conv.weight.dtype)  # (B, C)
+        fused = fused_conv_gate(s, self.conv, self.gate)
+        if fused is not None:
+            return fused
         return self.gate(self.conv(s[:, None, :])[:, 0, :])  # channels as a length-C sequence: (B, 1, C)
 
     def extra_repr(self) -> str:

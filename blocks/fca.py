@@ -10,7 +10,7 @@ from torch import nn
 import kernels
 
 from .gate import ChannelGate
-from .layers import LayerType, create_act, param_dtype
+from .layers import LayerType, create_act, fused_mlp_gate, param_dtype
 from .registry import register
 
 # The 2-D DCT frequencies (u, v) on a 7x7 grid, ranked by the paper's single-frequency ImageNet
@@ -163,7 +163,8 @@ class MultiSpectralAttention(ChannelGate):
         filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1], per_channel=x.is_contiguous())
         s = kernels.pool_weighted(x, filt)
         s = s.to(param_dtype(self.fc[0], s.dtype))  # (B, C)
-        return self.gate(self.fc(s))  # (B, C)
+        fused = fused_mlp_gate(s, self.fc[0], self.fc[1], self.fc[2], self.gate)
+        return fused if fused is not None else self.gate(self.fc(s))  # (B, C)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, dct=({self.dct_h}, {self.dct_w}), freq_sel_method={self.freq_sel_method!r}"

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+
 from ._validation import unknown_name_error
 
 LayerType = Union[str, type[nn.Module], Callable[[], nn.Module], None]
@@ -93,6 +95,37 @@ def pointwise(layer: nn.Module, s: torch.Tensor) -> torch.Tensor:
     if type(layer) is nn.Conv2d and not _observed(layer):
         return F.linear(s, layer.weight.flatten(1), layer.bias)
     return layer(s[:, :, None, None]).flatten(1)  # (B, C_out, 1, 1) -> (B, C_out)
+
+
+_FUSED_ACTS = {nn.ReLU: "relu", nn.SiLU: "silu"}
+
+
+def _plain_pointwise(layer: nn.Module) -> bool:
+    """A float linear or 1x1 conv (groups 1) with no hooks: one the excitation kernel can read directly."""
+    if type(layer) is nn.Conv2d:
+        return layer.kernel_size == (1, 1) and layer.groups == 1 and not _observed(layer)
+    return type(layer) is nn.Linear and not _observed(layer)
+
+
+def fused_mlp_gate(s: torch.Tensor, down: nn.Module, act: nn.Module, up: nn.Module,
+                   gate: nn.Module) -> torch.Tensor | None:
+    """``gate(up(act(down(s))))`` for pooled vectors (B, C) as one ``kernels.excite_mlp`` launch, where
+    its Triton kernel runs and it implements every piece (plain float layers, ReLU or SiLU, sigmoid);
+    None otherwise, and the caller runs its modules (the CPU path, quantized or hooked layers)."""
+    name = _FUSED_ACTS.get(type(act))
+    if (name is None or type(gate) is not nn.Sigmoid or not kernels.excite_runs_fused(s)
+            or not (_plain_pointwise(down) and _plain_pointwise(up))):
+        return None
+    return kernels.excite_mlp(s, down.weight.flatten(1), down.bias, up.weight.flatten(1), up.bias, name)
+
+
+def fused_conv_gate(s: torch.Tensor, conv: nn.Module, gate: nn.Module) -> torch.Tensor | None:
+    """ECA's ``gate(conv(s))`` along the channels of pooled vectors (B, C) as one ``kernels.excite_conv``
+    launch where its Triton kernel runs (a plain bias-free ``nn.Conv1d``, sigmoid); None otherwise."""
+    if (type(conv) is not nn.Conv1d or conv.bias is not None or type(gate) is not nn.Sigmoid
+            or _observed(conv) or not kernels.excite_runs_fused(s)):
+        return None
+    return kernels.excite_conv(s, conv.weight.view(-1))
 
 
 def _observed(layer: nn.Module) -> bool:

@@ -7,7 +7,7 @@ from torch import nn
 import kernels
 
 from .gate import ChannelGate
-from .layers import LayerType, create_act, make_divisible, param_dtype, pointwise
+from .layers import LayerType, create_act, fused_mlp_gate, make_divisible, param_dtype, pointwise
 from .registry import register
 
 
@@ -46,5 +46,8 @@ class SqueezeExcite(ChannelGate):
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         s = kernels.pool_mean(x)
         s = s.to(param_dtype(self.fc1, s.dtype))  # (B, C)
+        fused = fused_mlp_gate(s, self.fc1, self.act, self.fc2, self.gate)
+        if fused is not None:
+            return fused
         s = self.act(pointwise(self.fc1, s))  # (B, rd)
         return self.gate(pointwise(self.fc2, s))  # (B, C)

@@ -11,6 +11,8 @@ Channel gate (SE, ECA, RCAN's CA, FcaNet):
   (``weight``: a (C, H, W) filter, or (G, H, W) shared by runs of C / G channels);
 - ``channel_scale(x, gate, shortcut=None, relu=False)``: the rescale, optionally fused with a
   residual block's ``relu(x * gate + shortcut)`` epilogue;
+- ``excite_mlp(s, w1, b1, w2, b2, act)`` and ``excite_conv(s, weight)``: the excitation (SE / CA /
+  FcaNet's MLP, ECA's 1-D conv) and its sigmoid in one launch;
 - ``pool_backward`` and ``channel_scale_backward``: the ops their autograd formulas call.
 """
 from .dispatch import KernelOp, available, kernel_mode, kernel_op
@@ -18,6 +20,7 @@ from .channel_pool import pool_backward, pool_backward_reference, pool_mean, poo
 from .channel_pool import per_channel_filter, pool_weighted_reference
 from .channel_scale import channel_scale_backward, channel_scale_backward_reference, channel_scale_reference
 from .channel_scale import channel_scale
+from .channel_excite import excite_conv, excite_conv_reference, excite_mlp, excite_mlp_reference, excite_runs_fused
 
 __all__ = [
     "KernelOp",
@@ -35,6 +38,11 @@ __all__ = [
     "pool_backward_reference",
     "channel_scale_reference",
     "channel_scale_backward_reference",
+    "excite_mlp",
+    "excite_conv",
+    "excite_mlp_reference",
+    "excite_conv_reference",
+    "excite_runs_fused",
 ]
 
 from .quant_act import quantize_act, quantize_act_reference  # noqa: E402

@@ -14,6 +14,8 @@ from torch._functorch.aot_autograd import make_boxed_func
 import zoo
 from zoo.models.resnet import Bottleneck
 
+from kernel_testing import needs_triton
+
 
 def _ops(graphs) -> set[str]:
     """The zoo:: custom ops that appear as single nodes in captured FX graphs."""
@@ -71,3 +73,22 @@ def test_training_block_compiles_with_backward(attn, kwargs):
     pool = "zoo.pool_mean.default" if attn == "se" else "zoo.pool_weighted.default"
     assert {pool, "zoo.channel_scale.default"} <= _ops(graphs["forward"])
     assert {"zoo.pool_backward.default", "zoo.channel_scale_backward.default"} <= _ops(graphs["backward"])
+
+
+@needs_triton
+@pytest.mark.parametrize("attn,excite", [("se", "zoo.excite_mlp.default"), ("eca", "zoo.excite_conv.default")])
+def test_fused_excitation_compiles_with_backward(triton_mode, attn, excite):
+    """Where the Triton kernels run, the block's excitation is one op in the traced forward graph, and the
+    compiled block's output and gradients equal eager mode's."""
+    block = Bottleneck(32, 8, attn_layer=attn).eval()
+    x = torch.randn(2, 32, 3, 4)
+    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    params = list(block.parameters())
+    eager = block(x_eager)
+    want = torch.autograd.grad(eager.square().sum(), [x_eager, *params])
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(block, fullgraph=True, backend=counter)(x_comp)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    for g, w in zip(torch.autograd.grad(compiled.square().sum(), [x_comp, *params]), want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert excite in _ops(counter.graphs)

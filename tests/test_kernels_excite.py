@@ -1,0 +1,212 @@
+"""The excitation ops (excite_mlp: SE / CA / FcaNet's MLP; excite_conv: ECA's 1-D conv): Triton kernels
+against their PyTorch references on ragged sizes, fp32 / bf16 / fp16 / fp64, forward and backward;
+gradcheck of the backward formulas; opcheck; and the blocks taking the fused path only where it runs.
+
+Without a GPU the kernels run on CPU tensors through Triton's interpreter (conftest sets
+TRITON_INTERPRET=1); with one, compiled on CUDA tensors.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import blocks
+import kernels
+
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
+
+# (B, C, R): channels and bottlenecks off the tile sizes; B = 1, C = 1 and R = 1 included
+MLP_SHAPES = [(2, 5, 3), (1, 33, 7), (3, 64, 4), (1, 1, 1), (4, 48, 12)]
+# (B, C, k): k wider than C included (every tap but the centre reads padding)
+CONV_SHAPES = [(2, 5, 3), (1, 33, 5), (3, 9, 1), (1, 2, 5), (2, 70, 7)]
+
+
+def _mlp_inputs(b, c, r, dtype, device, bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+
+    return [rand(b, c), rand(r, c, scale=c ** -0.5), rand(r) if bias else None, rand(c, r, scale=r ** -0.5),
+            rand(c) if bias else None]
+
+
+def _conv_inputs(b, c, k, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, c, generator=gen).to(device=device, dtype=dtype),
+            torch.randn(k, generator=gen).to(device=device, dtype=dtype)]
+
+
+def _forward_and_grads(fn, inputs):
+    """The output and the gradient of every tensor input for a fixed upstream gradient."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+    out = fn(*leaves)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
+    return out, grads
+
+
+def _assert_matches(fn, ref, inputs, dtype):
+    """Forward and gradients against the reference (fp32 on the same rounded values for 16-bit inputs),
+    at the dtype's tolerance."""
+    out, grads = _forward_and_grads(fn, inputs)
+    ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    want, want_grads = _forward_and_grads(ref, [t.to(ref_dtype) if t is not None else None for t in inputs])
+    assert out.dtype == dtype and out.is_contiguous()
+    torch.testing.assert_close(out, want.to(dtype), **TOL[dtype])
+    for got, expected in zip(grads, want_grads):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.to(ref_dtype), expected, **TOL[dtype])
+
+
+@pytest.fixture
+def tiny_tiles(monkeypatch):
+    """Small tiles: the MLP kernel loops over many C tiles, the conv kernel over many channel blocks."""
+    from kernels import _triton_excite
+
+    monkeypatch.setattr(_triton_excite, "TILE", 16)
+    monkeypatch.setattr(_triton_excite, "BLOCK_C_CONV", 4)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("act", ["relu", "silu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", MLP_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_mlp_kernel_matches_reference(triton_mode, tiny_tiles, shape, bias, act, dtype):
+    inputs = _mlp_inputs(*shape, dtype, DEVICE, bias=bias)
+    _assert_matches(lambda *t: kernels.excite_mlp(*t, act), lambda *t: kernels.excite_mlp_reference(*t, act),
+                    inputs, dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv_kernel_matches_reference(triton_mode, tiny_tiles, shape, dtype):
+    _assert_matches(kernels.excite_conv, kernels.excite_conv_reference, _conv_inputs(*shape, dtype, DEVICE), dtype)
+
+
+@needs_triton
+def test_mlp_kernel_default_tiles_and_a_wide_bottleneck(triton_mode, monkeypatch):
+    """Default tiles on an SE-ResNet-sized row; a bottleneck wider than MAX_R falls back to the reference."""
+    from kernels import _triton_excite
+
+    inputs = _mlp_inputs(2, 256, 16, torch.float32, DEVICE)
+    torch.testing.assert_close(kernels.excite_mlp(*inputs, "relu"), kernels.excite_mlp_reference(*inputs, "relu"),
+                               **TOL[torch.float32])
+    monkeypatch.setattr(_triton_excite, "MAX_R", 8)
+    torch.testing.assert_close(kernels.excite_mlp(*inputs, "silu"), kernels.excite_mlp_reference(*inputs, "silu"),
+                               atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_mlp_backward_formulas_gradcheck(monkeypatch, act):
+    """gradcheck in fp64 of the op (its autograd formulas) on the reference path, with and without biases."""
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    for bias in (True, False):
+        inputs = [t.requires_grad_() if t is not None else None
+                  for t in _mlp_inputs(3, 7, 4, torch.float64, "cpu", bias=bias, seed=2)]
+        tensors = [t for t in inputs if t is not None]
+
+        def call(*args):
+            it = iter(args)
+            return kernels.excite_mlp(*[next(it) if t is not None else None for t in inputs], act)
+
+        assert torch.autograd.gradcheck(call, tuple(tensors))
+
+
+def test_conv_backward_formulas_gradcheck(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    for b, c, k in [(2, 6, 3), (1, 3, 5), (2, 4, 1)]:
+        inputs = tuple(t.requires_grad_() for t in _conv_inputs(b, c, k, torch.float64, "cpu", seed=3))
+        assert torch.autograd.gradcheck(kernels.excite_conv, inputs)
+
+
+def _opcheck_args(device):
+    s, w1, b1, w2, b2 = _mlp_inputs(2, 6, 3, torch.float32, device)
+    half = [t.to(torch.bfloat16) for t in (s, w1, b1, w2, b2)]
+    leaf = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
+    conv_s, taps = _conv_inputs(2, 6, 3, torch.float32, device)
+    return [
+        (kernels.excite_mlp, (leaf(s), leaf(w1), leaf(b1), leaf(w2), leaf(b2), "relu"), {}),
+        (kernels.excite_mlp, (s, w1, None, w2, None, "silu"), {}),
+        (kernels.excite_mlp, tuple(half) + ("relu",), {}),
+        (kernels.excite_conv, (leaf(conv_s), leaf(taps)), {}),
+        (kernels.excite_conv, (conv_s.to(torch.bfloat16), taps.to(torch.bfloat16)), {}),
+    ]
+
+
+def test_opcheck_reference_path(monkeypatch):
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    opcheck_all(_opcheck_args("cpu"))
+
+
+@needs_triton
+def test_opcheck_triton_path(triton_mode):
+    opcheck_all(_opcheck_args(DEVICE))
+
+
+def test_bad_inputs_fail_before_any_work():
+    s, w1, b1, w2, b2 = _mlp_inputs(2, 6, 3, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"w2 must have shape \(6, 3\).*got \(3, 6\)"):
+        kernels.excite_mlp(s, w1, b1, w1, b2)
+    with pytest.raises(ValueError, match=r"w1 \(torch.bfloat16, cpu\) must match the vectors \(torch.float32"):
+        kernels.excite_mlp(s, w1.bfloat16(), b1, w2, b2)
+    with pytest.raises(ValueError, match=r"act='gelu' is not one of relu, silu"):
+        kernels.excite_mlp(s, w1, b1, w2, b2, "gelu")
+    with pytest.raises(ValueError, match=r"pooled vectors \(B, C\); got shape \(2, 6, 1, 1\)"):
+        kernels.excite_mlp(s[:, :, None, None], w1, b1, w2, b2)
+    with pytest.raises(ValueError, match=r"odd number of taps.*\(4,\)"):
+        kernels.excite_conv(s, torch.randn(4))
+
+
+# --------------------------------------------------------------------------------------------------
+# the blocks: the fused excitation where its kernel runs, the modules everywhere else
+# --------------------------------------------------------------------------------------------------
+def _count_calls(monkeypatch):
+    calls = []
+    for name in ("excite_mlp", "excite_conv"):
+        op = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _op=op, _name=name, **k: calls.append(_name) or _op(*a, **k))
+    return calls
+
+
+BLOCK_CASES = [("se", {}, "excite_mlp"), ("se", {"act_layer": "silu", "bias": False}, "excite_mlp"),
+               ("ca", {"reduction": 4}, "excite_mlp"), ("fca", {"dct_h": 4, "dct_w": 4}, "excite_mlp"),
+               ("eca", {"k_size": 5}, "excite_conv")]
+
+
+@needs_triton
+@pytest.mark.parametrize("name,kwargs,op", BLOCK_CASES, ids=lambda v: v if isinstance(v, str) else None)
+def test_blocks_use_the_fused_excitation_on_the_triton_path(triton_mode, monkeypatch, name, kwargs, op):
+    """With the kernels running, the block's gate is one excitation launch, equal to its modules' gate
+    (forward and the gradients of the input and every parameter)."""
+    block = blocks.create(name, 32, **kwargs).to(DEVICE)
+    x = torch.randn(2, 32, 5, 4, device=DEVICE, requires_grad=True)
+    calls = _count_calls(monkeypatch)
+    out = block(x)
+    assert calls == [op]
+    grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+    calls.clear()
+    want = block(x)
+    assert not calls  # the reference path runs the modules: no op overhead
+    want_grads = torch.autograd.grad(want.square().sum(), [x, *block.parameters()])
+    torch.testing.assert_close(out, want, **TOL[torch.float32])
+    for got, expected in zip(grads, want_grads):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@needs_triton
+def test_blocks_keep_their_modules_for_hooked_or_unsupported_layers(triton_mode, monkeypatch):
+    """A forward hook (calibration, feature extraction) or an activation the kernel lacks runs the modules."""
+    calls = _count_calls(monkeypatch)
+    x = torch.randn(2, 32, 3, 3, device=DEVICE)
+    hooked = blocks.create("se", 32).to(DEVICE)
+    seen = []
+    hooked.fc1.register_forward_hook(lambda *args: seen.append(1))
+    hooked(x)
+    assert seen and not calls
+    blocks.create("se", 32, act_layer="gelu").to(DEVICE)(x)
+    blocks.create("se", 32, gate_layer="hard_sigmoid").to(DEVICE)(x)
+    assert not calls
