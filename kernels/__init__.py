@@ -13,7 +13,8 @@ Channel gate (SE, ECA, RCAN's CA, FcaNet):
   residual block's ``relu(x * gate + shortcut)`` epilogue;
 - ``excite_mlp(s, w1, b1, w2, b2, act)`` and ``excite_conv(s, weight)``: the excitation (SE / CA /
   FcaNet's MLP, ECA's 1-D conv) and its sigmoid in one launch;
-- ``pool_backward`` and ``channel_scale_backward``: the ops their autograd formulas call.
+- ``pool_backward`` and ``channel_scale_backward``: the ops their autograd formulas call;
+- ``csam(x, weight, bias, gamma)``: HAN's channel-spatial attention, the 3x3x3 gate and the rescale in one pass.
 """
 from .dispatch import KernelOp, available, kernel_mode, kernel_op
 from .channel_pool import pool_backward, pool_backward_reference, pool_mean, pool_mean_reference, pool_weighted
@@ -21,6 +22,7 @@ from .channel_pool import per_channel_filter, pool_weighted_reference
 from .channel_scale import channel_scale_backward, channel_scale_backward_reference, channel_scale_reference
 from .channel_scale import channel_scale
 from .channel_excite import excite_conv, excite_conv_reference, excite_mlp, excite_mlp_reference, excite_runs_fused
+from .csam import csam, csam_reference, csam_runs_fused
 
 __all__ = [
     "KernelOp",
@@ -43,6 +45,9 @@ __all__ = [
     "excite_mlp_reference",
     "excite_conv_reference",
     "excite_runs_fused",
+    "csam",
+    "csam_reference",
+    "csam_runs_fused",
 ]
 
 from .quant_act import quantize_act, quantize_act_reference  # noqa: E402

@@ -30,3 +30,12 @@ def test_quantized_moc_decode_quick_pass(monkeypatch):
     report = module["main"](["--quick", "--no-compile", "--repeats", "1"])
     rows = [line for line in report.splitlines() if "K=43" in line]
     assert len(rows) == 8 and sum("MoC int decode" in r for r in rows) == 2
+
+
+def test_csam_quick_pass(monkeypatch):
+    """The CSAM benchmark's CPU table on a tiny map: a row per path, the floor's ratio 1."""
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
+    module = runpy.run_path(str(BENCHMARKS / "csam.py"))
+    report = module["main"](["--cpu", "--shapes", "1x4x6x5", "--repeats", "1"])
+    rows = [line for line in report.splitlines() if line.startswith("1x4x6x5")]
+    assert len(rows) == 3 and rows[-1].rstrip().endswith("1.00")
