@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine, print_table, save_text,
-                    shapes_arg, timed_call)
+from common import (add_kernel_bench_args, do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine,
+                    print_table, save_text, shapes_arg, timed_call)
 
 import kernels
 
@@ -134,12 +134,7 @@ def main() -> None:
     parser.add_argument("--shapes", type=shapes_arg("BxLxC"), default=None,
                         help="comma-separated BxLxC (default: VAR-like 16x680x1024 and 8x680x1536 on CUDA "
                              "(d16 and d24 widths, 680 tokens at 256px); B = 2 on CPU)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="CUDA only; the CPU runs fp32")
-    parser.add_argument("--repeats", type=int, default=5, help="CPU: interleaved rounds")
-    parser.add_argument("--rep-ms", type=int, default=100, help="CUDA: do_bench's time budget per path")
-    parser.add_argument("--no-compile", action="store_true", help="CUDA: skip the torch.compile row")
-    parser.add_argument("--cpu", action="store_true", help="run the CPU table even where CUDA is present")
-    parser.add_argument("--save", action="store_true", help="also write the table to benchmarks/out/")
+    add_kernel_bench_args(parser, list(DTYPES))
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.cpu
     if args.shapes is None:

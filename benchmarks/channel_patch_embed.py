@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine, print_table, save_text,
-                    timed_call)
+from common import (add_kernel_bench_args, do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine,
+                    print_table, save_text, timed_call)
 
 import kernels
 
@@ -149,13 +149,8 @@ def main() -> None:
                         help="comma-separated BxCxHxW/p (default: ChannelViT-S, B=32, C=5 and 8, 224x224, "
                              "p=8 and 16 on CUDA; B=2 on CPU)")
     parser.add_argument("--dim", type=int, default=384, help="embedding width D (ChannelViT-S: 384)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="CUDA only; the CPU runs fp32")
-    parser.add_argument("--repeats", type=int, default=5, help="CPU: interleaved rounds")
-    parser.add_argument("--rep-ms", type=int, default=100, help="CUDA: do_bench's time budget per path")
-    parser.add_argument("--no-compile", action="store_true", help="CUDA: skip the torch.compile row")
+    add_kernel_bench_args(parser, list(DTYPES))
     parser.add_argument("--quick", action="store_true", help="one small shape per patch size (a smoke test)")
-    parser.add_argument("--cpu", action="store_true", help="run the CPU table even where CUDA is present")
-    parser.add_argument("--save", action="store_true", help="also write the table to benchmarks/out/")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.cpu
     if args.shapes is None:

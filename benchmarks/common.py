@@ -49,6 +49,17 @@ def print_table(header: list[str], rows: list[list[str]]) -> str:
     return text
 
 
+def add_kernel_bench_args(parser: argparse.ArgumentParser, dtypes: list[str]) -> None:
+    """The flags the fused-kernel benchmarks share: --dtype (CUDA), --repeats (CPU), --rep-ms (CUDA),
+    --no-compile, --cpu and --save."""
+    parser.add_argument("--dtype", choices=sorted(dtypes), default="bf16", help="CUDA only; the CPU runs fp32")
+    parser.add_argument("--repeats", type=int, default=5, help="CPU: interleaved rounds")
+    parser.add_argument("--rep-ms", type=int, default=100, help="CUDA: do_bench's time budget per path")
+    parser.add_argument("--no-compile", action="store_true", help="CUDA: skip the torch.compile row")
+    parser.add_argument("--cpu", action="store_true", help="run the CPU table even where CUDA is present")
+    parser.add_argument("--save", action="store_true", help="also write the table to benchmarks/out/")
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to serve maps of up to 32 MiB from its heap and never hand freed memory back
     to the OS, so a timed call that allocates its output does not page-fault it in afresh each time

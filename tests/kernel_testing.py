@@ -1,10 +1,13 @@
 """What the Triton kernel tests (tests/test_kernels_*.py) share: the device their kernels run on, the
-skip marker for machines that cannot run them, and the tolerances of a kernel against its reference.
+skip marker for machines that cannot run them, the tolerances of a kernel against its reference, and
+the pair of opcheck tests every kernel file has.
 
 Imported as ``from kernel_testing import ...``: pytest puts tests/ on ``sys.path`` (the default
 ``prepend`` import mode, tests/ has no ``__init__.py``). The ``triton_mode`` fixture is in conftest.py.
 """
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -35,3 +38,29 @@ def opcheck_all(cases: list[tuple], **options) -> None:
     ``options`` (e.g. ``test_utils``) go to each call."""
     for case in cases:
         torch.library.opcheck(*case, **options)
+
+
+def opcheck_tests(cases: Callable[[str], list[tuple]], *, test_utils: Optional[tuple[str, ...]] = None,
+                  triton_test_utils: Optional[tuple[str, ...]] = None,
+                  triton_cases: Optional[Callable[[str], list[tuple]]] = None) -> tuple[Callable, Callable]:
+    """The two opcheck tests of a kernel test file: every case of ``cases(device)`` on the reference path
+    (CPU, ``ZOO_KERNELS=torch``) and on the Triton path (its device). Bind them to module-level names that
+    start with ``test_`` so pytest collects them::
+
+        test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases)
+
+    ``test_utils`` goes to every opcheck (``triton_test_utils`` overrides it on the Triton path), and
+    ``triton_cases`` gives the Triton path fewer cases where the interpreter is slow.
+    """
+    options = {} if test_utils is None else {"test_utils": test_utils}
+    triton_options = options if triton_test_utils is None else {"test_utils": triton_test_utils}
+
+    def test_opcheck_reference_path(monkeypatch):
+        monkeypatch.setenv("ZOO_KERNELS", "torch")
+        opcheck_all(cases("cpu"), **options)
+
+    @needs_triton
+    def test_opcheck_triton_path(triton_mode):
+        opcheck_all((triton_cases or cases)(DEVICE), **triton_options)
+
+    return test_opcheck_reference_path, test_opcheck_triton_path

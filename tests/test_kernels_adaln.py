@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import kernels
 
-from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
 # (B, L, C): C not a power of two, L = 1, B = 1, a C of one tile column, a row wider than 64
 SHAPES = [(2, 5, 24), (1, 1, 40), (3, 7, 33), (2, 3, 100)]
@@ -175,14 +175,7 @@ def _opcheck_cases(device):
             (torch.ops.zoo.adaln_modulate_backward.default, (grad, x, scale, mean, rstd))]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_cases("cpu"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_cases(DEVICE))
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases)
 
 
 def test_compiles_fullgraph():

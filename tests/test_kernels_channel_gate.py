@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import blocks
 import kernels
 
-from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
 # channels and H x W off the tile sizes (B=1, C=1, H x W = 1, W = 1 included)
 SHAPES = [(2, 5, 3, 7), (1, 3, 1, 1), (3, 19, 4, 5), (2, 33, 6, 1), (1, 1, 1, 9)]
@@ -315,14 +315,7 @@ def _opcheck_args(device):
     ]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_args("cpu"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_args(DEVICE))
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_args)
 
 
 def test_bad_inputs_fail_before_any_work():

@@ -12,7 +12,7 @@ import torch
 import blocks
 import kernels
 
-from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
 # C = 1 (no channel neighbours), H x W = 1, widths and heights off the block size
 SHAPES = [(2, 5, 4, 3), (1, 1, 3, 7), (2, 3, 1, 1), (1, 4, 9, 11)]
@@ -117,14 +117,7 @@ def _opcheck_args(device):
             (kernels.csam, tuple(t.to(torch.bfloat16) for t in (x, w, b, g)), {})]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_args("cpu"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_args(DEVICE))
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_args)
 
 
 def test_bad_inputs_fail_before_any_work():

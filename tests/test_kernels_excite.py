@@ -13,7 +13,7 @@ import torch
 import blocks
 import kernels
 
-from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
 # (B, C, R): channels and bottlenecks off the tile sizes; B = 1, C = 1 and R = 1 included
 MLP_SHAPES = [(2, 5, 3), (1, 33, 7), (3, 64, 4), (1, 1, 1), (4, 48, 12)]
@@ -136,14 +136,7 @@ def _opcheck_args(device):
     ]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_args("cpu"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_args(DEVICE))
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_args)
 
 
 def test_bad_inputs_fail_before_any_work():

@@ -14,7 +14,7 @@ import torch
 import kernels
 from kernels.kv_quant import KVQuantized, pack_codes, unpack_codes
 
-from kernel_testing import DEVICE, needs_triton, opcheck_all
+from kernel_testing import DEVICE, needs_triton, opcheck_tests
 
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
@@ -201,14 +201,9 @@ def _opcheck_cases(device):
             (torch.ops.zoo.kv_dequantize.default, (*on, 4, 4, 2, 12, torch.bfloat16))]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_cases("cpu"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_cases(DEVICE)[::2])  # fp32 quantize, dequantize (the interpreter is slow)
+# the Triton path: fp32 quantize and dequantize only (the interpreter is slow)
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(
+    _opcheck_cases, triton_cases=lambda device: _opcheck_cases(device)[::2])
 
 
 def test_compiles_fullgraph():

@@ -14,7 +14,7 @@ import torch
 
 import kernels
 
-from kernel_testing import DEVICE, needs_triton, opcheck_all
+from kernel_testing import DEVICE, needs_triton, opcheck_tests
 
 moc_module = importlib.import_module("kernels.moc_ffn")  # the package attribute is the op
 
@@ -165,15 +165,9 @@ def _opcheck_cases(device):
     ]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_cases("cpu"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    """The registration is the reference path's; here the kernels' outputs against the fake tensors."""
-    opcheck_all(_opcheck_cases(DEVICE), test_utils=("test_schema", "test_faketensor"))
+# the registration is the reference path's; on the Triton path, the kernels' outputs against the fakes
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(
+    _opcheck_cases, triton_test_utils=("test_schema", "test_faketensor"))
 
 
 def test_available_lists_both_backends():

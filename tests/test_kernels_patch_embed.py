@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import kernels
 from kernels.patch_embed import channel_patch_embed_backward_reference
 
-from kernel_testing import DEVICE, TOL, needs_triton, opcheck_all
+from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
 # (B, C, H, W, p, D): H, W off the patch grid (the remainder is ignored), D off the 16-wide tiles,
 # B = 1, C = 1, one patch per channel, p = 4 / 8 / 16 (K = 16, 64 and 256: the forward's K loop)
@@ -166,14 +166,7 @@ def _opcheck_cases(device):
     ]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_cases("cpu"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_cases(DEVICE))
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases)
 
 
 def test_bad_inputs_fail_before_any_work():

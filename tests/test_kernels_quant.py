@@ -19,7 +19,7 @@ import kernels
 from kernels.dispatch import _interpreting
 from kernels.int_gemm import int_conv2d_accumulators_reference, weight_values
 
-from kernel_testing import DEVICE, needs_triton, opcheck_all
+from kernel_testing import DEVICE, needs_triton, opcheck_tests
 
 
 def _assert_float_output(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -365,14 +365,7 @@ OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor",
                  "test_aot_dispatch_dynamic")
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_cases("cpu"), test_utils=OPCHECK_TESTS)
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_cases(DEVICE), test_utils=OPCHECK_TESTS)
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases, test_utils=OPCHECK_TESTS)
 
 
 def test_both_ops_have_a_triton_implementation(monkeypatch):

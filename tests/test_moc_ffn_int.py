@@ -16,7 +16,7 @@ import blocks
 import kernels
 import zoo
 
-from kernel_testing import DEVICE, needs_triton, opcheck_all
+from kernel_testing import DEVICE, needs_triton, opcheck_tests
 
 int_module = importlib.import_module("kernels.moc_ffn_int")
 
@@ -318,11 +318,5 @@ def _opcheck_cases(device):
     return [(torch.ops.zoo.moc_ffn_decode_int.default, args)]
 
 
-def test_opcheck_reference_path(monkeypatch):
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    opcheck_all(_opcheck_cases("cpu"), test_utils=("test_schema", "test_faketensor"))
-
-
-@needs_triton
-def test_opcheck_triton_path(triton_mode):
-    opcheck_all(_opcheck_cases(DEVICE), test_utils=("test_schema", "test_faketensor"))
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(
+    _opcheck_cases, test_utils=("test_schema", "test_faketensor"))
