@@ -11,6 +11,8 @@ from torch.func import functional_call
 import blocks
 import zoo
 
+from kernel_testing import needs_triton
+
 SMALL = {"scale": 2, "n_resgroups": 10, "n_resblocks": 1, "n_feats": 16, "reduction": 4}  # han_small_x2.json's config
 
 
@@ -48,6 +50,20 @@ def test_small_han_matches_release_through_pretrained_path(han_vectors, small_ha
     assert small_han.pretrained_cfg["source"] == "user"
 
 
+@needs_triton
+def test_small_han_matches_release_on_the_triton_path(han_vectors, small_han, triton_mode):
+    """With the kernels forced (the interpreter without a GPU), every CA block's pool, excitation and
+    rescale and the CSAM run as fused ops, and the model still reproduces the release, fp32 and fp64."""
+    io = han_vectors["io"]
+    with torch.no_grad():
+        out = small_han(io["input"] / 255) * 255
+        out64 = small_han.double()(io["input"].double() / 255) * 255
+    small_han.float()
+    # fp32 on a 0..255 scale: the kernels sum in another order than ATen (5e-6 relative); fp64 is the strict check
+    torch.testing.assert_close(out, io["output"], atol=2e-3, rtol=0)
+    torch.testing.assert_close(out64, io["output_fp64"], atol=1e-9, rtol=0)
+
+
 def test_each_attention_path_moves_the_output(han_vectors, small_han):
     """A pass is meaningful: switching off either attention moves the output far past the tolerance."""
     x = han_vectors["io"]["input"] / 255
@@ -72,7 +88,9 @@ def test_lam_block_matches_release(han_vectors):
     assert (io["lam_out"] - io["lam_in"].flatten(1, 2)).abs().max() > 1e-2  # attention did something
 
 
-def test_csam_block_matches_release(han_vectors):
+@pytest.mark.parametrize("mode", ["auto", pytest.param("triton", marks=needs_triton)])
+def test_csam_block_matches_release(han_vectors, monkeypatch, mode):
+    monkeypatch.setenv("ZOO_KERNELS", mode)  # triton: the fused op (under the interpreter without a GPU)
     io, meta = han_vectors["io"], han_vectors["meta"]
     csam = _block_from_release("csam", "csa.", han_vectors["state"])
     assert csam.gamma.item() == pytest.approx(meta["csa_gamma"])
