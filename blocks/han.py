@@ -8,25 +8,17 @@ for formula and key for key, so its checkpoints load unchanged.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from einops import rearrange
 from torch import nn
 
 import kernels
+from kernels.dispatch import autocast_off
 
 from .layers import _observed, check_channels
 from .registry import register
 
 __all__ = ["ChannelSpatialAttention", "LayerAttention"]
-
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """Disable autocast for ``device_type``; a no-op where autocast does not exist (``meta``)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 @register("lam")
@@ -78,7 +70,7 @@ class LayerAttention(nn.Module):
         self._check_input(x)
         b, n, c, h, w = x.shape
         compute = torch.promote_types(x.dtype, torch.float32)
-        with _autocast_off(x.device.type):
+        with autocast_off(x.device.type):
             feats = x.to(compute).reshape(b, n, c * h * w)  # (B, N, C*H*W)
             energy = torch.bmm(feats, feats.transpose(1, 2))  # (B, N, N)
             # subtracting the row max only shifts the logits: kept for bit-level parity with the release

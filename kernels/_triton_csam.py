@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ._triton_common import interpreter_checked
+from .channel_scale import _empty_out
 
 _INTERPRET = interpreter_checked()
 
@@ -62,8 +63,7 @@ def _csam_kernel(x_ptr, w_ptr, bias_ptr, gamma_ptr, out_ptr, C, H, W, sxb, sxc, 
 def csam(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """The kernel behind ``zoo::csam``: y in x's dtype, NCHW or channels_last as x (else NCHW)."""
     b, c, h, w = x.shape
-    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    out = torch.empty_like(x) if dense else torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = _empty_out(x)
     if out.numel() == 0:
         return out
     block = min(BLOCK_HW, triton.next_power_of_2(h * w))

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .dispatch import kernel_op
+from .dispatch import kernel_op, upcast_16bit
 
 ACTIVATIONS = ("relu", "silu")
 
@@ -159,14 +159,9 @@ def _setup_mlp(ctx, inputs, output):
     ctx.save_for_backward(s, w1, b1, w2, b2)
 
 
-def _upcast(*tensors: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
-    """16-bit tensors in fp32: the backward runs in fp32 and rounds each gradient once."""
-    return [t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
-
-
 def _backward_mlp(ctx, grad):
     s, w1, b1, w2, b2 = ctx.saved_tensors
-    grads = excite_mlp_backward(*_upcast(grad, s, w1, b1, w2, b2), ctx.act)
+    grads = excite_mlp_backward(*upcast_16bit(grad, s, w1, b1, w2, b2), ctx.act)
     grad_s, grad_w1, grad_b1, grad_w2, grad_b2 = (g.to(s.dtype) for g in grads)
     has_b1, has_b2 = ctx.has_bias
     return grad_s, grad_w1, grad_b1 if has_b1 else None, grad_w2, grad_b2 if has_b2 else None, None
@@ -198,7 +193,7 @@ def _setup_conv(ctx, inputs, output):
 
 def _backward_conv(ctx, grad):
     s, weight = ctx.saved_tensors
-    return tuple(g.to(s.dtype) for g in excite_conv_backward(*_upcast(grad, s, weight)))
+    return tuple(g.to(s.dtype) for g in excite_conv_backward(*upcast_16bit(grad, s, weight)))
 
 
 excite_conv.register_autograd(_backward_conv, setup_context=_setup_conv)

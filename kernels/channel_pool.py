@@ -13,21 +13,13 @@ the plain-PyTorch reference (:mod:`kernels.dispatch`).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .dispatch import kernel_op
-
-
-def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast switched off where it is on (entering ``torch.autocast`` costs ~8 us a call otherwise)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+from .dispatch import autocast_off, kernel_op
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -90,8 +82,8 @@ def pool_weighted_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     # the layout (benchmarks/channel_gate.py; on 2 CPU cores, 8x256x56x56: mean 1.0 ms, this 1.0 ms,
     # vecdot's (B, C, HW) product temporary 3.0 ms). bmm, conv2d and embedding_bag are autocast ops:
     # keep them in x's dtype.
-    with _no_autocast(x.device.type):
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    with autocast_off(x.device.type):
+        channels_last = _is_channels_last(x)
         if (x.device.type == "cpu" and channels_last and hw > 1
                 and c // weight.shape[0] >= MIN_SHARED_CHANNELS):
             return _pool_shared_rows(x, weight)
@@ -233,7 +225,7 @@ def _backward_weighted(ctx, grad):
     grad_w = None
     if ctx.needs_input_grad[1]:  # d s[b, c] / d w[c // (C / G), hw] = x[b, c, hw]; rare, so plain PyTorch
         groups = weight.shape[0]
-        with _no_autocast(grad.device.type):
+        with autocast_off(grad.device.type):
             grad_w = torch.einsum("bgk,bgkhw->ghw", grad.unflatten(1, (groups, -1)),
                                   x.to(grad.dtype).unflatten(1, (groups, -1))).to(weight.dtype)
     return grad_x, grad_w

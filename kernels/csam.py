@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import kernel_op
+from .channel_scale import _empty_out, _matching
+from .dispatch import kernel_op, upcast_16bit
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor) -> None:
@@ -74,37 +75,27 @@ def csam_runs_fused(x: torch.Tensor) -> bool:
     return _csam.backend_for(x) == "triton"
 
 
-def _like(x: torch.Tensor) -> torch.Tensor:
-    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    return torch.empty_like(x) if dense else torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
 @torch.library.custom_op("zoo::csam", mutates_args=())
 def csam(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """HAN's CSAM: ``x * (1 + gamma * sigmoid(conv3d(x)))`` with one 3x3x3 kernel ``weight`` over (C, H, W),
     ``bias`` (1,) and ``gamma`` (1,), all in x's dtype; the result keeps x's dtype and memory format."""
     _check(x, weight, bias, gamma)
-    out = _csam(x, weight.contiguous(), bias, gamma)
-    return out if out.stride() == _like(x).stride() else _like(x).copy_(out)
+    return _matching(_csam(x, weight.contiguous(), bias, gamma), x)
 
 
 @csam.register_fake
 def _(x, weight, bias, gamma):
     _check(x, weight, bias, gamma)
-    return _like(x)
+    return _empty_out(x)
 
 
 def _setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 def _backward(ctx, grad):
     x, weight, bias, gamma = ctx.saved_tensors
-    grads = csam_backward(*(_upcast(t) for t in (grad, x, weight, bias, gamma)))
+    grads = csam_backward(*upcast_16bit(grad, x, weight, bias, gamma))
     return tuple(g.to(x.dtype) for g in grads)
 
 

@@ -17,6 +17,7 @@ before triton is imported, by us or by torch (``torch._dynamo`` imports it): set
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -28,6 +29,20 @@ ENV_VAR = "ZOO_KERNELS"
 MODES = ("auto", "torch", "triton")
 
 _OPS: dict[str, KernelOp] = {}
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off where it is on, for references that must run in their inputs' dtype; a no-op
+    where it is off (entering ``torch.autocast`` costs ~8 us a call) or does not exist (``meta``)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def upcast_16bit(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """fp16 / bf16 tensors in fp32, others (and None) as they are: backward formulas run in fp32 and
+    round each gradient once."""
+    return [t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
 
 
 def kernel_mode() -> str:
