@@ -5,7 +5,9 @@
 
 On CUDA: each block's time, achieved bandwidth and fraction of the HBM roofline for PyTorch eager (the
 reference path, ``ZOO_KERNELS=torch``), ``torch.compile`` (inductor on the same math written in plain
-PyTorch) and the fused Triton path (``ZOO_KERNELS=triton``), plus ResNet's fused epilogue
+PyTorch) and the fused Triton path (``ZOO_KERNELS=triton``: the squeeze-excite launch, then the
+rescale), with the fused path's former shape beside it (pool, excitation and rescale as three
+launches) to show what the one-launch squeeze-excite saves; plus ResNet's fused epilogue
 ``relu(x * gate + shortcut)``, with peak memory. The bytes counted are the fewest the math allows:
 the map read twice (pool, rescale) and written once (the shortcut read once more for the epilogue),
 and with ``--backward`` the backward's reads and writes on top.
@@ -63,6 +65,23 @@ def plain_gate(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(block, blocks.MultiSpectralAttention):
         return excite(block, (x.float() * block.dct_layer.weight.float()).sum(dim=(2, 3)))
     return excite(block, x.float().mean(dim=(2, 3)))
+
+
+def split_gate(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's gate as two launches, the pool op then the excitation op: the form the fused
+    squeeze-excite kernel replaced, timed beside it to show what the one-launch hand-off saves."""
+    if isinstance(block, blocks.MultiSpectralAttention):
+        s = kernels.pool_weighted(x, block.dct_layer.spatial_filter(x.shape[-2], x.shape[-1]))
+        down, up, bias_free = block.fc[0], block.fc[2], True
+    else:
+        s = kernels.pool_mean(x)
+        if isinstance(block, blocks.EfficientChannelAttention):
+            return kernels.excite_conv(s.to(block.conv.weight.dtype), block.conv.weight.view(-1))
+        down, up = (block.fc1, block.fc2) if isinstance(block, blocks.SqueezeExcite) else block.conv_du[::2]
+        bias_free = False
+    s = s.to(down.weight.dtype)
+    return kernels.excite_mlp(s, down.weight.flatten(1), None if bias_free else down.bias, up.weight.flatten(1),
+                              None if bias_free else up.bias, "relu")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,13 +176,18 @@ def run_cuda(args: argparse.Namespace) -> None:
                         return kernels.channel_scale(x, block.channel_gate(x), shortcut, relu=True)
                     return block(x)
 
+            def split_fn(block=block, epilogue=epilogue):
+                with kernel_mode("triton"):
+                    return kernels.channel_scale(x, split_gate(block, x), shortcut if epilogue else None, relu=epilogue)
+
             def plain(xx, sc, block=block, epilogue=epilogue):
                 y = xx * plain_gate(block, xx).to(xx.dtype)[:, :, None, None]
                 return torch.relu(y + sc) if epilogue else y
 
             torch._dynamo.reset()  # one compiled graph per block and shape, never the recompile limit
             compiled = torch.compile(plain)
-            variants = {"eager": eager_fn, "torch.compile": lambda: compiled(x, shortcut), "fused": fused_fn}
+            variants = {"eager": eager_fn, "torch.compile": lambda: compiled(x, shortcut), "fused": fused_fn,
+                        "fused, pool and excite apart": split_fn}
             traffic = n_bytes * (4 if epilogue else 3)
             if args.backward:
                 x.requires_grad_(True)

@@ -18,7 +18,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 
 # one step per line: <seconds> <command>
 TESTS=(
-  "420 -m pytest -q -p no:cacheprovider tests/test_kernels_channel_gate.py tests/test_kernels_excite.py tests/test_kernels_csam.py tests/test_kernels_quant.py tests/test_kernels_moc.py tests/test_moc_ffn_int.py tests/test_kernels_kv_quant.py tests/test_kernels_adaln.py tests/test_kernels_patch_embed.py tests/test_kernels_compile.py"
+  "420 -m pytest -q -p no:cacheprovider tests/test_kernels_channel_gate.py tests/test_kernels_excite.py tests/test_kernels_squeeze_excite.py tests/test_kernels_csam.py tests/test_kernels_quant.py tests/test_kernels_moc.py tests/test_moc_ffn_int.py tests/test_kernels_kv_quant.py tests/test_kernels_adaln.py tests/test_kernels_patch_embed.py tests/test_kernels_compile.py"
   "90 -m pytest -q -p no:cacheprovider tests/test_var.py -k flex"
 )
 BENCH=(

@@ -42,10 +42,10 @@ class ChannelAttention(ChannelGate):
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         down, act, up, gate = self.conv_du
-        s = kernels.pool_mean(x)
-        s = s.to(param_dtype(down, s.dtype))  # (B, C)
-        fused = fused_mlp_gate(s, down, act, up, gate)
+        fused = fused_mlp_gate(x, None, down, act, up, gate)
         if fused is not None:
             return fused
+        s = kernels.pool_mean(x)
+        s = s.to(param_dtype(down, s.dtype))  # (B, C)
         s = F.relu(pointwise(down, s))  # (B, C / r)
         return torch.sigmoid(pointwise(up, s))  # (B, C)

@@ -40,10 +40,10 @@ class EfficientChannelAttention(ChannelGate):
         self.gate = create_act(gate_layer)
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        s = kernels.pool_mean(x).to(self.conv.weight.dtype)  # (B, C)
-        fused = fused_conv_gate(s, self.conv, self.gate)
+        fused = fused_conv_gate(x, self.conv, self.gate)
         if fused is not None:
             return fused
+        s = kernels.pool_mean(x).to(self.conv.weight.dtype)  # (B, C)
         return self.gate(self.conv(s[:, None, :])[:, 0, :])  # channels as a length-C sequence: (B, 1, C)
 
     def extra_repr(self) -> str:

@@ -23,6 +23,7 @@ _FREQ_TABLE: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "bot": ((6, 1, 3, 3, 2, 4, 1, 2, 4, 4, 5, 1, 4, 6, 2, 5, 6, 1, 6, 2, 2, 4, 3, 3, 5, 5, 6, 2, 5, 5, 3, 6),
             (6, 4, 4, 6, 6, 3, 1, 4, 4, 5, 6, 5, 2, 2, 5, 1, 4, 3, 5, 0, 3, 1, 1, 2, 4, 2, 1, 1, 5, 3, 3, 3)),
 }
+FILTER_CACHE_SIZE = 8  # spatial filters kept per block (input sizes x layouts)
 FREQ_SEL_METHODS = tuple(f"{kind}{n}" for kind in _FREQ_TABLE for n in (1, 2, 4, 8, 16, 32))
 
 
@@ -87,28 +88,53 @@ class DCTFilter(nn.Module):
         self.register_buffer("weight", weight.to(device=device, dtype=dtype or torch.get_default_dtype()))
         self.frequencies = len(freqs_x)
         self.groups = self.frequencies
+        self._filters: dict[tuple, torch.Tensor] = {}  # spatial filters per input size (not state)
         self.register_load_state_dict_post_hook(DCTFilter._recheck_groups)
 
     @staticmethod
     def _recheck_groups(module: "DCTFilter", incompatible_keys) -> None:
         module.groups = shared_filter_groups(module.weight, module.frequencies)
+        module._filters.clear()
+
+    def _apply(self, fn, *args, **kwargs):
+        self._filters.clear()  # .to(), .half(), .cuda(): the kept filters are of the old buffer
+        return super()._apply(fn, *args, **kwargs)
 
     def spatial_filter(self, height: int, width: int, per_channel: bool = False) -> torch.Tensor:
         """The (groups, H, W) filter for an input of ``height x width``, with adaptive pooling folded in;
         with ``per_channel``, expanded to (C, H, W).
 
         Adaptive average pooling is linear and separable, so ``sum(pool(x) * D) = sum(x * P_h^T D P_w)``:
-        the feature map is read once at its own size instead of being pooled first.
+        the feature map is read once at its own size instead of being pooled first. Each size's filter is
+        computed once and kept (up to ``FILTER_CACHE_SIZE`` of them) until the buffer changes: a map of
+        another size than the DCT grid (evaluation at 256 or 288 px) would otherwise pay 0.5-0.9 ms per
+        block and call on a CPU to rebuild it.
         """
         channels, dct_h, dct_w = self.weight.shape
         if (height, width) == (dct_h, dct_w) and per_channel:
             return self.weight
+        if self.weight.requires_grad or torch.compiler.is_compiling():
+            return self._build_filter(height, width, per_channel)  # a learnt filter, or a graph to trace
+        # data_ptr and _version change when the buffer is moved, cast, reloaded or written in place
+        key = (height, width, per_channel, self.weight.data_ptr(), self.weight._version)
+        filt = self._filters.get(key)
+        if filt is None:
+            if len(self._filters) >= FILTER_CACHE_SIZE:
+                self._filters.clear()
+            # a filter built under inference_mode would be an inference tensor, which autograd may not
+            # save for the backward of a later training step
+            with torch.inference_mode(False):
+                filt = self._filters[key] = self._build_filter(height, width, per_channel)
+        return filt
+
+    def _build_filter(self, height: int, width: int, per_channel: bool) -> torch.Tensor:
+        channels, dct_h, dct_w = self.weight.shape
         filt = self.weight[:: channels // self.groups]  # (G, dct_h, dct_w): the first channel of each run
         if (height, width) != (dct_h, dct_w):
             p_h = adaptive_pool_matrix(dct_h, height).to(filt)  # (dct_h, H)
             p_w = adaptive_pool_matrix(dct_w, width).to(filt)  # (dct_w, W)
             filt = torch.einsum("gij,ih,jw->ghw", filt, p_h, p_w)  # (G, H, W)
-        return filt.repeat_interleave(channels // self.groups, dim=0) if per_channel else filt
+        return filt.repeat_interleave(channels // self.groups, dim=0) if per_channel else filt.contiguous()
 
 
 @register("fca")
@@ -157,14 +183,17 @@ class MultiSpectralAttention(ChannelGate):
         self.gate = create_act(gate_layer)
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        # pooling an NCHW map on the CPU is a per-channel GEMV (one filter per channel: at the DCT size
-        # the buffer itself, no copy); any other map reads the G shared filters (fewer bytes, and the
+        # the CPU pools an NCHW map as a per-channel GEMV (one filter per channel: at the DCT size the
+        # buffer itself, no copy); everything else reads the G shared filters (fewer bytes, and the
         # CPU's channels_last path needs them)
-        filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1], per_channel=x.is_contiguous())
+        per_channel = x.is_contiguous() and not kernels.squeeze_excite_runs_fused(x)
+        filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1], per_channel=per_channel)
+        fused = fused_mlp_gate(x, filt, self.fc[0], self.fc[1], self.fc[2], self.gate)
+        if fused is not None:
+            return fused
         s = kernels.pool_weighted(x, filt)
         s = s.to(param_dtype(self.fc[0], s.dtype))  # (B, C)
-        fused = fused_mlp_gate(s, self.fc[0], self.fc[1], self.fc[2], self.gate)
-        return fused if fused is not None else self.gate(self.fc(s))  # (B, C)
+        return self.gate(self.fc(s))  # (B, C)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, dct=({self.dct_h}, {self.dct_w}), freq_sel_method={self.freq_sel_method!r}"

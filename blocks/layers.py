@@ -107,25 +107,29 @@ def _plain_pointwise(layer: nn.Module) -> bool:
     return type(layer) is nn.Linear and not _observed(layer)
 
 
-def fused_mlp_gate(s: torch.Tensor, down: nn.Module, act: nn.Module, up: nn.Module,
-                   gate: nn.Module) -> torch.Tensor | None:
-    """``gate(up(act(down(s))))`` for pooled vectors (B, C) as one ``kernels.excite_mlp`` launch, where
-    its Triton kernel runs and it implements every piece (plain float layers, ReLU or SiLU, sigmoid);
-    None otherwise, and the caller runs its modules (the CPU path, quantized or hooked layers)."""
+def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.Module, act: nn.Module,
+                   up: nn.Module, gate: nn.Module) -> torch.Tensor | None:
+    """``gate(up(act(down(pool(x)))))`` as one ``kernels.squeeze_excite_mlp`` launch (the mean, or the
+    weighted sum with ``pool_filter``), where its Triton kernel runs and it implements every piece (plain
+    float layers, ReLU or SiLU, sigmoid); None otherwise, and the caller pools and runs its modules (the
+    CPU path, quantized or hooked layers)."""
     name = _FUSED_ACTS.get(type(act))
-    if (name is None or type(gate) is not nn.Sigmoid or not kernels.excite_runs_fused(s)
+    if (name is None or type(gate) is not nn.Sigmoid or not kernels.squeeze_excite_runs_fused(x)
             or not (_plain_pointwise(down) and _plain_pointwise(up))):
         return None
-    return kernels.excite_mlp(s, down.weight.flatten(1), down.bias, up.weight.flatten(1), up.bias, name)
+    g, _ = kernels.squeeze_excite_mlp(x, pool_filter, down.weight.flatten(1), down.bias, up.weight.flatten(1),
+                                      up.bias, name)
+    return g
 
 
-def fused_conv_gate(s: torch.Tensor, conv: nn.Module, gate: nn.Module) -> torch.Tensor | None:
-    """ECA's ``gate(conv(s))`` along the channels of pooled vectors (B, C) as one ``kernels.excite_conv``
-    launch where its Triton kernel runs (a plain bias-free ``nn.Conv1d``, sigmoid); None otherwise."""
+def fused_conv_gate(x: torch.Tensor, conv: nn.Module, gate: nn.Module) -> torch.Tensor | None:
+    """ECA's ``gate(conv(mean_hw(x)))`` along the channels as one ``kernels.squeeze_excite_conv`` launch
+    where its Triton kernel runs (a plain bias-free ``nn.Conv1d``, sigmoid); None otherwise."""
     if (type(conv) is not nn.Conv1d or conv.bias is not None or type(gate) is not nn.Sigmoid
-            or _observed(conv) or not kernels.excite_runs_fused(s)):
+            or _observed(conv) or not kernels.squeeze_excite_runs_fused(x)):
         return None
-    return kernels.excite_conv(s, conv.weight.view(-1))
+    g, _ = kernels.squeeze_excite_conv(x, None, conv.weight.view(-1))
+    return g
 
 
 def _observed(layer: nn.Module) -> bool:

@@ -44,10 +44,10 @@ class SqueezeExcite(ChannelGate):
         self.gate = create_act(gate_layer)
 
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
-        s = kernels.pool_mean(x)
-        s = s.to(param_dtype(self.fc1, s.dtype))  # (B, C)
-        fused = fused_mlp_gate(s, self.fc1, self.act, self.fc2, self.gate)
+        fused = fused_mlp_gate(x, None, self.fc1, self.act, self.fc2, self.gate)
         if fused is not None:
             return fused
+        s = kernels.pool_mean(x)
+        s = s.to(param_dtype(self.fc1, s.dtype))  # (B, C)
         s = self.act(pointwise(self.fc1, s))  # (B, rd)
         return self.gate(pointwise(self.fc2, s))  # (B, C)

@@ -13,6 +13,9 @@ Channel gate (SE, ECA, RCAN's CA, FcaNet):
   residual block's ``relu(x * gate + shortcut)`` epilogue;
 - ``excite_mlp(s, w1, b1, w2, b2, act)`` and ``excite_conv(s, weight)``: the excitation (SE / CA /
   FcaNet's MLP, ECA's 1-D conv) and its sigmoid in one launch;
+- ``squeeze_excite_mlp(x, pool_filter, w1, b1, w2, b2, act)`` and ``squeeze_excite_conv(x, pool_filter, taps)``:
+  the pool and the excitation in one launch, ``(gate, pooled vector)`` from the map (what the blocks call
+  where the Triton kernels run);
 - ``pool_backward`` and ``channel_scale_backward``: the ops their autograd formulas call;
 - ``csam(x, weight, bias, gamma)``: HAN's channel-spatial attention, the 3x3x3 gate and the rescale in one pass.
 """
@@ -21,7 +24,9 @@ from .channel_pool import pool_backward, pool_backward_reference, pool_mean, poo
 from .channel_pool import per_channel_filter, pool_weighted_reference
 from .channel_scale import channel_scale_backward, channel_scale_backward_reference, channel_scale_reference
 from .channel_scale import channel_scale
-from .channel_excite import excite_conv, excite_conv_reference, excite_mlp, excite_mlp_reference, excite_runs_fused
+from .channel_excite import excite_conv, excite_conv_reference, excite_mlp, excite_mlp_reference
+from .squeeze_excite import squeeze_excite_conv, squeeze_excite_conv_reference, squeeze_excite_mlp
+from .squeeze_excite import squeeze_excite_mlp_reference, squeeze_excite_runs_fused
 from .csam import csam, csam_reference, csam_runs_fused
 
 __all__ = [
@@ -44,7 +49,11 @@ __all__ = [
     "excite_conv",
     "excite_mlp_reference",
     "excite_conv_reference",
-    "excite_runs_fused",
+    "squeeze_excite_mlp",
+    "squeeze_excite_conv",
+    "squeeze_excite_mlp_reference",
+    "squeeze_excite_conv_reference",
+    "squeeze_excite_runs_fused",
     "csam",
     "csam_reference",
     "csam_runs_fused",

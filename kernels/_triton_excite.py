@@ -40,20 +40,21 @@ def _sigmoid(z):
     return 1.0 / (1.0 + tl.exp(-z))
 
 
-@triton.autotune(configs=_CONFIGS, key=["C", "R", "BLOCK_R", "BLOCK_C"])
 @triton.jit
-def _mlp_kernel(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, C, R,
-                HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
-                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def mlp_gate_row(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, row, C, R,
+                 HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One gate row: ``out[row:row + C] = sigmoid(W2 act(W1 s + b1) + b2)`` with ``s = s_ptr[row:row + C]``
+    rounded to the weights' (out's) dtype first, as the block casts the pooled vector to its layers' dtype.
+    Shared by the excitation kernel and the fused squeeze-excite kernel (:mod:`kernels._triton_squeeze_excite`)."""
     dtype = out_ptr.dtype.element_ty
-    row = tl.program_id(0).to(tl.int64) * C
     offs_r = tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
     hidden = tl.zeros((BLOCK_R,), dtype=ACC)
     for start in range(0, C, BLOCK_C):
         offs_c = start + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        s = tl.load(s_ptr + row + offs_c, mask=mask_c, other=0.0).to(ACC)
+        s = tl.load(s_ptr + row + offs_c, mask=mask_c, other=0.0).to(dtype).to(ACC)
         w1 = tl.load(w1_ptr + offs_r[:, None] * C + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :],
                      other=0.0).to(ACC)  # (BLOCK_R, BLOCK_C) of W1 (R, C)
         hidden += tl.sum(w1 * s[None, :], axis=1)
@@ -77,6 +78,21 @@ def _mlp_kernel(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, C, R,
         tl.store(out_ptr + row + offs_c, gate.to(dtype), mask=mask_c)
 
 
+@triton.autotune(configs=_CONFIGS, key=["C", "R", "BLOCK_R", "BLOCK_C"])
+@triton.jit
+def _mlp_kernel(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, C, R,
+                HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    mlp_gate_row(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, tl.program_id(0).to(tl.int64) * C, C, R,
+                 HAS_B1, HAS_B2, SILU, ACC, BLOCK_R, BLOCK_C)
+
+
+def mlp_blocks(c: int, r: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_C) of :func:`mlp_gate_row`: the whole bottleneck, and C in tiles of TILE elements."""
+    block_r = triton.next_power_of_2(r)
+    return block_r, max(1, min(triton.next_power_of_2(c), TILE // block_r))
+
+
 def excite_mlp(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
                b2: torch.Tensor | None, act: str) -> torch.Tensor:
     """The kernel behind ``zoo::excite_mlp`` (contiguous inputs of one dtype; checked by the op)."""
@@ -89,30 +105,35 @@ def excite_mlp(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: t
     out = torch.empty_like(s)
     if out.numel() == 0:
         return out
-    block_r = triton.next_power_of_2(r)
-    block_c = max(1, min(triton.next_power_of_2(c), TILE // block_r))
+    block_r, block_c = mlp_blocks(c, r)
     _mlp_kernel[(b,)](s, w1, b1 if b1 is not None else s, w2, b2 if b2 is not None else s, out, c, r,
                       HAS_B1=b1 is not None, HAS_B2=b2 is not None, SILU=act == "silu", ACC=_acc(s.dtype),
                       BLOCK_R=block_r, BLOCK_C=block_c)
     return out
 
 
-@triton.autotune(configs=_CONFIGS, key=["C", "K", "BLOCK_C", "BLOCK_K"])
 @triton.jit
-def _conv_kernel(s_ptr, w_ptr, out_ptr, C, K, PAD, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+def conv_gate_block(s_ptr, w_ptr, out_ptr, row, offs_c, C, K, PAD, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The gates of channels ``offs_c`` of one row: ``sigmoid(sum_j w[j] s[c + j - PAD])``, s rounded to
+    the taps' (out's) dtype. Shared with the fused squeeze-excite kernel."""
     dtype = out_ptr.dtype.element_ty
-    row = tl.program_id(0).to(tl.int64) * C
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_k = tl.arange(0, BLOCK_K)
     mask_c = offs_c < C
     mask_k = offs_k < K
     taps = tl.load(w_ptr + offs_k, mask=mask_k, other=0.0).to(ACC)
     src = offs_c[:, None] + offs_k[None, :] - PAD  # (BLOCK_C, BLOCK_K): the neighbours of each channel
     inside = mask_c[:, None] & mask_k[None, :] & (src >= 0) & (src < C)  # outside: the zero padding
-    window = tl.load(s_ptr + row + src, mask=inside, other=0.0).to(ACC)
+    window = tl.load(s_ptr + row + src, mask=inside, other=0.0).to(dtype).to(ACC)
     logit = tl.sum(window * taps[None, :], axis=1)
     gate = _sigmoid(logit.to(dtype).to(ACC))
     tl.store(out_ptr + row + offs_c, gate.to(dtype), mask=mask_c)
+
+
+@triton.autotune(configs=_CONFIGS, key=["C", "K", "BLOCK_C", "BLOCK_K"])
+@triton.jit
+def _conv_kernel(s_ptr, w_ptr, out_ptr, C, K, PAD, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    conv_gate_block(s_ptr, w_ptr, out_ptr, tl.program_id(0).to(tl.int64) * C, offs_c, C, K, PAD, ACC, BLOCK_K)
 
 
 def excite_conv(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

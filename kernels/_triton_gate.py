@@ -19,6 +19,7 @@ over (B, splits, C) finishes the job, which keeps the result deterministic (no a
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -123,6 +124,24 @@ def _splits(b: int, n_cblocks: int, hw: int, block_hw: int, device: torch.device
 # ----------------------------------------------------------------------------------------------
 # pooling: out[b, c] = sum_hw x[b, c, hw] * (w[c // channels_per_filter, hw] or 1) / divisor
 # ----------------------------------------------------------------------------------------------
+@triton.jit
+def pool_partial(x_ptr, w_ptr, b, offs_c, mask_c, hw_lo, hw_hi, sxb, sxc, sxhw, swc, swhw, channels_per_filter,
+                 HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """(BLOCK_C,) sums over HW in [hw_lo, hw_hi) of x[b, offs_c, hw] (times the filter with HAS_WEIGHT).
+    Shared with the fused squeeze-excite kernel (:mod:`kernels._triton_squeeze_excite`)."""
+    x_rows = x_ptr + b.to(tl.int64) * sxb + offs_c[:, None].to(tl.int64) * sxc
+    w_rows = w_ptr + (offs_c[:, None] // channels_per_filter).to(tl.int64) * swc
+    acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=ACC)
+    for start in range(hw_lo, hw_hi, BLOCK_HW):
+        offs_hw = start + tl.arange(0, BLOCK_HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < hw_hi)
+        v = tl.load(x_rows + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask, other=0.0).to(ACC)
+        if HAS_WEIGHT:
+            v = v * tl.load(w_rows + offs_hw[None, :] * swhw, mask=mask, other=0.0).to(ACC)
+        acc += v
+    return tl.sum(acc, axis=1)
+
+
 @triton.autotune(configs=_CONFIGS, key=["C", "HW", "BLOCK_C", "BLOCK_HW"])
 @triton.jit
 def _pool_fwd_kernel(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, divisor,
@@ -135,17 +154,8 @@ def _pool_fwd_kernel(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, div
     mask_c = offs_c < C
     hw_lo = split * hw_per_split
     hw_hi = tl.minimum(hw_lo + hw_per_split, HW)
-    x_rows = x_ptr + b.to(tl.int64) * sxb + offs_c[:, None].to(tl.int64) * sxc
-    w_rows = w_ptr + (offs_c[:, None] // channels_per_filter).to(tl.int64) * swc
-    acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=ACC)
-    for start in range(hw_lo, hw_hi, BLOCK_HW):
-        offs_hw = start + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_hw[None, :] < hw_hi)
-        v = tl.load(x_rows + offs_hw[None, :].to(tl.int64) * sxhw, mask=mask, other=0.0).to(ACC)
-        if HAS_WEIGHT:
-            v = v * tl.load(w_rows + offs_hw[None, :] * swhw, mask=mask, other=0.0).to(ACC)
-        acc += v
-    total = tl.sum(acc, axis=1) / divisor
+    total = pool_partial(x_ptr, w_ptr, b, offs_c, mask_c, hw_lo, hw_hi, sxb, sxc, sxhw, swc, swhw,
+                         channels_per_filter, HAS_WEIGHT, ACC, BLOCK_C, BLOCK_HW) / divisor
     row = b.to(tl.int64) * tl.num_programs(1) + split
     tl.store(part_ptr + row * C + offs_c, total, mask=mask_c)
 
@@ -162,25 +172,46 @@ def _filter_rows(weight: torch.Tensor | None, c: int, hw: int, channels_fast: bo
     return w2, w2.stride(0), w2.stride(1), c // groups
 
 
-def pool(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C) fp32 (fp64 for fp64 x): mean over H x W, or the weighted sum with ``weight`` (C or G, H, W)."""
-    x = as_readable(x)
+class PoolPlan(NamedTuple):
+    """How :func:`pool` (and the fused squeeze-excite kernel) split a map: tiles, programs, the filter."""
+    block_c: int
+    block_hw: int
+    n_cblocks: int  # channel blocks per sample
+    splits: int  # HW splits per (sample, channel block)
+    per_split: int  # HW elements per split
+    filter_rows: torch.Tensor  # (G, HW) as the kernel reads it (x itself when there is no filter)
+    filter_strides: tuple[int, int]  # (channel row, HW)
+    channels_per_filter: int
+    divisor: int  # H * W for the mean, 1 for a weighted sum
+
+
+def plan_pool(x: torch.Tensor, weight: torch.Tensor | None) -> PoolPlan:
+    """The plan for a readable (B, C, H, W) map with at least one element."""
     b, c, h, w = x.shape
     hw = h * w
-    acc = _acc_dtype(x.dtype)
-    if b * c == 0 or hw == 0:  # an empty map: the sum is 0 and the mean NaN, as in PyTorch
-        return torch.full((b, c), 0.0 if weight is not None else float("nan"), dtype=acc, device=x.device)
     channels_fast = _channels_fast(x)
     block_c, block_hw = _tiles(c, hw, channels_fast)
     n_cblocks = triton.cdiv(c, block_c)
     splits, per_split = _splits(b, n_cblocks, hw, block_hw, x.device)
     w2, swc, swhw, per_filter = _filter_rows(weight, c, hw, channels_fast, x)
-    part = torch.empty(b, splits, c, dtype=acc, device=x.device)
-    _pool_fwd_kernel[(b * n_cblocks, splits)](
-        x, w2, part, c, hw, n_cblocks, per_split, hw if weight is None else 1,
-        *_bchw_strides(x), swc, swhw, per_filter,
-        HAS_WEIGHT=weight is not None, ACC=_compute_dtype(x.dtype), BLOCK_C=block_c, BLOCK_HW=block_hw)
-    return part[:, 0] if splits == 1 else part.sum(dim=1)
+    return PoolPlan(block_c, block_hw, n_cblocks, splits, per_split, w2, (swc, swhw), per_filter,
+                    hw if weight is None else 1)
+
+
+def pool(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C) fp32 (fp64 for fp64 x): mean over H x W, or the weighted sum with ``weight`` (C or G, H, W)."""
+    x = as_readable(x)
+    b, c, h, w = x.shape
+    acc = _acc_dtype(x.dtype)
+    if b * c == 0 or h * w == 0:  # an empty map: the sum is 0 and the mean NaN, as in PyTorch
+        return torch.full((b, c), 0.0 if weight is not None else float("nan"), dtype=acc, device=x.device)
+    plan = plan_pool(x, weight)
+    part = torch.empty(b, plan.splits, c, dtype=acc, device=x.device)
+    _pool_fwd_kernel[(b * plan.n_cblocks, plan.splits)](
+        x, plan.filter_rows, part, c, h * w, plan.n_cblocks, plan.per_split, plan.divisor,
+        *_bchw_strides(x), *plan.filter_strides, plan.channels_per_filter,
+        HAS_WEIGHT=weight is not None, ACC=_compute_dtype(x.dtype), BLOCK_C=plan.block_c, BLOCK_HW=plan.block_hw)
+    return part[:, 0] if plan.splits == 1 else part.sum(dim=1)
 
 
 # ----------------------------------------------------------------------------------------------

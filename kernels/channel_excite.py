@@ -8,15 +8,13 @@
 
 Eager PyTorch runs the MLP as two GEMMs and two or three elementwise kernels; the Triton kernels
 (:mod:`kernels._triton_excite`) compute a gate row in one launch, in fp32 (fp64 for fp64), rounding
-the hidden vector and the logits to the weights' dtype where the layers would. It is the second of
-the gate's three launches (pool, excite, rescale): fusing it into the pooling kernel would leave the
-whole map to one program per sample.
+the hidden vector and the logits to the weights' dtype where the layers would. The blocks do not
+launch these: their gate is one :mod:`kernels.squeeze_excite` launch, whose last program per sample
+runs the same row code on the pooled vector. These ops serve a vector pooled some other way.
 
-Inputs share one dtype (the blocks cast the fp32 pooled vector to their parameters' dtype first);
-the gate comes back in it. The backward is the plain PyTorch formulas below, in fp32 for 16-bit
-inputs (the tensors are a few (B, C) rows and the weights: no pass over the feature map). The blocks call these ops only where
-the Triton kernel runs (:func:`excite_runs_fused`); elsewhere their layers run as modules, the same math
-without an op's per-call overhead, and quantized or hooked layers keep their own forward.
+Inputs share one dtype (cast an fp32 pooled vector to the layers' dtype first); the gate comes back
+in it. The backward is the plain PyTorch formulas below (shared with the squeeze-excite ops), in
+fp32 for 16-bit inputs: the tensors are a few (B, C) rows and the weights, no pass over the map.
 """
 from __future__ import annotations
 
@@ -37,34 +35,48 @@ def _check_vector(op: str, s: torch.Tensor) -> None:
         raise TypeError(f"{op} expects floating-point vectors; got {s.dtype}")
 
 
-def _check_param(op: str, name: str, t: Optional[torch.Tensor], shape: tuple[int, ...], s: torch.Tensor) -> None:
+def _check_param(op: str, name: str, t: Optional[torch.Tensor], shape: tuple[int, ...], like: torch.Tensor,
+                 like_name: str, hint: str, context: str = "") -> None:
     if t is None:
         return
     if tuple(t.shape) != shape:
-        raise ValueError(f"{op}: {name} must have shape {shape} for vectors of shape {tuple(s.shape)}; "
-                         f"got {tuple(t.shape)}")
-    if t.dtype != s.dtype or t.device != s.device:
-        raise ValueError(f"{op}: {name} ({t.dtype}, {t.device}) must match the vectors ({s.dtype}, {s.device}); "
-                         "cast the pooled vector to the layers' dtype first")
+        raise ValueError(f"{op}: {name} must have shape {shape}{context}; got {tuple(t.shape)}")
+    if t.dtype != like.dtype or t.device != like.device:
+        raise ValueError(f"{op}: {name} ({t.dtype}, {t.device}) must match {like_name} ({like.dtype}, {like.device}); "
+                         f"{hint}")
+
+
+def check_mlp_weights(op: str, channels: int, w1, b1, w2, b2, act: str, like: torch.Tensor, like_name: str,
+                      hint: str) -> None:
+    """W1 (R, C), b1 (R,), W2 (C, R), b2 (C,) of ``channels`` C, in ``like``'s dtype and device; act by name."""
+    if w1.ndim != 2:
+        raise ValueError(f"{op}: w1 must be (R, C); got shape {tuple(w1.shape)}")
+    r = w1.shape[0]
+    for name, t, shape in (("w1", w1, (r, channels)), ("b1", b1, (r,)), ("w2", w2, (channels, r)),
+                           ("b2", b2, (channels,))):
+        _check_param(op, name, t, shape, like, like_name, hint, f" for C = {channels} channels and R = {r} (w1's rows)")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{op}: act={act!r} is not one of {', '.join(ACTIVATIONS)}")
+
+
+def check_conv_taps(op: str, taps: torch.Tensor, like: torch.Tensor, like_name: str, hint: str) -> None:
+    if taps.ndim != 1 or taps.numel() % 2 == 0:
+        raise ValueError(f"{op} needs an odd number of taps (k,) so the gate keeps C channels; "
+                         f"got a kernel of shape {tuple(taps.shape)}")
+    _check_param(op, "weight", taps, tuple(taps.shape), like, like_name, hint)
+
+
+_CAST_HINT = "cast the pooled vector to the layers' dtype first"
 
 
 def _check_mlp(s, w1, b1, w2, b2, act) -> None:
     _check_vector("excite_mlp", s)
-    if w1.ndim != 2:
-        raise ValueError(f"excite_mlp: w1 must be (R, C); got shape {tuple(w1.shape)}")
-    c, r = s.shape[1], w1.shape[0]
-    for name, t, shape in (("w1", w1, (r, c)), ("b1", b1, (r,)), ("w2", w2, (c, r)), ("b2", b2, (c,))):
-        _check_param("excite_mlp", name, t, shape, s)
-    if act not in ACTIVATIONS:
-        raise ValueError(f"excite_mlp: act={act!r} is not one of {', '.join(ACTIVATIONS)}")
+    check_mlp_weights("excite_mlp", s.shape[1], w1, b1, w2, b2, act, s, "the vectors", _CAST_HINT)
 
 
 def _check_conv(s, weight) -> None:
     _check_vector("excite_conv", s)
-    if weight.ndim != 1 or weight.numel() % 2 == 0:
-        raise ValueError(f"excite_conv needs an odd number of taps (k,) so the gate keeps C channels; "
-                         f"got a kernel of shape {tuple(weight.shape)}")
-    _check_param("excite_conv", "weight", weight, tuple(weight.shape), s)
+    check_conv_taps("excite_conv", weight, s, "the vectors", _CAST_HINT)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,12 +136,6 @@ _mlp = kernel_op("channel_excite.mlp")(excite_mlp_reference)
 _mlp.register_triton_lazy("kernels._triton_excite", "excite_mlp")
 _conv = kernel_op("channel_excite.conv")(excite_conv_reference)
 _conv.register_triton_lazy("kernels._triton_excite", "excite_conv")
-
-
-def excite_runs_fused(s: torch.Tensor) -> bool:
-    """Whether the excitation ops would run their Triton kernel on ``s`` (a CUDA tensor, or
-    ``ZOO_KERNELS=triton`` under the interpreter)."""
-    return _mlp.backend_for(s) == "triton"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,16 +37,16 @@ def _check_map(op: str, x: torch.Tensor) -> None:
         raise TypeError(f"{op} expects a floating-point feature map; got {x.dtype}")
 
 
-def _check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
-    _check_map("pool_weighted", x)
+def _check_weight(x: torch.Tensor, weight: torch.Tensor, op: str = "pool_weighted") -> None:
+    _check_map(op, x)
     c = x.shape[1]
     groups = weight.shape[0] if weight.ndim == 3 else 0
     if tuple(weight.shape[1:]) != tuple(x.shape[2:]) or groups < 1 or c % groups:
-        raise ValueError(f"pool_weighted needs a (C, H, W) = {tuple(x.shape[1:])} filter for an input of shape "
+        raise ValueError(f"{op} needs a (C, H, W) = {tuple(x.shape[1:])} filter for an input of shape "
                          f"{tuple(x.shape)} (or (G, H, W) with G dividing C = {c}, one filter per run of C / G "
                          f"channels); got a filter of shape {tuple(weight.shape)}")
     if weight.device != x.device:
-        raise ValueError(f"pool_weighted: the filter is on {weight.device} but the input is on {x.device}")
+        raise ValueError(f"{op}: the filter is on {weight.device} but the input is on {x.device}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,13 +222,17 @@ def _setup_weighted(ctx, inputs, output):
 def _backward_weighted(ctx, grad):
     weight, x = ctx.saved_tensors
     grad_x = pool_backward(grad, weight, *ctx.meta) if ctx.needs_input_grad[0] else None
-    grad_w = None
-    if ctx.needs_input_grad[1]:  # d s[b, c] / d w[c // (C / G), hw] = x[b, c, hw]; rare, so plain PyTorch
-        groups = weight.shape[0]
-        with autocast_off(grad.device.type):
-            grad_w = torch.einsum("bgk,bgkhw->ghw", grad.unflatten(1, (groups, -1)),
-                                  x.to(grad.dtype).unflatten(1, (groups, -1))).to(weight.dtype)
+    grad_w = filter_grad(grad, x, weight) if ctx.needs_input_grad[1] else None
     return grad_x, grad_w
+
+
+def filter_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The filter's gradient from the pooled vector's: d s[b, c] / d w[c // (C / G), hw] = x[b, c, hw].
+    Rare (FcaNet's filter is a buffer), so plain PyTorch."""
+    groups = weight.shape[0]
+    with autocast_off(grad.device.type):
+        return torch.einsum("bgk,bgkhw->ghw", grad.unflatten(1, (groups, -1)),
+                            x.to(grad.dtype).unflatten(1, (groups, -1))).to(weight.dtype)
 
 
 pool_mean.register_autograd(_backward_mean, setup_context=_setup_mean)

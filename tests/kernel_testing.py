@@ -33,6 +33,16 @@ TOL = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.bfloat16: {"atol": 2e-
        torch.float16: {"atol": 2e-3, "rtol": 1e-3}, torch.float64: {"atol": 1e-12, "rtol": 1e-12}}
 
 
+def forward_and_grads(fn: Callable, inputs: list, seed: int = 1) -> tuple:
+    """``fn``'s output for leaf copies of ``inputs`` (None entries passed through) and the gradient of
+    every tensor input for a fixed random upstream gradient. A tuple output is reduced to its first element."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+    out = fn(*leaves)
+    out = out[0] if isinstance(out, tuple) else out
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
+    return out, torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
+
+
 def opcheck_all(cases: list[tuple], **options) -> None:
     """``torch.library.opcheck`` of every (op overload, args) or (op overload, args, kwargs) case;
     ``options`` (e.g. ``test_utils``) go to each call."""

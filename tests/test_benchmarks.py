@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if 'if __name__ == "__main__"' in p.read_text())
@@ -39,3 +40,18 @@ def test_csam_quick_pass(monkeypatch):
     report = module["main"](["--cpu", "--shapes", "1x4x6x5", "--repeats", "1"])
     rows = [line for line in report.splitlines() if line.startswith("1x4x6x5")]
     assert len(rows) == 3 and rows[-1].rstrip().endswith("1.00")
+
+
+@pytest.mark.parametrize("name", ["se", "eca", "ca", "fca"])
+def test_channel_gate_split_form_equals_the_block(name, monkeypatch, triton_mode):
+    """The GPU table's "pool and excite apart" row computes the same gate as the block's fused launch
+    (checked under the interpreter: without it the row could time a different computation)."""
+    from kernel_testing import DEVICE
+
+    if DEVICE is None:
+        pytest.skip("needs Triton and CUDA, or TRITON_INTERPRET=1")
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
+    module = runpy.run_path(str(BENCHMARKS / "channel_gate.py"))
+    block = module["make_block"](name, 32, 4, 5, DEVICE, torch.float32)
+    x = torch.randn(2, 32, 4, 5, device=DEVICE)
+    torch.testing.assert_close(module["split_gate"](block, x), block.channel_gate(x), atol=1e-6, rtol=1e-5)

@@ -88,6 +88,30 @@ def test_fca_falls_back_to_per_channel_filters_for_a_loaded_buffer_without_share
     assert block.dct_layer.groups == 4
 
 
+def test_fca_keeps_one_filter_per_input_size_until_the_buffer_changes():
+    """A size's filter is built once (the same tensor comes back), outside inference mode so a later
+    training step may save it; an in-place edit, a reload or a cast of the buffer rebuilds it."""
+    block = blocks.create("fca", 32, dct_h=7, dct_w=7, freq_sel_method="low4").double()
+    layer = block.dct_layer
+    with torch.inference_mode():
+        first = layer.spatial_filter(10, 9)
+    assert not first.is_inference()
+    assert layer.spatial_filter(10, 9) is first and layer.spatial_filter(10, 9, per_channel=True) is not first
+    x = torch.randn(2, 32, 10, 9, dtype=torch.float64, requires_grad=True)
+    block(x).sum().backward()  # the kept filter is saved for backward
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    rebuilt = layer.spatial_filter(10, 9)
+    torch.testing.assert_close(rebuilt, 2.0 * first, atol=1e-12, rtol=0)
+    block.load_state_dict({**block.state_dict(), "dct_layer.weight": layer.weight / 2.0})
+    torch.testing.assert_close(layer.spatial_filter(10, 9), first, atol=1e-12, rtol=0)
+    block.float()
+    assert layer.spatial_filter(10, 9).dtype == torch.float32
+    for size in range(1, 12):  # more sizes than the cache keeps: it stays bounded
+        layer.spatial_filter(size, size)
+    assert len(layer._filters) <= blocks.fca.FILTER_CACHE_SIZE
+
+
 def test_adaptive_pool_matrix_matches_torch():
     for out_size, in_size in [(7, 10), (7, 7), (56, 24), (3, 8), (4, 1)]:
         v = torch.randn(3, in_size, dtype=torch.float64)

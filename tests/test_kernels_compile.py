@@ -76,11 +76,13 @@ def test_training_block_compiles_with_backward(attn, kwargs):
 
 
 @needs_triton
-@pytest.mark.parametrize("attn,excite", [("se", "zoo.excite_mlp.default"), ("eca", "zoo.excite_conv.default")])
-def test_fused_excitation_compiles_with_backward(triton_mode, attn, excite):
-    """Where the Triton kernels run, the block's excitation is one op in the traced forward graph, and the
-    compiled block's output and gradients equal eager mode's."""
-    block = Bottleneck(32, 8, attn_layer=attn).eval()
+@pytest.mark.parametrize("attn,kwargs,fused", [
+    ("se", {}, "zoo.squeeze_excite_mlp.default"), ("eca", {}, "zoo.squeeze_excite_conv.default"),
+    ("fca", dict(dct_h=3, dct_w=4, reduction=4), "zoo.squeeze_excite_mlp.default")])
+def test_fused_squeeze_excite_compiles_with_backward(triton_mode, attn, kwargs, fused):
+    """Where the Triton kernels run, the block's pool and excitation are one op in the traced forward graph,
+    and the compiled block's output and gradients equal eager mode's."""
+    block = Bottleneck(32, 8, attn_layer=attn, attn_kwargs=kwargs).eval()
     x = torch.randn(2, 32, 3, 4)
     x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
     params = list(block.parameters())
@@ -91,4 +93,4 @@ def test_fused_excitation_compiles_with_backward(triton_mode, attn, excite):
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     for g, w in zip(torch.autograd.grad(compiled.square().sum(), [x_comp, *params]), want):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
-    assert excite in _ops(counter.graphs)
+    assert fused in _ops(counter.graphs)

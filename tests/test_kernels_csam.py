@@ -12,7 +12,7 @@ import torch
 import blocks
 import kernels
 
-from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
+from kernel_testing import DEVICE, TOL, forward_and_grads, needs_triton, opcheck_tests
 
 # C = 1 (no channel neighbours), H x W = 1, widths and heights off the block size
 SHAPES = [(2, 5, 4, 3), (1, 1, 3, 7), (2, 3, 1, 1), (1, 4, 9, 11)]
@@ -26,13 +26,6 @@ def _inputs(shape, dtype, device, layout="nchw", seed=0):
     return [x] + [p.to(device=device, dtype=dtype) for p in params]
 
 
-def _forward_and_grads(fn, inputs):
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-    return out, torch.autograd.grad(out, leaves, grad)
-
-
 @pytest.fixture
 def tiny_blocks(monkeypatch):
     from kernels import _triton_csam
@@ -42,9 +35,9 @@ def tiny_blocks(monkeypatch):
 
 def _assert_matches_reference(shape, layout, dtype):
     inputs = _inputs(shape, dtype, DEVICE, layout)
-    out, grads = _forward_and_grads(kernels.csam, inputs)
+    out, grads = forward_and_grads(kernels.csam, inputs)
     ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    want, want_grads = _forward_and_grads(kernels.csam_reference, [t.to(ref_dtype) for t in inputs])
+    want, want_grads = forward_and_grads(kernels.csam_reference, [t.to(ref_dtype) for t in inputs])
     assert out.dtype == dtype and out.stride() == inputs[0].stride()
     torch.testing.assert_close(out, want.to(dtype), **TOL[dtype])
     for got, expected in zip(grads, want_grads):

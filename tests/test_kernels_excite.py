@@ -1,6 +1,7 @@
 """The excitation ops (excite_mlp: SE / CA / FcaNet's MLP; excite_conv: ECA's 1-D conv): Triton kernels
 against their PyTorch references on ragged sizes, fp32 / bf16 / fp16 / fp64, forward and backward;
-gradcheck of the backward formulas; opcheck; and the blocks taking the fused path only where it runs.
+gradcheck of the backward formulas; opcheck. (The blocks call the fused squeeze-excite ops, which share
+these kernels' code: tests/test_kernels_squeeze_excite.py.)
 
 Without a GPU the kernels run on CPU tensors through Triton's interpreter (conftest sets
 TRITON_INTERPRET=1); with one, compiled on CUDA tensors.
@@ -10,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import blocks
 import kernels
 
-from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
+from kernel_testing import DEVICE, TOL, forward_and_grads, needs_triton, opcheck_tests
 
 # (B, C, R): channels and bottlenecks off the tile sizes; B = 1, C = 1 and R = 1 included
 MLP_SHAPES = [(2, 5, 3), (1, 33, 7), (3, 64, 4), (1, 1, 1), (4, 48, 12)]
@@ -37,21 +37,12 @@ def _conv_inputs(b, c, k, dtype, device, seed=0):
             torch.randn(k, generator=gen).to(device=device, dtype=dtype)]
 
 
-def _forward_and_grads(fn, inputs):
-    """The output and the gradient of every tensor input for a fixed upstream gradient."""
-    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
-    out = fn(*leaves)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
-    return out, grads
-
-
 def _assert_matches(fn, ref, inputs, dtype):
     """Forward and gradients against the reference (fp32 on the same rounded values for 16-bit inputs),
     at the dtype's tolerance."""
-    out, grads = _forward_and_grads(fn, inputs)
+    out, grads = forward_and_grads(fn, inputs)
     ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    want, want_grads = _forward_and_grads(ref, [t.to(ref_dtype) if t is not None else None for t in inputs])
+    want, want_grads = forward_and_grads(ref, [t.to(ref_dtype) if t is not None else None for t in inputs])
     assert out.dtype == dtype and out.is_contiguous()
     torch.testing.assert_close(out, want.to(dtype), **TOL[dtype])
     for got, expected in zip(grads, want_grads):
@@ -151,55 +142,3 @@ def test_bad_inputs_fail_before_any_work():
         kernels.excite_mlp(s[:, :, None, None], w1, b1, w2, b2)
     with pytest.raises(ValueError, match=r"odd number of taps.*\(4,\)"):
         kernels.excite_conv(s, torch.randn(4))
-
-
-# --------------------------------------------------------------------------------------------------
-# the blocks: the fused excitation where its kernel runs, the modules everywhere else
-# --------------------------------------------------------------------------------------------------
-def _count_calls(monkeypatch):
-    calls = []
-    for name in ("excite_mlp", "excite_conv"):
-        op = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _op=op, _name=name, **k: calls.append(_name) or _op(*a, **k))
-    return calls
-
-
-BLOCK_CASES = [("se", {}, "excite_mlp"), ("se", {"act_layer": "silu", "bias": False}, "excite_mlp"),
-               ("ca", {"reduction": 4}, "excite_mlp"), ("fca", {"dct_h": 4, "dct_w": 4}, "excite_mlp"),
-               ("eca", {"k_size": 5}, "excite_conv")]
-
-
-@needs_triton
-@pytest.mark.parametrize("name,kwargs,op", BLOCK_CASES, ids=lambda v: v if isinstance(v, str) else None)
-def test_blocks_use_the_fused_excitation_on_the_triton_path(triton_mode, monkeypatch, name, kwargs, op):
-    """With the kernels running, the block's gate is one excitation launch, equal to its modules' gate
-    (forward and the gradients of the input and every parameter)."""
-    block = blocks.create(name, 32, **kwargs).to(DEVICE)
-    x = torch.randn(2, 32, 5, 4, device=DEVICE, requires_grad=True)
-    calls = _count_calls(monkeypatch)
-    out = block(x)
-    assert calls == [op]
-    grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
-    monkeypatch.setenv("ZOO_KERNELS", "torch")
-    calls.clear()
-    want = block(x)
-    assert not calls  # the reference path runs the modules: no op overhead
-    want_grads = torch.autograd.grad(want.square().sum(), [x, *block.parameters()])
-    torch.testing.assert_close(out, want, **TOL[torch.float32])
-    for got, expected in zip(grads, want_grads):
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-
-
-@needs_triton
-def test_blocks_keep_their_modules_for_hooked_or_unsupported_layers(triton_mode, monkeypatch):
-    """A forward hook (calibration, feature extraction) or an activation the kernel lacks runs the modules."""
-    calls = _count_calls(monkeypatch)
-    x = torch.randn(2, 32, 3, 3, device=DEVICE)
-    hooked = blocks.create("se", 32).to(DEVICE)
-    seen = []
-    hooked.fc1.register_forward_hook(lambda *args: seen.append(1))
-    hooked(x)
-    assert seen and not calls
-    blocks.create("se", 32, act_layer="gelu").to(DEVICE)(x)
-    blocks.create("se", 32, gate_layer="hard_sigmoid").to(DEVICE)(x)
-    assert not calls
