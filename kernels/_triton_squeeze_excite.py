@@ -25,8 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _triton_excite as excite
+from . import _triton_excite as excite  # its tile sizes, read at launch (tests shrink them)
 from ._triton_common import interpreter_checked
+from ._triton_excite import conv_gate_block, mlp_gate_row
 from ._triton_gate import _acc_dtype, _bchw_strides, _compute_dtype, as_readable, plan_pool, pool, pool_partial
 
 _INTERPRET = interpreter_checked()
@@ -71,11 +72,11 @@ def _squeeze_excite_kernel(x_ptr, f_ptr, part_ptr, count_ptr, s_ptr, w1_ptr, b1_
         tl.debug_barrier()  # s is whole before the excitation reads it
         if CONV:
             for start in range(0, C, BLOCK_EC):
-                excite.conv_gate_block(s_ptr, w1_ptr, gate_ptr, row, start + tl.arange(0, BLOCK_EC), C, K,
-                                       (K - 1) // 2, ACC, BLOCK_K)
+                conv_gate_block(s_ptr, w1_ptr, gate_ptr, row, start + tl.arange(0, BLOCK_EC), C, K, (K - 1) // 2,
+                                ACC, BLOCK_K)
         else:
-            excite.mlp_gate_row(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gate_ptr, row, C, R,
-                                HAS_B1, HAS_B2, SILU, ACC, BLOCK_R, BLOCK_EC)
+            mlp_gate_row(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, gate_ptr, row, C, R, HAS_B1, HAS_B2, SILU, ACC,
+                         BLOCK_R, BLOCK_EC)
 
 
 def _launch(x: torch.Tensor, pool_filter: torch.Tensor | None, w1: torch.Tensor, b1, w2, b2, conv: bool,
@@ -97,8 +98,8 @@ def _launch(x: torch.Tensor, pool_filter: torch.Tensor | None, w1: torch.Tensor,
         b2 if b2 is not None else w1, gate, c, h * w, r, k, plan.n_cblocks, plan.per_split, plan.divisor,
         *_bchw_strides(x), *plan.filter_strides, plan.channels_per_filter,
         HAS_FILTER=pool_filter is not None, CONV=conv, HAS_B1=b1 is not None, HAS_B2=b2 is not None, SILU=silu,
-        ACC=_compute_dtype(x.dtype), BLOCK_C=plan.block_c, BLOCK_HW=plan.block_hw, BLOCK_S=min(BLOCK_S, triton.next_power_of_2(c)),
-        BLOCK_R=block_r, BLOCK_EC=block_ec, BLOCK_K=block_k)
+        ACC=_compute_dtype(x.dtype), BLOCK_C=plan.block_c, BLOCK_HW=plan.block_hw,
+        BLOCK_S=min(BLOCK_S, triton.next_power_of_2(c)), BLOCK_R=block_r, BLOCK_EC=block_ec, BLOCK_K=block_k)
     return gate, s
 
 

@@ -43,6 +43,11 @@ def forward_and_grads(fn: Callable, inputs: list, seed: int = 1) -> tuple:
     return out, torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
 
 
+# every kernel test file's opcheck cases by module: tests/gpu_compile_check.py drives them to compile
+# each Triton kernel for a GPU on a machine without one
+OPCHECK_CASES: dict[str, Callable[[str], list[tuple]]] = {}
+
+
 def opcheck_all(cases: list[tuple], **options) -> None:
     """``torch.library.opcheck`` of every (op overload, args) or (op overload, args, kwargs) case;
     ``options`` (e.g. ``test_utils``) go to each call."""
@@ -60,8 +65,10 @@ def opcheck_tests(cases: Callable[[str], list[tuple]], *, test_utils: Optional[t
         test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases)
 
     ``test_utils`` goes to every opcheck (``triton_test_utils`` overrides it on the Triton path), and
-    ``triton_cases`` gives the Triton path fewer cases where the interpreter is slow.
+    ``triton_cases`` gives the Triton path fewer cases where the interpreter is slow. ``cases`` is also
+    registered in ``OPCHECK_CASES``.
     """
+    OPCHECK_CASES[cases.__module__] = cases
     options = {} if test_utils is None else {"test_utils": test_utils}
     triton_options = options if triton_test_utils is None else {"test_utils": triton_test_utils}
 
