@@ -12,7 +12,8 @@ each autotune config included. A launch's outputs are then zeros, enough for the
 on; nothing is checked but the compilation. It fails on any compile error, on shared memory past
 the arch's limit per block (which only a launch would report), and on any kernel in
 ``kernels/_triton_*.py`` that no case reached, and prints a table: each kernel's compiled variants,
-warp counts and largest shared-memory use.
+warp counts, and the most shared memory, registers and spilled bytes per thread of any variant
+(from the cuobjdump that ships with Triton; spills cost speed, not correctness, so they are shown).
 
 Run it without ``TRITON_INTERPRET`` (``tests/test_gpu_compile.py`` starts it in a clean process).
 The default arch, 90, is the H200's (and H100's); ``--arch 80`` is the A100's.
@@ -59,6 +60,27 @@ class CompileOnlyDriver:
         raise RuntimeError("gpu_compile_check compiles kernels; it never times them")
 
 
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, local-memory bytes per thread: spills) of a cubin, from the cuobjdump that
+    ships with Triton; (-1, -1) where it is missing."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return -1, -1
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run([str(tool), "--dump-resource-usage", file.name], capture_output=True,
+                                text=True).stdout
+    found = re.search(r"REG:(\d+).*LOCAL:(\d+)", report)
+    return (int(found[1]), int(found[2])) if found else (-1, -1)
+
+
 def install(arch: int) -> dict:
     """Make every Triton launch compile for ``sm_<arch>`` instead of running; returns the record of
     compiled variants by kernel name."""
@@ -76,7 +98,8 @@ def install(arch: int) -> dict:
     def run(self, *args, grid, warmup, **kwargs):
         kernel = compile_run(self, *args, grid=grid, warmup=True, **kwargs)  # compile, do not launch
         name = f"{self.fn.__module__}.{self.fn.__name__}"
-        record[name].append((kernel.hash, kwargs.get("num_warps", 4), kernel.metadata.shared))
+        registers, local = resource_usage(kernel.asm["cubin"])
+        record[name].append((kernel.hash, kwargs.get("num_warps", 4), kernel.metadata.shared, registers, local))
         for arg in args:  # the launch's outputs (and inputs): defined values for the code that follows
             if isinstance(arg, torch.Tensor) and arg.numel():
                 arg.data.zero_()
@@ -151,16 +174,16 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{module}: {type(error).__name__}: {error}")
     missing = sorted(launchable_kernels() - set(record))
     limit = SHARED_MEMORY_LIMIT.get(args.arch)
-    failures += [f"{name}: {shared} bytes of shared memory, over sm_{args.arch}'s {limit} per block"
-                 for name, variants in record.items() for _, _, shared in variants if limit and shared > limit]
-    rows = [(name.removeprefix("kernels."), len({h for h, _, _ in variants}),
-             ",".join(map(str, sorted({w for _, w, _ in variants}))), max(s for _, _, s in variants))
+    failures += [f"{name}: {v[2]} bytes of shared memory, over sm_{args.arch}'s {limit} per block"
+                 for name, variants in record.items() for v in variants if limit and v[2] > limit]
+    rows = [(name.removeprefix("kernels."), len({v[0] for v in variants}),
+             ",".join(map(str, sorted({v[1] for v in variants}))), *(max(v[i] for v in variants) for i in (2, 3, 4)))
             for name, variants in sorted(record.items())]
     width = max(len(r[0]) for r in rows) if rows else 10
     print(f"Triton kernels compiled for sm_{args.arch} (no launch) in {time.perf_counter() - start:.0f} s")
-    print(f"{'kernel'.ljust(width)} | variants | num_warps | shared memory (bytes)")
-    for name, variants, warps, shared in rows:
-        print(f"{name.ljust(width)} | {variants:<8} | {warps:<9} | {shared}")
+    print(f"{'kernel'.ljust(width)} | variants | num_warps | shared memory (bytes) | registers | spilled (bytes)")
+    for name, variants, warps, shared, registers, local in rows:
+        print(f"{name.ljust(width)} | {variants:<8} | {warps:<9} | {shared:<21} | {registers:<9} | {local}")
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     if missing:
