@@ -125,10 +125,20 @@ def _splits(b: int, n_cblocks: int, hw: int, block_hw: int, device: torch.device
 # pooling: out[b, c] = sum_hw x[b, c, hw] * (w[c // channels_per_filter, hw] or 1) / divisor
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def pool_partial(x_ptr, w_ptr, b, offs_c, mask_c, hw_lo, hw_hi, sxb, sxc, sxhw, swc, swhw, channels_per_filter,
-                 HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """(BLOCK_C,) sums over HW in [hw_lo, hw_hi) of x[b, offs_c, hw] (times the filter with HAS_WEIGHT).
-    Shared with the fused squeeze-excite kernel (:mod:`kernels._triton_squeeze_excite`)."""
+def pool_program(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, divisor, sxb, sxc, sxhw, swc, swhw,
+                 channels_per_filter, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_HW: tl.constexpr):
+    """This program's share of the pooling: for its block of channels, the sum over its HW split of x
+    (times the filter with HAS_WEIGHT) / divisor, stored as row (b, split) of the (B, splits, C) partial
+    sums; returns b. The pooling kernel and the fused squeeze-excite kernel
+    (:mod:`kernels._triton_squeeze_excite`) are this and what follows it."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // n_cblocks
+    offs_c = (pid % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    hw_lo = split * hw_per_split
+    hw_hi = tl.minimum(hw_lo + hw_per_split, HW)
     x_rows = x_ptr + b.to(tl.int64) * sxb + offs_c[:, None].to(tl.int64) * sxc
     w_rows = w_ptr + (offs_c[:, None] // channels_per_filter).to(tl.int64) * swc
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=ACC)
@@ -139,7 +149,9 @@ def pool_partial(x_ptr, w_ptr, b, offs_c, mask_c, hw_lo, hw_hi, sxb, sxc, sxhw, 
         if HAS_WEIGHT:
             v = v * tl.load(w_rows + offs_hw[None, :] * swhw, mask=mask, other=0.0).to(ACC)
         acc += v
-    return tl.sum(acc, axis=1)
+    row = b.to(tl.int64) * tl.num_programs(1) + split
+    tl.store(part_ptr + row * C + offs_c, tl.sum(acc, axis=1) / divisor, mask=mask_c)
+    return b
 
 
 @triton.autotune(configs=_CONFIGS, key=["C", "HW", "BLOCK_C", "BLOCK_HW"])
@@ -147,17 +159,8 @@ def pool_partial(x_ptr, w_ptr, b, offs_c, mask_c, hw_lo, hw_hi, sxb, sxc, sxhw, 
 def _pool_fwd_kernel(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, divisor,
                      sxb, sxc, sxhw, swc, swhw, channels_per_filter,
                      HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    pid = tl.program_id(0)
-    split = tl.program_id(1)
-    b = pid // n_cblocks
-    offs_c = (pid % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    hw_lo = split * hw_per_split
-    hw_hi = tl.minimum(hw_lo + hw_per_split, HW)
-    total = pool_partial(x_ptr, w_ptr, b, offs_c, mask_c, hw_lo, hw_hi, sxb, sxc, sxhw, swc, swhw,
-                         channels_per_filter, HAS_WEIGHT, ACC, BLOCK_C, BLOCK_HW) / divisor
-    row = b.to(tl.int64) * tl.num_programs(1) + split
-    tl.store(part_ptr + row * C + offs_c, total, mask=mask_c)
+    pool_program(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, divisor, sxb, sxc, sxhw, swc, swhw,
+                 channels_per_filter, HAS_WEIGHT, ACC, BLOCK_C, BLOCK_HW)
 
 
 def _filter_rows(weight: torch.Tensor | None, c: int, hw: int, channels_fast: bool,

@@ -28,7 +28,7 @@ import triton.language as tl
 from . import _triton_excite as excite  # its tile sizes, read at launch (tests shrink them)
 from ._triton_common import interpreter_checked
 from ._triton_excite import conv_gate_block, mlp_gate_row
-from ._triton_gate import _acc_dtype, _bchw_strides, _compute_dtype, as_readable, plan_pool, pool, pool_partial
+from ._triton_gate import _acc_dtype, _bchw_strides, _compute_dtype, as_readable, plan_pool, pool, pool_program
 
 _INTERPRET = interpreter_checked()
 
@@ -46,18 +46,10 @@ def _squeeze_excite_kernel(x_ptr, f_ptr, part_ptr, count_ptr, s_ptr, w1_ptr, b1_
                            SILU: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
                            BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_EC: tl.constexpr,
                            BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
-    split = tl.program_id(1)
+    b = pool_program(x_ptr, f_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, divisor, sxb, sxc, sxhw, sfc, sfhw,
+                     channels_per_filter, HAS_FILTER, ACC, BLOCK_C, BLOCK_HW)
     splits = tl.num_programs(1)
-    b = pid // n_cblocks
-    offs_c = (pid % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    hw_lo = split * hw_per_split
-    hw_hi = tl.minimum(hw_lo + hw_per_split, HW)
-    total = pool_partial(x_ptr, f_ptr, b, offs_c, mask_c, hw_lo, hw_hi, sxb, sxc, sxhw, sfc, sfhw,
-                         channels_per_filter, HAS_FILTER, ACC, BLOCK_C, BLOCK_HW) / divisor
     part_rows = part_ptr + b.to(tl.int64) * splits * C  # (splits, C) of this sample
-    tl.store(part_rows + split * C + offs_c, total, mask=mask_c)
     tl.debug_barrier()  # every thread's sums are written before the program reports done
     done = tl.atomic_add(count_ptr + b, 1, sem="acq_rel")
     if done == n_cblocks * splits - 1:  # the sample's last program: the whole of s is in the scratch
