@@ -161,6 +161,21 @@ def test_repeated_calls_reuse_nothing_stale(triton_mode, many_programs):
     torch.testing.assert_close(got[0], want[0], **TOL[torch.float32])
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="programs race only on a GPU: the interpreter runs them one by one")
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_last_program_hand_off_holds_under_contention_on_cuda(layout):
+    """Thousands of programs per launch, many launches: a program that read the partial rows before
+    the others had written them (a missing barrier, a wrong memory order) would show as a gate unlike
+    the reference's in some launch."""
+    for b, c, h, w in [(64, 256, 56, 56), (128, 2048, 7, 7)]:
+        x = torch.randn(b, c, h, w, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=LAYOUTS[layout])
+        inputs = [x, _filter("shared", c, h, w, torch.bfloat16, "cuda"), *_mlp_weights(c, c // 16, torch.bfloat16,
+                                                                                     "cuda")]
+        want = kernels.squeeze_excite_mlp_reference(*inputs, "relu")[0]
+        for _ in range(50):
+            torch.testing.assert_close(kernels.squeeze_excite_mlp(*inputs, "relu")[0], want, **TOL[torch.bfloat16])
+
+
 @pytest.mark.parametrize("kind", FILTERS)
 def test_backward_formulas_gradcheck(monkeypatch, kind):
     """gradcheck in fp64 of both ops (their autograd formulas) on the reference path, the filter included."""
