@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import interpreter_checked
+from ._triton_common import accumulator, interpreter_checked
 
 _INTERPRET = interpreter_checked()
 
@@ -89,10 +89,6 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if _INTERPRET and dtype in _16BIT else dtype
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def adaln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """y (B, L, C) in x's dtype, mean and rstd (B, L); see :func:`kernels.adaln.adaln_modulate_reference`."""
@@ -111,7 +107,7 @@ def adaln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, ep
         return out.to(x.dtype), mean, rstd
     block_m, block_c = _tile(c)
     _forward_kernel[(triton.cdiv(m, block_m),)](x, scale, shift, out, mean, rstd, m, l, c, eps,
-                                                min(triton.next_power_of_2(m), 1 << 20), ACC=_acc(x.dtype),
+                                                min(triton.next_power_of_2(m), 1 << 20), ACC=accumulator(x.dtype),
                                                 BLOCK_M=block_m, BLOCK_C=block_c)
     return out.to(x.dtype), mean, rstd
 
@@ -179,7 +175,7 @@ def adaln_modulate_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Te
     gs_part = torch.empty(splits, b, c, dtype=acc, device=x.device)
     gt_part = torch.empty(splits, b, c, dtype=acc, device=x.device)
     _backward_kernel[(b, splits)](grad, x, scale, mean, rstd, gx, gs_part, gt_part, l, c, b, rows,
-                                  ACC=_acc(x.dtype), BLOCK_M=block_m, BLOCK_C=block_c)
+                                  ACC=accumulator(x.dtype), BLOCK_M=block_m, BLOCK_C=block_c)
     grad_scale = gs_part.sum(0) if splits > 1 else gs_part[0]  # (B, C)
     grad_shift = gt_part.sum(0) if splits > 1 else gt_part[0]
     return gx.to(x.dtype), grad_scale, grad_shift

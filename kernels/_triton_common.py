@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton.language as tl
+
+
+def accumulator(dtype: torch.dtype):
+    """The Triton type a kernel computes in for tensors of ``dtype``: fp64 for fp64, else fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def interpreter_checked() -> bool:

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import interpreter_checked
+from ._triton_common import accumulator, interpreter_checked
 from .channel_scale import _empty_out
 
 _INTERPRET = interpreter_checked()
@@ -67,7 +67,6 @@ def csam(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch
     if out.numel() == 0:
         return out
     block = min(BLOCK_HW, triton.next_power_of_2(h * w))
-    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     _csam_kernel[(b * c, triton.cdiv(h * w, block))](x, weight, bias, gamma, out, c, h, w, *x.stride(), *out.stride(),
-                                                     ACC=acc, BLOCK=block)
+                                                     ACC=accumulator(x.dtype), BLOCK=block)
     return out

@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import interpreter_checked
+from ._triton_common import accumulator, interpreter_checked
+from .channel_excite import excite_mlp_reference
 
 _INTERPRET = interpreter_checked()
 
@@ -29,10 +30,6 @@ MAX_R = 1024  # widest bottleneck kept in registers
 BLOCK_C_CONV = 256
 
 _CONFIGS = [triton.Config({}, num_warps=4)] if _INTERPRET else [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.jit
@@ -93,21 +90,24 @@ def mlp_blocks(c: int, r: int) -> tuple[int, int]:
     return block_r, max(1, min(triton.next_power_of_2(c), TILE // block_r))
 
 
+def conv_blocks(c: int, k: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_K) of :func:`conv_gate_block`: channels in blocks of up to BLOCK_C_CONV, all k taps."""
+    return min(BLOCK_C_CONV, triton.next_power_of_2(c)), triton.next_power_of_2(k)
+
+
 def excite_mlp(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
                b2: torch.Tensor | None, act: str) -> torch.Tensor:
     """The kernel behind ``zoo::excite_mlp`` (contiguous inputs of one dtype; checked by the op)."""
     b, c = s.shape
     r = w1.shape[0]
     if r > MAX_R:
-        from .channel_excite import excite_mlp_reference
-
         return excite_mlp_reference(s, w1, b1, w2, b2, act)
     out = torch.empty_like(s)
     if out.numel() == 0:
         return out
     block_r, block_c = mlp_blocks(c, r)
     _mlp_kernel[(b,)](s, w1, b1 if b1 is not None else s, w2, b2 if b2 is not None else s, out, c, r,
-                      HAS_B1=b1 is not None, HAS_B2=b2 is not None, SILU=act == "silu", ACC=_acc(s.dtype),
+                      HAS_B1=b1 is not None, HAS_B2=b2 is not None, SILU=act == "silu", ACC=accumulator(s.dtype),
                       BLOCK_R=block_r, BLOCK_C=block_c)
     return out
 
@@ -143,7 +143,7 @@ def excite_conv(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(s)
     if out.numel() == 0:
         return out
-    block_c = min(BLOCK_C_CONV, triton.next_power_of_2(c))
-    _conv_kernel[(b, triton.cdiv(c, block_c))](s, weight, out, c, k, (k - 1) // 2, ACC=_acc(s.dtype),
-                                               BLOCK_C=block_c, BLOCK_K=triton.next_power_of_2(k))
+    block_c, block_k = conv_blocks(c, k)
+    _conv_kernel[(b, triton.cdiv(c, block_c))](s, weight, out, c, k, (k - 1) // 2, ACC=accumulator(s.dtype),
+                                               BLOCK_C=block_c, BLOCK_K=block_k)
     return out

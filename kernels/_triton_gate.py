@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import interpreter_checked
+from ._triton_common import accumulator, interpreter_checked
+from .channel_pool import _acc_dtype
 
 _INTERPRET = interpreter_checked()
 
@@ -95,14 +96,6 @@ def as_dense(t: torch.Tensor) -> torch.Tensor:
 def _channels_fast(t: torch.Tensor) -> bool:
     sb, sc, shw = _bchw_strides(t)
     return t.shape[1] > 1 and sc == 1 and shw != 1
-
-
-def _compute_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @functools.lru_cache(maxsize=None)
@@ -213,7 +206,7 @@ def pool(x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     _pool_fwd_kernel[(b * plan.n_cblocks, plan.splits)](
         x, plan.filter_rows, part, c, h * w, plan.n_cblocks, plan.per_split, plan.divisor,
         *_bchw_strides(x), *plan.filter_strides, plan.channels_per_filter,
-        HAS_WEIGHT=weight is not None, ACC=_compute_dtype(x.dtype), BLOCK_C=plan.block_c, BLOCK_HW=plan.block_hw)
+        HAS_WEIGHT=weight is not None, ACC=accumulator(x.dtype), BLOCK_C=plan.block_c, BLOCK_HW=plan.block_hw)
     return part[:, 0] if plan.splits == 1 else part.sum(dim=1)
 
 
@@ -254,7 +247,7 @@ def pool_backward(grad: torch.Tensor, weight: torch.Tensor | None, height: int, 
     grid = (triton.cdiv(hw, block_hw), triton.cdiv(c, block_c), b)
     _pool_bwd_kernel[grid](grad, w2, gx, c, hw, hw if weight is None else 1, *_bchw_strides(gx), swc, swhw,
                            per_filter,
-                           HAS_WEIGHT=weight is not None, ACC=_compute_dtype(grad.dtype),
+                           HAS_WEIGHT=weight is not None, ACC=accumulator(grad.dtype),
                            BLOCK_C=block_c, BLOCK_HW=block_hw)
     return gx
 
@@ -302,7 +295,7 @@ def channel_scale(x: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor | 
     s_strides = _bchw_strides(shortcut) if shortcut is not None else (0, 0, 0)
     _scale_fwd_kernel[grid](x, gate, shortcut if shortcut is not None else x, out, c, hw,
                             *_bchw_strides(x), *s_strides,
-                            HAS_SHORTCUT=shortcut is not None, RELU=relu, ACC=_compute_dtype(x.dtype),
+                            HAS_SHORTCUT=shortcut is not None, RELU=relu, ACC=accumulator(x.dtype),
                             BLOCK_C=block_c, BLOCK_HW=block_hw)
     return out
 
@@ -378,7 +371,7 @@ def channel_scale_backward(grad: torch.Tensor, x: torch.Tensor, gate: torch.Tens
             part if need_gate else x, c, hw, n_cblocks, per_split,
             *_bchw_strides(grad), *_bchw_strides(x), *(_bchw_strides(out) if out is not None else (0, 0, 0)),
             RELU=out is not None, NEED_X=need_x, NEED_GATE=need_gate, NEED_SHORTCUT=need_shortcut,
-            ACC=_compute_dtype(x.dtype), BLOCK_C=block_c, BLOCK_HW=block_hw)
+            ACC=accumulator(x.dtype), BLOCK_C=block_c, BLOCK_HW=block_hw)
     if need_gate:
         gg = (part[:, 0] if splits == 1 else part.sum(dim=1)).to(gate.dtype)
     else:

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import interpreter_checked
+from ._triton_common import accumulator, interpreter_checked
 
 _INTERPRET = interpreter_checked()
 
@@ -152,7 +152,7 @@ def channel_patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
     kernel[grid](x, wt, bias_c, ce, pos, out, m, d, n, gw, h * w, w, min(_pow2(m), 1 << 20), P=p,
                  HAS_BIAS=bias is not None, DOT_FP32=_INTERPRET and x.dtype in _16BIT, PRECISION=precision,
-                 ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+                 ACC=accumulator(x.dtype),
                  BLOCK_K=_clamp(_pow2(k), 16, MAX_BLOCK_K if mma else min(32, MAX_BLOCK_K)))
     return out.to(x.dtype)
 

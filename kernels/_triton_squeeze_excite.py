@@ -26,9 +26,11 @@ import triton
 import triton.language as tl
 
 from . import _triton_excite as excite  # its tile sizes, read at launch (tests shrink them)
-from ._triton_common import interpreter_checked
+from ._triton_common import accumulator, interpreter_checked
 from ._triton_excite import conv_gate_block, mlp_gate_row
-from ._triton_gate import _acc_dtype, _bchw_strides, _compute_dtype, as_readable, plan_pool, pool, pool_program
+from ._triton_gate import _bchw_strides, as_readable, plan_pool, pool, pool_program
+from .channel_excite import excite_conv_reference, excite_mlp_reference
+from .channel_pool import _acc_dtype
 
 _INTERPRET = interpreter_checked()
 
@@ -81,7 +83,7 @@ def _launch(x: torch.Tensor, pool_filter: torch.Tensor | None, w1: torch.Tensor,
     count = torch.zeros(b, dtype=torch.int32, device=x.device)
     if conv:
         r, k = 1, w1.numel()
-        block_r, block_ec, block_k = 1, min(excite.BLOCK_C_CONV, triton.next_power_of_2(c)), triton.next_power_of_2(k)
+        block_r, (block_ec, block_k) = 1, excite.conv_blocks(c, k)
     else:
         r, k = w1.shape[0], 1
         (block_r, block_ec), block_k = excite.mlp_blocks(c, r), 1
@@ -90,7 +92,7 @@ def _launch(x: torch.Tensor, pool_filter: torch.Tensor | None, w1: torch.Tensor,
         b2 if b2 is not None else w1, gate, c, h * w, r, k, plan.n_cblocks, plan.per_split, plan.divisor,
         *_bchw_strides(x), *plan.filter_strides, plan.channels_per_filter,
         HAS_FILTER=pool_filter is not None, CONV=conv, HAS_B1=b1 is not None, HAS_B2=b2 is not None, SILU=silu,
-        ACC=_compute_dtype(x.dtype), BLOCK_C=plan.block_c, BLOCK_HW=plan.block_hw,
+        ACC=accumulator(x.dtype), BLOCK_C=plan.block_c, BLOCK_HW=plan.block_hw,
         BLOCK_S=min(BLOCK_S, triton.next_power_of_2(c)), BLOCK_R=block_r, BLOCK_EC=block_ec, BLOCK_K=block_k)
     return gate, s
 
@@ -103,8 +105,6 @@ def squeeze_excite_mlp(x: torch.Tensor, pool_filter: torch.Tensor | None, w1: to
     if b * c == 0 or h * w == 0 or w1.shape[0] > excite.MAX_R:
         # nothing to launch for, or a bottleneck too wide for registers: the pool kernel, then the
         # excitation's reference as the tiny second step
-        from .channel_excite import excite_mlp_reference
-
         s = pool(x, pool_filter)
         return excite_mlp_reference(s.to(w1.dtype), w1, b1, w2, b2, act), s
     return _launch(x, pool_filter, w1, b1, w2, b2, conv=False, silu=act == "silu")
@@ -116,8 +116,6 @@ def squeeze_excite_conv(x: torch.Tensor, pool_filter: torch.Tensor | None,
     x = as_readable(x)
     b, c, h, w = x.shape
     if b * c == 0 or h * w == 0:
-        from .channel_excite import excite_conv_reference
-
         s = pool(x, pool_filter)
         return excite_conv_reference(s.to(taps.dtype), taps), s
     return _launch(x, pool_filter, taps, None, None, None, conv=True, silu=False)
