@@ -107,7 +107,7 @@ class DCTFilter(nn.Module):
         Adaptive average pooling is linear and separable, so ``sum(pool(x) * D) = sum(x * P_h^T D P_w)``:
         the feature map is read once at its own size instead of being pooled first. Each size's filter is
         computed once and kept (up to ``FILTER_CACHE_SIZE`` of them) until the buffer changes: a map of
-        another size than the DCT grid (evaluation at 256 or 288 px) would otherwise pay 0.5-0.9 ms per
+        another size than the DCT grid (evaluation at 256 or 288 px) would otherwise pay 0.7-2.5 ms per
         block and call on a CPU to rebuild it.
         """
         channels, dct_h, dct_w = self.weight.shape
