@@ -32,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import interleaved_medians_ms, machine, print_table, save_text, shapes_arg
+from common import interleaved_medians_ms, kernel_mode, machine, print_table, save_text, shapes_arg
 from moc_ffn import compile_unavailable
 
 import blocks  # noqa: E402
@@ -85,7 +85,8 @@ def rows_for(shape: tuple[int, int], tokens: list[int], specs: list[str], repeat
                 steps["MoC int decode (compiled)"] = lambda: decode_graph(x)
                 steps["SwiGLU fp32 (compiled)"] = lambda: fp32_graph(x)
             with torch.no_grad():
-                torch.testing.assert_close(steps["MoC int decode"](), steps["MoC int dense"](), rtol=0, atol=0)
+                with kernel_mode("torch"):  # the exact integer layers (the CPU's oneDNN path rounds its epilogue apart)
+                    torch.testing.assert_close(steps["MoC int decode"](), steps["MoC int dense"](), rtol=0, atol=0)
                 if compiled:  # compiles here, before the timed rounds
                     torch.testing.assert_close(steps["MoC int decode (compiled)"](), steps["MoC int decode"](),
                                                rtol=0, atol=0)

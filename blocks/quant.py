@@ -6,11 +6,16 @@ layout of :mod:`kernels.int_gemm` (N, KH, KW, C), with per-channel or per-(tap, 
 
 - ``act_multiplier`` / ``act_shift`` (C,): SmoothQuant / AWQ scales and Outlier Suppression+ shifts
   that could not be folded into the previous layer, applied inside the activation quantization;
-- ``act_scale`` (): a static per-tensor activation scale (absent: per-token dynamic scales).
+- ``act_scale`` (): a static per-tensor activation scale (absent: dynamic scales, per token, or per
+  image for a k x k convolution under a ``per_image`` spec).
 
 With int8 activations the forward pass is ``quantize_act`` then an integer GEMM (``int_conv2d`` /
-``int_linear``); weight-only layers (``w4a16``, ``w8a16``) dequantize their weights on the fly;
-fp8 layers keep e4m3 weights and quantize activations to e4m3 per token.
+``int_linear``, exact int32 per kernel tap and weight group). On an x86 CPU with VNNI or AMX, a layer
+whose activation scale factors out of its reduction (a 1x1 convolution or a linear layer, or a k x k
+convolution with per-image or static scales) and has one weight scale per output channel (int8, or
+int4 unpacked to int8) runs on oneDNN's int8 kernels instead (:mod:`kernels.onednn_int8`): the same
+int32 accumulators, weights reordered once and cached. :meth:`_QuantLayer.execution` says which. Weight-only layers (``w4a16``, ``w8a16``)
+dequantize their weights on the fly; fp8 layers keep e4m3 weights and quantize activations to e4m3 per token.
 Fake-quant layers are ``nn.Linear``/``nn.Conv2d`` subclasses with the same state dict as the float
 layer, so a QAT checkpoint loads into the float model and converts like any other.
 """
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import int_conv2d, int_linear, pack_int4, quantize_act, unpack_int4
+from kernels import int_conv2d, int_linear, kernel_mode, onednn_int8, pack_int4, quantize_act, unpack_int4
 from kernels.int_gemm import INT4_SYMMETRIC_ZERO
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -137,13 +142,15 @@ def _expand(table: torch.Tensor, shape: torch.Size, group_size: Optional[int]) -
     return table.view(n, kh, kw, c // g, 1).expand(n, kh, kw, c // g, g).reshape(n, kh, kw, c)
 
 
-def fake_quantize_activation(x: torch.Tensor, bits: int = 8, fp8: bool = False) -> torch.Tensor:
-    """Per-token (last dim) symmetric quantize-dequantize, as the integer path sees activations."""
+def fake_quantize_activation(x: torch.Tensor, bits: int = 8, fp8: bool = False, per_image: bool = False) -> torch.Tensor:
+    """Per-token (last dim) symmetric quantize-dequantize, as the integer path sees activations;
+    ``per_image``: one scale per leading index (a k x k convolution's (B, H, W, C) input under ``per_image``)."""
     if fp8:
         scale = (x.detach().abs().amax(-1, keepdim=True).float() / FP8_MAX).clamp_min(1e-12)
         return ((x.float() / scale).to(torch.float8_e4m3fn).float() * scale).to(x.dtype)
     qmax = 2 ** (bits - 1) - 1
-    amax = x.detach().abs().amax(-1, keepdim=True).float()
+    dims = tuple(range(1, x.ndim)) if per_image else (-1,)
+    amax = x.detach().abs().amax(dims, keepdim=True).float()
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     return (torch.round(x.float() / scale).clamp(-qmax, qmax) * scale).to(x.dtype)
 
@@ -151,6 +158,21 @@ def fake_quantize_activation(x: torch.Tensor, bits: int = 8, fp8: bool = False) 
 def _ste(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     """Straight-through estimator: the forward value of ``quantized``, the gradient of ``x``."""
     return x + (quantized - x).detach()
+
+
+def act_scope(spec, pointwise: bool) -> str:
+    """Which activations share one scale in a layer: ``tensor`` (static), ``image`` (a k x k convolution
+    under ``per_image``), ``channel`` (static, folded into the weights) or ``token`` (a row or pixel)."""
+    if spec.act_granularity == "per_image":
+        return "token" if pointwise else "image"
+    return {"per_tensor": "tensor", "per_channel": "tensor"}.get(spec.act_granularity, "token")
+
+
+def dynamic_scales(v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``max|v| / 127`` over ``dims`` (1 where all zero): the scales :func:`kernels.quantize_act` computes
+    per token, here over any dims (an image's pixels and channels), in the same fp32 operations."""
+    amax = torch.maximum(v.amax(dims), v.amin(dims).neg())  # = max|v|, without an |v| temporary
+    return torch.where(amax > 0, amax / 127, torch.ones_like(amax))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,6 +207,72 @@ class _QuantLayer(nn.Module):
         self.register_buffer("act_multiplier", torch.ones(c, device=device) if act_multiplier else None)
         self.register_buffer("act_shift", torch.zeros(c, device=device) if act_shift else None)
         self.register_buffer("act_scale", torch.ones((), device=device) if act_scale else None)
+        self._onednn = onednn_int8.WeightCache()
+
+    # ---- execution: which kernel runs this layer -----------------------------------------------
+    @property
+    def pointwise(self) -> bool:
+        """Each output reads one input token (linear, or 1x1 without padding): per-token scales factor out."""
+        return self.kernel_size == (1, 1) and tuple(getattr(self, "padding", (0, 0))) == (0, 0)
+
+    @property
+    def act_scope(self) -> str:
+        return act_scope(self.spec, self.pointwise)
+
+    def execution(self, device: Optional[torch.device] = None) -> tuple[str, str]:
+        """``(kernel, why)`` for an input on ``device`` (default: the layer's): ``onednn`` (the CPU's int8
+        kernels), ``triton``, ``reference`` (exact int32 per tap and group), ``dequantize`` (weight-only)
+        or ``fp8``; ``why`` says what decided it."""
+        device = torch.device(device) if device is not None else self.qweight.device
+        if self.spec.fp8:
+            return "fp8", "e4m3 quantize-dequantize"
+        if self.spec.weight_only:
+            return "dequantize", "weight-only: float matmul on dequantized weights"
+        if device.type == "cuda":
+            return ("reference" if kernel_mode() == "torch" else "triton"), "CUDA"
+        if kernel_mode() != "auto":
+            return "reference", f"ZOO_KERNELS={kernel_mode()}"
+        missing = onednn_int8.unavailable_reason()
+        if missing:
+            return "reference", missing
+        if self.act_scope == "token" and not self.pointwise:
+            return "reference", "per-pixel scales on a k x k kernel (the per_image or static granularities run on oneDNN)"
+        if self.weight_scale.shape[1] > 1:
+            return "reference", "weight groups (one scale per output channel, -pcw, runs on oneDNN)"
+        return "onednn", "exact int8"
+
+    def onednn_weight(self) -> "onednn_int8.PackedWeight":
+        """The oneDNN weights, made once and kept until a buffer changes (a load, ``.to()``, an edit)."""
+        return self._onednn.get(self.qweight, self.weight_scale, self.weight_zero, self.spec.weight_bits,
+                                self.in_channels, getattr(self, "stride", (1, 1)), getattr(self, "padding", (0, 0)),
+                                isinstance(self, QuantLinear))
+
+    def _transformed(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 ``(x - shift) * multiplier`` (channels in dim 1 for a conv, last for a linear), the same
+        operations :func:`kernels.quantize_act` applies."""
+        v = x.float()
+        view = (1, -1, 1, 1) if isinstance(self, QuantConv2d) else (-1,)
+        if self.act_shift is not None:
+            v = v - self.act_shift.float().view(view)
+        if self.act_multiplier is not None:
+            v = v * self.act_multiplier.float().view(view)
+        return v
+
+    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on oneDNN's int8 kernels: x (B, C, H, W) for a conv, (M, K) for a linear."""
+        conv = isinstance(self, QuantConv2d)
+        v = self._transformed(x)
+        clamp = self.act_scale is not None  # a static scale can put values past +-127
+        if clamp:
+            scale = self.act_scale.float().reshape(())
+        elif self.act_scope == "image":
+            scale = dynamic_scales(v, tuple(range(1, v.ndim)))  # (B,)
+        else:
+            scale = dynamic_scales(v, (1 if conv else -1,))  # per token: (B, H, W) or (M,)
+        return onednn_int8.int8_layer(v, scale, self._onednn, self.qweight, self.weight_scale, self.weight_zero,
+                                      self.bias, self.spec.weight_bits, self.in_channels,
+                                      getattr(self, "stride", (1, 1)), getattr(self, "padding", (0, 0)),
+                                      linear=not conv, clamp=clamp, out_dtype=x.dtype)
 
     @classmethod
     def layer_config(cls, layer: "_QuantLayer") -> dict:
@@ -221,7 +309,7 @@ class _QuantLayer(nn.Module):
 
     def extra_repr(self) -> str:
         group = f"group={self.group_size}" if self.group_size else "per-channel"
-        act = ("static" if self.act_scale is not None else "per-token") if not self.spec.weight_only else "float"
+        act = ("static" if self.act_scale is not None else f"per-{self.act_scope}") if not self.spec.weight_only else "float"
         extras = [n for n in ("act_multiplier", "act_shift") if getattr(self, n) is not None]
         return (f"{self.in_channels}, {self.out_channels}, spec={self.spec.name}, {group}, act={act}"
                 + (f", {'+'.join(extras)}" if extras else ""))
@@ -260,6 +348,8 @@ class QuantLinear(_QuantLayer):
             bias = None if self.bias is None else self.bias.to(x2.dtype)
             return F.linear(x2, weight, bias).view(*lead, self.out_channels)
         with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
+            if self.execution(x.device)[0] == "onednn":
+                return self._onednn_forward(x2).view(*lead, self.out_channels)
             q, scale = quantize_act(x2, self.act_multiplier, self.act_shift, self.act_scale)
             y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
                            self.bias, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (M, N)
@@ -313,7 +403,14 @@ class QuantConv2d(_QuantLayer):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.conv2d(pixels.permute(0, 3, 1, 2), weight, bias, self.stride, self.padding)
         with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
-            q, scale = quantize_act(x.permute(0, 2, 3, 1), self.act_multiplier, self.act_shift, self.act_scale)
+            if self.execution(x.device)[0] == "onednn":
+                return self._onednn_forward(x)
+            pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+            multiplier, shift, given = self.act_multiplier, self.act_shift, self.act_scale
+            if self.act_scope == "image":  # one scale per image, from the transformed activations
+                pixels = self._transformed(x).permute(0, 2, 3, 1)
+                multiplier, shift, given = None, None, dynamic_scales(pixels, (1, 2, 3))
+            q, scale = quantize_act(pixels, multiplier, shift, given)
             y = int_conv2d(q, scale, self.qweight, self.weight_scale, self.weight_zero, self.bias, self.stride,
                            self.padding, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (B, Ho, Wo, N)
         return y.permute(0, 3, 1, 2)  # (B, N, Ho, Wo), channels-last memory
@@ -344,10 +441,10 @@ class _FakeQuant:
         twin.spec, twin.group_size = spec, group_size
         return twin
 
-    def _fake_act(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _fake_act(self, tokens: torch.Tensor, per_image: bool = False) -> torch.Tensor:
         if self.spec.weight_only:
             return tokens
-        return _ste(tokens, fake_quantize_activation(tokens, 8, self.spec.fp8))
+        return _ste(tokens, fake_quantize_activation(tokens, 8, self.spec.fp8, per_image))
 
 
 class FakeQuantLinear(nn.Linear, _FakeQuant):
@@ -364,5 +461,7 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self._fake_weight(self.weight.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, C, KH, KW)
-        tokens = self._fake_act(x.permute(0, 2, 3, 1))  # per pixel over channels, as the integer path
+        pointwise = tuple(self.kernel_size) == (1, 1) and tuple(self.padding) == (0, 0)
+        per_image = act_scope(self.spec, pointwise) == "image"
+        tokens = self._fake_act(x.permute(0, 2, 3, 1), per_image)  # per pixel (or image) over channels, as the integer path
         return self._conv_forward(tokens.permute(0, 3, 1, 2), weight, self.bias)

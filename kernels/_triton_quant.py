@@ -71,14 +71,14 @@ def _round_half_even_clamped(v):
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, sh_ptr, mu_ptr, st_ptr, q_ptr, s_ptr, M, K,
+def _quantize_kernel(x_ptr, sh_ptr, mu_ptr, st_ptr, q_ptr, s_ptr, M, K, ROWS_PER_SCALE,
                      HAS_SHIFT: tl.constexpr, HAS_MULT: tl.constexpr, STATIC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = rows < M
     rows = rows.to(tl.int64)
     if STATIC:
-        scale = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(st_ptr)
+        scale = tl.load(st_ptr + rows // ROWS_PER_SCALE, mask=mask_m, other=1.0)  # one per tensor or image
     else:  # first pass: the row's amax
         amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -113,6 +113,7 @@ def quantize_act(x: torch.Tensor, multiplier: torch.Tensor | None, shift: torch.
 
     _quantize_kernel[(triton.cdiv(m, block_m),)](
         x, fp32(shift), fp32(multiplier), fp32(static_scale), q, scale, m, k,
+        m if static_scale is None or static_scale.numel() == 1 else m // static_scale.numel(),
         HAS_SHIFT=shift is not None, HAS_MULT=multiplier is not None, STATIC=static_scale is not None,
         BLOCK_M=block_m, BLOCK_K=block_k, num_warps=4 if block_m * block_k <= 2048 else 8)
     return q, scale

@@ -2,7 +2,9 @@
 
 One pass over the activations that applies the calibrated per-channel shift and multiplier
 (SmoothQuant / Outlier Suppression+ scales that could not be folded into the previous layer) and
-quantizes to int8, symmetric, with one scale per token (dynamic) or a static per-tensor scale:
+quantizes to int8, symmetric, with one scale per token (dynamic) or given scales: one for the whole
+tensor (a static, calibrated scale) or one per image (a convolution's per-image dynamic scale, which
+the layer computes first):
 
     v = (x - shift) * multiplier                      # fp32
     scale = max|v| / 127 over the last dim (dynamic; 1 where the row is all zero) | static_scale
@@ -34,8 +36,9 @@ def _check(x: torch.Tensor, multiplier: Optional[torch.Tensor], shift: Optional[
         if t is not None and tuple(t.shape) != (k,):
             raise ValueError(f"quantize_act: {name} must have shape ({k},) for activations of shape "
                              f"{tuple(x.shape)}; got {tuple(t.shape)}")
-    if static_scale is not None and static_scale.numel() != 1:
-        raise ValueError(f"quantize_act: static_scale must hold one value; got shape {tuple(static_scale.shape)}")
+    if static_scale is not None and static_scale.numel() != 1 and (x.ndim < 2 or static_scale.shape != x.shape[:1]):
+        raise ValueError(f"quantize_act: static_scale must hold one value, or one per image ({x.shape[0]},) for "
+                         f"activations of shape {tuple(x.shape)}; got shape {tuple(static_scale.shape)}")
 
 
 def round_half_even(v: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,9 @@ def round_half_even(v: torch.Tensor) -> torch.Tensor:
 def quantize_act_reference(x: torch.Tensor, multiplier: Optional[torch.Tensor] = None,
                            shift: Optional[torch.Tensor] = None,
                            static_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize ``x`` (..., K) to int8 (..., K) with fp32 scales (...)."""
+    """Quantize ``x`` (..., K) to int8 (..., K) with fp32 scales (...).
+
+    ``static_scale``: one value, or one per leading index (B,) shared by that image's tokens."""
     v = x.float()
     if shift is not None:
         v = v - shift.float()
@@ -56,7 +61,10 @@ def quantize_act_reference(x: torch.Tensor, multiplier: Optional[torch.Tensor] =
         amax = v.abs().amax(dim=-1)
         scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
     else:
-        scale = static_scale.float().reshape(()).expand(v.shape[:-1]).clone(memory_format=torch.contiguous_format)
+        given = static_scale.float()
+        # one value, or one per image: (B,) -> (B, 1, ..., 1) over the image's token dims
+        given = given.view((-1,) + (1,) * (v.ndim - 2)) if given.numel() > 1 else given.reshape(())
+        scale = given.expand(v.shape[:-1]).clone(memory_format=torch.contiguous_format)
     q = round_half_even(v / scale.unsqueeze(-1)).clamp_(-QMAX, QMAX).to(torch.int8)
     return q, scale
 

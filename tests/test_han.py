@@ -45,7 +45,9 @@ def test_small_han_matches_release_through_pretrained_path(han_vectors, small_ha
         out64 = small_han.double()(io["input"].double() / 255) * 255
     small_han.float()
     assert out.shape == io["output"].shape == (1, 3, 16, 16)
-    torch.testing.assert_close(out, io["output"], atol=1e-3, rtol=0)
+    # fp32 on a 0..255 scale: oneDNN picks its convolution algorithm per CPU, summing in another order on some
+    # (1.2e-3 = 5e-6 relative seen on an AVX512-VNNI machine without AMX); fp64 is the strict check
+    torch.testing.assert_close(out, io["output"], atol=2e-3, rtol=0)
     torch.testing.assert_close(out64, io["output_fp64"], atol=1e-9, rtol=0)
     assert small_han.pretrained_cfg["source"] == "user"
 

@@ -195,6 +195,18 @@ def test_quantize_act_reference_invariants(dtype):
     assert scale0[2] == 1 and not q0[2].any()
 
 
+def test_quantize_act_reference_per_image_scales_equal_one_call_per_image():
+    x = torch.randn(3, 4, 5, 6) * 3
+    scales = torch.tensor([0.01, 0.05, 0.2])
+    q, scale = kernels.quantize_act_reference(x, static_scale=scales)
+    for b in range(3):
+        q_b, scale_b = kernels.quantize_act_reference(x[b:b + 1], static_scale=scales[b])
+        assert torch.equal(q[b:b + 1], q_b) and torch.equal(scale[b:b + 1], scale_b)
+    assert scale.shape == (3, 4, 5) and torch.equal(scale[1], torch.full((4, 5), 0.05))
+    with pytest.raises(ValueError, match=r"one per image \(3,\)"):
+        kernels.quantize_act(x, static_scale=torch.ones(4))
+
+
 def test_quantize_act_reference_static_scale_clamps_and_ties_round_to_even():
     x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, 126.5, 300.0, -1000.0]])
     q, scale = kernels.quantize_act_reference(x, static_scale=torch.tensor([1.0]))
@@ -211,6 +223,8 @@ def _quant_inputs(shape, dtype, options, seed=0):
     shift = torch.randn(k, generator=gen) if "shift" in options else None
     multiplier = (torch.rand(k, generator=gen) + 0.5).half() if "mult" in options else None  # any float dtype
     static = torch.tensor([0.02]) if "static" in options else None
+    if "per_image" in options:  # one given scale per leading index, some small enough to clamp
+        static = torch.rand(shape[0], generator=gen) * 0.05 + 0.01
     return x, multiplier, shift, static
 
 
@@ -226,7 +240,7 @@ def _check_quantize(x, multiplier, shift, static):
 
 
 @needs_triton
-@pytest.mark.parametrize("options", ["", "shift,mult", "static", "static,shift"])
+@pytest.mark.parametrize("options", ["", "shift,mult", "static", "static,shift", "per_image,mult"])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 37), (2, 3, 130)], ids=lambda s: "x".join(map(str, s)))
 def test_quantize_act_kernel_bit_exact(triton_mode, shape, options):
     _check_quantize(*_quant_inputs(shape, torch.float32, options))
@@ -400,5 +414,5 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
         kernels.quantize_act(q)
     with pytest.raises(ValueError, match=r"multiplier must have shape \(6,\).*got \(5,\)"):
         kernels.quantize_act(torch.randn(2, 6), multiplier=torch.rand(5))
-    with pytest.raises(ValueError, match=r"static_scale must hold one value; got shape \(2,\)"):
-        kernels.quantize_act(torch.randn(2, 6), static_scale=torch.rand(2))
+    with pytest.raises(ValueError, match=r"static_scale must hold one value, or one per image"):
+        kernels.quantize_act(torch.randn(2, 6), static_scale=torch.rand(3))

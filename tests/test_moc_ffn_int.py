@@ -45,9 +45,16 @@ SPECS = [("w8a8", 192, "rtn"), ("w4a8", 192, "rtn"), ("w4a8-g16", 192, "rtn"), (
          ("w4a8", 172, "rtn"), ("w8a8-static", 192, "rtn"), ("w4a8", 192, "smoothquant"), ("w4a8", 192, "awq")]
 
 
+@pytest.fixture
+def reference_layers(monkeypatch):
+    """The integer layers on their exact reference path (ZOO_KERNELS=torch), the oracle these tests compare with."""
+    monkeypatch.setenv("ZOO_KERNELS", "torch")
+
+
 @pytest.mark.parametrize("spec,hidden,method", SPECS, ids=[f"{s}-H{h}-{m}" for s, h, m in SPECS])
-def test_block_decode_equals_dense_integer_path(spec, hidden, method, decode_calls):
-    """1..4 tokens through the row-gathering op == the three integer layers on all H channels, bit for bit."""
+def test_block_decode_equals_dense_integer_path(spec, hidden, method, decode_calls, reference_layers):
+    """1..4 tokens through the row-gathering op == the three integer layers on all H channels, bit for bit
+    (the layers' exact reference; the CPU's oneDNN path sums the same int32 accumulators in another order)."""
     model, block = _quantized_block(spec, hidden=hidden, method=method)
     assert block._integer_decode_ready(), block
     with torch.no_grad():
@@ -121,7 +128,7 @@ def test_transposed_weights_are_the_same_codes():
         torch.testing.assert_close(dequantized_t.t(), down.dequantized_weight().view(n, h), rtol=0, atol=0)
 
 
-def test_cached_transpose_follows_the_weights():
+def test_cached_transpose_follows_the_weights(reference_layers):
     """The block keeps Wd^T's codes between calls and rebuilds them when the integer weights change."""
     model, block = _quantized_block("w4a8")
     with torch.no_grad():
@@ -137,9 +144,10 @@ def test_cached_transpose_follows_the_weights():
 
 
 @pytest.mark.parametrize("spec", ["w4a8", "w8a8-static"])
-def test_compiles_with_fullgraph(spec):
+def test_compiles_with_fullgraph(spec, reference_layers):
     """The integer decode traces whole (the transposed down weights are built inside the graph, the
-    data-dependent checks are skipped) and equals eager bit for bit."""
+    data-dependent checks are skipped) and equals eager bit for bit (the layers on the reference path,
+    which is what compiled layers run)."""
     model, block = _quantized_block(spec)
     torch.compiler.reset()
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")

@@ -12,6 +12,7 @@ from .registry import get_pretrained_cfg, list_models, list_pretrained, register
 from . import models  # noqa: F401  (registers the families)
 from .quant import QuantSpec, quant_aware, quantize
 from .quant.io import save_quantized
+from .optimize import optimize
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "QuantSpec",
     "quant_aware",
     "quantize",
+    "optimize",
     "save_quantized",
     "create",
     "get_pretrained_cfg",

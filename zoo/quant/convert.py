@@ -331,8 +331,24 @@ def summary(model: nn.Module) -> str:
     lines = [f"quantized with {model.quant_spec.name} ({model.quant_method}): "
              f"{sum(r.action == 'quantized' for r in report)} layers quantized, "
              f"{sum(r.action == 'kept' for r in report)} kept in float"]
-    lines += [f"  {r.name:<{width}}  {r.kind:<7} {r.action:<9} {r.detail}" for r in report]
+    lines += [f"  {r.name:<{width}}  {r.kind:<7} {r.action:<9} {r.detail}{_execution(model, r)}" for r in report]
     return "\n".join(lines)
+
+
+def _execution(model: nn.Module, row: LayerReport) -> str:
+    """What runs a quantized layer now, on its own device: ``; per-image, onednn (exact int8)``."""
+    if row.action != "quantized":
+        return ""
+    try:
+        layer = model.get_submodule(row.name)
+    except AttributeError:
+        return ""
+    if not isinstance(layer, (QuantConv2d, QuantLinear)):
+        return ""
+    kernel, why = layer.execution()
+    act = "float activations" if layer.spec.weight_only else (
+        "static per-tensor" if layer.act_scale is not None else f"per-{layer.act_scope}")
+    return f"; {act}, {kernel} ({why})"
 
 
 __all__ = ["quantize", "quant_aware", "select_layers", "layer_specs", "summary", "input_of", "LayerReport"]

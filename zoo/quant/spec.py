@@ -1,8 +1,9 @@
 """What a quantized model is: :class:`QuantSpec`, parsed from ``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``.
 
 A spec string is a preset name with optional ``-`` suffixes: ``g<N>`` a weight group size, ``pcw`` per-channel weight scales, ``asym``
-asymmetric weights (4 bit only), ``static`` calibrated per-tensor activation scales, ``pc`` static
-per-channel activation scales (folded into the weights), e.g. ``w4a8-g128-asym``.
+asymmetric weights (4 bit only), ``img`` dynamic per-image activation scales for k x k convolutions
+(per token elsewhere), ``static`` calibrated per-tensor activation scales, ``pc`` static per-channel
+activation scales (folded into the weights), e.g. ``w4a8-g128-asym``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Optional
 from blocks._validation import closest
 
 PRESETS = ("w8a8", "w4a8", "w4a16", "w8a16", "fp8")
-ACT_GRANULARITIES = ("per_token", "per_tensor", "per_channel")
+ACT_GRANULARITIES = ("per_token", "per_image", "per_tensor", "per_channel")
 # the group size a 4-bit preset uses where it divides a layer's input channels (per channel elsewhere)
 DEFAULT_W4_GROUP = 64
 
@@ -33,9 +34,11 @@ class QuantSpec:
             a convolution); None is one scale per output channel.
         group_fallback: where ``group_size`` does not divide a layer's input channels, use one scale
             per output channel for that layer instead of raising (the presets set it).
-        act_granularity: ``per_token`` (dynamic, one scale per row / pixel, computed on the fly),
-            ``per_tensor`` (one scale per layer) or ``per_channel`` (one per input channel, folded into
-            the weights); the last two are static and need calibration data unless ``act_dynamic``.
+        act_granularity: ``per_token`` (dynamic, one scale per row / pixel, computed on the fly: the most
+            accurate, and the reference), ``per_image`` (dynamic, one scale per image for a k x k
+            convolution's input and per token for linear and 1x1 layers: every layer then runs on the
+            CPU's int8 kernels), ``per_tensor`` (one scale per layer) or ``per_channel`` (one per input
+            channel, folded into the weights); the last two are static and need calibration data.
         keep: ``fnmatch`` patterns of module names left in floating point; ``"<first>"`` and
             ``"<last>"`` name the first and last quantizable layers in module order.
         keep_w8: patterns (as ``keep``) of layers that a 4-bit spec quantizes with 8-bit per-channel
@@ -86,7 +89,7 @@ class QuantSpec:
 
     @property
     def static_activations(self) -> bool:
-        return self.act_granularity != "per_token"
+        return self.act_granularity in ("per_tensor", "per_channel")
 
     def eight_bit(self) -> "QuantSpec":
         """The spec of a ``keep_w8`` layer: 8-bit symmetric per-channel weights, the same activations."""
@@ -102,7 +105,9 @@ class QuantSpec:
             parts.append(f"g{self.group_size}" if self.group_size else "pcw")
         if not self.weight_symmetric:
             parts.append("asym")
-        if self.act_granularity == "per_tensor":
+        if self.act_granularity == "per_image":
+            parts.append("img")
+        elif self.act_granularity == "per_tensor":
             parts.append("static")
         elif self.act_granularity == "per_channel":
             parts.append("pc")
@@ -156,7 +161,7 @@ class QuantSpec:
             near = closest(base, PRESETS)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ValueError(f"quant={spec!r} is not a quantization spec{hint}; use one of {', '.join(PRESETS)}, "
-                             f"optionally with suffixes -g<N>, -pcw, -asym, -static, -pc (e.g. 'w4a8-g128')")
+                             f"optionally with suffixes -g<N>, -pcw, -asym, -img, -static, -pc (e.g. 'w4a8-g128')")
         if base == "fp8":
             kwargs: dict = {"fp8": True}
         else:
@@ -171,13 +176,16 @@ class QuantSpec:
                 kwargs.update(group_size=None, group_fallback=False)
             elif suffix == "asym":
                 kwargs["weight_symmetric"] = False
+            elif suffix == "img":
+                kwargs["act_granularity"] = "per_image"
             elif suffix == "static":
                 kwargs["act_granularity"] = "per_tensor"
             elif suffix == "pc":
                 kwargs["act_granularity"] = "per_channel"
             else:
                 raise ValueError(f"quant={spec!r}: unknown suffix {suffix!r}; use -g<N> (weight group size), -pcw (per-channel weights), "
-                                 f"-asym, -static (per-tensor activations) or -pc (per-channel activations)")
+                                 f"-asym, -img (per-image activations for k x k convolutions), -static (per-tensor "
+                                 f"activations) or -pc (per-channel activations)")
         return cls(**kwargs)
 
     def with_(self, **changes) -> "QuantSpec":
