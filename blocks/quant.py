@@ -241,6 +241,18 @@ class _QuantLayer(nn.Module):
             return "reference", "weight groups (one scale per output channel, -pcw, runs on oneDNN)"
         return "onednn", "exact int8"
 
+    def _runs_onednn(self, x: torch.Tensor) -> bool:
+        """:meth:`execution` for this input is ``onednn``; decided once per ``ZOO_KERNELS`` value (a layer's
+        spec and shapes do not change), since the full decision costs more than a small layer's GEMM."""
+        if x.device.type != "cpu":
+            return False
+        if torch.compiler.is_compiling():
+            return self.execution(x.device)[0] == "onednn"
+        mode = kernel_mode()
+        if self._onednn.decision is None or self._onednn.decision[0] != mode:
+            self._onednn.decision = (mode, self.execution(x.device)[0] == "onednn")
+        return self._onednn.decision[1]
+
     def onednn_weight(self) -> "onednn_int8.PackedWeight":
         """The oneDNN weights, made once and kept until a buffer changes (a load, ``.to()``, an edit)."""
         return self._onednn.get(self.qweight, self.weight_scale, self.weight_zero, self.spec.weight_bits,
@@ -272,7 +284,7 @@ class _QuantLayer(nn.Module):
         return onednn_int8.int8_layer(v, scale, self._onednn, self.qweight, self.weight_scale, self.weight_zero,
                                       self.bias, self.spec.weight_bits, self.in_channels,
                                       getattr(self, "stride", (1, 1)), getattr(self, "padding", (0, 0)),
-                                      linear=not conv, clamp=clamp, out_dtype=x.dtype)
+                                      is_linear=not conv, clamp=clamp, out_dtype=x.dtype)
 
     @classmethod
     def layer_config(cls, layer: "_QuantLayer") -> dict:
@@ -348,7 +360,7 @@ class QuantLinear(_QuantLayer):
             bias = None if self.bias is None else self.bias.to(x2.dtype)
             return F.linear(x2, weight, bias).view(*lead, self.out_channels)
         with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
-            if self.execution(x.device)[0] == "onednn":
+            if self._runs_onednn(x):
                 return self._onednn_forward(x2).view(*lead, self.out_channels)
             q, scale = quantize_act(x2, self.act_multiplier, self.act_shift, self.act_scale)
             y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
@@ -403,7 +415,7 @@ class QuantConv2d(_QuantLayer):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.conv2d(pixels.permute(0, 3, 1, 2), weight, bias, self.stride, self.padding)
         with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
-            if self.execution(x.device)[0] == "onednn":
+            if self._runs_onednn(x):
                 return self._onednn_forward(x)
             pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
             multiplier, shift, given = self.act_multiplier, self.act_shift, self.act_scale

@@ -201,7 +201,8 @@ def accumulators(codes: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
 # the layer op: cached weights behind a handle, traceable by torch.compile
 # --------------------------------------------------------------------------------------------------
 class WeightCache:
-    """One layer's reordered weights and the buffer versions they were made from; copies start empty."""
+    """One layer's reordered weights, the buffer versions they were made from, and whether the layer runs
+    here at all; copies start empty."""
 
     _handles = itertools.count()
     _live: "weakref.WeakValueDictionary[int, WeightCache]" = weakref.WeakValueDictionary()
@@ -210,6 +211,7 @@ class WeightCache:
         self.handle = next(WeightCache._handles)
         self.key: Optional[tuple] = None
         self.weight: Optional[PackedWeight] = None
+        self.decision: Optional[tuple[str, bool]] = None  # the layer's (ZOO_KERNELS value, runs here)
         WeightCache._live[self.handle] = self
 
     def __deepcopy__(self, memo) -> "WeightCache":
@@ -259,11 +261,14 @@ def _(codes, a_scale, qweight, w_scale, w_zero, bias, handle, weight_bits, chann
 def int8_layer(v: torch.Tensor, a_scale: torch.Tensor, cache: WeightCache, qweight: torch.Tensor,
                w_scale: torch.Tensor, w_zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], weight_bits: int,
                channels: int, stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
-               linear: bool = False, clamp: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               is_linear: bool = False, clamp: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A quantized layer on oneDNN: fp32 activations ``v`` (B, C, H, W) or (M, K) with their scales (see
     :func:`quantize_for`), the layer's integer buffers (int8, or packed int4 with one scale per output
     channel) and its :class:`WeightCache`. The quantization runs outside the op, where torch.compile can
     fuse it with the scales' reduction; the GEMM and its epilogue inside."""
     codes = quantize_for(v, a_scale, clamp)
+    if not torch.compiler.is_compiling():  # eager: the op's body without the custom-op dispatch (~40 us a call)
+        weight = cache.get(qweight, w_scale, w_zero, weight_bits, channels, tuple(stride), tuple(padding), is_linear)
+        return (linear if is_linear else conv2d)(codes, a_scale, weight, bias, out_dtype)
     return _int8_layer_op(codes, a_scale, qweight, w_scale, w_zero, bias, cache.handle, weight_bits, channels,
-                          list(stride), list(padding), linear, out_dtype)
+                          list(stride), list(padding), is_linear, out_dtype)
