@@ -208,6 +208,7 @@ class _QuantLayer(nn.Module):
         self.register_buffer("act_shift", torch.zeros(c, device=device) if act_shift else None)
         self.register_buffer("act_scale", torch.ones((), device=device) if act_scale else None)
         self._onednn = onednn_int8.WeightCache()
+        self.fused_relu = False  # a ReLU that followed this layer, applied here (set by zoo.optimize)
 
     # ---- execution: which kernel runs this layer -----------------------------------------------
     @property
@@ -284,7 +285,7 @@ class _QuantLayer(nn.Module):
         return onednn_int8.int8_layer(v, scale, self._onednn, self.qweight, self.weight_scale, self.weight_zero,
                                       self.bias, self.spec.weight_bits, self.in_channels,
                                       getattr(self, "stride", (1, 1)), getattr(self, "padding", (0, 0)),
-                                      is_linear=not conv, clamp=clamp, out_dtype=x.dtype)
+                                      is_linear=not conv, clamp=clamp, relu=self.fused_relu, out_dtype=x.dtype)
 
     @classmethod
     def layer_config(cls, layer: "_QuantLayer") -> dict:
@@ -358,14 +359,15 @@ class QuantLinear(_QuantLayer):
             x2 = self._fp8_tokens(x2) if self.spec.fp8 else self._prepare(x2)
             weight = self.dequantized_weight().view(self.out_channels, -1).to(x2.dtype)  # (N, K)
             bias = None if self.bias is None else self.bias.to(x2.dtype)
-            return F.linear(x2, weight, bias).view(*lead, self.out_channels)
+            y = F.linear(x2, weight, bias)
+            return (F.relu(y) if self.fused_relu else y).view(*lead, self.out_channels)
         with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
             if self._runs_onednn(x):
                 return self._onednn_forward(x2).view(*lead, self.out_channels)
             q, scale = quantize_act(x2, self.act_multiplier, self.act_shift, self.act_scale)
             y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
                            self.bias, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (M, N)
-        return y.view(*lead, self.out_channels)
+        return (y.relu_() if self.fused_relu else y).view(*lead, self.out_channels)
 
 
 class QuantConv2d(_QuantLayer):
@@ -413,7 +415,8 @@ class QuantConv2d(_QuantLayer):
             pixels = self._fp8_tokens(pixels) if self.spec.fp8 else self._prepare(pixels)
             weight = self.dequantized_weight().permute(0, 3, 1, 2).to(x.dtype)  # (N, C, KH, KW)
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.conv2d(pixels.permute(0, 3, 1, 2), weight, bias, self.stride, self.padding)
+            y = F.conv2d(pixels.permute(0, 3, 1, 2), weight, bias, self.stride, self.padding)
+            return F.relu(y) if self.fused_relu else y
         with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
             if self._runs_onednn(x):
                 return self._onednn_forward(x)
@@ -425,7 +428,8 @@ class QuantConv2d(_QuantLayer):
             q, scale = quantize_act(pixels, multiplier, shift, given)
             y = int_conv2d(q, scale, self.qweight, self.weight_scale, self.weight_zero, self.bias, self.stride,
                            self.padding, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (B, Ho, Wo, N)
-        return y.permute(0, 3, 1, 2)  # (B, N, Ho, Wo), channels-last memory
+        y = y.permute(0, 3, 1, 2)  # (B, N, Ho, Wo), channels-last memory
+        return y.relu_() if self.fused_relu else y
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

@@ -138,10 +138,11 @@ _ZERO_POINT = torch.tensor(ZERO_POINT)
 
 
 def conv2d(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
-           out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+           out_dtype: torch.dtype = torch.float32, relu: bool = False) -> torch.Tensor:
     """Convolve uint8 codes (B, C, H, W) (:func:`quantize_for`): (B, N, Ho, Wo), channels-last memory.
 
-    ``a_scale``: () one scale, (B,) one per image, or (B, H, W) one per pixel (pointwise weights only)."""
+    ``a_scale``: () one scale, (B,) one per image, or (B, H, W) one per pixel (pointwise weights only).
+    ``relu``: a ReLU after the bias (oneDNN's post-op where the epilogue is fused)."""
     b = codes.shape[0]
     per_pixel = a_scale.ndim == 3
     if per_pixel and not weight.pointwise:
@@ -151,7 +152,7 @@ def conv2d(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bia
     out = torch.ops.onednn.qconv_pointwise.tensor(
         codes, a_scale.reshape(()).float() if fused else _ONE, _ZERO_POINT, weight.packed, weight.scale, weight.zero,
         bias.float() if fused and bias is not None else None, list(weight.stride), list(weight.padding), [1, 1], 1,
-        1.0, 0, torch.float32, "none", [], "")  # (B, N, Ho, Wo) fp32, channels_last
+        1.0, 0, torch.float32, "relu" if relu and fused else "none", [], "")  # (B, N, Ho, Wo) fp32, channels_last
     if not fused:
         if per_pixel:
             rows = a_scale[:, ::weight.stride[0], ::weight.stride[1]].unsqueeze(1)  # (B, 1, Ho, Wo)
@@ -160,21 +161,25 @@ def conv2d(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bia
         out.mul_(rows)
         if bias is not None:
             out.add_(bias.float().view(1, -1, 1, 1))
+        if relu:
+            out.relu_()
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
 
 def linear(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
-           out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+           out_dtype: torch.dtype = torch.float32, relu: bool = False) -> torch.Tensor:
     """Multiply uint8 codes (M, K) (:func:`quantize_for`): (M, N). ``a_scale``: () or (M,) per token."""
     per_token = a_scale.ndim == 1
     out = torch.ops.onednn.qlinear_pointwise.tensor(
         codes.contiguous(), _ONE if per_token else a_scale.reshape(()).float(), _ZERO_POINT, weight.packed,
         weight.scale, weight.zero, None if per_token or bias is None else bias.float(), 1.0, 0, torch.float32,
-        "none", [], "")  # (M, N)
+        "relu" if relu and not per_token else "none", [], "")  # (M, N)
     if per_token:
         out.mul_(a_scale.reshape(-1, 1))
         if bias is not None:
             out.add_(bias.float())
+        if relu:
+            out.relu_()
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
 
@@ -240,16 +245,16 @@ class WeightCache:
 @torch.library.custom_op("zoo::onednn_int8_layer", mutates_args=())
 def _int8_layer_op(codes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tensor,
                    w_zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], handle: int, weight_bits: int,
-                   channels: int, stride: list[int], padding: list[int], is_linear: bool,
+                   channels: int, stride: list[int], padding: list[int], is_linear: bool, relu: bool,
                    out_dtype: torch.dtype) -> torch.Tensor:
     weight = WeightCache.find(handle).get(qweight, w_scale, w_zero, weight_bits, channels, tuple(stride),
                                           tuple(padding), is_linear)
-    return (linear if is_linear else conv2d)(codes, a_scale, weight, bias, out_dtype)
+    return (linear if is_linear else conv2d)(codes, a_scale, weight, bias, out_dtype, relu)
 
 
 @_int8_layer_op.register_fake
 def _(codes, a_scale, qweight, w_scale, w_zero, bias, handle, weight_bits, channels, stride, padding, is_linear,
-      out_dtype):
+      relu, out_dtype):
     n, kh, kw, _ = qweight.shape
     if is_linear:
         return codes.new_empty((codes.shape[0], n), dtype=out_dtype)
@@ -261,14 +266,15 @@ def _(codes, a_scale, qweight, w_scale, w_zero, bias, handle, weight_bits, chann
 def int8_layer(v: torch.Tensor, a_scale: torch.Tensor, cache: WeightCache, qweight: torch.Tensor,
                w_scale: torch.Tensor, w_zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], weight_bits: int,
                channels: int, stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
-               is_linear: bool = False, clamp: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               is_linear: bool = False, clamp: bool = False, relu: bool = False,
+               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A quantized layer on oneDNN: fp32 activations ``v`` (B, C, H, W) or (M, K) with their scales (see
     :func:`quantize_for`), the layer's integer buffers (int8, or packed int4 with one scale per output
-    channel) and its :class:`WeightCache`. The quantization runs outside the op, where torch.compile can
+    channel) and its :class:`WeightCache`; ``relu`` fuses a following ReLU. The quantization runs outside the op, where torch.compile can
     fuse it with the scales' reduction; the GEMM and its epilogue inside."""
     codes = quantize_for(v, a_scale, clamp)
     if not torch.compiler.is_compiling():  # eager: the op's body without the custom-op dispatch (~40 us a call)
         weight = cache.get(qweight, w_scale, w_zero, weight_bits, channels, tuple(stride), tuple(padding), is_linear)
-        return (linear if is_linear else conv2d)(codes, a_scale, weight, bias, out_dtype)
+        return (linear if is_linear else conv2d)(codes, a_scale, weight, bias, out_dtype, relu)
     return _int8_layer_op(codes, a_scale, qweight, w_scale, w_zero, bias, cache.handle, weight_bits, channels,
-                          list(stride), list(padding), is_linear, out_dtype)
+                          list(stride), list(padding), is_linear, relu, out_dtype)

@@ -17,6 +17,7 @@ import kernels
 import zoo
 from blocks.quant import QuantConv2d, QuantLinear
 from kernels import onednn_int8
+from zoo.deploy import fuse_for_inference
 from zoo.quant import QuantSpec
 
 needs_onednn = pytest.mark.skipif(onednn_int8.unavailable_reason() is not None,
@@ -263,3 +264,51 @@ def test_per_image_spec_round_trips_and_quantizes_k_by_k_convs_per_image():
         both = layer(torch.cat([x[:1], x[1:] * 100]))
         alone = layer(x[:1])
     _assert_epilogue_close(both[:1], alone)
+
+
+# --------------------------------------------------------------------------------------------------
+# zoo.optimize's fusions: batch norms into convolutions, ReLUs into quantized layers
+# --------------------------------------------------------------------------------------------------
+def _count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+@pytest.mark.parametrize("spec", [None, "w8a8-img", "w8a8"])
+def test_fusion_folds_batchnorms_and_relus_and_keeps_the_output(spec):
+    torch.manual_seed(0)
+    model = zoo.create("resnet18", num_classes=10).eval()
+    for m in model.modules():  # trained-like batch norms (resnet zero-inits the last gamma of each block)
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_(0, 0.1)
+    if spec:
+        zoo.quantize(model, spec)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    fused, done = fuse_for_inference(model, x[:1])
+    assert _count(model, nn.BatchNorm2d) == 20 and _count(fused, nn.BatchNorm2d) == 0  # the original keeps its own
+    relus = sum(getattr(m, "fused_relu", False) for m in fused.modules())
+    assert relus == (0 if spec is None else 8)  # conv1 of each BasicBlock: act1 follows its bn1
+    with torch.no_grad():
+        after = fused(x)
+    rel = float((after - before).norm() / before.norm())
+    assert rel < (1e-5 if spec is None else 2e-2), rel
+
+
+def test_fusion_that_would_change_the_output_is_undone():
+    class ReadsTwice(nn.Module):  # the conv's output feeds the batch norm and a residual add
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = ReadsTwice().eval()
+    model.bn.running_var.fill_(4.0)
+    with pytest.warns(UserWarning, match="running the model unfused"):
+        fused, done = fuse_for_inference(model, torch.randn(1, 4, 8, 8))
+    assert fused is model and done == []

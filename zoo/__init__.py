@@ -12,7 +12,7 @@ from .registry import get_pretrained_cfg, list_models, list_pretrained, register
 from . import models  # noqa: F401  (registers the families)
 from .quant import QuantSpec, quant_aware, quantize
 from .quant.io import save_quantized
-from .optimize import optimize
+from .deploy import optimize
 
 __version__ = "0.1.0"
 
