@@ -10,9 +10,12 @@ count; ratio = fp32 eager time / the path's time. Paths:
   ``zoo.optimize(model, dtype=torch.bfloat16)`` (inductor with freezing; bf16 under autocast);
 - ``pt2e int8 compiled``: PyTorch's own flow, torchao's ``X86InductorQuantizer`` (static per-tensor
   u8 activations, per-channel s8 weights, calibrated on the input), then inductor with freezing;
-- ``zoo w8a8``: the per-pixel reference granularity (k x k convolutions on the exact float emulation;
-  1x1 and linear layers on oneDNN); ``zoo w8a8-img`` and ``zoo w4a8-pcw-img``: per-image activations,
-  every layer on oneDNN's int8 kernels, through ``zoo.optimize`` (eager where quantized, see there).
+- ``zoo w8a8-tok``: per-pixel activation scales everywhere (k x k convolutions on the exact float
+  emulation; 1x1 and linear layers on oneDNN), as the presets were before; ``zoo w8a8`` and
+  ``zoo w4a8-pcw`` (the presets' per-image activations; int4 with one scale per output channel): every
+  layer on oneDNN's int8 kernels; ``zoo w8a8-static``: one calibrated scale per layer (calibrated on
+  the input, as the pt2e row); these three through ``zoo.optimize`` (batch norms and ReLUs folded,
+  eager where quantized, see there).
 
 Accuracy: output SQNR against fp32 in dB (the SR models: PSNR of the output against fp32's, on a
 natural image). Language model rows: a 256-token prefill and a one-token decode step after it.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
+import platform
 import sys
 import time
 import warnings
@@ -36,9 +41,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
-from common import interleaved_medians_ms, machine, print_table, save_text  # noqa: E402
+from common import interleaved_medians_ms, print_table, save_text  # noqa: E402
 
-QUANT_SPECS = ("w8a8", "w8a8-img", "w4a8-pcw-img")
+QUANT_SPECS = ("w8a8-tok", "w8a8", "w8a8-static", "w4a8-pcw")
 
 
 @dataclass
@@ -139,8 +144,8 @@ def paths(case: Case, compile_: bool) -> dict[str, Callable[[], torch.Tensor]]:
             except Exception as e:  # noqa: BLE001  a peer that fails on a model is reported, not fatal
                 print(f"  pt2e int8 on {case.name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
     for spec in QUANT_SPECS:
-        quantized = zoo.quantize(copy.deepcopy(base), spec)
-        out[f"zoo {spec}"] = call(quantized if spec == "w8a8" else zoo.optimize(quantized, compile=compile_), xin)
+        quantized = zoo.quantize(copy.deepcopy(base), spec, calib=[x] if "static" in spec else None)
+        out[f"zoo {spec}"] = call(quantized if spec == "w8a8-tok" else zoo.optimize(quantized, compile=compile_), xin)
     return out
 
 
@@ -184,7 +189,8 @@ def main(argv: list[str] | None = None) -> str:
     rows = []
     for name in names:
         rows += run_case(table[name], threads, args.repeats, not args.no_compile)
-    title = f"CPU inference, {machine()}"
+    cpu = "AMX" if torch.cpu._is_amx_tile_supported() else "AVX512-VNNI" if torch.cpu._is_vnni_supported() else "no VNNI"
+    title = f"CPU inference, {platform.machine()} ({cpu}), torch {torch.__version__}, {os.cpu_count()} cores"
     print(title)
     report = title + "\n" + print_table(["model", "threads", "path", "ms", "vs fp32 eager", "accuracy vs fp32"], rows)
     save_text(report, "cpu_inference.txt")

@@ -64,10 +64,10 @@ OUT = Path(__file__).resolve().parent / "out" / "quant_accuracy"
 METHODS = ("rtn", "smoothquant", "awq", "os+")
 # "w4a8-g32*": group 32 where 32 divides a layer's input channels, per channel elsewhere (the CA / SE
 # up-projections have 2-8 inputs); plain "w4a8-g32" would refuse those layers
-# "-img": one activation scale per image for k x k convolutions (every layer then runs on the CPU's
-# oneDNN int8 kernels); the plain presets keep one per pixel
-SPECS: dict[str, object] = {"w8a8": "w8a8", "w8a8-img": "w8a8-img", "w4a16": "w4a16", "w4a8": "w4a8",
-                            "w4a8-img": "w4a8-img", "w4a8-g32*": QuantSpec.parse("w4a8").with_(group_size=32)}
+# the presets quantize a k x k convolution's activations with one scale per image (every layer runs on the
+# CPU's oneDNN int8 kernels); "-tok": one per pixel everywhere, as the presets did before
+SPECS: dict[str, object] = {"w8a8": "w8a8", "w8a8-tok": "w8a8-tok", "w4a16": "w4a16", "w4a8": "w4a8",
+                            "w4a8-tok": "w4a8-tok", "w4a8-g32*": QuantSpec.parse("w4a8").with_(group_size=32)}
 QUICK_GRID = [("w8a8", "rtn"), ("w4a8", "rtn"), ("w4a8", "smoothquant")]
 # table B extras: the 1x1 stride-2 downsample convolutions (3 layers, 0.17 M of 11 M weights) with 8-bit
 # weights (mixed precision, ``keep_w8``) or kept in float: at 4 bits they are where the digits ResNet
@@ -122,7 +122,7 @@ def file_size(path: Path) -> int:
 
 
 def grid(quick: bool, pairs: Optional[str] = None) -> list[tuple[str, str]]:
-    """(spec, method) rows: ``pairs`` ("w8a8:rtn,w4a8-img:awq") where given, else the quick or full grid."""
+    """(spec, method) rows: ``pairs`` ("w8a8:rtn,w4a8-tok:awq") where given, else the quick or full grid."""
     if pairs:
         chosen = [tuple(p.strip().split(":")) for p in pairs.split(",")]
         bad = [p for p in chosen if len(p) != 2 or p[0] not in SPECS or p[1] not in METHODS]
@@ -135,7 +135,7 @@ def grid(quick: bool, pairs: Optional[str] = None) -> list[tuple[str, str]]:
 def goal_rows(rows: list, goal_text: str, base: float, limit: tuple[float, float], unit: str, digits: int) -> None:
     """The goals for w8a8 rtn and the best w4a8 (``limit``: their allowed losses), per activation granularity
     present in ``rows``."""
-    for suffix in ("", "-img"):
+    for suffix in ("", "-tok"):
         w8 = [r for r in rows if r.spec == "w8a8" + suffix and r.method == "rtn"]
         if w8:
             goal(f"{goal_text}: w8a8{suffix} rtn within {limit[0]} {unit} of fp32", base - w8[0].metric <= limit[0],
@@ -517,7 +517,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="reduced grid, well under a minute")
     parser.add_argument("--tables", default="ABCD", help="which tables to run, e.g. AC")
     parser.add_argument("--grid", default=None,
-                        help="tables A and B: only these spec:method rows, e.g. w8a8:rtn,w8a8-img:rtn,w4a8-img:awq")
+                        help="tables A and B: only these spec:method rows, e.g. w8a8:rtn,w8a8-tok:rtn,w4a8:awq")
     parser.add_argument("--retrain", action="store_true", help="train the digits model and the QAT run again")
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--digits-epochs", type=int, default=4)

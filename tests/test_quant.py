@@ -107,7 +107,7 @@ def _dequantized_reference_conv(layer: QuantConv2d, x: torch.Tensor) -> torch.Te
     tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C)
     if layer.act_multiplier is not None:
         tokens = tokens * layer.act_multiplier
-    tokens = fake_quantize_activation(tokens)
+    tokens = fake_quantize_activation(tokens, per_image=layer.act_scope == "image")  # the presets: per image
     weight = layer.dequantized_weight().permute(0, 3, 1, 2)  # (N, C, KH, KW)
     return F.conv2d(tokens.permute(0, 3, 1, 2), weight, layer.bias, layer.stride, layer.padding)
 

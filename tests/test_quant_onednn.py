@@ -111,14 +111,14 @@ def _assert_epilogue_close(y, y_ref):
 
 
 @needs_onednn
-@pytest.mark.parametrize("spec", ["w8a8", "w8a8-img", "w8a8-static", "w4a8-pcw-img", "w4a8-pcw-asym-img"])
+@pytest.mark.parametrize("spec", ["w8a8-tok", "w8a8", "w8a8-static", "w4a8-pcw", "w4a8-pcw-asym"])
 @pytest.mark.parametrize("case", ["1x1", "1x1_stride2", "3x3_pad1", "3x3_stride2_pad1", "linear"])
 @pytest.mark.parametrize("explicit", [False, True], ids=["plain", "mult_shift"])
 def test_layer_matches_the_reference_path(case, spec, explicit, monkeypatch):
     layer, x = _layer(case, spec, explicit)
     kernel, why = layer.execution()
     pointwise = case in ("1x1", "1x1_stride2", "linear")
-    if spec == "w8a8" and not pointwise:  # per-pixel scales on a 3x3 kernel: the reference runs it
+    if spec == "w8a8-tok" and not pointwise:  # per-pixel scales on a 3x3 kernel: the reference runs it
         assert kernel == "reference" and "per-pixel" in why
     else:
         assert (kernel, why) == ("onednn", "exact int8")
@@ -130,12 +130,12 @@ def test_layer_matches_the_reference_path(case, spec, explicit, monkeypatch):
 
 
 def test_weight_groups_keep_the_exact_reference():
-    layer, x = _layer("3x3_pad1", "w4a8-g4-img", False)
+    layer, x = _layer("3x3_pad1", "w4a8-g4", False)
     assert layer.execution()[0] == "reference" and "groups" in layer.execution()[1]
 
 
 @needs_onednn
-@pytest.mark.parametrize("case,spec", [("1x1", "w8a8"), ("3x3_stride2_pad1", "w8a8-img"), ("linear", "w8a8-static")])
+@pytest.mark.parametrize("case,spec", [("1x1", "w8a8-tok"), ("3x3_stride2_pad1", "w8a8"), ("linear", "w8a8-static")])
 def test_layers_compile_whole_to_the_eager_outputs(case, spec):
     """One opaque op per layer with its cached weights: fullgraph tracing, eager's outputs bit for bit."""
     layer, x = _layer(case, spec, True)
@@ -147,7 +147,7 @@ def test_layers_compile_whole_to_the_eager_outputs(case, spec):
 
 @needs_onednn
 def test_bf16_inputs_give_bf16_outputs_close_to_the_reference(monkeypatch):
-    layer, x = _layer("3x3_pad1", "w8a8-img", False)
+    layer, x = _layer("3x3_pad1", "w8a8", False)
     with torch.no_grad():
         y, y_ref = layer(x.bfloat16()), _reference(layer, x.bfloat16(), monkeypatch)
     assert y.dtype == torch.bfloat16
@@ -156,7 +156,7 @@ def test_bf16_inputs_give_bf16_outputs_close_to_the_reference(monkeypatch):
 
 @needs_onednn
 def test_weights_are_packed_once_and_again_after_a_change():
-    layer, x = _layer("3x3_pad1", "w8a8-img", False)
+    layer, x = _layer("3x3_pad1", "w8a8", False)
     first = layer.onednn_weight()
     assert layer.onednn_weight() is first
     with torch.no_grad():
@@ -185,12 +185,11 @@ def test_machines_without_the_kernels_keep_the_reference(monkeypatch):
 @needs_onednn
 def test_summary_names_kernel_and_granularity():
     model = zoo.quantize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 1),
-                                       nn.Conv2d(8, 4, 1)), "w8a8")
+                                       nn.Conv2d(8, 4, 1)), "w8a8-tok")
     text = zoo.quant.summary(model)
     assert "per-token" in text and "reference (per-pixel scales on a k x k kernel" in text
     assert "onednn (exact int8)" in text
-    model = zoo.quantize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 1)), "w4a8-img",
-                         )
+    model = zoo.quantize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 1)), "w4a8")
     text = zoo.quant.summary(model)
     assert "per-image" in text and "reference" not in text
 
@@ -207,7 +206,7 @@ def _tiny_net() -> nn.Module:
 
 @needs_onednn
 def test_quantized_file_round_trip_gives_identical_outputs(tmp_path):
-    model = zoo.create("rcan_tiny_x2", pretrained=True, quant="w4a8-img").eval()
+    model = zoo.create("rcan_tiny_x2", pretrained=True, quant="w4a8").eval()
     x = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
         y = model(x)
@@ -220,7 +219,7 @@ def test_quantized_file_round_trip_gives_identical_outputs(tmp_path):
 
 @needs_onednn
 def test_optimize_prepares_a_quantized_model_and_compiles_a_float_one():
-    model = zoo.quantize(_tiny_net(), QuantSpec.parse("w8a8-img").with_(keep=()))
+    model = zoo.quantize(_tiny_net(), QuantSpec.parse("w8a8").with_(keep=()))
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         eager = model(x)
@@ -234,7 +233,7 @@ def test_optimize_prepares_a_quantized_model_and_compiles_a_float_one():
         compiled = zoo.optimize(float_model)
         assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
         torch.testing.assert_close(compiled(x), _tiny_net()(x), rtol=1e-4, atol=1e-5)
-        forced = zoo.optimize(zoo.quantize(_tiny_net(), QuantSpec.parse("w8a8-img").with_(keep=())), compile=True)
+        forced = zoo.optimize(zoo.quantize(_tiny_net(), QuantSpec.parse("w8a8").with_(keep=())), compile=True)
         assert isinstance(forced, torch._dynamo.eval_frame.OptimizedModule)  # inductor, with the op inside
         torch.testing.assert_close(forced(x), eager, rtol=1e-6, atol=1e-6)
 
@@ -253,12 +252,16 @@ def test_optimize_keeps_float_types_unless_asked():
         zoo.optimize(model, dtype=torch.int8)
 
 
-def test_per_image_spec_round_trips_and_quantizes_k_by_k_convs_per_image():
-    spec = QuantSpec.parse("w8a8-img")
-    assert spec.act_granularity == "per_image" and not spec.static_activations
-    assert QuantSpec.parse(spec.name) == spec and QuantSpec.from_json(spec.to_json()) == spec
-    layer, x = _layer("3x3_pad1", "w8a8-img", False)
-    assert layer.act_scope == "image" and _layer("1x1", "w8a8-img", False)[0].act_scope == "token"
+def test_presets_quantize_k_by_k_convs_per_image_and_tok_keeps_pixels():
+    spec = QuantSpec.parse("w8a8")
+    assert spec.act_granularity == "per_image" and not spec.static_activations and spec == QuantSpec()
+    assert QuantSpec.parse("w8a8-img") == spec and QuantSpec.parse("w4a8").act_granularity == "per_image"
+    pixels = QuantSpec.parse("w8a8-tok")
+    assert pixels.act_granularity == "per_token" and pixels.name == "w8a8-tok"
+    assert QuantSpec.parse(pixels.name) == pixels and QuantSpec.from_json(pixels.to_json()) == pixels
+    assert QuantSpec.parse("w4a16").act_granularity == QuantSpec.parse("fp8").act_granularity == "per_token"
+    layer, x = _layer("3x3_pad1", "w8a8", False)
+    assert layer.act_scope == "image" and _layer("1x1", "w8a8", False)[0].act_scope == "token"
     # one image's output does not depend on the others in its batch
     with torch.no_grad():
         both = layer(torch.cat([x[:1], x[1:] * 100]))
@@ -273,7 +276,7 @@ def _count(model: nn.Module, kind: type) -> int:
     return sum(isinstance(m, kind) for m in model.modules())
 
 
-@pytest.mark.parametrize("spec", [None, "w8a8-img", "w8a8"])
+@pytest.mark.parametrize("spec", [None, "w8a8", "w8a8-tok"])
 def test_fusion_folds_batchnorms_and_relus_and_keeps_the_output(spec):
     torch.manual_seed(0)
     model = zoo.create("resnet18", num_classes=10).eval()

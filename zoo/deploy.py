@@ -1,6 +1,6 @@
 """``zoo.optimize``: the one call that makes a built model fast for inference on its device.
 
-    model = zoo.optimize(zoo.create("rcan_x2", pretrained=True, quant="w8a8-img"))
+    model = zoo.optimize(zoo.create("rcan_x2", pretrained=True, quant="w8a8"))
     model = zoo.optimize(zoo.create("seresnet50"), dtype=torch.bfloat16)   # float, bf16 matrix units
 
 It puts the model in eval mode without gradients, lays convolutional models out channels-last (the

@@ -308,10 +308,10 @@ def quant_aware(model: nn.Module, spec) -> nn.Module:
     """
     spec = QuantSpec.parse(spec)
     if spec.static_activations:
-        raise ValueError(f"quant_aware={spec.name!r}: quantization-aware training simulates dynamic per-token "
-                         f"activation scales, and its export has no calibration data for static "
+        raise ValueError(f"quant_aware={spec.name!r}: quantization-aware training simulates dynamic (per-image / "
+                         f"per-token) activation scales, and its export has no calibration data for static "
                          f"({spec.act_granularity}) ones; train with the dynamic spec "
-                         f"{spec.with_(act_granularity='per_token').name!r}, then calibrate static scales on the "
+                         f"{spec.with_(act_granularity='per_image').name!r}, then calibrate static scales on the "
                          f"trained model with zoo.quantize(model, {spec.name!r}, calib=<batches>)")
     layers, _ = select_layers(model, spec)
     specs = layer_specs(model, spec, layers)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.quant import dequantize_weight, fake_quantize_activation, quantize_weight
+from blocks.quant import act_scope, dequantize_weight, fake_quantize_activation, quantize_weight
 
 from .calibrate import LayerStats
 
@@ -97,8 +97,11 @@ def layer_error(layer: nn.Module, sample: torch.Tensor, spec, group_size: Option
     q = quantize_weight(w, spec.weight_bits, group_size, spec.weight_symmetric, spec.fp8)
     w = dequantize_weight(q.values, q.scale, q.zero, spec.weight_bits, w.shape[-1], group_size, spec.fp8)
     if not spec.weight_only:
-        tokens = x.permute(0, 2, 3, 1) if isinstance(layer, nn.Conv2d) else x
-        tokens = fake_quantize_activation(tokens, 8, spec.fp8)
+        conv = isinstance(layer, nn.Conv2d)
+        tokens = x.permute(0, 2, 3, 1) if conv else x
+        per_image = conv and act_scope(spec, tuple(layer.kernel_size) == (1, 1) and tuple(layer.padding) == (0, 0)) \
+            == "image"
+        tokens = fake_quantize_activation(tokens, 8, spec.fp8, per_image)
         x = tokens.permute(0, 3, 1, 2) if isinstance(layer, nn.Conv2d) else tokens
     return float((_run(layer, x, w, bias) - reference).pow(2).mean())
 

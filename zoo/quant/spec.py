@@ -1,9 +1,11 @@
 """What a quantized model is: :class:`QuantSpec`, parsed from ``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``.
 
 A spec string is a preset name with optional ``-`` suffixes: ``g<N>`` a weight group size, ``pcw`` per-channel weight scales, ``asym``
-asymmetric weights (4 bit only), ``img`` dynamic per-image activation scales for k x k convolutions
-(per token elsewhere), ``static`` calibrated per-tensor activation scales, ``pc`` static per-channel
-activation scales (folded into the weights), e.g. ``w4a8-g128-asym``.
+asymmetric weights (4 bit only), ``tok`` dynamic per-token activation scales everywhere (one per
+pixel for every convolution: the most accurate, and slow on the CPU), ``static`` calibrated per-tensor
+activation scales, ``pc`` static per-channel activation scales (folded into the weights), e.g.
+``w4a8-g128-asym``. The int8-activation presets use per-image scales for k x k convolutions and
+per-token ones elsewhere (``per_image``; ``img`` says so explicitly).
 """
 from __future__ import annotations
 
@@ -34,11 +36,13 @@ class QuantSpec:
             a convolution); None is one scale per output channel.
         group_fallback: where ``group_size`` does not divide a layer's input channels, use one scale
             per output channel for that layer instead of raising (the presets set it).
-        act_granularity: ``per_token`` (dynamic, one scale per row / pixel, computed on the fly: the most
-            accurate, and the reference), ``per_image`` (dynamic, one scale per image for a k x k
-            convolution's input and per token for linear and 1x1 layers: every layer then runs on the
-            CPU's int8 kernels), ``per_tensor`` (one scale per layer) or ``per_channel`` (one per input
-            channel, folded into the weights); the last two are static and need calibration data.
+        act_granularity: ``per_image`` (the presets: dynamic, one scale per image for a k x k
+            convolution's input and per token for linear and 1x1 layers, so that every layer runs on
+            the CPU's int8 kernels), ``per_token`` (dynamic, one scale per row / pixel everywhere: the
+            most accurate, but a k x k convolution then mixes scales within its reduction and runs on
+            the exact float emulation on the CPU), ``per_tensor`` (one scale per layer) or
+            ``per_channel`` (one per input channel, folded into the weights); the last two are static
+            and need calibration data. Weight-only and fp8 specs are ``per_token``.
         keep: ``fnmatch`` patterns of module names left in floating point; ``"<first>"`` and
             ``"<last>"`` name the first and last quantizable layers in module order.
         keep_w8: patterns (as ``keep``) of layers that a 4-bit spec quantizes with 8-bit per-channel
@@ -52,7 +56,7 @@ class QuantSpec:
     weight_symmetric: bool = True
     group_size: Optional[int] = None
     group_fallback: bool = False
-    act_granularity: str = "per_token"
+    act_granularity: str = "per_image"
     keep: tuple[str, ...] = ("<first>", "<last>")
     keep_w8: tuple[str, ...] = ()
 
@@ -74,6 +78,8 @@ class QuantSpec:
             raise ValueError(f"group_size={self.group_size} must be an even number >= 2 (or None: per channel)")
         if self.act_granularity not in ACT_GRANULARITIES:
             raise ValueError(f"act_granularity={self.act_granularity!r}; use one of {', '.join(ACT_GRANULARITIES)}")
+        if (self.act_bits is None or self.fp8) and self.act_granularity == "per_image":
+            object.__setattr__(self, "act_granularity", "per_token")  # float / e4m3 activations: per token
         if self.act_bits is None and self.act_granularity != "per_token":
             raise ValueError("static activation scales need quantized activations (act_bits=8)")
         object.__setattr__(self, "keep", tuple(self.keep))
@@ -105,12 +111,9 @@ class QuantSpec:
             parts.append(f"g{self.group_size}" if self.group_size else "pcw")
         if not self.weight_symmetric:
             parts.append("asym")
-        if self.act_granularity == "per_image":
-            parts.append("img")
-        elif self.act_granularity == "per_tensor":
-            parts.append("static")
-        elif self.act_granularity == "per_channel":
-            parts.append("pc")
+        if self.act_granularity != preset.act_granularity:
+            parts.append({"per_token": "tok", "per_image": "img", "per_tensor": "static",
+                          "per_channel": "pc"}[self.act_granularity])
         text = "-".join(parts)
         try:
             if QuantSpec.parse(text) == self:
@@ -161,7 +164,7 @@ class QuantSpec:
             near = closest(base, PRESETS)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ValueError(f"quant={spec!r} is not a quantization spec{hint}; use one of {', '.join(PRESETS)}, "
-                             f"optionally with suffixes -g<N>, -pcw, -asym, -img, -static, -pc (e.g. 'w4a8-g128')")
+                             f"optionally with suffixes -g<N>, -pcw, -asym, -tok, -img, -static, -pc (e.g. 'w4a8-g128')")
         if base == "fp8":
             kwargs: dict = {"fp8": True}
         else:
@@ -178,14 +181,17 @@ class QuantSpec:
                 kwargs["weight_symmetric"] = False
             elif suffix == "img":
                 kwargs["act_granularity"] = "per_image"
+            elif suffix == "tok":
+                kwargs["act_granularity"] = "per_token"
             elif suffix == "static":
                 kwargs["act_granularity"] = "per_tensor"
             elif suffix == "pc":
                 kwargs["act_granularity"] = "per_channel"
             else:
                 raise ValueError(f"quant={spec!r}: unknown suffix {suffix!r}; use -g<N> (weight group size), -pcw (per-channel weights), "
-                                 f"-asym, -img (per-image activations for k x k convolutions), -static (per-tensor "
-                                 f"activations) or -pc (per-channel activations)")
+                                 f"-asym, -tok (per-token activations everywhere), -img (per-image activations for k x k "
+                                 f"convolutions: the default), -static (per-tensor activations) or -pc (per-channel "
+                                 f"activations)")
         return cls(**kwargs)
 
     def with_(self, **changes) -> "QuantSpec":
