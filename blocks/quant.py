@@ -7,15 +7,16 @@ layout of :mod:`kernels.int_gemm` (N, KH, KW, C), with per-channel or per-(tap, 
 - ``act_multiplier`` / ``act_shift`` (C,): SmoothQuant / AWQ scales and Outlier Suppression+ shifts
   that could not be folded into the previous layer, applied inside the activation quantization;
 - ``act_scale`` (): a static per-tensor activation scale (absent: dynamic scales, per token, or per
-  image for a k x k convolution under a ``per_image`` spec).
+  image for a k x k convolution under a ``per_image`` spec: the presets).
 
 With int8 activations the forward pass is ``quantize_act`` then an integer GEMM (``int_conv2d`` /
 ``int_linear``, exact int32 per kernel tap and weight group). On an x86 CPU with VNNI or AMX, a layer
 whose activation scale factors out of its reduction (a 1x1 convolution or a linear layer, or a k x k
 convolution with per-image or static scales) and has one weight scale per output channel (int8, or
 int4 unpacked to int8) runs on oneDNN's int8 kernels instead (:mod:`kernels.onednn_int8`): the same
-int32 accumulators, weights reordered once and cached. :meth:`_QuantLayer.execution` says which. Weight-only layers (``w4a16``, ``w8a16``)
-dequantize their weights on the fly; fp8 layers keep e4m3 weights and quantize activations to e4m3 per token.
+int32 accumulators, weights reordered once and cached. :meth:`_QuantLayer.execution` says which.
+Weight-only layers (``w4a16``, ``w8a16``) dequantize their weights on the fly; fp8 layers keep e4m3
+weights and quantize activations to e4m3 per token.
 Fake-quant layers are ``nn.Linear``/``nn.Conv2d`` subclasses with the same state dict as the float
 layer, so a QAT checkpoint loads into the float model and converts like any other.
 """
@@ -142,7 +143,8 @@ def _expand(table: torch.Tensor, shape: torch.Size, group_size: Optional[int]) -
     return table.view(n, kh, kw, c // g, 1).expand(n, kh, kw, c // g, g).reshape(n, kh, kw, c)
 
 
-def fake_quantize_activation(x: torch.Tensor, bits: int = 8, fp8: bool = False, per_image: bool = False) -> torch.Tensor:
+def fake_quantize_activation(x: torch.Tensor, bits: int = 8, fp8: bool = False,
+                             per_image: bool = False) -> torch.Tensor:
     """Per-token (last dim) symmetric quantize-dequantize, as the integer path sees activations;
     ``per_image``: one scale per leading index (a k x k convolution's (B, H, W, C) input under ``per_image``)."""
     if fp8:
@@ -237,7 +239,8 @@ class _QuantLayer(nn.Module):
         if missing:
             return "reference", missing
         if self.act_scope == "token" and not self.pointwise:
-            return "reference", "per-pixel scales on a k x k kernel (the per_image or static granularities run on oneDNN)"
+            return "reference", ("per-pixel scales on a k x k kernel (the per_image or static granularities "
+                                 "run on oneDNN)")
         if self.weight_scale.shape[1] > 1:
             return "reference", "weight groups (one scale per output channel, -pcw, runs on oneDNN)"
         return "onednn", "exact int8"
@@ -322,7 +325,8 @@ class _QuantLayer(nn.Module):
 
     def extra_repr(self) -> str:
         group = f"group={self.group_size}" if self.group_size else "per-channel"
-        act = ("static" if self.act_scale is not None else f"per-{self.act_scope}") if not self.spec.weight_only else "float"
+        act = "float" if self.spec.weight_only else (
+            "static" if self.act_scale is not None else f"per-{self.act_scope}")
         extras = [n for n in ("act_multiplier", "act_shift") if getattr(self, n) is not None]
         return (f"{self.in_channels}, {self.out_channels}, spec={self.spec.name}, {group}, act={act}"
                 + (f", {'+'.join(extras)}" if extras else ""))
@@ -479,5 +483,5 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
         weight = self._fake_weight(self.weight.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, C, KH, KW)
         pointwise = tuple(self.kernel_size) == (1, 1) and tuple(self.padding) == (0, 0)
         per_image = act_scope(self.spec, pointwise) == "image"
-        tokens = self._fake_act(x.permute(0, 2, 3, 1), per_image)  # per pixel (or image) over channels, as the integer path
+        tokens = self._fake_act(x.permute(0, 2, 3, 1), per_image)  # per pixel (or image), as the integer path
         return self._conv_forward(tokens.permute(0, 3, 1, 2), weight, self.bias)

@@ -53,7 +53,8 @@ def _check_machine() -> Optional[str]:
                                  ("qconv_prepack", "qconv_pointwise", "qlinear_prepack", "qlinear_pointwise")):
         return "this PyTorch build lacks torch.ops.onednn's int8 convolution / linear ops"
     cpu = torch.cpu
-    vnni = getattr(cpu, "_is_vnni_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    vnni = (getattr(cpu, "_is_vnni_supported", lambda: False)()
+            or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
     if not vnni:  # without VNNI, u8 x s8 pairs are summed in int16 and can saturate: not exact
         return "the CPU has neither VNNI nor AMX, where oneDNN's int8 sums may saturate"
     return None
@@ -235,7 +236,8 @@ class WeightCache:
         key = tuple((t.data_ptr(), t._version) for t in (qweight, w_scale, w_zero) if t is not None)
         if self.key != key:
             if w_scale.shape[1] != 1:
-                raise ValueError("oneDNN's int8 kernels take one weight scale per output channel; this layer has groups")
+                raise ValueError("oneDNN's int8 kernels take one weight scale per output channel; "
+                                 "this layer has groups")
             values = weight_values(qweight, w_zero, weight_bits, channels, None).to(torch.int8)  # int4 - zero fits int8
             self.weight = prepack(values, w_scale[:, 0], stride, padding, linear)
             self.key = key
@@ -270,8 +272,8 @@ def int8_layer(v: torch.Tensor, a_scale: torch.Tensor, cache: WeightCache, qweig
                out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A quantized layer on oneDNN: fp32 activations ``v`` (B, C, H, W) or (M, K) with their scales (see
     :func:`quantize_for`), the layer's integer buffers (int8, or packed int4 with one scale per output
-    channel) and its :class:`WeightCache`; ``relu`` fuses a following ReLU. The quantization runs outside the op, where torch.compile can
-    fuse it with the scales' reduction; the GEMM and its epilogue inside."""
+    channel) and its :class:`WeightCache`; ``relu`` fuses a following ReLU. The quantization runs outside
+    the op, where torch.compile can fuse it with the scales' reduction; the GEMM and its epilogue inside."""
     codes = quantize_for(v, a_scale, clamp)
     if not torch.compiler.is_compiling():  # eager: the op's body without the custom-op dispatch (~40 us a call)
         weight = cache.get(qweight, w_scale, w_zero, weight_bits, channels, tuple(stride), tuple(padding), is_linear)
