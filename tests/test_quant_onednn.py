@@ -70,6 +70,12 @@ def test_quantize_u8_gives_the_reference_codes():
         codes = onednn_int8.quantize_u8(x, scale.view(-1, 1, 1, 1) if scale.ndim else scale, clamp=True)
         q_ref, _ = kernels.quantize_act_reference(x.permute(0, 2, 3, 1), static_scale=scale)
         assert torch.equal(codes.permute(0, 2, 3, 1).to(torch.int16) - 128, q_ref.to(torch.int16))
+    # a million values: a few of them round differently under x * (1 / s) than under the reference's x / s
+    many = torch.randn(1000, 1000, generator=gen) * 2
+    for scale in (torch.tensor(0.03), torch.tensor(0.017)):
+        q_ref, _ = kernels.quantize_act_reference(many, static_scale=scale)
+        codes = onednn_int8.quantize_u8(many, scale, clamp=True)
+        assert torch.equal(codes.to(torch.int16) - 128, q_ref.to(torch.int16))
 
 
 # --------------------------------------------------------------------------------------------------
