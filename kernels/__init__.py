@@ -62,6 +62,7 @@ __all__ = [
 from .quant_act import quantize_act, quantize_act_reference  # noqa: E402
 from .int_gemm import int_conv2d, int_conv2d_accumulators_reference, int_conv2d_reference, int_linear  # noqa: E402
 from .int_gemm import pack_int4, unpack_int4  # noqa: E402
+from . import onednn_int8  # noqa: E402  (the integer layers' CPU path: oneDNN's int8 kernels)
 
 __all__ += ["quantize_act", "quantize_act_reference", "int_conv2d", "int_conv2d_reference",
             "int_conv2d_accumulators_reference", "int_linear", "pack_int4", "unpack_int4"]

@@ -159,9 +159,10 @@ def conv2d(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bia
             rows = a_scale[:, ::weight.stride[0], ::weight.stride[1]].unsqueeze(1)  # (B, 1, Ho, Wo)
         else:
             rows = a_scale.reshape(b, 1, 1, 1)
-        out.mul_(rows)
-        if bias is not None:
-            out.add_(bias.float().view(1, -1, 1, 1))
+        if bias is None:
+            out.mul_(rows)
+        else:  # one pass: bias + out * rows
+            torch.addcmul(bias.float().view(1, -1, 1, 1), out, rows, out=out)
         if relu:
             out.relu_()
     return out if out_dtype == torch.float32 else out.to(out_dtype)
@@ -176,9 +177,10 @@ def linear(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bia
         weight.scale, weight.zero, None if per_token or bias is None else bias.float(), 1.0, 0, torch.float32,
         "relu" if relu and not per_token else "none", [], "")  # (M, N)
     if per_token:
-        out.mul_(a_scale.reshape(-1, 1))
-        if bias is not None:
-            out.add_(bias.float())
+        if bias is None:
+            out.mul_(a_scale.reshape(-1, 1))
+        else:
+            torch.addcmul(bias.float(), out, a_scale.reshape(-1, 1), out=out)
         if relu:
             out.relu_()
     return out if out_dtype == torch.float32 else out.to(out_dtype)

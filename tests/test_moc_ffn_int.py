@@ -69,6 +69,18 @@ def test_block_decode_equals_dense_integer_path(spec, hidden, method, decode_cal
     assert len(decode_calls) == 3
 
 
+@pytest.mark.skipif(kernels.onednn_int8.unavailable_reason() is not None, reason="oneDNN int8 kernels unavailable")
+def test_cpu_with_onednn_layers_decodes_through_the_dense_layers(decode_calls):
+    """Where the integer layers run on oneDNN (a CPU with VNNI or AMX), a decode step takes them, densely:
+    faster there than the row-gathering op's reference; the same top-K math."""
+    model, block = _quantized_block("w8a8")
+    assert block._integer_decode_ready() and block.gate_proj.execution()[0] == "onednn"
+    with torch.no_grad():
+        h = model[0](torch.randn(1, 48))
+        assert torch.equal(block(h), block._forward_through_modules(h))
+    assert decode_calls == []
+
+
 def test_down_shift_and_weight_only_take_the_dense_path(decode_calls):
     """A shift before down_proj (an unfolded Outlier Suppression+ shift turns the activation's zeros into
     -shift) or weight-only layers: the block runs its dense path, and says so by not calling the op."""
