@@ -9,7 +9,8 @@ benchmarks/kv_cache.py unless ``--weights`` gives one. Each row quantizes a copy
 ``--calib-batches`` training batches) and reports the validation loss and perplexity on the same
 sequences, the perplexity change against fp32, the stored size (``zoo.save_quantized``) against the fp32
 file, and how many greedy tokens match fp32's over 64 steps from a few code prompts (decoding one
-sequence, so the quantized MoC FFN runs its integer decode).
+sequence: the quantized MoC FFN runs its integer decode, or on a CPU whose integer layers run on
+oneDNN's int8 kernels, those layers densely).
 """
 from __future__ import annotations
 
