@@ -162,12 +162,18 @@ def _ste(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     return x + (quantized - x).detach()
 
 
-def act_scope(spec, pointwise: bool) -> str:
-    """Which activations share one scale in a layer: ``tensor`` (static), ``image`` (a k x k convolution
-    under ``per_image``), ``channel`` (static, folded into the weights) or ``token`` (a row or pixel)."""
+def is_pointwise(layer: nn.Module) -> bool:
+    """Each output reads one input token: a linear layer, or a 1x1 convolution without padding."""
+    return tuple(getattr(layer, "kernel_size", (1, 1))) == (1, 1) and tuple(getattr(layer, "padding", (0, 0))) == (0, 0)
+
+
+def act_scope(spec, layer: nn.Module) -> str:
+    """Which activations share one scale in ``layer`` (float or quantized) under ``spec``: ``tensor``
+    (static: per tensor, or per channel folded into the weights, which leaves one scale), ``image`` (a
+    k x k convolution under ``per_image``) or ``token`` (a row or pixel)."""
     if spec.act_granularity == "per_image":
-        return "token" if pointwise else "image"
-    return {"per_tensor": "tensor", "per_channel": "tensor"}.get(spec.act_granularity, "token")
+        return "token" if is_pointwise(layer) else "image"
+    return "tensor" if spec.static_activations else "token"
 
 
 def dynamic_scales(v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -210,17 +216,20 @@ class _QuantLayer(nn.Module):
         self.register_buffer("act_shift", torch.zeros(c, device=device) if act_shift else None)
         self.register_buffer("act_scale", torch.ones((), device=device) if act_scale else None)
         self._onednn = onednn_int8.WeightCache()
+        self._onednn_decision: Optional[tuple[str, bool]] = None  # (ZOO_KERNELS value, runs on oneDNN)
         self.fused_relu = False  # a ReLU that followed this layer, applied here (set by zoo.optimize)
 
     # ---- execution: which kernel runs this layer -----------------------------------------------
     @property
-    def pointwise(self) -> bool:
-        """Each output reads one input token (linear, or 1x1 without padding): per-token scales factor out."""
-        return self.kernel_size == (1, 1) and tuple(getattr(self, "padding", (0, 0))) == (0, 0)
+    def act_scope(self) -> str:
+        return act_scope(self.spec, self)
 
     @property
-    def act_scope(self) -> str:
-        return act_scope(self.spec, self.pointwise)
+    def act_description(self) -> str:
+        """How the layer's activations are quantized, for reprs and summaries."""
+        if self.spec.weight_only:
+            return "float"
+        return "static per-tensor" if self.act_scale is not None else f"per-{self.act_scope}"
 
     def execution(self, device: Optional[torch.device] = None) -> tuple[str, str]:
         """``(kernel, why)`` for an input on ``device`` (default: the layer's): ``onednn`` (the CPU's int8
@@ -238,7 +247,7 @@ class _QuantLayer(nn.Module):
         missing = onednn_int8.unavailable_reason()
         if missing:
             return "reference", missing
-        if self.act_scope == "token" and not self.pointwise:
+        if self.act_scope == "token" and not is_pointwise(self):
             return "reference", ("per-pixel scales on a k x k kernel (the per_image or static granularities "
                                  "run on oneDNN)")
         if self.weight_scale.shape[1] > 1:
@@ -253,9 +262,9 @@ class _QuantLayer(nn.Module):
         if torch.compiler.is_compiling():
             return self.execution(x.device)[0] == "onednn"
         mode = kernel_mode()
-        if self._onednn.decision is None or self._onednn.decision[0] != mode:
-            self._onednn.decision = (mode, self.execution(x.device)[0] == "onednn")
-        return self._onednn.decision[1]
+        if self._onednn_decision is None or self._onednn_decision[0] != mode:
+            self._onednn_decision = (mode, self.execution(x.device)[0] == "onednn")
+        return self._onednn_decision[1]
 
     def onednn_weight(self) -> "onednn_int8.PackedWeight":
         """The oneDNN weights, made once and kept until a buffer changes (a load, ``.to()``, an edit)."""
@@ -325,8 +334,7 @@ class _QuantLayer(nn.Module):
 
     def extra_repr(self) -> str:
         group = f"group={self.group_size}" if self.group_size else "per-channel"
-        act = "float" if self.spec.weight_only else (
-            "static" if self.act_scale is not None else f"per-{self.act_scope}")
+        act = self.act_description
         extras = [n for n in ("act_multiplier", "act_shift") if getattr(self, n) is not None]
         return (f"{self.in_channels}, {self.out_channels}, spec={self.spec.name}, {group}, act={act}"
                 + (f", {'+'.join(extras)}" if extras else ""))
@@ -481,7 +489,6 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self._fake_weight(self.weight.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (N, C, KH, KW)
-        pointwise = tuple(self.kernel_size) == (1, 1) and tuple(self.padding) == (0, 0)
-        per_image = act_scope(self.spec, pointwise) == "image"
+        per_image = act_scope(self.spec, self) == "image"
         tokens = self._fake_act(x.permute(0, 2, 3, 1), per_image)  # per pixel (or image), as the integer path
         return self._conv_forward(tokens.permute(0, 3, 1, 2), weight, self.bias)

@@ -209,8 +209,7 @@ def accumulators(codes: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
 # the layer op: cached weights behind a handle, traceable by torch.compile
 # --------------------------------------------------------------------------------------------------
 class WeightCache:
-    """One layer's reordered weights, the buffer versions they were made from, and whether the layer runs
-    here at all; copies start empty."""
+    """One layer's reordered weights and the buffer versions they were made from; copies start empty."""
 
     _handles = itertools.count()
     _live: "weakref.WeakValueDictionary[int, WeightCache]" = weakref.WeakValueDictionary()
@@ -219,7 +218,6 @@ class WeightCache:
         self.handle = next(WeightCache._handles)
         self.key: Optional[tuple] = None
         self.weight: Optional[PackedWeight] = None
-        self.decision: Optional[tuple[str, bool]] = None  # the layer's (ZOO_KERNELS value, runs here)
         WeightCache._live[self.handle] = self
 
     def __deepcopy__(self, memo) -> "WeightCache":

@@ -28,6 +28,8 @@ from torch import nn
 
 from blocks.quant import QuantConv2d, QuantLinear
 
+from .quant.convert import _set_module
+
 __all__ = ["optimize", "fuse_for_inference"]
 
 _QUANT = (QuantConv2d, QuantLinear)
@@ -67,9 +69,9 @@ class _Call:
     output: torch.Tensor
 
 
-def _leaf_calls(model: nn.Module, example: torch.Tensor) -> list[_Call]:
+def _leaf_calls(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], torch.Tensor]:
     """The convolutions, linear layers, batch norms and ReLUs called on ``example``, in call order, with the
-    tensors they read and wrote (kept alive, so that identity means the same tensor)."""
+    tensors they read and wrote (kept alive, so that identity means the same tensor); and the output."""
     kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU) + _QUANT
     calls: list[_Call] = []
 
@@ -82,11 +84,11 @@ def _leaf_calls(model: nn.Module, example: torch.Tensor) -> list[_Call]:
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
     try:
         with torch.no_grad():
-            model(example)
+            output = model(example)
     finally:
         for h in handles:
             h.remove()
-    return calls
+    return calls, output
 
 
 def _fold_batchnorm(conv: nn.Module, bn: nn.BatchNorm2d) -> bool:
@@ -108,17 +110,12 @@ def _fold_batchnorm(conv: nn.Module, bn: nn.BatchNorm2d) -> bool:
     return True
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` with batch norms folded into the convolutions before them and ReLUs folded into
     the quantized layers before them, and what was fused. Found by tracing ``model(example)``: a batch norm
     (or ReLU) that reads exactly what a convolution (quantized layer) wrote, each module called once. The
     copy's output on ``example`` is checked against the model's; if it moved, the model is returned as is."""
-    calls = _leaf_calls(model, example)
+    calls, before = _leaf_calls(model, example)
     counts: dict[int, int] = {}
     for c in calls:
         counts[id(c.module)] = counts.get(id(c.module), 0) + 1
@@ -147,7 +144,7 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
         _set_module(fused, consumer, nn.Identity())
         done.append(f"{consumer} -> {producer}")
     with torch.no_grad():
-        before, after = model(example), fused(example)
+        after = fused(example)
     quantized = any(isinstance(m, _QUANT) for m in model.modules())
     change = float((after.float() - before.float()).norm() / before.float().norm().clamp_min(1e-12))
     if change > _FUSION_TOLERANCE[quantized]:

@@ -336,7 +336,7 @@ def summary(model: nn.Module) -> str:
 
 
 def _execution(model: nn.Module, row: LayerReport) -> str:
-    """What runs a quantized layer now, on its own device: ``; per-image, onednn (exact int8)``."""
+    """What runs a quantized layer now, on its own device: ``; per-image activations, onednn (exact int8)``."""
     if row.action != "quantized":
         return ""
     try:
@@ -346,9 +346,7 @@ def _execution(model: nn.Module, row: LayerReport) -> str:
     if not isinstance(layer, (QuantConv2d, QuantLinear)):
         return ""
     kernel, why = layer.execution()
-    act = "float activations" if layer.spec.weight_only else (
-        "static per-tensor" if layer.act_scale is not None else f"per-{layer.act_scope}")
-    return f"; {act}, {kernel} ({why})"
+    return f"; {layer.act_description} activations, {kernel} ({why})"
 
 
 __all__ = ["quantize", "quant_aware", "select_layers", "layer_specs", "summary", "input_of", "LayerReport"]

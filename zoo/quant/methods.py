@@ -99,10 +99,8 @@ def layer_error(layer: nn.Module, sample: torch.Tensor, spec, group_size: Option
     if not spec.weight_only:
         conv = isinstance(layer, nn.Conv2d)
         tokens = x.permute(0, 2, 3, 1) if conv else x
-        per_image = conv and act_scope(spec, tuple(layer.kernel_size) == (1, 1) and tuple(layer.padding) == (0, 0)) \
-            == "image"
-        tokens = fake_quantize_activation(tokens, 8, spec.fp8, per_image)
-        x = tokens.permute(0, 3, 1, 2) if isinstance(layer, nn.Conv2d) else tokens
+        tokens = fake_quantize_activation(tokens, 8, spec.fp8, act_scope(spec, layer) == "image")
+        x = tokens.permute(0, 3, 1, 2) if conv else tokens
     return float((_run(layer, x, w, bias) - reference).pow(2).mean())
 
 
