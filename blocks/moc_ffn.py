@@ -112,7 +112,7 @@ class MoCFFN(SwiGLU):
         if not self._plain_projections():
             # each token reads its own K rows: worth it while the T * K rows are at most half of the H rows,
             # and where the row-gathering op has a kernel: on a CPU whose integer layers run on oneDNN the dense
-            # layers are faster (a moc_lm_130m decode step 37 ms against 48 ms through the op's reference)
+            # layers are faster (a moc_lm_130m w8a8 decode step went from 0.65x to 0.88x of fp32: cpu_inference.py)
             if 2 * (x.numel() // self.dim) * self.top_k <= self.hidden_dim and self._integer_decode_ready() \
                     and not self.gate_proj._runs_onednn(x):
                 return self._forward_integer_decode(x)

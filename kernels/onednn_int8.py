@@ -87,9 +87,9 @@ def prepack(values: torch.Tensor, scale: torch.Tensor, stride: tuple[int, int] =
     if values.dtype != torch.int8 or values.ndim != 4:
         raise ValueError(f"prepack takes int8 weights (N, KH, KW, C); got {values.dtype} {tuple(values.shape)}")
     n, kh, kw, c = values.shape
-    scale = scale.detach().float().reshape(-1).contiguous()
     if scale.numel() != n:
         raise ValueError(f"prepack: one weight scale per output channel ({n},); got {tuple(scale.shape)}")
+    scale = scale.detach().float().reshape(-1).contiguous()
     zero = torch.zeros(n, dtype=torch.int64)
     if linear:
         if (kh, kw) != (1, 1):

@@ -321,3 +321,15 @@ def test_fusion_that_would_change_the_output_is_undone():
     with pytest.warns(UserWarning, match="running the model unfused"):
         fused, done = fuse_for_inference(model, torch.randn(1, 4, 8, 8))
     assert fused is model and done == []
+
+
+@needs_onednn
+def test_bad_kernel_inputs_name_the_fix():
+    with pytest.raises(ValueError, match=r"int8 weights \(N, KH, KW, C\); got torch.int32"):
+        onednn_int8.prepack(torch.zeros(4, 3, 3, 2, dtype=torch.int32), torch.ones(4))
+    with pytest.raises(ValueError, match=r"one weight scale per output channel \(4,\); got \(4, 2\)"):
+        onednn_int8.prepack(torch.zeros(4, 3, 3, 2, dtype=torch.int8), torch.ones(4, 2))
+    packed = onednn_int8.prepack(torch.zeros(4, 3, 3, 2, dtype=torch.int8), torch.ones(4), padding=(1, 1))
+    codes = torch.full((1, 2, 5, 5), 128, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="per-pixel activation scales need a 1x1 kernel without padding"):
+        onednn_int8.conv2d(codes, torch.ones(1, 5, 5), packed, None)
