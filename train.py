@@ -16,6 +16,7 @@ Unknown or misspelt keys are errors that name the nearest valid key.
 from __future__ import annotations
 
 import difflib
+import errno
 import re
 import sys
 from dataclasses import dataclass, field
@@ -26,16 +27,22 @@ import lightning as L
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 import zoo
 from blocks._validation import check_kwargs
 from zoo.data import DATAMODULES
+from zoo.checkpoint import CheckpointError
 from zoo.tasks import TASKS, NonFiniteLossError, OptimizerConfig, SchedulerConfig
-from zoo.tasks.callbacks import AtomicCheckpointIO, ExportModel, RunSummary, plot_metrics
+from zoo.tasks.callbacks import ExportModel, RunSummary, plot_metrics
+from zoo.tasks.checkpointing import LastCheckpoint, MetricsRows, SafeCheckpointIO, resolve_ckpt_path
+from zoo.tasks.run_folder import RunCSVLogger, RunFolderBusy, RunLock, remove_stale_temporaries
 
 RUN_STEPS = ("fit", "validate", "test", "predict")
 TRAINER_MANAGED = {"callbacks", "logger", "plugins", "default_root_dir", "enable_checkpointing"}
+# an int counts batches, a float is a fraction: Lightning annotates them float-first, so "1" became 1.0
+BATCH_COUNTS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                "overfit_batches")
 
 
 @dataclass
@@ -75,13 +82,19 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=str, default="runs/default")
     parser.add_argument("--run", type=list[str], default=["fit", "test"], help=f"steps among {RUN_STEPS}")
-    parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="'last', 'best' or a path")
+    parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                        help="'last' or 'best' (this output_dir's), a .ckpt file, or a URL")
+    parser.add_argument("--checkpoint_every_n_steps", type=Optional[int], default=None,
+                        help="also write last.ckpt every N training steps (default: at validation / epoch ends)")
     parser.add_class_arguments(ModelSection, "model")
     parser.add_class_arguments(TaskSection, "task")
     parser.add_class_arguments(DataSection, "data")
     parser.add_class_arguments(OptimizerConfig, "optimizer")
     parser.add_class_arguments(SchedulerConfig, "scheduler")
-    parser.add_class_arguments(L.Trainer, "trainer", skip=TRAINER_MANAGED)
+    parser.add_class_arguments(L.Trainer, "trainer", skip=TRAINER_MANAGED | set(BATCH_COUNTS))
+    for key in BATCH_COUNTS:  # typed by hand: typing caches Union[int, float] as Union[float, int]
+        parser.add_argument(f"--trainer.{key}", type=Any, default=None if key != "overfit_batches" else 0.0,
+                            help="an int counts batches, a float in [0, 1] is a fraction of them")
     return parser
 
 
@@ -142,6 +155,15 @@ def parse_config(argv: list[str] | None) -> Namespace:
     if print_config:
         print(parser.dump(cfg))
         sys.exit(0)
+    for key in BATCH_COUNTS:
+        value = getattr(cfg.trainer, key)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+            setattr(cfg.trainer, key, value)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0) and \
+                not (isinstance(value, float) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"trainer.{key}: {value!r} is neither a batch count (an int >= 0) nor a fraction "
+                              f"(a float in [0, 1])")
     bad = [s for s in cfg.run if s not in RUN_STEPS]
     if bad:
         raise ConfigError(f"run: unknown step(s) {bad}; choose from {', '.join(RUN_STEPS)}")
@@ -185,31 +207,49 @@ def build(cfg: Namespace) -> tuple[L.LightningModule, L.LightningDataModule, L.T
     out = Path(cfg.output_dir)
     monitor, mode = getattr(task_cls, "monitor", ("val/top1", "max"))
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                                 save_last=True, auto_insert_metric_name=False)
+                                 auto_insert_metric_name=False, enable_version_counter=False)
+    last = LastCheckpoint(out / "checkpoints", every_n_train_steps=cfg.checkpoint_every_n_steps)
     export = ExportModel(out / "export")
     summary = RunSummary(monitor, mode)
-    loggers = [CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tensorboard", version="")]
+    # a resumed fit, or a test of a saved checkpoint, continues metrics.csv; a fresh fit starts it anew
+    metrics = RunCSVLogger(out, resume=cfg.ckpt_path is not None or "fit" not in cfg.run)
+    loggers = [metrics, TensorBoardLogger(out, name="tensorboard", version="")]
     trainer_args = {k: v for k, v in vars(cfg.trainer).items()}
-    callbacks = [checkpoint, export, summary]
+    callbacks = [checkpoint, last, export, summary, MetricsRows(metrics)]
     if trainer_args.get("enable_progress_bar") is not False:
         callbacks.append(TQDMProgressBar(leave=True))  # keep each epoch's bar on screen
-    trainer = L.Trainer(**trainer_args, default_root_dir=str(out), logger=loggers, plugins=[AtomicCheckpointIO()],
+    checkpoint_io = SafeCheckpointIO()
+    trainer = L.Trainer(**trainer_args, default_root_dir=str(out), logger=loggers, plugins=[checkpoint_io],
                         callbacks=callbacks)
-    return task, data, trainer, {"checkpoint": checkpoint, "export": export, "summary": summary, "out": out}
+    return task, data, trainer, {"checkpoint": checkpoint, "last": last, "export": export, "summary": summary,
+                                 "out": out, "checkpoint_io": checkpoint_io}
 
 
 def run(cfg: Namespace) -> dict:
+    """Take the run folder (a lock, a killed run's leftovers removed), check the checkpoint to start
+    from, then build and run the steps."""
+    out = Path(cfg.output_dir)
+    with RunLock(out) as lock:
+        if lock.held:  # not in the processes Lightning launches for the other ranks
+            remove_stale_temporaries(out)
+        return _run_locked(cfg)
+
+
+def _run_locked(cfg: Namespace) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.output_dir))
     task, data, trainer, parts = build(cfg)
+    if ckpt_path is not None:
+        parts["checkpoint_io"].preload(ckpt_path)  # a bad or unsafe file fails now, not after setup
     results: dict[str, Any] = {}
     fitted = False
     for step in cfg.run:
         if step == "fit":
-            trainer.fit(task, datamodule=data, ckpt_path=cfg.ckpt_path)
-            parts["summary"].record_checkpoints(parts["checkpoint"])
+            trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
+            parts["summary"].record_checkpoints(parts["checkpoint"], parts["last"])
             fitted = True
             continue
-        ckpt = "best" if fitted and parts["checkpoint"].best_model_path else (None if fitted else cfg.ckpt_path)
+        ckpt = (parts["checkpoint"].best_model_path or None) if fitted else ckpt_path
         if step == "validate":
             results.update(trainer.validate(task, datamodule=data, ckpt_path=ckpt)[0])
         elif step == "test":
@@ -218,9 +258,12 @@ def run(cfg: Namespace) -> dict:
             import torch
             from safetensors.torch import save_file
 
+            from zoo.hub import atomic_write
+
             preds = trainer.predict(task, datamodule=data, ckpt_path=ckpt)
             if trainer.is_global_zero:
-                save_file({"predictions": torch.cat(preds)}, str(parts["out"] / "predictions.safetensors"))
+                tensors = {"predictions": torch.cat(preds)}
+                atomic_write(parts["out"] / "predictions.safetensors", lambda tmp: save_file(tensors, tmp))
     if trainer.is_global_zero:
         plots = plot_metrics(parts["out"] / "metrics.csv", parts["out"])
         print(parts["summary"].report(trainer, parts["export"], results))
@@ -236,12 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except (CheckpointError, RunFolderBusy) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as exc:
         print(f"training stopped: {exc}", file=sys.stderr)
         return 1
     except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

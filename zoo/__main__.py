@@ -197,10 +197,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .models.var_sampling import load_for_sampling, sample_grid
+    from .models.var_sampling import check_sampling_args, load_for_sampling, sample_grid
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}")
+    check_sampling_args(args.cfg, args.top_k, args.top_p)  # before the weights are read
     net = load_for_sampling(args.model, args.weights, args.vae, device=args.device)
     start = time.perf_counter()
     out = sample_grid(net, args.output, args.class_id, n=args.n, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
@@ -284,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         args.tile = None
     try:
         return args.fn(args)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    except (KeyError, TypeError, ValueError, OSError) as exc:  # the library's sentences; anything else is a bug
+        message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        print("error: " + " ".join(line.strip() for line in message.splitlines()), file=sys.stderr)  # one line
         return 2
 
 

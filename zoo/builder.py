@@ -10,7 +10,7 @@ from blocks._validation import check_kwargs
 from . import registry
 from .checkpoint import FilterFn, load_into, read_checkpoint
 from .features import FeatureListNet
-from .hub import Weights, load_weights
+from .hub import Weights, check_num_classes, load_weights
 from .pretrained import PretrainedCfg
 
 BUILD_ONLY_ARGS = ("features_only", "out_indices", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay")
@@ -36,6 +36,8 @@ def build_model(
     through the family's ``filter_fn`` and timm's adaptation of ``num_classes`` and ``in_chans``.
     """
     check_kwargs(variant, kwargs, model_cls.__init__ if isinstance(model_cls, type) else model_cls)
+    if "num_classes" in kwargs:
+        check_num_classes(kwargs["num_classes"], f"the arguments of {variant}")
     cfg = pretrained_cfg or registry.get_pretrained_cfg(variant)
     if isinstance(pretrained, str) and registry.has_tag(variant, pretrained):  # pretrained='a1_in1k'
         cfg, pretrained = registry.get_pretrained_cfg(f"{variant}.{pretrained}"), True

@@ -1,11 +1,13 @@
 """Reading checkpoints safely and fitting them to a model.
 
 Files are read with safetensors, or with ``torch.load(weights_only=True)``: nothing is ever
-unpickled beyond tensors and plain containers. Every key and shape is checked before any weight is
-copied, and the error names what does not fit.
+unpickled beyond tensors and plain containers. Every key, shape and dtype is checked before any weight
+is copied, and the error names what does not fit. Files the project writes carry a sha256 of their
+contents (:data:`DIGEST_KEY`), checked on every read, so bytes damaged on disk or in transfer are refused.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -26,10 +28,55 @@ _PREFIXES = ("module.", "_orig_mod.")
 # what torch's weights-only unpickler says when it meets a Python object it will not build
 _UNSAFE_PICKLE = re.compile(r"GLOBAL \S+ (was not an allowed global|whose module \S+ is blocked)|allowlisted via")
 _DOCS_HINT = "Check the documentation of torch.load"
+# where a file written by the project records the sha256 of its contents: a key of the safetensors
+# metadata, or a top-level key of a torch file's dict (digest of the dict without it)
+DIGEST_KEY = "zoo_sha256"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+def content_digest(tree: object) -> str:
+    """The sha256 (hex) of every leaf of a nested dict / list / tuple, in an order that survives a save
+    and a load: mapping keys sorted, each leaf preceded by its key path; tensors and arrays by dtype,
+    shape and raw bytes, other values by their repr.
+
+    Lists and tuples digest alike (a format may turn one into the other), as do dict subclasses.
+    """
+    digest = hashlib.sha256()
+    _digest_into(digest, tree, "")
+    return digest.hexdigest()
+
+
+def _digest_into(digest, node: object, path: str) -> None:
+    """Feed ``node`` (reached by ``path``) into ``digest``, depth first."""
+    if isinstance(node, Mapping):
+        digest.update(f"{path}:map{len(node)};".encode())
+        for key in sorted(node, key=lambda k: (type(k).__name__, repr(k))):
+            _digest_into(digest, node[key], f"{path}/{key!r}")
+    elif isinstance(node, (list, tuple)):
+        digest.update(f"{path}:seq{len(node)};".encode())
+        for i, item in enumerate(node):
+            _digest_into(digest, item, f"{path}/{i}")
+    elif isinstance(node, torch.Tensor):
+        t = node.detach().cpu().resolve_conj().resolve_neg()
+        t = t.to_dense() if t.layout != torch.strided else t
+        digest.update(f"{path}:tensor:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+    elif type(node).__module__ == "numpy" and hasattr(node, "tobytes"):  # an array's repr elides its middle
+        digest.update(f"{path}:array:{node.dtype}:{getattr(node, 'shape', ())};".encode() + node.tobytes())
+    elif isinstance(node, (set, frozenset)):  # set order follows the per-process string hash seed
+        digest.update(f"{path}:set:{sorted(map(repr, node))};".encode())
+    else:
+        digest.update(f"{path}:{type(node).__name__}:{node!r};".encode())
+
+
+def _verify_digest(path: Path, stored: object, tree: object) -> None:
+    """Refuse a file whose recorded digest does not match its contents."""
+    if not isinstance(stored, str) or stored != content_digest(tree):
+        raise CheckpointError(f"{str(path)!r} is corrupt: its contents do not match the sha256 recorded when it was "
+                              f"written; re-download it or save it again")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -41,27 +88,41 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     with open(path, "rb") as fh:
         head = fh.read(8)
     if path.suffix == ".safetensors" or _looks_like_safetensors(path, head):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {str(path)!r} as safetensors (truncated or not a safetensors file): {exc}") from None
+        return _read_safetensors(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch wraps every weights-only failure as "Weights only load failed", corrupt bytes included:
         # refuse only when the unpickler met a Python object it will not build
         if _UNSAFE_PICKLE.search(str(exc)):
             raise CheckpointError(
-                f"refusing to load {str(path)!r}: it pickles Python objects beyond tensors, and unpickling them "
-                f"could run arbitrary code. If you trust the file, re-save only its tensors "
-                f"(torch.save(state_dict) or safetensors) and load that.") from None
+                f"refusing to load {str(path)!r}: it pickles Python objects beyond tensors, whose unpickling could "
+                f"run arbitrary code; if you trust the file, re-save only its tensors (torch.save(state_dict) or "
+                f"safetensors) and load that") from None
         raise CheckpointError(f"cannot read {str(path)!r}: truncated or not a torch checkpoint "
                               f"({str(exc).rsplit('WeightsUnpickler error:', 1)[-1].split(_DOCS_HINT)[0].strip()})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
         raise CheckpointError(f"cannot read {str(path)!r}: truncated or not a checkpoint ({type(exc).__name__}: {exc})") from None
+    if isinstance(loaded, Mapping) and DIGEST_KEY in loaded:
+        stored = loaded[DIGEST_KEY]
+        loaded = {k: v for k, v in loaded.items() if k != DIGEST_KEY}
+        _verify_digest(path, stored, loaded)
+    return loaded
+
+
+def _read_safetensors(path: Path) -> dict:
+    """A safetensors file's tensors, checked against the digest in its metadata when it has one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {str(path)!r} as safetensors (truncated or not a safetensors file): {exc}") from None
+    if DIGEST_KEY in metadata:
+        _verify_digest(path, metadata[DIGEST_KEY], tensors)
+    return tensors
 
 
 def _looks_like_safetensors(path: Path, head: bytes) -> bool:
@@ -118,12 +179,34 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(dtype)
 
 
+def _dtype_kind(t: torch.Tensor) -> str:
+    """float, complex, bool or int: within a kind ``load_state_dict`` casts harmlessly (fp16 -> fp32), across
+    kinds it turns weights into garbage (an int64 tensor truncated, a bool mask read as 0 / 1 weights)."""
+    if t.is_floating_point():
+        return "float"
+    if t.is_complex():
+        return "complex"
+    return "bool" if t.dtype == torch.bool else "int"
+
+
+def dtype_mismatches(state_dict: Mapping, target: Mapping) -> list[str]:
+    """``key: checkpoint <dtype> vs model <dtype>`` for each shared key whose dtype kinds differ.
+
+    BatchNorm's ``num_batches_tracked`` counter is exempt: some converters store it as a float, and it does
+    not change what the model computes in eval.
+    """
+    return [f"{k}: checkpoint {state_dict[k].dtype} vs model {target[k].dtype}" for k in state_dict
+            if k in target and not k.endswith("num_batches_tracked")
+            and _dtype_kind(state_dict[k]) != _dtype_kind(target[k])]
+
+
 def fit_state_dict(state_dict: dict, model: nn.Module, *, first_conv: str | None, classifier: str | None,
                    source: str) -> tuple[dict, list[str]]:
     """Adapt the first conv and drop a mis-sized classifier, then check every key and shape.
 
     Returns the state dict to load and the model keys deliberately left at their init (the head).
-    Raises :class:`CheckpointError` naming missing, unexpected and mis-shaped keys.
+    Raises :class:`CheckpointError` naming missing, unexpected, mis-shaped and mis-typed keys (an integer or
+    bool tensor where the model holds a float one, or the reverse).
     """
     target = model.state_dict()
     sd = dict(state_dict)
@@ -143,9 +226,11 @@ def fit_state_dict(state_dict: dict, model: nn.Module, *, first_conv: str | None
     unexpected = [k for k in sd if k not in target]
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
                   for k in sd if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
+    wrong_dtype = dtype_mismatches(sd, target)
+    if missing or unexpected or mismatched or wrong_dtype:
         lines = [f"checkpoint {source} does not fit {type(model).__name__}:"]
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
+                             ("dtype mismatches", wrong_dtype)):
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
                 lines.append(f"  {label} ({len(items)}): {shown}")

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
+
+from blocks._validation import closest
 
 from . import registry
 from .builder import BUILD_ONLY_ARGS
@@ -55,15 +58,19 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
     A folder or hub source's ``config.json`` supplies the model arguments it was saved with;
     explicit ``kwargs`` win. Unknown names and arguments raise with the closest valid ones.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"zoo.create takes a model name such as 'resnet50' (see zoo.list_models()); got a "
+                        f"{type(name).__name__}")
     if quant is not None:
         from .quant import QuantSpec
 
         QuantSpec.parse(quant)  # a bad spec fails before any work
     source_config = None
     if name.startswith(("hf-hub:", "local-dir:")):
-        source_config = read_source_config(name, required=True)
+        source_config = read_source_config(name, required=True)  # its fields are checked as it is read
         if not source_config or "architecture" not in source_config:
             raise FileNotFoundError(f"{name} has no config.json naming its architecture")
+        _check_registered(source_config["architecture"], name)
         if pretrained is True:
             pretrained = name
         name = source_config["architecture"]
@@ -91,8 +98,40 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
     else:
         model = entrypoint(pretrained=pretrained, pretrained_cfg=cfg, **model_args)
     model.model_args = {k: v for k, v in model_args.items() if k not in BUILD_ONLY_ARGS}
+    if (pretrained is not False and pretrained is not None) or model_args.get("checkpoint_path"):
+        warn_suspicious_weights(model, name)
     if quant is not None and metadata is None:
         from .quant import quantize
 
         quantize(model, quant)
     return model
+
+
+def _check_registered(arch: str, source: str) -> None:
+    """A folder or hub repository must name an architecture this zoo builds."""
+    if not registry.is_model(arch):
+        near = closest(arch, registry.list_models())
+        hint = f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
+        raise ValueError(f"the config.json of {source} names architecture {arch!r}, which is not a model of this "
+                         f"zoo{hint}; fix its 'architecture' field (zoo.list_models() lists the names)")
+
+
+def warn_suspicious_weights(model: nn.Module, name: str) -> None:
+    """Warn about loaded weights that run but compute nonsense: NaN anywhere or an infinite parameter (a
+    diverged run or a damaged file; buffers may hold -inf on purpose, as attention masks do), and all-zero
+    quantization scales (every weight of that layer dequantizes to 0)."""
+    non_finite, zero_scales = [], []
+    params = {key for key, _ in model.named_parameters()}
+    for key, t in model.state_dict().items():
+        if t.is_meta or not t.is_floating_point() or not t.numel():
+            continue
+        if bool(t.isnan().any()) or (key in params and not bool(torch.isfinite(t).all())):
+            non_finite.append(key)
+        elif key.endswith("weight_scale") and not bool(t.any()):
+            zero_scales.append(key)
+    for keys, what in ((non_finite, "hold NaN or infinite values (a diverged run or a damaged file)"),
+                       (zero_scales, "are all zero, so those layers' weights dequantize to 0")):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            warnings.warn(f"{name}: the loaded weights {shown} {what}; check or re-create the checkpoint",
+                          stacklevel=3)

@@ -9,6 +9,7 @@ A model here is any module with ``model(input_ids, cache=None) -> (B, T, vocab) 
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Callable, Iterator, TextIO
 
@@ -37,8 +38,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0: greedy); got {temperature}")
+    """Refuse sampling settings that would fail at the first draw (NaN probabilities) or sample garbage."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy); got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None; got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

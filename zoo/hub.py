@@ -5,8 +5,12 @@ file to place and where.
 """
 from __future__ import annotations
 
+import errno
 import json
+import numbers
 import os
+import re
+import shutil
 import tempfile
 import urllib.error
 from dataclasses import dataclass
@@ -16,11 +20,12 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .checkpoint import read_checkpoint
+from .checkpoint import DIGEST_KEY, content_digest, read_checkpoint
 from .pretrained import PretrainedCfg
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 CONFIG_NAME = "config.json"
+MAX_CLASSES = 1_000_000  # far above any data set's; a larger count is a typo or a corrupt config
 URL_SCHEMES = ("http://", "https://", "file://")
 
 
@@ -81,9 +86,40 @@ def _read_config(path: Path | None) -> dict | None:
     if path is None or not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    check_config(config, str(path))
+    return config
+
+
+def check_num_classes(value: object, where: str) -> None:
+    """Refuse a class count no head should have, before anything is built: a negative one silently builds
+    a headless model, a string fails deep inside a comparison, and 10**9 tries a terabyte allocation."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"num_classes must be an int in 0..{MAX_CLASSES} (0: no classifier), but {where} gives "
+                        f"{value!r}")
+    if not 0 <= value <= MAX_CLASSES:
+        raise ValueError(f"num_classes must lie in 0..{MAX_CLASSES} (0: no classifier), but {where} gives {value}")
+
+
+def check_config(config: object, where: str) -> None:
+    """Check the fields of a saved model's config.json that ``zoo.create`` builds from, so a damaged or
+    hand-edited file fails with its name instead of as an AttributeError or a huge allocation."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} must hold a JSON object with 'architecture' and 'model_args'; got a "
+                         f"{type(config).__name__}")
+    arch = config.get("architecture")
+    if "architecture" in config and (not isinstance(arch, str) or not arch):
+        raise ValueError(f"{where}: 'architecture' must be the name of a model, such as \"resnet50\"; got {arch!r}")
+    for key in ("model_args", "pretrained_cfg"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise ValueError(f"{where}: {key!r} must be a JSON object of names and values; got a "
+                             f"{type(config[key]).__name__} ({config[key]!r:.60})")
+    if "num_classes" in config:
+        check_num_classes(config["num_classes"], where)
+    if "num_classes" in (config.get("model_args") or {}):
+        check_num_classes(config["model_args"]["num_classes"], f"{where} (in model_args)")
 
 
 def locate_folder_weights(folder: Path) -> Path:
@@ -183,16 +219,37 @@ def _umask() -> int:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    """Write through a temporary file in the same folder, then rename: never a half-written file.
+    A full disk is reported as such (``OSError(ENOSPC)``), whatever the writer raised."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, Path(tmp))
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path} "
+                                        f"({full}); free some space or write elsewhere", str(path)) from None
         raise
+
+
+def _disk_full(exc: BaseException, tmp: Path) -> str:
+    """Why the disk counts as full (a short description), or '' when the failure is something else.
+    torch.save's C++ writer reports a full disk as 'basic_ios::clear: iostream error' or a failed
+    write, so for those the free space decides."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the file system said so"
+    if isinstance(exc, (RuntimeError, OSError)) and re.search(r"iostream|write failed|failed writing|No space", str(exc)):
+        try:
+            free = shutil.disk_usage(tmp.parent).free
+        except OSError:
+            return ""
+        if free < max(64 << 20, tmp.stat().st_size // 10 if tmp.exists() else 0):
+            return f"{free >> 20} MiB free"
+    return ""
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: dict | None = None) -> Path:
@@ -226,6 +283,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
         save_quantized(model, directory / "model.safetensors")
     else:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        metadata = {"format": "pt", DIGEST_KEY: content_digest(tensors)}  # checked by every read
+        atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=metadata))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list) + "\n"))
     return directory

@@ -19,7 +19,8 @@ def _tile_plan(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
 @torch.inference_mode()
 def upscale(model: nn.Module, image: torch.Tensor, scale: int | None = None, tile: int | None = None,
             overlap: int = 32, progress: bool = False) -> torch.Tensor:
-    """Run an SR ``model`` on ``image`` ((3, H, W) or (1, 3, H, W) in [0, 1]) -> upscaled, clamped to [0, 1].
+    """Run an SR ``model`` on ``image`` ((3, H, W) or (1, 3, H, W), floats in [0, 1] or uint8 0..255, which is
+    divided by 255) -> upscaled float image, clamped to [0, 1].
 
     With ``tile`` (LR pixels), the image is processed in overlapping ``tile x tile`` pieces so memory
     stays bounded. For networks whose receptive field fits in ``overlap / 2`` pixels the result equals
@@ -35,8 +36,10 @@ def upscale(model: nn.Module, image: torch.Tensor, scale: int | None = None, til
         raise ValueError(f"upscale takes one RGB image (3, H, W) or (1, 3, H, W); got {tuple(image.shape)}")
     if tile is not None and not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile); got overlap={overlap}, tile={tile}")
+    if x.dtype == torch.uint8:  # an 8-bit image as read from a file: the models take [0, 1]
+        x = x.float() / 255
     param = next(model.parameters(), None)
-    if param is not None:
+    if param is not None and x.is_floating_point():  # integer images other than uint8 reach the model's check
         x = x.to(device=param.device, dtype=param.dtype)
     h, w = x.shape[-2:]
     if tile is None or (h <= tile and w <= tile):

@@ -43,13 +43,18 @@ def read_image(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    with Image.open(path) as im:
-        mode = im.mode
-        if mode in ("P", "LA", "PA"):
-            im = im.convert("RGBA")
-        elif mode in ("CMYK", "YCbCr", "HSV"):
-            im = im.convert("RGB")
-        return to_rgb_tensor(np.asarray(im), path.name)
+    try:  # PIL reports an empty, truncated or foreign file as UnidentifiedImageError, OSError or SyntaxError
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("P", "LA", "PA"):
+                im = im.convert("RGBA")
+            elif mode in ("CMYK", "YCbCr", "HSV"):
+                im = im.convert("RGB")
+            array = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as exc:
+        what = "is empty" if path.stat().st_size == 0 else f"is not a readable image ({exc})"
+        raise ValueError(f"image {str(path)!r} {what}; re-export or re-download it as PNG or JPEG") from None
+    return to_rgb_tensor(array, path.name)
 
 
 def write_image(img: torch.Tensor, path: str | Path) -> None:

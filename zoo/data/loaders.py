@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .sampling import evaluation_loader, training_loader
+
 SPLITS = ("train", "val", "test")
 
 
@@ -29,7 +31,8 @@ class SplitDataModule(L.LightningDataModule):
     """A data module whose ``setup`` fills ``splits`` (``train``, ``val``, ``test``) with datasets.
 
     Training shuffles and drops a last partial batch (only when there is more than one batch, so a tiny
-    split still trains); validation, test and predict read their split in order. A subclass that wraps
+    split still trains), resumably (:mod:`zoo.data.sampling`); validation, test and predict read their
+    split in order. A subclass that wraps
     its training split (augmentation) overrides :meth:`train_dataset`.
     """
 
@@ -43,12 +46,13 @@ class SplitDataModule(L.LightningDataModule):
     def train_dataset(self) -> Dataset:
         return self.splits["train"]
 
-    def _loader(self, data: Dataset, train: bool = False) -> DataLoader:
-        return DataLoader(data, batch_size=self.batch_size, shuffle=train, drop_last=train and len(data) > self.batch_size,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(self, data: Dataset) -> DataLoader:
+        return evaluation_loader(data, self.batch_size, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), train=True)
+        data = self.train_dataset()
+        return training_loader(self, data, self.batch_size, drop_last=len(data) > self.batch_size,
+                               num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits["val"])

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .images import list_images, read_image, to_rgb_tensor
 from .imresize import imresize
+from .sampling import evaluation_loader, training_loader
 
 SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle",
                  "hubble_deep_field", "colorwheel", "retina", "cat")
@@ -119,14 +120,13 @@ class _SRDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["train"], batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return training_loader(self, self.splits["train"], self.batch_size, drop_last=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], batch_size=1, num_workers=self.num_workers)
+        return evaluation_loader(self.splits["val"], 1, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["test"], batch_size=1, num_workers=self.num_workers)
+        return evaluation_loader(self.splits["test"], 1, self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..hub import atomic_write
+from .sampling import evaluation_loader, training_loader
 from .tokenizers import Tokenizer, encode_array, get_tokenizer, token_dtype
 
 TEXT_EXTENSIONS = (".txt", ".md", ".rst", ".py")
@@ -263,13 +264,13 @@ class TextDataModule(L.LightningDataModule):
         return PackedTokens(tokens, self.seq_len, "chunks", indices=indices[: self.limit])
 
     def train_dataloader(self) -> DataLoader:
+        # random windows draw their offsets under each sample's seed, so both samplings shuffle the same way
         data = self.dataset("train")
-        return DataLoader(data, batch_size=self.batch_size, shuffle=self.train_sampling == "chunks",
-                          drop_last=len(data) > self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return training_loader(self, data, self.batch_size, drop_last=len(data) > self.batch_size,
+                               num_workers=self.num_workers)
 
     def _eval_loader(self) -> DataLoader:
-        return DataLoader(self.dataset("val"), batch_size=self.batch_size, num_workers=self.num_workers)
+        return evaluation_loader(self.dataset("val"), self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()

@@ -30,6 +30,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 import blocks
+from blocks._validation import check_image, check_tensor, owner_name
 from blocks.channel_vit import resolve_channel_ids
 
 from .. import registry
@@ -123,8 +124,11 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        arch = owner_name(self)
+        check_tensor(arch, x, "images (B, C_in, H, W)")
         if x.ndim != 4:
-            raise ValueError(f"{type(self).__name__} expects images (B, C_in, H, W); got shape {tuple(x.shape)}")
+            raise ValueError(f"{arch} expects images (B, C_in, H, W); got shape {tuple(x.shape)}")
+        check_image(arch, x)  # any float dtype: the patch embedding casts to its own
         h, w, p = x.shape[-2], x.shape[-1], self.patch_size
         if h % p or w % p or h < p or w < p:
             fix = f"{max(p, h // p * p)}x{max(p, w // p * p)}"

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import blocks
+from blocks._validation import check_image, check_tensor, float_param, owner_name
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg
@@ -77,9 +78,14 @@ class HAN(nn.Module):
         self.tail = nn.Sequential(Upsampler(scale, n_feats, **factory), _conv(n_feats, in_chans, 3, **factory))
 
     def _check_input(self, x: torch.Tensor) -> None:
+        """RGB (B, 3, H, W) floats in [0, 1]: the network scales by 255 itself, so a uint8 image overflows
+        and a 0..255 float image comes out as garbage instead of failing."""
+        arch = owner_name(self)
+        check_tensor(arch, x, "RGB images (B, 3, H, W) in [0, 1]")
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"HAN expects RGB input (B, 3, H, W) in [0, 1]; got shape {tuple(x.shape)}. "
+            raise ValueError(f"{arch} expects RGB input (B, 3, H, W) in [0, 1]; got shape {tuple(x.shape)}. "
                              f"Convert grey or RGBA images to RGB first.")
+        check_image(arch, x, float_param(self), unit_range=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] RGB (B, 3, H, W) -> deep features after the long skip (B, n_feats, H, W)."""

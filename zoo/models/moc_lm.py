@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import nn
 
 import blocks
+from blocks._validation import check_tensor, owner_name, values_readable
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg
@@ -181,11 +182,24 @@ class MoCLM(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
 
     def _check_input(self, input_ids: torch.Tensor, past: int) -> None:
+        """Ids the embedding can look up: an id outside the vocabulary is an IndexError on the CPU and a
+        device-side assert on a GPU, and an empty batch a reshape error deep in attention."""
+        arch = owner_name(self)
+        check_tensor(arch, input_ids, "token ids (B, T)")
         if input_ids.ndim != 2 or input_ids.dtype not in (torch.long, torch.int32):
-            raise ValueError(f"{type(self).__name__} expects token ids (B, T) (int64 or int32); got "
+            raise ValueError(f"{arch} expects token ids (B, T) (int64 or int32); got "
                              f"{input_ids.dtype} of shape {tuple(input_ids.shape)}")
+        if input_ids.shape[0] == 0:
+            raise ValueError(f"{arch} got an empty batch (B = 0, shape {tuple(input_ids.shape)}); pass at least "
+                             f"one sequence")
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids holds no tokens (T = 0)")
+        if values_readable(input_ids):
+            lo, hi = (int(v) for v in torch.aminmax(input_ids.detach()))
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"token ids must lie in 0..{self.config.vocab_size - 1} (vocab_size="
+                                 f"{self.config.vocab_size}); got values from {lo} to {hi}: encode with the model's "
+                                 f"tokenizer, or build the model with a larger vocab_size")
         if past + input_ids.shape[1] > self.max_seq_len:
             where = f" after {past} cached tokens" if past else ""
             raise ValueError(f"{input_ids.shape[1]} tokens{where} exceed the context max_seq_len={self.max_seq_len}; "

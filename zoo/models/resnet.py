@@ -20,6 +20,7 @@ from torch import nn
 
 import blocks
 import kernels
+from blocks._validation import check_image, check_tensor, float_param, owner_name
 from blocks.layers import DropPath
 
 from ..builder import build_model
@@ -253,10 +254,12 @@ class ResNet(nn.Module):
         self.grad_checkpointing = enable
 
     def _check_input(self, x: torch.Tensor) -> None:
+        arch = owner_name(self)
+        check_tensor(arch, x, "images (B, C, H, W)")
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            arch = getattr(self, "pretrained_cfg", {}).get("architecture") or type(self).__name__
             raise ValueError(f"{arch} expects input (B, {self.in_chans}, H, W); got shape {tuple(x.shape)}. "
                              f"Build it with in_chans={x.shape[1] if x.ndim == 4 else '?'} or fix the input.")
+        check_image(arch, x, float_param(self))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and the four stages: (B, in_chans, H, W) -> (B, num_features, H/32, W/32)."""

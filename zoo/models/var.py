@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blocks._validation import values_readable
 from blocks.adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn, resolve_attn_impl, scale_block_mask
 
 from ..builder import build_model
 from ..checkpoint import CheckpointError
 from ..pretrained import PretrainedCfg
 from ..registry import register_model, register_pretrained_cfgs
-from .var_sampling import gumbel_softmax_with_rng, sample_with_top_k_top_p_
+from .var_sampling import check_sampling_args, gumbel_softmax_with_rng, sample_with_top_k_top_p_
 from .vqvae import RELEASE_PATCH_NUMS, VQVAE
 
 __all__ = ["VAR", "SampleResult", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "checkpoint_filter_fn",
@@ -203,10 +204,10 @@ class VAR(nn.Module):
                 block.ada_lin[-1].bias.zero_()
 
     def _check_labels(self, label_B: torch.Tensor) -> None:
-        if label_B.dtype.is_floating_point or label_B.ndim != 1:
+        if label_B.dtype.is_floating_point or label_B.dtype == torch.bool or label_B.ndim != 1:
             raise ValueError(f"label_B must be a (B,) integer tensor of class ids; got {label_B.dtype} "
                              f"{tuple(label_B.shape)}")
-        if label_B.numel() and not torch.compiler.is_compiling():
+        if label_B.numel() and values_readable(label_B):
             lo, hi = int(label_B.min()), int(label_B.max())
             if lo < 0 or hi > self.num_classes:
                 raise ValueError(f"class ids must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null "
@@ -220,6 +221,9 @@ class VAR(nn.Module):
         :meth:`VQVAE.idxBl_to_var_input` -> logits (B, L, V)."""
         self._check_labels(label_B)
         b = x_BLCv_wo_first_l.shape[0]
+        if b == 0:
+            raise ValueError(f"VAR got an empty batch (B = 0: {tuple(label_B.shape)} labels, input "
+                             f"{tuple(x_BLCv_wo_first_l.shape)}); pass at least one label and its input")
         want = (b, self.L - self.first_l, self.Cvae)
         if tuple(x_BLCv_wo_first_l.shape) != want or label_B.shape[0] != b:
             raise ValueError(f"x_BLCv_wo_first_l must be (B, L - first_l, Cvae) = {want} for {b} labels; got "
@@ -281,12 +285,18 @@ class VAR(nn.Module):
         if label_B is None:
             uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, device=device)
             return torch.multinomial(uniform, num_samples=B, replacement=True, generator=rng).reshape(B)
+        if isinstance(label_B, bool):
+            raise ValueError(f"label_B must be a class id, a (B,) tensor or list of class ids, or None; got {label_B!r}")
         if isinstance(label_B, int):
             if label_B >= self.num_classes:
                 raise ValueError(f"class {label_B} is out of range: the model has num_classes={self.num_classes} "
                                  f"(ids 0..{self.num_classes - 1}; a negative id samples unconditionally)")
             return torch.full((B,), self.num_classes if label_B < 0 else label_B, device=device)
-        label_B = torch.as_tensor(label_B, device=device)
+        try:  # a list or tuple of ids is accepted like a tensor
+            label_B = torch.as_tensor(label_B, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"label_B must be a class id, a (B,) tensor or list of class ids, or None; got "
+                             f"{label_B!r}") from None
         self._check_labels(label_B)
         if label_B.shape[0] != B:
             raise ValueError(f"label_B holds {label_B.shape[0]} labels for B={B} images; give one per image")
@@ -310,12 +320,13 @@ class VAR(nn.Module):
             keep_logits: record each scale's raw (2B or B, l, V) and guided (B, l, V) logits.
         """
         S = len(self.patch_nums)
+        if isinstance(B, bool) or not isinstance(B, int) or B < 1:
+            raise ValueError(f"B is the number of images to sample and must be an int >= 1; got {B!r}")
+        check_sampling_args(cfg, top_k, top_p)
         top_k = min(top_k, self.V)  # top_k >= V keeps everything (the release's 900 on a small vocabulary)
         if not 0 <= guidance_off_last <= S or not 0 <= local_attn_last <= S:
             raise ValueError(f"guidance_off_last and local_attn_last count scales: 0..{S}; got "
                              f"{guidance_off_last}, {local_attn_last}")
-        if top_k < 0 or not 0 <= top_p <= 1:
-            raise ValueError(f"top_k must be >= 0 and top_p in [0, 1]; got top_k={top_k}, top_p={top_p}")
         rng = None
         if g_seed is not None:
             rng = torch.Generator(device=self.lvl_1L.device)

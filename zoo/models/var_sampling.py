@@ -16,7 +16,18 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from .var import VAR
 
-__all__ = ["sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "image_grid", "load_for_sampling", "sample_grid"]
+__all__ = ["check_sampling_args", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "image_grid", "load_for_sampling", "sample_grid"]
+
+
+def check_sampling_args(cfg: float, top_k: int, top_p: float) -> None:
+    """Refuse guidance and filtering settings before any work: a NaN guidance scale makes every
+    probability NaN (``torch.multinomial`` fails at the first scale), a NaN or negative filter garbage."""
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
+        raise ValueError(f"cfg must be a finite number (the guidance scale, e.g. 1.5; 0: none); got {cfg!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0: off); got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be a number in [0, 1] (0: off); got {top_p!r}")
 
 
 def sample_with_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
@@ -87,6 +98,7 @@ def sample_grid(net: "VAR", output: str | Path, class_id: int, n: int = 16, cfg:
 
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
+    check_sampling_args(cfg, top_k, top_p)
     if not 0 <= class_id < net.num_classes:
         raise ValueError(f"class {class_id} is out of range: the model has num_classes={net.num_classes} "
                          f"(ids 0..{net.num_classes - 1})")

@@ -42,6 +42,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_metadata: Op
     """Write a quantized model to one ``.safetensors`` file, atomically."""
     from safetensors.torch import save_file
 
+    from ..checkpoint import DIGEST_KEY, content_digest
     from ..hub import atomic_write
 
     path = Path(path)
@@ -52,6 +53,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_metadata: Op
     for key, value in (extra_metadata or {}).items():
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata[DIGEST_KEY] = content_digest(tensors)  # last, so extra_metadata cannot replace it; checked on read
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
@@ -75,13 +77,54 @@ def read_quant_metadata(source: object) -> Optional[dict]:
         return None
     if META_KEY not in meta:
         return None
-    data = json.loads(meta[META_KEY])
+    data = _parse_metadata(meta[META_KEY], path)
     if data.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{path} is a zoo quantized file of format version {data.get('version')}; this zoo reads "
                          f"versions {', '.join(map(str, READABLE_VERSIONS))}: quantize the float model again with "
                          f"this zoo (or load the file with the zoo that wrote it)")
     data["path"] = str(path)
     return data
+
+
+def _parse_metadata(text: str, path: Path) -> dict:
+    """The file's quantization record as a dict with a readable spec and a layer table, or a
+    :class:`CheckpointError` naming the file: a damaged header otherwise fails as a bare KeyError or
+    JSONDecodeError deep inside the rebuild."""
+    from ..checkpoint import CheckpointError
+
+    fix = "quantize the float model again and save it with zoo.quant.save_quantized"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} has malformed quantization metadata ({META_KEY!r} is not valid JSON); "
+                              f"{fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} has malformed quantization metadata (not a JSON object); {fix}")
+    missing = [k for k in ("spec", "layers") if not isinstance(data.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{path} has malformed quantization metadata (no {' or '.join(map(repr, missing))} "
+                              f"record); {fix}")
+    try:
+        QuantSpec.from_json(json.dumps(data["spec"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has a malformed quantization spec ({type(exc).__name__}: {exc}); {fix}") from None
+    return data
+
+
+def _quant_layer(name: str, cfg: dict, spec: QuantSpec, device) -> nn.Module:
+    """An empty quantized layer as one layer record of the file describes it."""
+    act = {k: cfg[k] for k in ("act_multiplier", "act_shift", "act_scale")}
+    bits = cfg.get("weight_bits", spec.weight_bits)  # absent in version 1 files
+    if bits not in (spec.weight_bits, 8):
+        raise ValueError(f"the quantized file's layer {name!r} has {bits}-bit weights under spec {spec.name!r}; "
+                         f"the file is corrupt or from an incompatible writer")
+    layer_spec = spec if bits == spec.weight_bits else spec.eight_bit()
+    if cfg["type"] == "QuantConv2d":
+        return QuantConv2d(cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]),
+                           tuple(cfg["stride"]), tuple(cfg["padding"]), cfg["bias"], spec=layer_spec,
+                           group_size=cfg["group_size"], device=device, **act)
+    return QuantLinear(cfg["in_channels"], cfg["out_channels"], cfg["bias"], spec=layer_spec,
+                       group_size=cfg["group_size"], device=device, **act)
 
 
 def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
@@ -94,20 +137,14 @@ def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
         except AttributeError:
             raise ValueError(f"the quantized file has layer {name!r}, which this model does not have; was it saved "
                              f"from another architecture or with other model arguments?") from None
-        act = {k: cfg[k] for k in ("act_multiplier", "act_shift", "act_scale")}
-        bits = cfg.get("weight_bits", spec.weight_bits)  # absent in version 1 files
-        if bits not in (spec.weight_bits, 8):
-            raise ValueError(f"the quantized file's layer {name!r} has {bits}-bit weights under spec {spec.name!r}; "
-                             f"the file is corrupt or from an incompatible writer")
-        layer_spec = spec if bits == spec.weight_bits else spec.eight_bit()
-        device = next(float_layer.parameters()).device
-        if cfg["type"] == "QuantConv2d":
-            layer = QuantConv2d(cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]),
-                                tuple(cfg["stride"]), tuple(cfg["padding"]), cfg["bias"], spec=layer_spec,
-                                group_size=cfg["group_size"], device=device, **act)
-        else:
-            layer = QuantLinear(cfg["in_channels"], cfg["out_channels"], cfg["bias"], spec=layer_spec,
-                                group_size=cfg["group_size"], device=device, **act)
+        try:
+            layer = _quant_layer(name, cfg, spec, next(float_layer.parameters()).device)
+        except (KeyError, TypeError, AttributeError) as exc:  # a layer record with missing or mistyped fields
+            from ..checkpoint import CheckpointError
+
+            raise CheckpointError(f"{metadata.get('path', 'the quantized file')} has a malformed record for layer "
+                                  f"{name!r} ({type(exc).__name__}: {exc}); quantize the float model again and "
+                                  f"save it with zoo.quant.save_quantized") from None
         _set_module(model, name, layer)
         report.append(LayerReport(name, cfg["type"], "quantized", "loaded"))
     model.quant_spec = spec
@@ -118,7 +155,7 @@ def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
 
 def load_quantized_into(model: nn.Module, metadata: dict) -> nn.Module:
     """Rebuild ``model`` (float, possibly on the meta device) as the file's quantized model and load it."""
-    from ..checkpoint import CheckpointError, read_checkpoint
+    from ..checkpoint import CheckpointError, dtype_mismatches, read_checkpoint
 
     rebuild(model, metadata)
     state = read_checkpoint(metadata["path"])
@@ -126,10 +163,11 @@ def load_quantized_into(model: nn.Module, metadata: dict) -> nn.Module:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
+    wrong_dtype = dtype_mismatches(state, own)  # assign=True below would keep a float where int8 codes belong
+    if missing or unexpected or wrong or wrong_dtype:
         parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
                  f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}"
-                 if wrong else ""]
+                 if wrong else "", f"dtype mismatch {wrong_dtype[:5]}" if wrong_dtype else ""]
         raise CheckpointError(f"{metadata['path']} does not fit the model: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True, assign=True)
     leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

@@ -61,6 +61,14 @@ class BaseTask(L.LightningModule):
         scheduler = build_scheduler(optimizer, self.sched_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_fit_start(self) -> None:
+        # configure_optimizers asked for estimated_stepping_batches, which made Lightning build the
+        # training loader before the checkpoint's loop state was restored, so the loader's saved
+        # position (zoo.data.sampling) would never reach it. Dropping that early loader makes the fit
+        # loop build it again after the restore, as it does when nothing asks early.
+        if self.trainer.ckpt_path is not None:
+            self.trainer.fit_loop._combined_loader = None
+
     def check_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Stop the run with a clear message on a NaN or infinite loss (never checkpoint it)."""
         if not torch.isfinite(loss):
@@ -70,26 +78,53 @@ class BaseTask(L.LightningModule):
                 f"no checkpoint was written from this step.")
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None and self.trainer is not None and \
-                (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            # here, not at batch end: checkpoint callbacks run at batch end before the module's hook,
+            # and a checkpoint written there must hold this step's average
             self.ema.update(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # random states, so a resumed run draws the same shuffles and augmentations as a straight one
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                    # as tensors and numbers, so the checkpoint loads with weights_only=True
-                                    "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+        # every rank's random state (dropout, the model's own sampling), so a resumed run draws what a
+        # straight one drew; the data's randomness is seeded per sample (zoo.data.sampling)
+        state = _rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)  # every rank runs this hook
+        else:
+            states = [state]
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
-        if states:
-            torch.set_rng_state(states["torch"])
-            random.setstate(states["python"])
-            kind, keys, pos, has_gauss, gauss = states["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        if isinstance(states, dict):  # a checkpoint from before the per-rank list
+            states = [states]
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        # applied when training starts: the sanity check and validation before it draw random numbers
+        # that a straight run drew before it saved this state
+        self._pending_rng = states[rank] if states and rank < len(states) else None
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_pending_rng", None)
+        if state is not None:
+            _set_rng_state(state)
+            self._pending_rng = None
 
     def log_lr(self) -> None:
         if self._trainer is not None and self.trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False, on_step=True, on_epoch=False)
+
+
+def _rng_state() -> dict:
+    """torch's, Python's and numpy's random states, as tensors and numbers (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

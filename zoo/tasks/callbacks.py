@@ -1,4 +1,4 @@
-"""Callbacks for people watching runs: atomic checkpoints, the exported model, a summary, plots."""
+"""Callbacks for people watching runs: the exported model, a summary, plots."""
 from __future__ import annotations
 
 import copy
@@ -6,23 +6,11 @@ import csv
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..hub import atomic_write, save_pretrained
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written to a temporary file in the same folder, then renamed."""
-
-    def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+from ..hub import save_pretrained
 
 
 class ExportModel(L.Callback):
@@ -68,10 +56,10 @@ class RunSummary(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.fit_seconds = time.perf_counter() - self._start
 
-    def record_checkpoints(self, checkpoint: ModelCheckpoint) -> None:
+    def record_checkpoints(self, best: ModelCheckpoint, last: ModelCheckpoint) -> None:
         """Note the checkpoint paths after fit: restoring 'best' for testing resets the callback's state."""
-        self.best = (checkpoint.best_model_score, checkpoint.best_model_path)
-        self.last_path = checkpoint.last_model_path
+        self.best = (best.best_model_score, best.best_model_path)
+        self.last_path = last.best_model_path or last.last_model_path
 
     def report(self, trainer: L.Trainer, export: ExportModel, test_metrics: dict) -> str:
         best_score, best_path = getattr(self, "best", (None, ""))

@@ -1,0 +1,157 @@
+"""One run owns its ``output_dir``: a lock against a second live run, leftovers of a killed one
+cleared, and ``metrics.csv`` continued (not restarted) when a run resumes."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+LOCK_NAME = ".run.lock"
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live run writes to the same ``output_dir``."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _launched_rank() -> bool:
+    """A process Lightning started for another rank: the rank-0 process holds the lock for it."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+class RunLock:
+    """``output_dir/.run.lock`` while a run is live. A lock whose process is gone (a SIGKILL, a
+    crash) is stale and taken over; a live one is refused with its owner's pid, host and start."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        if _launched_rank():
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._check_owner()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh)
+            self.held = True
+            return self
+        raise RunFolderBusy(f"could not take the lock {self.path}; remove it if no run is using {self.path.parent}")
+
+    def _check_owner(self) -> None:
+        """Refuse a live owner; remove the lock of a dead one (the caller then retries)."""
+        try:
+            owner = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            owner = {}
+        pid, host = owner.get("pid"), owner.get("host")
+        if isinstance(pid, int) and pid in (os.getpid(), os.getppid()):
+            return self.path.unlink(missing_ok=True)
+        if isinstance(pid, int) and host == socket.gethostname() and not _alive(pid):
+            return self.path.unlink(missing_ok=True)  # stale: its run was killed
+        if host != socket.gethostname() or isinstance(pid, int):
+            raise RunFolderBusy(
+                f"another run (pid {pid} on {host}, started {owner.get('started', '?')}) is writing to "
+                f"{self.path.parent}; wait for it to finish or stop it, or choose another output_dir "
+                f"(if that run is certainly gone, delete {self.path})")
+        if time.time() - self.path.stat().st_mtime < 10:
+            raise RunFolderBusy(f"another run is starting in {self.path.parent} (its lock {self.path} is being "
+                                f"written); wait for it, or choose another output_dir")
+        self.path.unlink(missing_ok=True)  # unreadable and old: a lock file cut short by a kill
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files atomic writes leave when a run is killed mid-write (call it
+    with the lock held, so no live writer owns them)."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that a resumed run keeps the rows already written."""
+
+    def __init__(self, log_dir: str, keep: bool) -> None:
+        self._keep = keep
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        if not self._keep:
+            path.unlink()  # a fresh run in the folder starts a fresh log, as its checkpoints do
+            return
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        self.metrics_keys = sorted(header)  # appended rows and later new columns keep the old ones
+
+
+class RunCSVLogger(CSVLogger):
+    """``metrics.csv`` in ``output_dir``. With ``resume=True`` the file is continued, and
+    :meth:`drop_rows_from_step` drops the rows a killed run wrote after the checkpoint it resumes from, so every
+    step appears once."""
+
+    def __init__(self, save_dir: str | os.PathLike, resume: bool = False) -> None:
+        super().__init__(save_dir, name="", version="")
+        self.resume = resume
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            if rank_zero_only.rank > 0:
+                return super().experiment  # Lightning's dummy writer off rank 0
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(self.log_dir, keep=self.resume)
+        return self._experiment
+
+    def drop_rows_from_step(self, step: int) -> None:
+        """Keep the header and the rows of steps before ``step``."""
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        if not path.is_file():
+            return
+        with open(path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            column = header.index("step") if "step" in header else None
+            kept = [header] + [row for row in reader if column is None or not row[column] or int(float(row[column])) < step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
+        os.replace(tmp, path)
