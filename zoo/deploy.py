@@ -155,13 +155,14 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
 
 
 def _example_input(model: nn.Module, device: torch.device) -> Optional[torch.Tensor]:
-    """A seeded random image of the model's ``pretrained_cfg["input_size"]`` (C, H, W), batch 1; None for
-    models that take something else (token ids)."""
+    """A seeded random image in [0, 1] (what an SR model requires, and a valid input to a classifier) of the
+    model's ``pretrained_cfg["input_size"]`` (C, H, W), batch 1; None for models that take something else
+    (token ids)."""
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     if size is None or len(size) != 3:
         return None
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, *size, generator=generator).to(device)
+    return torch.rand(1, *size, generator=generator).to(device)
 
 
 def optimize(model: nn.Module, dtype: Optional[torch.dtype] = None, compile: Optional[bool] = None,

@@ -30,9 +30,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
 def _launched_rank() -> bool:
-    """A process Lightning started for another rank: the rank-0 process holds the lock for it."""
-    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+    """A process of another rank (Lightning's launcher, torchrun, SLURM): the global rank-0 process
+    holds the lock for the whole run."""
+    return any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES)
 
 
 class RunLock:
