@@ -15,7 +15,6 @@ Unknown or misspelt keys are errors that name the nearest valid key.
 """
 from __future__ import annotations
 
-import difflib
 import errno
 import re
 import sys
@@ -24,14 +23,17 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
+import torch
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from safetensors.torch import save_file
 
 import zoo
-from blocks._validation import check_kwargs
+from blocks.validation import check_kwargs, closest
 from zoo.data import DATAMODULES
+from zoo.files import atomic_write
 from zoo.checkpoint import CheckpointError
 from zoo.tasks import TASKS, NonFiniteLossError, OptimizerConfig, SchedulerConfig
 from zoo.tasks.callbacks import ExportModel, RunSummary, plot_metrics
@@ -111,7 +113,7 @@ def _explain(parser: ArgumentParser, message: str) -> str:
     if not match:
         return message
     key = match.group(1)
-    near = difflib.get_close_matches(key, _known_keys(parser), n=1, cutoff=0.6)
+    near = closest(key, _known_keys(parser), n=1)
     return f"unknown config key {key!r}" + (f"; did you mean {near[0]!r}?" if near else "") + f"\n({message.strip()})"
 
 
@@ -172,7 +174,7 @@ def parse_config(argv: list[str] | None) -> Namespace:
 
 def _lookup(kind: str, table: dict, name: str) -> type:
     if name not in table:
-        near = difflib.get_close_matches(name, table, n=3, cutoff=0.4)
+        near = closest(name, table, n=3)
         raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(table)}"
                           + (f" (did you mean {near[0]!r}?)" if near else ""))
     return table[name]
@@ -255,11 +257,6 @@ def _run_locked(cfg: Namespace) -> dict:
         elif step == "test":
             results.update(trainer.test(task, datamodule=data, ckpt_path=ckpt)[0])
         elif step == "predict":
-            import torch
-            from safetensors.torch import save_file
-
-            from zoo.hub import atomic_write
-
             preds = trainer.predict(task, datamodule=data, ckpt_path=ckpt)
             if trainer.is_global_zero:
                 tensors = {"predictions": torch.cat(preds)}

@@ -32,7 +32,7 @@ from common import machine, median_ms, print_table, time_interleaved  # noqa: E4
 import zoo  # noqa: E402
 from zoo.data import DigitsDataModule  # noqa: E402
 from zoo.models.kv_cache import QuantizedKVCache  # noqa: E402
-from zoo.models.var_sampling import load_for_sampling  # noqa: E402
+from zoo.generation import load_for_sampling  # noqa: E402
 from zoo.models.vqvae import RELEASE_PATCH_NUMS  # noqa: E402
 
 # name -> a fresh cache spec per call; "kivi4"/"kivi2" are the sampler's built-in specs (one quantized
@@ -55,7 +55,7 @@ def write_grey_grid(images01: torch.Tensor, path: Path, nrow: int) -> None:
     from PIL import Image
 
     from zoo.hub import atomic_write
-    from zoo.models.var_sampling import image_grid
+    from zoo.data.images import image_grid
 
     grid = image_grid(images01.float().mean(dim=1, keepdim=True).cpu(), nrow=nrow)[0]  # (H', W')
     array = (grid.clamp(0, 1) * 255).round().byte().numpy()

@@ -10,7 +10,7 @@ from torch import nn
 
 import kernels
 
-from ._validation import unknown_name_error
+from .validation import unknown_name_error
 
 LayerType = Union[str, type[nn.Module], Callable[[], nn.Module], None]
 

@@ -6,7 +6,7 @@ from typing import Callable, TypeVar
 
 from torch import nn
 
-from ._validation import check_kwargs, unknown_name_error
+from .validation import check_kwargs, unknown_name_error
 
 _BLOCKS: dict[str, type[nn.Module]] = {}
 T = TypeVar("T", bound=type[nn.Module])

@@ -37,7 +37,7 @@ MIN_PROGRAMS = 1024
 MAX_BLOCK_C_CHANNELS_LAST = 128
 MAX_BLOCK_HW = 1024
 
-# The interpreter cannot run @triton.autotune with more than one config (DESIGN.md).
+# The interpreter cannot run @triton.autotune with more than one config (docs/DESIGN.md).
 _CONFIGS = [triton.Config({}, num_warps=4)] if _INTERPRET else [
     triton.Config({}, num_warps=w) for w in (2, 4, 8)]
 

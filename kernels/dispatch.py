@@ -1,6 +1,6 @@
 """Choosing between a Triton kernel and its PyTorch reference.
 
-Rule (DESIGN.md): a CUDA tensor with Triton importable runs the Triton kernel; anything else runs the
+Rule (docs/DESIGN.md): a CUDA tensor with Triton importable runs the Triton kernel; anything else runs the
 reference. ``ZOO_KERNELS`` overrides it:
 
 - ``auto`` (default): the rule above;

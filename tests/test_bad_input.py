@@ -22,7 +22,7 @@ from zoo.data.images import read_image
 from zoo.generation import generate
 from zoo.hub import save_pretrained
 from zoo.inference import upscale
-from zoo.models.var_sampling import sample_grid
+from zoo.generation import sample_grid
 from zoo.quant.io import META_KEY, save_quantized
 
 # --------------------------------------------------------------------------------------------- fixtures

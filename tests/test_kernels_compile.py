@@ -1,6 +1,6 @@
 """Graph capture: the channel-gate custom ops trace under torch.compile(fullgraph=True).
 
-``aot_eager`` (DESIGN.md) runs dynamo and AOTAutograd with the ops' fake implementations and autograd
+``aot_eager`` (docs/DESIGN.md) runs dynamo and AOTAutograd with the ops' fake implementations and autograd
 formulas, then executes the captured graphs eagerly: cheap on a CPU, and it fails on any graph break.
 """
 from __future__ import annotations

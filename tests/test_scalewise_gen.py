@@ -82,7 +82,7 @@ def test_scalewise_task_fits_logs_per_scale_accuracy_samples_and_exports(vqvae_r
         loaded = zoo.create("var", pretrained=str(out / "export"), **kwargs)
         assert loaded.patch_nums == (1, 2, 4)
         assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
-    from zoo.models.var_sampling import load_for_sampling, sample_grid
+    from zoo.generation import load_for_sampling, sample_grid
 
     net = load_for_sampling("var", str(out / "export"), str(out / "export" / "vae"))
     png = sample_grid(net, tmp_path / "two.png", class_id=2, n=4, cfg=1.5, top_k=0, top_p=0.0, seed=1)

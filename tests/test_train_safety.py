@@ -226,15 +226,15 @@ def test_full_disk_is_named(tmp_path, monkeypatch):
     """torch.save's C++ writer says 'basic_ios::clear: iostream error' on a full disk; the error says so."""
     import errno
 
-    from zoo import hub
+    from zoo import files
 
     def failing_write(tmp):
         Path(tmp).write_bytes(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . basic_ios::clear: iostream error")
 
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: type("U", (), {"free": 1 << 20})())
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: type("U", (), {"free": 1 << 20})())
     with pytest.raises(OSError) as info:
-        hub.atomic_write(tmp_path / "x.ckpt", failing_write)
+        files.atomic_write(tmp_path / "x.ckpt", failing_write)
     assert info.value.errno == errno.ENOSPC and "no space left on device" in str(info.value)
     assert not list(tmp_path.iterdir())  # the temporary file is gone too
 

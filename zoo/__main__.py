@@ -14,11 +14,19 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from . import create, get_pretrained_cfg, list_models
-from .registry import model_family
+from .data import DATAMODULES
+from .data.images import IMAGE_SUFFIXES, read_image, write_image
+from .generation import check_sampling_args, generate_text, load_for_sampling, sample_grid
+from .hub import save_pretrained
+from .inference import upscale
+from .quant import QuantSpec, quantize, summary
+from .quant.io import save_quantized
+from .quant.methods import METHODS
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -53,21 +61,11 @@ def _procedural_images(batch: int, size: int) -> torch.Tensor:
     return (torch.stack(images) - mean[:, None, None]) / std[:, None, None]  # (B, 3, H, W)
 
 
-def _check_inputs(name: str, model: torch.nn.Module, batch: int, size: int) -> tuple:
-    """A forward's arguments for ``check``: token ids for language models, (labels, teacher-forcing input)
-    for VAR, images in [-1, 1] for the VQVAE, procedural ImageNet-normalised images for the rest."""
-    family = model_family(name)
-    gen = torch.Generator().manual_seed(0)
-    if family == "moc_lm":
-        length = min(64, model.config.max_seq_len)
-        return (torch.randint(0, model.config.vocab_size, (batch, length), generator=gen),)  # (B, T)
-    if family == "var":
-        labels = torch.randint(0, model.num_classes, (batch,), generator=gen)
-        length = sum(p * p for p in model.patch_nums) - model.first_l
-        return labels, torch.randn(batch, length, model.Cvae, generator=gen)  # (B, L - first_l, Cvae)
-    if family == "vqvae":  # its quantizer's scale schedule fixes the image size
-        side = model.img_size
-        return (torch.rand(batch, model.in_channels, side, side, generator=gen) * 2 - 1,)  # (B, 3, H, W) in [-1, 1]
+def _check_inputs(model: torch.nn.Module, batch: int, size: int) -> tuple:
+    """A forward's arguments for ``check``: the model's own ``example_inputs`` where it takes something other
+    than normalised images (token ids, labels, images in another range), else procedural images."""
+    if hasattr(model, "example_inputs"):
+        return model.example_inputs(batch, size, generator=torch.Generator().manual_seed(0))
     return (_procedural_images(batch, size),)
 
 
@@ -84,7 +82,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"{name:<22} {params / 1e6:>10.2f}   skipped: above --max-params {args.max_params:g}M", flush=True)
             continue
         model = create(name).eval()
-        inputs = _check_inputs(name, model, args.batch, args.size)
+        inputs = _check_inputs(model, args.batch, args.size)
         with torch.inference_mode():
             model(*inputs)  # warm-up
             start = time.perf_counter()
@@ -102,11 +100,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .data.images import IMAGE_SUFFIXES, read_image, write_image
-    from .inference import upscale
-
     src, dst = Path(args.input), Path(args.output)
     if src.is_dir():
         pairs = [(p, dst / f"{p.stem}_x{{scale}}.png") for p in sorted(src.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -131,10 +124,6 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 def _calibration_batches(source: str, args_json: str, size: int, batches: int) -> list:
     """Calibration inputs from a data module (its training batches) or a folder of images (centre crops)."""
-    from pathlib import Path
-
-    from .data import DATAMODULES
-    from .data.images import IMAGE_SUFFIXES, read_image
 
     if source in DATAMODULES:
         data = DATAMODULES[source](**json.loads(args_json or "{}"))
@@ -159,12 +148,6 @@ def _calibration_batches(source: str, args_json: str, size: int, batches: int) -
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .hub import save_pretrained
-    from .quant import QuantSpec, quantize, summary
-    from .quant.io import save_quantized
-
     spec = QuantSpec.parse(args.spec)  # bad input fails before any work
     if args.method != "rtn" and not args.calib:
         raise ValueError(f"--method {args.method} needs calibration data: --calib <data module name or image folder>")
@@ -187,8 +170,6 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generation import generate_text
-
     generate_text(args.model, args.prompt, weights=args.weights or True, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                   cache=None if args.cache == "none" else args.cache, tokenizer=args.tokenizer, device=args.device,
@@ -197,8 +178,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .models.var_sampling import check_sampling_args, load_for_sampling, sample_grid
-
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}")
     check_sampling_args(args.cfg, args.top_k, args.top_p)  # before the weights are read
@@ -241,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="an architecture or arch.tag")
     p.add_argument("output", help="a .safetensors file, or a folder (save_pretrained layout)")
     p.add_argument("--spec", default="w8a8", help="w8a8, w4a8, w4a16, w8a16, fp8 (+ suffixes, e.g. w4a8-g128)")
-    p.add_argument("--method", default="rtn", choices=["rtn", "smoothquant", "awq", "os+"])
+    p.add_argument("--method", default="rtn", choices=sorted(METHODS))
     p.add_argument("--weights", default=None, help="float weights file/folder; default: the pretrained weights")
     p.add_argument("--calib", default=None, help="a data module name (sr_samples, digits, ...) or a folder of images")
     p.add_argument("--calib-args", default="{}", help="JSON arguments of the calibration data module")

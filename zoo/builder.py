@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from blocks._validation import check_kwargs
+from blocks.validation import check_kwargs
 
 from . import registry
 from .checkpoint import FilterFn, load_into, read_checkpoint

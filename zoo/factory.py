@@ -4,24 +4,24 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from blocks._validation import closest
+from blocks.validation import closest
 
 from . import registry
 from .builder import BUILD_ONLY_ARGS
 from .hub import read_source_config
 from .pretrained import PretrainedCfg
-
+from .quant import QuantSpec, quantize
+from .quant.io import load_quantized_into, read_quant_metadata
 
 
 def _build_quantized(entrypoint, arch: str, metadata: dict, quant: Any, cfg, model_args: dict) -> nn.Module:
     """A model from a quantized file: built without float weights (on the meta device where it can be)."""
-    from .quant import QuantSpec
-    from .quant.io import load_quantized_into
 
     stored = QuantSpec.from_json(json.dumps(metadata["spec"]))
     if quant is not None and QuantSpec.parse(quant) != stored:
@@ -62,8 +62,6 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         raise TypeError(f"zoo.create takes a model name such as 'resnet50' (see zoo.list_models()); got a "
                         f"{type(name).__name__}")
     if quant is not None:
-        from .quant import QuantSpec
-
         QuantSpec.parse(quant)  # a bad spec fails before any work
     source_config = None
     if name.startswith(("hf-hub:", "local-dir:")):
@@ -90,21 +88,39 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         if source_config.get("pretrained_cfg"):
             cfg = PretrainedCfg.from_dict({**source_config["pretrained_cfg"], "architecture": arch, "tag": tag})
     model_args = {**defaults, **kwargs}
-    from .quant.io import read_quant_metadata
+    built_args = _build_submodels(arch, model_args, pretrained)
 
     metadata = read_quant_metadata(pretrained) if not isinstance(pretrained, bool) else None
     if metadata is not None:
-        model = _build_quantized(entrypoint, arch, metadata, quant, cfg, model_args)
+        model = _build_quantized(entrypoint, arch, metadata, quant, cfg, {**model_args, **built_args})
     else:
-        model = entrypoint(pretrained=pretrained, pretrained_cfg=cfg, **model_args)
+        model = entrypoint(pretrained=pretrained, pretrained_cfg=cfg, **{**model_args, **built_args})
     model.model_args = {k: v for k, v in model_args.items() if k not in BUILD_ONLY_ARGS}
     if (pretrained is not False and pretrained is not None) or model_args.get("checkpoint_path"):
         warn_suspicious_weights(model, name)
     if quant is not None and metadata is None:
-        from .quant import quantize
-
         quantize(model, quant)
     return model
+
+
+def _build_submodels(arch: str, model_args: dict, pretrained: Any) -> dict:
+    """The model-valued arguments of ``arch`` (VAR's ``vae``) built here, so a model never creates
+    another by name: a path or saved folder is loaded; with the release weights and no value, the
+    sub-model's release weights come too. ``model_args`` keeps the paths, which is what gets recorded."""
+    built = {}
+    for arg, sub in registry.submodel_args(arch).items():
+        value, device = model_args.get(arg), model_args.get("device")
+        if isinstance(value, (str, os.PathLike)):
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"{arch}'s {arg}={str(value)!r} does not exist; "
+                                        + (sub.hint or f"give the file or exported folder of a {sub.default_arch}"))
+            sub_arch = (read_source_config(str(path)) or {}).get("architecture", sub.default_arch)
+            built[arg] = create(sub_arch, pretrained=str(path), device=device, **sub.kwargs)
+        elif value is None and sub.with_release_weights and \
+                (pretrained is True or (isinstance(pretrained, str) and registry.has_tag(arch, pretrained))):
+            built[arg] = create(sub.default_arch, pretrained=True, device=device, **sub.kwargs)
+    return built
 
 
 def _check_registered(arch: str, source: str) -> None:

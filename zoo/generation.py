@@ -1,145 +1,24 @@
-"""Autoregressive sampling for the zoo's token models: temperature, top-k, top-p, KV caches, streaming.
-
-A model here is any module with ``model(input_ids, cache=None) -> (B, T, vocab) logits``, a
-``max_seq_len`` and ``make_cache(kind)`` (:class:`zoo.models.moc_lm.MoCLM`).
-
-- Top-k: Fan et al., "Hierarchical Neural Story Generation", ACL 2018.
-- Top-p (nucleus): Holtzman et al., "The Curious Case of Neural Text Degeneration", ICLR 2020: keep
-  the smallest set of most likely tokens whose probabilities sum to at least ``p``.
+"""Generation as an application: load a model, stream its text (``python -m zoo generate``) or write
+a grid of its images (``python -m zoo sample``). The decoding itself lives with the models
+(:mod:`zoo.models.decoding`, :mod:`zoo.models.var_sampling`); its public names are re-exported here.
 """
 from __future__ import annotations
 
-import math
 import sys
-from typing import Any, Callable, Iterator, TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 import torch
-from torch import nn
 
+from .data.images import image_grid, write_image
+from .data.tokenizers import get_tokenizer
+from .factory import create
+from .hub import read_source_config
+from .models.decoding import (cached_logits, check_lengths, check_sampling, generate, sample_next, stream_tokens,
+                              top_k_filter, top_p_filter)
+from .models.var import VAR
+from .models.var_sampling import check_sampling_args
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """``logits`` (..., V) with everything below the k-th largest value per row set to -inf (ties kept)."""
-    if k >= logits.shape[-1]:
-        return logits
-    kth = logits.topk(k, dim=-1).values[..., -1:]  # (..., 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """``logits`` (..., V) keeping, per row, the most likely tokens until their probability reaches ``p``."""
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
-    probs = sorted_logits.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
-    drop_sorted = before >= p  # the set already reached p without this token (the top token always stays)
-    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Refuse sampling settings that would fail at the first draw (NaN probabilities) or sample garbage."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy); got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None; got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None; got {top_p}")
-
-
-def check_lengths(prompt: int, max_new_tokens: int, max_seq_len: int) -> None:
-    """A prompt of ``prompt`` tokens plus ``max_new_tokens`` must fit the context ``max_seq_len``."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
-    if prompt > max_seq_len:
-        raise ValueError(f"the prompt has {prompt} tokens but the model's context is max_seq_len={max_seq_len}; "
-                         f"shorten the prompt (keep its last {max_seq_len} tokens)")
-    if prompt + max_new_tokens > max_seq_len:
-        raise ValueError(f"{prompt} prompt tokens + max_new_tokens={max_new_tokens} exceed the context "
-                         f"max_seq_len={max_seq_len}; ask for at most {max_seq_len - prompt} new tokens")
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from (B, V) logits: argmax at ``temperature=0``, else a draw from the
-    tempered, top-k- then top-p-restricted distribution. Returns (B,) int64."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    probs = logits.softmax(dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-@torch.no_grad()
-def stream_tokens(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-                  generator: torch.Generator | None = None, cache: Any = "dense") -> Iterator[torch.Tensor]:
-    """Yield each step's (B,) new tokens. Arguments as :func:`generate`; all are checked before the first step."""
-    check_sampling(temperature, top_k, top_p)
-    if input_ids.ndim == 1:
-        input_ids = input_ids[None]
-    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be a non-empty prompt (B, T) or (T,); got shape {tuple(input_ids.shape)}")
-    check_lengths(input_ids.shape[1], max_new_tokens, model.max_seq_len)
-    kv = model.make_cache(cache)
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    seq, step_input = input_ids, input_ids
-    for _ in range(max_new_tokens):
-        logits = model(step_input if kv is not None else seq, cache=kv)[:, -1]  # (B, V)
-        token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        if eos_id is not None:
-            token = token.masked_fill(done, eos_id)
-            done |= token == eos_id
-        seq = torch.cat([seq, token[:, None]], dim=1)  # (B, T + 1)
-        step_input = token[:, None]  # (B, 1)
-        yield token
-        if eos_id is not None and bool(done.all()):
-            return
-
-
-@torch.no_grad()
-def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-             generator: torch.Generator | None = None, cache: Any = "dense",
-             stream: Callable[[torch.Tensor], Any] | None = None) -> torch.Tensor:
-    """``input_ids`` (B, T) followed by up to ``max_new_tokens`` sampled tokens: (B, T + new).
-
-    ``temperature=0`` is greedy. ``cache``: ``dense``, ``kivi4``, ``kivi2``, a KV cache, or None
-    (recompute the whole sequence every step). ``stream(tokens)`` sees each step's (B,) tokens.
-    A prompt (plus ``max_new_tokens``) longer than the model's ``max_seq_len`` is an error.
-    """
-    squeeze = input_ids.ndim == 1
-    out = [input_ids[None] if squeeze else input_ids]
-    was_training = model.training
-    model.eval()
-    try:
-        for token in stream_tokens(model, out[0], max_new_tokens, temperature, top_k, top_p, eos_id, generator, cache):
-            out.append(token[:, None])
-            if stream is not None:
-                stream(token)
-    finally:
-        model.train(was_training)
-    seq = torch.cat(out, dim=1)  # (B, T + new)
-    return seq[0] if squeeze else seq
-
-
-@torch.no_grad()
-def cached_logits(model: nn.Module, input_ids: torch.Tensor, cache: Any = "dense", chunk: int = 1) -> torch.Tensor:
-    """Teacher-forced (B, T, V) logits computed ``chunk`` tokens at a time through a KV cache, so every
-    position reads its past from the cache as generation would (``chunk=1``: exactly decoding's view).
-    Compare with ``model(input_ids)`` to measure what a quantized cache costs in loss or perplexity."""
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1; got {chunk}")
-    kv = model.make_cache(cache)
-    if kv is None:
-        raise ValueError("cached_logits needs a cache (dense, kivi4, kivi2 or a KVCache), not None")
-    parts = [model(input_ids[:, i:i + chunk], cache=kv) for i in range(0, input_ids.shape[1], chunk)]
-    return torch.cat(parts, dim=1)  # (B, T, V)
 
 
 class TextStreamer:
@@ -183,8 +62,6 @@ def generate_text(model_name: str, prompt: str, weights: Any = True, max_new_tok
     activations) as ``zoo.create(..., quant=)`` does; a quantized file passed as ``weights`` loads as it is.
     The CLI ``python -m zoo generate`` calls this.
     """
-    from . import create
-    from .data.tokenizers import get_tokenizer
 
     check_sampling(temperature, top_k, top_p)
     if not prompt:
@@ -208,5 +85,34 @@ def generate_text(model_name: str, prompt: str, weights: Any = True, max_new_tok
     return streamer.finish()
 
 
+def load_for_sampling(model: str, weights: str | None = None, vae: str | None = None, device: str = "cpu") -> VAR:
+    """A VAR and its tokenizer for sampling: ``weights``/``vae`` are files or saved folders (None:
+    the release's weights); a folder's config.json gives the architecture and arguments."""
+
+    vae_arch = (read_source_config(vae) or {}).get("architecture", "vqvae_ch160v4096z32") if vae else \
+        "vqvae_ch160v4096z32"
+    tokenizer = create(vae_arch, pretrained=vae or True).eval().to(device)
+    net = create(model, pretrained=weights or True, vae=tokenizer).eval().to(device)
+    if not isinstance(net, VAR):
+        raise ValueError(f"{model} is not a VAR model; try var_d16, var_d20, var_d24 or var_d30")
+    return net
+
+
+def sample_grid(net: VAR, output: str | Path, class_id: int, n: int = 16, cfg: float = 4.0, top_k: int = 900,
+                top_p: float = 0.95, seed: int | None = 0, more_smooth: bool = False, **options: Any) -> Path:
+    """Sample ``n`` images of ``class_id`` and write them as one grid PNG (atomically)."""
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    check_sampling_args(cfg, top_k, top_p)
+    if not 0 <= class_id < net.num_classes:
+        raise ValueError(f"class {class_id} is out of range: the model has num_classes={net.num_classes} "
+                         f"(ids 0..{net.num_classes - 1})")
+    images = net.autoregressive_infer_cfg(n, class_id, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
+                                          more_smooth=more_smooth, **options)
+    write_image(image_grid(images.float().cpu()), output)
+    return Path(output)
+
+
 __all__ = ["cached_logits", "top_k_filter", "top_p_filter", "sample_next", "stream_tokens", "generate", "TextStreamer",
-           "generate_text", "check_sampling", "check_lengths"]
+           "generate_text", "check_sampling", "check_lengths", "load_for_sampling", "sample_grid"]

@@ -5,13 +5,9 @@ file to place and where.
 """
 from __future__ import annotations
 
-import errno
 import json
 import numbers
 import os
-import re
-import shutil
-import tempfile
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +17,9 @@ import torch
 from torch import nn
 
 from .checkpoint import DIGEST_KEY, content_digest, read_checkpoint
+from .files import atomic_write, cache_dir
 from .pretrained import PretrainedCfg
+from .quant.io import save_quantized
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 CONFIG_NAME = "config.json"
@@ -36,11 +34,6 @@ class Weights:
     state_dict: dict
     source: str
     config: dict | None = None
-
-
-def cache_dir() -> Path:
-    """torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where URL weights live."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def offline() -> bool:
@@ -212,46 +205,6 @@ def _load_cfg_weights(cfg: PretrainedCfg) -> Weights:
                      "see zoo.list_pretrained('" + cfg.architecture + "*')")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file.
-    A full disk is reported as such (``OSError(ENOSPC)``), whatever the writer raised."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException as exc:
-        full = _disk_full(exc, Path(tmp))
-        Path(tmp).unlink(missing_ok=True)
-        if full:
-            raise OSError(errno.ENOSPC, f"no space left on device while writing {path} "
-                                        f"({full}); free some space or write elsewhere", str(path)) from None
-        raise
-
-
-def _disk_full(exc: BaseException, tmp: Path) -> str:
-    """Why the disk counts as full (a short description), or '' when the failure is something else.
-    torch.save's C++ writer reports a full disk as 'basic_ios::clear: iostream error' or a failed
-    write, so for those the free space decides."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "the file system said so"
-    if isinstance(exc, (RuntimeError, OSError)) and re.search(r"iostream|write failed|failed writing|No space", str(exc)):
-        try:
-            free = shutil.disk_usage(tmp.parent).free
-        except OSError:
-            return ""
-        if free < max(64 << 20, tmp.stat().st_size // 10 if tmp.exists() else 0):
-            return f"{free >> 20} MiB free"
-    return ""
-
-
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (timm's hub layout) to ``directory``.
 
@@ -277,7 +230,6 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
         cfg["num_classes"] = config["num_classes"] = args["num_classes"]
     config.update(num_features=getattr(model, "num_features", None), model_args=args, pretrained_cfg=cfg)
     if getattr(model, "quant_spec", None) is not None:  # packed weights, scales and the spec in the header
-        from .quant.io import save_quantized
 
         config["quant"] = model.quant_spec.name
         save_quantized(model, directory / "model.safetensors")

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from blocks._validation import unknown_name_error
+from blocks.validation import unknown_name_error
 
 from .pretrained import PretrainedCfg
 
@@ -14,6 +15,34 @@ _ENTRYPOINTS: dict[str, Callable] = {}
 _FAMILY: dict[str, str] = {}
 # architecture -> tag -> cfg; the first tag registered for an architecture is its default
 _CFGS: dict[str, dict[str, PretrainedCfg]] = {}
+_SUBMODELS: dict[str, dict[str, "SubmodelArg"]] = {}
+
+
+@dataclass(frozen=True)
+class SubmodelArg:
+    """A model argument that is itself a zoo model (VAR's ``vae`` tokenizer). ``zoo.create`` builds it
+    and hands it in built: a path or saved folder is loaded as ``default_arch`` unless its config.json
+    names another architecture, with ``kwargs``; with the entrypoint's own release weights and no value
+    given, ``default_arch``'s release weights are loaded."""
+
+    default_arch: str
+    kwargs: dict = field(default_factory=dict)
+    with_release_weights: bool = False
+    hint: str = ""  # where such a model comes from, for the error when a path does not exist
+
+
+def register_submodel(arg: str, default_arch: str, with_release_weights: bool = False, hint: str = "",
+                      **kwargs) -> Callable[[F], F]:
+    """Decorator (under ``@register_model``): ``arg`` of this entrypoint names a model; see :class:`SubmodelArg`."""
+    def decorate(fn: F) -> F:
+        _SUBMODELS.setdefault(fn.__name__, {})[arg] = SubmodelArg(default_arch, dict(kwargs), with_release_weights, hint)
+        return fn
+    return decorate
+
+
+def submodel_args(name: str) -> dict[str, SubmodelArg]:
+    """The arguments of architecture ``name`` that ``zoo.create`` builds as models."""
+    return dict(_SUBMODELS.get(split_name(name)[0], {}))
 
 
 def register_model(fn: F) -> F:

@@ -1,11 +1,14 @@
 """Reading RGB images for people's files: grey and RGBA are converted, with a note, never silently."""
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -61,7 +64,6 @@ def write_image(img: torch.Tensor, path: str | Path) -> None:
     """(3, H, W) in [0, 1] -> 8-bit PNG/JPEG (clamped and rounded), written atomically."""
     from PIL import Image
 
-    from ..hub import atomic_write
 
     path = Path(path)
     array = (img.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
@@ -78,3 +80,15 @@ def list_images(folder: str | Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"image folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> one (3, H', W') grid, ``nrow`` images a row (default: ~square)."""
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = images.new_ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
+        grid[:, top:top + h, left:left + w] = images[i]
+    return grid

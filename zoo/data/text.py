@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..hub import atomic_write
+from ..files import atomic_write, zoo_cache_dir
 from .sampling import evaluation_loader, training_loader
 from .tokenizers import Tokenizer, encode_array, get_tokenizer, token_dtype
 
@@ -23,13 +23,6 @@ TEXT_EXTENSIONS = (".txt", ".md", ".rst", ".py")
 STDLIB_MAX_BYTES = 4_000_000
 # parts of the standard library that are not its own source: test suites and installed packages
 STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-
-
-def default_cache_dir() -> Path:
-    """``$ZOO_CACHE/text``, else ``$XDG_CACHE_HOME/zoo/text``, else ``~/.cache/zoo/text``."""
-    if os.environ.get("ZOO_CACHE"):
-        return Path(os.environ["ZOO_CACHE"]).expanduser() / "text"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "zoo" / "text"
 
 
 def stdlib_files(max_bytes: int | None = STDLIB_MAX_BYTES) -> list[Path]:
@@ -221,7 +214,7 @@ class TextDataModule(L.LightningDataModule):
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.train_sampling, self.train_samples, self.val_sequences, self.limit = \
             train_sampling, train_samples, val_sequences, limit
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else zoo_cache_dir("text")
         # every path is checked now, before any work
         if paths is None:
             files = stdlib_files(STDLIB_MAX_BYTES if max_bytes is None else max_bytes)

@@ -30,7 +30,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 import blocks
-from blocks._validation import check_image, check_tensor, owner_name
+from blocks.validation import check_image, check_tensor, owner_name
 from blocks.channel_vit import resolve_channel_ids
 
 from .. import registry

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from kernels import KVQuantized, kv_dequantize, kv_quantize
+
 
 def _check_kv(k: torch.Tensor, v: torch.Tensor) -> None:
     if k.ndim != 4 or v.ndim != 4 or k.shape[:3] != v.shape[:3]:
@@ -192,7 +194,6 @@ class QuantizedKVCache(KVCache):
 
     def _flush(self, state: _QuantizedLayer) -> None:
         """Quantize the window's oldest whole key groups while it holds more than ``residual_length`` tokens."""
-        from kernels import KVQuantized, kv_quantize
 
         g, w = self.key_group_size, state.window_k.shape[2]
         if w <= self.residual_length:
@@ -210,7 +211,6 @@ class QuantizedKVCache(KVCache):
     def _read(state: _QuantizedLayer) -> tuple[torch.Tensor, torch.Tensor]:
         """The dequantized past followed by the window, (B, H_kv, T, D) each. Dequantized on every read,
         so that nothing but the codes is kept (a fused kernel would attend over the codes directly)."""
-        from kernels import kv_dequantize
 
         if state.keys is None:
             return state.window_k, state.window_v
@@ -303,14 +303,11 @@ class ChunkQuantizedKVCache(KVCache):
 
     def _read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every stored block dequantized, (B, H_kv, T, D) each (on every read: only the codes are kept)."""
-        from kernels import kv_dequantize
 
         keys = torch.cat([kv_dequantize(q) for q in self._keys[layer]], dim=2)  # (B, H_kv, T, D)
         return keys, kv_dequantize(self._values[layer])
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from kernels import KVQuantized, kv_quantize
-
         self._check_layer(layer)
         _check_kv(k, v)
         group = self._value_group(v.shape[-1])  # a bad group size fails before anything is stored

@@ -16,7 +16,7 @@ RoPE rotates the two halves of each head (HF's ``rotate_half`` layout), so HF we
 
 ``model(input_ids)`` takes (B, T) token ids and returns (B, T, vocab_size) logits; with a
 :mod:`~zoo.models.kv_cache` cache it appends the new tokens' keys and values and places them after
-the cached ones. ``model.generate(...)`` samples (see :mod:`zoo.generation`).
+the cached ones. ``model.generate(...)`` samples (see :mod:`zoo.models.decoding`).
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ from einops import rearrange
 from torch import nn
 
 import blocks
-from blocks._validation import check_tensor, owner_name, values_readable
+from blocks.validation import check_tensor, owner_name, values_readable
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg
 from ..registry import register_model, register_pretrained_cfgs
-from .kv_cache import KVCache
+from .decoding import generate
+from .kv_cache import KVCache, make_cache
 
 __all__ = ["MoCLM", "MoCLMConfig", "Attention", "DecoderBlock", "rope_cos_sin", "apply_rope", "checkpoint_filter_fn"]
 
@@ -221,13 +222,17 @@ class MoCLM(nn.Module):
         """(B, T, dim) hidden states -> (B, T, vocab_size) logits."""
         return F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
 
+    def example_inputs(self, batch: int, size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
+        """A forward's arguments for smoke runs (``python -m zoo check``): up to 64 random token ids."""
+        length = min(64, self.config.max_seq_len)
+        return (torch.randint(0, self.config.vocab_size, (batch, length), generator=generator),)  # (B, T)
+
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab_size) next-token logits."""
         return self.forward_head(self.forward_features(input_ids, cache))
 
     def make_cache(self, kind: str | KVCache | None = "dense", **kwargs: Any) -> KVCache | None:
         """A KV cache for this model: ``dense``, ``kivi4``, ``kivi2``, a :class:`KVCache`, or None."""
-        from .kv_cache import make_cache
 
         return make_cache(kind, self.config.n_layers, max_len=self.max_seq_len, **kwargs)
 
@@ -241,11 +246,9 @@ class MoCLM(nn.Module):
         ``temperature=0`` is greedy; ``top_k`` / ``top_p`` restrict sampling; generation stops early
         once every row has produced ``eos_id`` (rows that finished repeat it). ``cache``: ``dense``,
         ``kivi4``, ``kivi2``, a cache, or None (recompute the whole sequence every step). ``stream``
-        is called with each step's (B,) tokens as they arrive; :func:`zoo.generation.stream_tokens`
+        is called with each step's (B,) tokens as they arrive; :func:`zoo.models.decoding.stream_tokens`
         is the iterator form.
         """
-        from ..generation import generate
-
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         eos_id=eos_id, generator=generator, cache=cache, stream=stream)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import blocks
-from blocks._validation import check_image, check_tensor, float_param, owner_name
+from blocks.validation import check_image, check_tensor, float_param, owner_name
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg
@@ -146,6 +146,10 @@ class RCAN(nn.Module):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Features -> upscaled RGB in [0, 1] (B, 3, H * scale, W * scale), not clamped."""
         return self.add_mean(self.tail(x)) / RGB_RANGE
+
+    def example_inputs(self, batch: int, size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
+        """A forward's arguments for smoke runs (``python -m zoo check``): RGB images in [0, 1]."""
+        return (torch.rand(batch, 3, size, size, generator=generator),)  # (B, 3, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -20,7 +20,7 @@ from torch import nn
 
 import blocks
 import kernels
-from blocks._validation import check_image, check_tensor, float_param, owner_name
+from blocks.validation import check_image, check_tensor, float_param, owner_name
 from blocks.layers import DropPath
 
 from ..builder import build_model

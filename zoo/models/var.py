@@ -26,25 +26,24 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks._validation import values_readable
+from blocks.validation import values_readable
 from blocks.adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn, resolve_attn_impl, scale_block_mask
 
 from ..builder import build_model
 from ..checkpoint import CheckpointError
 from ..pretrained import PretrainedCfg
-from ..registry import register_model, register_pretrained_cfgs
+from ..registry import register_model, register_pretrained_cfgs, register_submodel
+from .kv_cache import ChunkQuantizedKVCache
 from .var_sampling import check_sampling_args, gumbel_softmax_with_rng, sample_with_top_k_top_p_
 from .vqvae import RELEASE_PATCH_NUMS, VQVAE
 
-__all__ = ["VAR", "SampleResult", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "checkpoint_filter_fn",
-           "load_tokenizer"]
+__all__ = ["VAR", "SampleResult", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "checkpoint_filter_fn"]
 
 
 class SharedAdaLin(nn.Linear):
@@ -98,8 +97,9 @@ class VAR(nn.Module):
             raise ValueError(f"attn_impl='flex' has no attention dropout; set attn_drop_rate=0 (got {attn_drop_rate}) "
                              f"or use attn_impl='sdpa'")
         self.attn_impl, self._block_masks = attn_impl, {}
-        if isinstance(vae, (str, os.PathLike)):  # a config names the tokenizer by its file or saved folder
-            vae = load_tokenizer(vae, device=device)
+        if isinstance(vae, (str, os.PathLike)):
+            raise TypeError(f"vae={str(vae)!r}: build VAR through zoo.create, which loads a tokenizer named by its file "
+                            f"or saved folder, or pass a built VQVAE (zoo.create('vqvae', pretrained=...))")
         if vae is None:
             vae = VQVAE(vocab_size=4096, z_channels=32, ch=160, patch_nums=patch_nums or RELEASE_PATCH_NUMS, **factory)
         if not isinstance(vae, VQVAE):
@@ -215,6 +215,12 @@ class VAR(nn.Module):
 
     def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_nm(h.float(), cond_BD).float()).float()
+
+    def example_inputs(self, batch: int, size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """A forward's arguments for smoke runs (``python -m zoo check``): labels and a teacher-forcing input
+        (the tokenizer's schedule fixes the size, so ``size`` is unused)."""
+        labels = torch.randint(0, self.num_classes, (batch,), generator=generator)  # (B,)
+        return labels, torch.randn(batch, self.L - self.first_l, self.Cvae, generator=generator)  # (B, L - first_l, Cvae)
 
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B,) labels and the (B, L - first_l, Cvae) input of
@@ -416,21 +422,6 @@ class VAR(nn.Module):
         return self.sample(B, label_B, g_seed, cfg, top_k, top_p, more_smooth, **options).images
 
 
-def load_tokenizer(spec: str | os.PathLike, device: Any = None) -> VQVAE:
-    """A frozen :class:`VQVAE` from a weights file or a saved folder (its config.json names the
-    architecture; a bare file is taken as the release's ``vqvae_ch160v4096z32``)."""
-    from ..factory import create
-    from ..hub import read_source_config
-
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"the VQVAE tokenizer {str(path)!r} does not exist; train one first (e.g. python "
-                                f"train.py --config configs/vqvae_digits.yaml writes runs/vqvae_digits/export) or "
-                                f"point vae= at a tokenizer file or exported folder")
-    arch = (read_source_config(str(path)) or {}).get("architecture", "vqvae_ch160v4096z32")
-    return create(arch, pretrained=str(path), test_mode=True, device=device)
-
-
 def _make_kv_cache(spec: Any, depth: int) -> Any:
     """None (the release's dense tensors), a cache object, or ``'kivi4'``/``'kivi2'``/``'kivi8'``."""
     if spec is None or not isinstance(spec, str):
@@ -439,8 +430,6 @@ def _make_kv_cache(spec: Any, depth: int) -> Any:
     if match is None:
         raise ValueError(f"kv_cache must be None (dense), 'none' (recompute), a KVCache, 'kivi4' or 'kivi2'; "
                          f"got {spec!r}")
-    from .kv_cache import ChunkQuantizedKVCache
-
     # one scale per update: each scale's keys are one group per channel, quantized as soon as stored (no
     # full-precision window, which on a short schedule such as digits' 30 tokens would hold half the cache)
     return ChunkQuantizedKVCache(depth, bits=int(match.group(1)))
@@ -504,39 +493,47 @@ def _create(variant: str, pretrained: Any = False, **kwargs: Any) -> VAR:
 
 def _sized(variant: str, depth: int, pretrained: Any, **kwargs: Any) -> VAR:
     # the paper's family: width 64 * depth, depth heads, drop path 0.1 * depth / 24 in training
-    if kwargs.get("vae") is None and (pretrained is True or (isinstance(pretrained, str) and pretrained == "release_in1k")):
-        from ..factory import create  # the release's weights come with the release's tokenizer
-
-        kwargs["vae"] = create("vqvae_ch160v4096z32", pretrained=True, device=kwargs.get("device"))
     return _create(variant, pretrained, **{"depth": depth, "embed_dim": 64 * depth, "num_heads": depth,
                                            "attn_l2_norm": True, **kwargs})
 
 
+# the tokenizer is built by zoo.create; the release's weights come with the release's tokenizer
+_TOKENIZER = register_submodel(
+    "vae", "vqvae_ch160v4096z32", with_release_weights=True, test_mode=True,
+    hint="train one first (python train.py --config configs/vqvae_digits.yaml writes runs/vqvae_digits/export) or "
+         "point vae= at a tokenizer file or exported folder")
+
+
 @register_model
+@_TOKENIZER
 def var(pretrained: Any = False, **kwargs: Any) -> VAR:
     """VAR with every argument free (``vae=`` a :class:`VQVAE`; defaults: VAR-d16 on the release tokenizer)."""
     return _create("var", pretrained, **kwargs)
 
 
 @register_model
+@_TOKENIZER
 def var_d16(pretrained: Any = False, **kwargs: Any) -> VAR:
     """VAR-d16: 1024 wide, 16 heads, 310.28M parameters (ImageNet 256, FID 3.55)."""
     return _sized("var_d16", 16, pretrained, **kwargs)
 
 
 @register_model
+@_TOKENIZER
 def var_d20(pretrained: Any = False, **kwargs: Any) -> VAR:
     """VAR-d20: 1280 wide, 20 heads, 600.92M parameters."""
     return _sized("var_d20", 20, pretrained, **kwargs)
 
 
 @register_model
+@_TOKENIZER
 def var_d24(pretrained: Any = False, **kwargs: Any) -> VAR:
     """VAR-d24: 1536 wide, 24 heads, 1.03B parameters."""
     return _sized("var_d24", 24, pretrained, **kwargs)
 
 
 @register_model
+@_TOKENIZER
 def var_d30(pretrained: Any = False, **kwargs: Any) -> VAR:
     """VAR-d30: 1920 wide, 30 heads, 2.01B parameters."""
     return _sized("var_d30", 30, pretrained, **kwargs)

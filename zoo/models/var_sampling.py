@@ -1,5 +1,5 @@
-"""Sampling helpers for VAR: the release's top-k / top-p and Gumbel samplers with seeded generators,
-and the grid-to-PNG path behind ``python -m zoo sample``.
+"""Sampling helpers for VAR: the release's top-k / top-p and Gumbel samplers with seeded generators.
+(The grid-to-PNG application behind ``python -m zoo sample`` is :mod:`zoo.generation`.)
 
 Tian et al., "Visual Autoregressive Modeling", NeurIPS 2024 (the release's ``models/helpers.py`` for the
 first two, whose random-number use the seeded sample in the parity vectors depends on).
@@ -7,16 +7,11 @@ first two, whose random-number use the seeded sample in the parity vectors depen
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .var import VAR
-
-__all__ = ["check_sampling_args", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng", "image_grid", "load_for_sampling", "sample_grid"]
+__all__ = ["check_sampling_args", "sample_with_top_k_top_p_", "gumbel_softmax_with_rng"]
 
 
 def check_sampling_args(cfg: float, top_k: int, top_p: float) -> None:
@@ -61,48 +56,3 @@ def gumbel_softmax_with_rng(logits: torch.Tensor, tau: float = 1.0, hard: bool =
     index = y_soft.max(dim, keepdim=True)[1]
     y_hard = torch.zeros_like(logits, memory_format=torch.legacy_contiguous_format).scatter_(dim, index, 1.0)
     return y_hard - y_soft.detach() + y_soft
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] -> one (3, H', W') grid, ``nrow`` images a row (default: ~square)."""
-    n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = images.new_ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(n):
-        top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
-        grid[:, top:top + h, left:left + w] = images[i]
-    return grid
-
-
-def load_for_sampling(model: str, weights: str | None = None, vae: str | None = None, device: str = "cpu") -> "VAR":
-    """A VAR and its tokenizer for sampling: ``weights``/``vae`` are files or saved folders (None:
-    the release's weights); a folder's config.json gives the architecture and arguments."""
-    from ..factory import create
-    from ..hub import read_source_config
-    from .var import VAR
-
-    vae_arch = (read_source_config(vae) or {}).get("architecture", "vqvae_ch160v4096z32") if vae else \
-        "vqvae_ch160v4096z32"
-    tokenizer = create(vae_arch, pretrained=vae or True).eval().to(device)
-    net = create(model, pretrained=weights or True, vae=tokenizer).eval().to(device)
-    if not isinstance(net, VAR):
-        raise ValueError(f"{model} is not a VAR model; try var_d16, var_d20, var_d24 or var_d30")
-    return net
-
-
-def sample_grid(net: "VAR", output: str | Path, class_id: int, n: int = 16, cfg: float = 4.0, top_k: int = 900,
-                top_p: float = 0.95, seed: int | None = 0, more_smooth: bool = False, **options: Any) -> Path:
-    """Sample ``n`` images of ``class_id`` and write them as one grid PNG (atomically)."""
-    from ..data.images import write_image
-
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    check_sampling_args(cfg, top_k, top_p)
-    if not 0 <= class_id < net.num_classes:
-        raise ValueError(f"class {class_id} is out of range: the model has num_classes={net.num_classes} "
-                         f"(ids 0..{net.num_classes - 1})")
-    images = net.autoregressive_infer_cfg(n, class_id, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                                          more_smooth=more_smooth, **options)
-    write_image(image_grid(images.float().cpu()), output)
-    return Path(output)

@@ -288,6 +288,12 @@ class VQVAE(nn.Module):
             raise ValueError(f"images must be {side}x{side} (patch_nums[-1]={self.patch_nums[-1]} x downsample "
                              f"{self.downsample}); got {img.shape[-2]}x{img.shape[-1]}. Resize or crop them")
 
+    def example_inputs(self, batch: int, size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
+        """A forward's arguments for smoke runs (``python -m zoo check``): images in [-1, 1] of the size its
+        quantizer's scale schedule fixes (``size`` is unused)."""
+        side = self.img_size
+        return (torch.rand(batch, self.in_channels, side, side, generator=generator) * 2 - 1,)  # (B, 3, H, W)
+
     def forward(self, inp: torch.Tensor, ret_usages: bool = False) -> tuple[torch.Tensor, list[float] | None, torch.Tensor]:
         """Training: images in [-1, 1] -> (reconstruction, per-scale usage % or None, VQ loss), as the release."""
         self._check_image(inp)

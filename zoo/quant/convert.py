@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from blocks._validation import closest
+from blocks.validation import closest
 from blocks.quant import FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLinear
 
 from .calibrate import Calibration, calibrate, input_of

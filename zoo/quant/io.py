@@ -13,6 +13,9 @@ from torch import nn
 
 from blocks.quant import QuantConv2d, QuantLinear
 
+from ..checkpoint import DIGEST_KEY, CheckpointError, content_digest, dtype_mismatches, read_checkpoint
+from ..files import atomic_write
+
 from .convert import LayerReport, _set_module
 from .spec import QuantSpec
 
@@ -42,8 +45,6 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_metadata: Op
     """Write a quantized model to one ``.safetensors`` file, atomically."""
     from safetensors.torch import save_file
 
-    from ..checkpoint import DIGEST_KEY, content_digest
-    from ..hub import atomic_write
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -90,7 +91,6 @@ def _parse_metadata(text: str, path: Path) -> dict:
     """The file's quantization record as a dict with a readable spec and a layer table, or a
     :class:`CheckpointError` naming the file: a damaged header otherwise fails as a bare KeyError or
     JSONDecodeError deep inside the rebuild."""
-    from ..checkpoint import CheckpointError
 
     fix = "quantize the float model again and save it with zoo.quant.save_quantized"
     try:
@@ -140,7 +140,6 @@ def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
         try:
             layer = _quant_layer(name, cfg, spec, next(float_layer.parameters()).device)
         except (KeyError, TypeError, AttributeError) as exc:  # a layer record with missing or mistyped fields
-            from ..checkpoint import CheckpointError
 
             raise CheckpointError(f"{metadata.get('path', 'the quantized file')} has a malformed record for layer "
                                   f"{name!r} ({type(exc).__name__}: {exc}); quantize the float model again and "
@@ -155,7 +154,6 @@ def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
 
 def load_quantized_into(model: nn.Module, metadata: dict) -> nn.Module:
     """Rebuild ``model`` (float, possibly on the meta device) as the file's quantized model and load it."""
-    from ..checkpoint import CheckpointError, dtype_mismatches, read_checkpoint
 
     rebuild(model, metadata)
     state = read_checkpoint(metadata["path"])

@@ -19,7 +19,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..checkpoint import DIGEST_KEY, CheckpointError, content_digest, read_checkpoint
-from ..hub import atomic_write, cache_dir, download_cached, offline
+from ..files import atomic_write, cache_dir
+from ..hub import download_cached, offline
 from .run_folder import RunCSVLogger
 
 URL_PREFIXES = ("http://", "https://")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ..hub import atomic_write
+from ..files import atomic_write
 from .base import BaseTask
 from .optim import OptimizerConfig, SchedulerConfig
 

@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hub import save_pretrained
+from ..models.var import VAR
 from .base import BaseTask
+from .callbacks import ExportModel
 from .optim import OptimizerConfig, SchedulerConfig
 from .vqvae import save_grid_png
 
@@ -43,7 +46,6 @@ class ScalewiseGenerationTask(BaseTask):
                  scheduler: SchedulerConfig | None = None, ema_decay: float | None = None, compile: bool | str = False,
                  label_smoothing: float = 0.0, sample_classes: int = 10, sample_per_class: int = 8,
                  sample_cfg: float = 2.0, sample_top_k: int = 0, sample_top_p: float = 0.0, sample_seed: int = 0) -> None:
-        from ..models.var import VAR
 
         if not isinstance(model, VAR):
             raise TypeError(f"task scalewise_gen trains a VAR (model.name: var or var_d16 ...); got {type(model).__name__}")
@@ -129,8 +131,6 @@ class ScalewiseGenerationTask(BaseTask):
     def on_fit_end(self) -> None:
         """Save the tokenizer beside the exported VAR (``<export>/vae``): the VAR's state dict leaves
         it out (as the release), and ``python -m zoo sample --vae`` needs it."""
-        from ..hub import save_pretrained
-        from .callbacks import ExportModel
 
         if self._trainer is None or not self.trainer.is_global_zero:
             return

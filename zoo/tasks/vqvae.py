@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.images import image_grid, write_image
+from ..models.vqvae import VQVAE
 from .base import BaseTask
 from .optim import OptimizerConfig, SchedulerConfig
 
@@ -20,8 +22,6 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def save_grid_png(images: torch.Tensor, path: Path, nrow: int) -> Path:
     """(N, C, H, W) in [0, 1] (C = 1 or 3) -> one grid PNG, written atomically."""
-    from ..data.images import write_image
-    from ..models.var_sampling import image_grid
 
     images = images.detach().float().cpu()
     if images.shape[1] == 1:
@@ -52,7 +52,6 @@ class VQVAETask(BaseTask):
     def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
                  scheduler: SchedulerConfig | None = None, ema_decay: float | None = None, compile: bool | str = False,
                  l2_weight: float = 1.0, l1_weight: float = 0.2, vq_weight: float = 1.0, grid_images: int = 8) -> None:
-        from ..models.vqvae import VQVAE
 
         if not isinstance(model, VQVAE):
             raise TypeError(f"task vqvae trains a VQVAE (model.name: vqvae); got {type(model).__name__}")
