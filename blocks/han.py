@@ -15,7 +15,8 @@ from torch import nn
 import kernels
 from kernels.dispatch import autocast_off
 
-from .layers import _observed, check_channels
+from .fusion import can_fuse
+from .layers import check_channels
 from .registry import register
 
 __all__ = ["ChannelSpatialAttention", "LayerAttention"]
@@ -116,7 +117,7 @@ class ChannelSpatialAttention(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"ChannelSpatialAttention expects (B, C, H, W); got shape {tuple(x.shape)}")
         check_channels(type(self).__name__, self.channels, x)
-        if type(self.conv) is nn.Conv3d and not _observed(self.conv) and self.conv.weight.dtype == x.dtype:
+        if type(self.conv) is nn.Conv3d and can_fuse(self.conv) and self.conv.weight.dtype == x.dtype:
             args = (x, self.conv.weight.view(3, 3, 3), self.conv.bias, self.gamma)
             if kernels.csam_runs_fused(x):  # one pass: the 27 neighbours from cache, y written once
                 return kernels.csam(*args)

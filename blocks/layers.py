@@ -10,6 +10,7 @@ from torch import nn
 
 import kernels
 
+from .fusion import can_fuse
 from .validation import unknown_name_error
 
 LayerType = Union[str, type[nn.Module], Callable[[], nn.Module], None]
@@ -92,7 +93,7 @@ def pointwise(layer: nn.Module, s: torch.Tensor) -> torch.Tensor:
     observe it (calibration, feature extraction); any other layer (quantized, fake-quant for QAT)
     runs its own forward on the (B, C, 1, 1) map.
     """
-    if type(layer) is nn.Conv2d and not _observed(layer):
+    if type(layer) is nn.Conv2d and can_fuse(layer):
         return F.linear(s, layer.weight.flatten(1), layer.bias)
     return layer(s[:, :, None, None]).flatten(1)  # (B, C_out, 1, 1) -> (B, C_out)
 
@@ -103,8 +104,8 @@ _FUSED_ACTS = {nn.ReLU: "relu", nn.SiLU: "silu"}
 def _plain_pointwise(layer: nn.Module) -> bool:
     """A float linear or 1x1 conv (groups 1) with no hooks: one the excitation kernel can read directly."""
     if type(layer) is nn.Conv2d:
-        return layer.kernel_size == (1, 1) and layer.groups == 1 and not _observed(layer)
-    return type(layer) is nn.Linear and not _observed(layer)
+        return layer.kernel_size == (1, 1) and layer.groups == 1 and can_fuse(layer)
+    return type(layer) is nn.Linear and can_fuse(layer)
 
 
 def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.Module, act: nn.Module,
@@ -126,17 +127,10 @@ def fused_conv_gate(x: torch.Tensor, conv: nn.Module, gate: nn.Module) -> torch.
     """ECA's ``gate(conv(mean_hw(x)))`` along the channels as one ``kernels.squeeze_excite_conv`` launch
     where its Triton kernel runs (a plain bias-free ``nn.Conv1d``, sigmoid); None otherwise."""
     if (type(conv) is not nn.Conv1d or conv.bias is not None or type(gate) is not nn.Sigmoid
-            or _observed(conv) or not kernels.squeeze_excite_runs_fused(x)):
+            or not can_fuse(conv) or not kernels.squeeze_excite_runs_fused(x)):
         return None
     g, _ = kernels.squeeze_excite_conv(x, None, conv.weight.view(-1))
     return g
-
-
-def _observed(layer: nn.Module) -> bool:
-    from torch.nn.modules import module as module_mod
-
-    return bool(layer._forward_hooks or layer._forward_pre_hooks or module_mod._global_forward_hooks
-                or module_mod._global_forward_pre_hooks)
 
 
 def param_dtype(layer: nn.Module, default: torch.dtype) -> torch.dtype:

@@ -19,7 +19,7 @@ from torch import nn
 import kernels
 from kernels.moc_ffn import DECODE_TOKENS
 
-from .layers import _observed
+from .fusion import can_fuse
 from .quant import QuantLinear
 from .registry import register
 
@@ -131,7 +131,7 @@ class MoCFFN(SwiGLU):
         """True when the three projections are float ``nn.Linear`` layers nobody observes, so the fused op
         may read their weights; quantized or fake-quant layers (and calibration hooks) need their own forward."""
         layers = (self.gate_proj, self.up_proj, self.down_proj)
-        return all(type(m) is nn.Linear and not _observed(m) for m in layers)
+        return all(type(m) is nn.Linear and can_fuse(m) for m in layers)
 
     def _forward_through_modules(self, x: torch.Tensor) -> torch.Tensor:
         """The same math with each projection called as a module (quantized, QAT or hooked layers).
@@ -150,7 +150,7 @@ class MoCFFN(SwiGLU):
         :func:`kernels.moc_ffn_decode_int` can read row by row: no calibration hooks, and no Outlier
         Suppression+ shift before ``down_proj`` (it would turn the activation's zeros into -shift)."""
         layers = (self.gate_proj, self.up_proj, self.down_proj)
-        if not all(isinstance(m, QuantLinear) and not m.spec.weight_only and not m.spec.fp8 and not _observed(m)
+        if not all(isinstance(m, QuantLinear) and not m.spec.weight_only and not m.spec.fp8 and can_fuse(m)
                    for m in layers):
             return False
         return self.down_proj.act_shift is None

@@ -62,6 +62,17 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def choose_backend(mode: str, triton_runs: bool, on_cuda: bool) -> str | None:
+    """The one dispatch rule: ``torch`` mode runs the reference; ``triton`` mode the Triton kernel where it
+    can run (None where it cannot: the caller raises); ``auto`` the Triton kernel on CUDA, else the
+    reference (the interpreter only under ``ZOO_KERNELS=triton``)."""
+    if mode == "torch":
+        return "torch"
+    if mode == "triton":
+        return "triton" if triton_runs else None
+    return "triton" if triton_runs and on_cuda else "torch"
+
+
 class KernelOp:
     """One op with a reference implementation and, optionally, a Triton one.
 
@@ -89,19 +100,15 @@ class KernelOp:
         self.register_triton(launch)
 
     def backend_for(self, x: torch.Tensor) -> str:
-        mode = kernel_mode()
-        if mode == "torch":
-            return "torch"
-        can_run = self.triton is not None and _triton_importable() and (x.is_cuda or _interpreting())
-        if mode == "triton":
-            if not can_run:
-                why = "no Triton implementation is registered" if self.triton is None else (
-                    "Triton is not importable" if not _triton_importable()
-                    else "the tensor is not on CUDA and TRITON_INTERPRET=1 is not set")
-                raise RuntimeError(f"{ENV_VAR}=triton but kernel {self.name!r} cannot run Triton: {why}. "
-                                   f"Unset {ENV_VAR} (or set it to 'auto') to use the PyTorch reference.")
-            return "triton"
-        return "triton" if can_run and x.is_cuda else "torch"
+        runs = self.triton is not None and _triton_importable() and (x.is_cuda or _interpreting())
+        choice = choose_backend(kernel_mode(), runs, x.is_cuda)
+        if choice is None:
+            why = "no Triton implementation is registered" if self.triton is None else (
+                "Triton is not importable" if not _triton_importable()
+                else "the tensor is not on CUDA and TRITON_INTERPRET=1 is not set")
+            raise RuntimeError(f"{ENV_VAR}=triton but kernel {self.name!r} cannot run Triton: {why}. "
+                               f"Unset {ENV_VAR} (or set it to 'auto') to use the PyTorch reference.")
+        return choice
 
     def __call__(self, x: torch.Tensor, *args, **kwargs):
         impl = self.triton if self.backend_for(x) == "triton" else self.reference
@@ -134,14 +141,7 @@ def available() -> dict:
     triton, cuda, interpret = _triton_importable(), torch.cuda.is_available(), _interpreting()
 
     def backend(on_cuda: bool) -> str | None:
-        if on_cuda and not cuda:
-            return None
-        runs = triton and (on_cuda or interpret)
-        if mode == "torch":
-            return "torch"
-        if mode == "triton":
-            return "triton" if runs else None
-        return "triton" if runs and on_cuda else "torch"
+        return None if on_cuda and not cuda else choose_backend(mode, triton and (on_cuda or interpret), on_cuda)
 
     return {
         "mode": mode,

@@ -429,3 +429,31 @@ def test_resnet_block_keeps_the_unfused_path_for_drop_path_and_hooks(monkeypatch
     calls.clear()
     block(x)
     assert calls == [False] and seen == [x.shape]  # a hook on the attention module still fires
+
+
+def test_a_global_hook_turns_every_fusion_off_in_blocks_and_resnet_alike(monkeypatch):
+    """One rule (blocks.fusion.can_fuse) for the blocks and the ResNet epilogue: with a global forward
+    hook, no module's forward is skipped anywhere, so the hook sees every one the unfused model calls."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    import zoo
+
+    calls = []
+    scale = kernels.channel_scale
+    monkeypatch.setattr(kernels, "channel_scale", lambda *a, **k: calls.append(len(a) > 2) or scale(*a, **k))
+    model = zoo.create("seresnet18", num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    reference = model(x)
+    assert calls and all(calls)  # no hook: every block's epilogue fuses the rescale with the residual add
+    seen: list = []
+    handle = register_module_forward_hook(lambda m, i, o: seen.append(m))
+    try:
+        calls.clear()
+        out = model(x)
+    finally:
+        handle.remove()
+    assert calls and not any(calls)  # every epilogue ran its modules
+    attn = [m for m in model.modules() if isinstance(m, blocks.ChannelGate)]
+    relus = [b.act2 for b in model.modules() if hasattr(b, "act2")]
+    assert all(any(s is m for s in seen) for m in attn + relus)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)

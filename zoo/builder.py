@@ -1,8 +1,10 @@
-"""Building a registered model: one path shared by every family's entrypoints."""
+"""Building a registered model: one path shared by every family's entrypoints and by every kind of
+weights, quantized files included."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from blocks.validation import check_kwargs
@@ -10,10 +12,19 @@ from blocks.validation import check_kwargs
 from . import registry
 from .checkpoint import FilterFn, load_into, read_checkpoint
 from .features import FeatureListNet
-from .hub import Weights, check_num_classes, load_weights
+from .hub import Source, Weights, check_num_classes, resolve_source
 from .pretrained import PretrainedCfg
+from .quant.io import load_quantized_into
 
 BUILD_ONLY_ARGS = ("features_only", "out_indices", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay")
+
+
+def resolve_tag(variant: str, pretrained: Any, cfg: PretrainedCfg | None) -> tuple[PretrainedCfg, Any]:
+    """``pretrained='a1_in1k'`` (a tag of ``variant``) -> that tag's cfg and ``True``; otherwise the given
+    cfg (or the variant's default) and ``pretrained`` unchanged."""
+    if isinstance(pretrained, str) and registry.has_tag(variant, pretrained):
+        return registry.get_pretrained_cfg(f"{variant}.{pretrained}"), True
+    return cfg or registry.get_pretrained_cfg(variant), pretrained
 
 
 def build_model(
@@ -32,29 +43,51 @@ def build_model(
     """Construct ``model_cls(**kwargs)`` for ``variant``, load weights, optionally wrap for features.
 
     ``pretrained`` is False, True (the cfg's weights), a tag of ``variant``, a path, ``local-dir:``,
-    ``hf-hub:``, a URL, or a state dict. ``checkpoint_path`` loads a file after that. Both go
-    through the family's ``filter_fn`` and timm's adaptation of ``num_classes`` and ``in_chans``.
+    ``hf-hub:``, a URL, a state dict, or a :class:`zoo.hub.Source` ``zoo.create`` resolved. Float and
+    quantized files load the same way: through the family's ``filter_fn`` (float files), timm's
+    adaptation of ``num_classes`` (and of ``in_chans`` for float weights) and the strict key, shape
+    and dtype check. ``checkpoint_path`` loads a float file after that.
     """
     check_kwargs(variant, kwargs, model_cls.__init__ if isinstance(model_cls, type) else model_cls)
     if "num_classes" in kwargs:
         check_num_classes(kwargs["num_classes"], f"the arguments of {variant}")
-    cfg = pretrained_cfg or registry.get_pretrained_cfg(variant)
-    if isinstance(pretrained, str) and registry.has_tag(variant, pretrained):  # pretrained='a1_in1k'
-        cfg, pretrained = registry.get_pretrained_cfg(f"{variant}.{pretrained}"), True
+    cfg, pretrained = resolve_tag(variant, pretrained, pretrained_cfg)
     if pretrained_cfg_overlay:
         cfg = cfg.replace(**pretrained_cfg_overlay)
+    source = pretrained if isinstance(pretrained, Source) else \
+        resolve_source(pretrained, cfg) if pretrained is not False and pretrained is not None else None
     # read the weights before building: a bad file fails before any work
-    weights = load_weights(pretrained, cfg) if pretrained is not False and pretrained is not None else None
+    weights = source.read() if source is not None else None
 
-    model = model_cls(**kwargs)
+    if source is not None and source.quant is not None:
+        model = _load_quantized(model_cls, kwargs, weights, source.quant, cfg)
+    else:
+        model = model_cls(**kwargs)
+        if weights is not None:
+            load_into(model, weights.state_dict, source=weights.source, filter_fn=filter_fn,
+                      first_conv=cfg.first_conv, classifier=cfg.classifier)
     cfg_dict = cfg.to_dict()
-    if weights is not None and pretrained is not True:
-        cfg_dict.update(file=weights.source, hf_hub_id="", url="", source="user")
+    if source is not None and not source.from_cfg:
+        cfg_dict.update(file=source.label, hf_hub_id="", url="", source="user")
     model.pretrained_cfg = cfg_dict
     model.default_cfg = cfg_dict  # timm's older name
-    for w in filter(None, (weights, Weights(read_checkpoint(checkpoint_path), checkpoint_path) if checkpoint_path else None)):
-        load_into(model, w.state_dict, source=w.source, filter_fn=filter_fn,
+    if checkpoint_path:
+        extra = Weights(read_checkpoint(checkpoint_path), checkpoint_path)
+        load_into(model, extra.state_dict, source=extra.source, filter_fn=filter_fn,
                   first_conv=cfg.first_conv, classifier=cfg.classifier)
     if features_only:
         model = FeatureListNet(model, out_indices)
     return model
+
+
+def _load_quantized(model_cls: Callable[..., nn.Module], kwargs: dict, weights: Weights, record: dict,
+                    cfg: PretrainedCfg) -> nn.Module:
+    """The file's quantized model: built on the meta device where the model allows (no float weights are
+    ever allocated), its layers swapped for the recorded quantized ones, then loaded through the same
+    strict fit check as float weights. A classifier sized for other classes stays float at its init."""
+    try:
+        with torch.device("meta"):
+            model = model_cls(**kwargs)
+    except (RuntimeError, NotImplementedError):  # model code that computes on its tensors at build time
+        model = model_cls(**kwargs)
+    return load_quantized_into(model, record, weights.state_dict, classifier=cfg.classifier, source=weights.source)

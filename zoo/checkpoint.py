@@ -216,12 +216,12 @@ def fit_state_dict(state_dict: dict, model: nn.Module, *, first_conv: str | None
         if sd[key].ndim == 4 and sd[key].shape[1] != want and sd[key].shape[0] == target[key].shape[0]:
             sd[key] = adapt_input_conv(sd[key], want)
     kept_init: list[str] = []
-    if classifier:
-        head = [k for k in (f"{classifier}.weight", f"{classifier}.bias") if k in sd]
-        if any(k in target and sd[k].shape != target[k].shape for k in head) or (head and not any(k in target for k in head)):
+    if classifier:  # every tensor of the head (a quantized head has codes and scales, not weight and bias)
+        head = [k for k in sd if k.startswith(f"{classifier}.")]
+        if any(k not in target or sd[k].shape != target[k].shape for k in head):
             for k in head:
                 sd.pop(k)
-            kept_init = [k for k in (f"{classifier}.weight", f"{classifier}.bias") if k in target]
+            kept_init = [k for k in target if k.startswith(f"{classifier}.")]
     missing = [k for k in target if k not in sd and k not in kept_init and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in target]
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"

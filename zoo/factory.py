@@ -13,29 +13,10 @@ from torch import nn
 from blocks.validation import closest
 
 from . import registry
-from .builder import BUILD_ONLY_ARGS
-from .hub import read_source_config
+from .builder import BUILD_ONLY_ARGS, resolve_tag
+from .hub import Source, read_source_config, resolve_source
 from .pretrained import PretrainedCfg
 from .quant import QuantSpec, quantize
-from .quant.io import load_quantized_into, read_quant_metadata
-
-
-def _build_quantized(entrypoint, arch: str, metadata: dict, quant: Any, cfg, model_args: dict) -> nn.Module:
-    """A model from a quantized file: built without float weights (on the meta device where it can be)."""
-
-    stored = QuantSpec.from_json(json.dumps(metadata["spec"]))
-    if quant is not None and QuantSpec.parse(quant) != stored:
-        raise ValueError(f"{metadata['path']} holds a model quantized with {stored.name}, not {QuantSpec.parse(quant).name}; "
-                         f"pass quant=None (or quant={stored.name!r}) to load it, or quantize the float weights "
-                         f"with the spec you want")
-    try:
-        with torch.device("meta"):
-            model = entrypoint(pretrained=False, pretrained_cfg=cfg, **model_args)
-        model = load_quantized_into(model, metadata)
-    except (RuntimeError, NotImplementedError):  # model code that computes on its tensors at build time
-        model = load_quantized_into(entrypoint(pretrained=False, pretrained_cfg=cfg, **model_args), metadata)
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "file": metadata["path"], "source": "user"}
-    return model
 
 
 def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> nn.Module:
@@ -74,11 +55,22 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         name = source_config["architecture"]
     arch, tag = registry.split_name(name)
     entrypoint = registry.model_entrypoint(name)
-    if source_config is None and isinstance(pretrained, (str, os.PathLike)) and not registry.has_tag(arch, str(pretrained)):
-        source_config = read_source_config(pretrained)
     cfg = kwargs.pop("pretrained_cfg", None) or registry.get_pretrained_cfg(name)  # timm accepts pretrained_cfg=
     if isinstance(cfg, dict):
         cfg = PretrainedCfg.from_dict({"architecture": arch, **cfg})
+    cfg, pretrained = resolve_tag(arch, pretrained, cfg)
+    if kwargs.get("pretrained_cfg_overlay"):  # before the weights are looked for: it may point elsewhere
+        cfg = cfg.replace(**kwargs.pop("pretrained_cfg_overlay"))
+    # pretrained is resolved here, once: the file, its config.json and its quantization record
+    source = resolve_source(pretrained, cfg) if pretrained is not False and pretrained is not None else None
+    record = source.quant if source is not None else None
+    if record is not None and quant is not None:
+        stored = QuantSpec.from_json(json.dumps(record["spec"]))
+        if QuantSpec.parse(quant) != stored:
+            raise ValueError(f"{record['path']} holds a model quantized with {stored.name}, not "
+                             f"{QuantSpec.parse(quant).name}; pass quant=None (or quant={stored.name!r}) to load it, "
+                             f"or quantize the float weights with the spec you want")
+    source_config = source_config or (source.config if source is not None else None)
     defaults: dict = {}
     if source_config and source_config.get("architecture") == arch:
         # a saved model brings its arguments and its preprocessing (mean, std, input size, ...)
@@ -88,22 +80,21 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         if source_config.get("pretrained_cfg"):
             cfg = PretrainedCfg.from_dict({**source_config["pretrained_cfg"], "architecture": arch, "tag": tag})
     model_args = {**defaults, **kwargs}
-    built_args = _build_submodels(arch, model_args, pretrained)
-
-    metadata = read_quant_metadata(pretrained) if not isinstance(pretrained, bool) else None
-    if metadata is not None:
-        model = _build_quantized(entrypoint, arch, metadata, quant, cfg, {**model_args, **built_args})
-    else:
-        model = entrypoint(pretrained=pretrained, pretrained_cfg=cfg, **{**model_args, **built_args})
+    head = record["layers"].get(cfg.classifier) if record is not None and cfg.classifier else None
+    if head is not None and "num_classes" not in model_args:  # a bare quantized file records its head's size
+        model_args["num_classes"] = head["out_channels"]
+    built_args = _build_submodels(arch, model_args, source)
+    model = entrypoint(pretrained=source if source is not None else False, pretrained_cfg=cfg,
+                       **{**model_args, **built_args})
     model.model_args = {k: v for k, v in model_args.items() if k not in BUILD_ONLY_ARGS}
     if (pretrained is not False and pretrained is not None) or model_args.get("checkpoint_path"):
         warn_suspicious_weights(model, name)
-    if quant is not None and metadata is None:
+    if quant is not None and record is None:
         quantize(model, quant)
     return model
 
 
-def _build_submodels(arch: str, model_args: dict, pretrained: Any) -> dict:
+def _build_submodels(arch: str, model_args: dict, source: Source | None) -> dict:
     """The model-valued arguments of ``arch`` (VAR's ``vae``) built here, so a model never creates
     another by name: a path or saved folder is loaded; with the release weights and no value, the
     sub-model's release weights come too. ``model_args`` keeps the paths, which is what gets recorded."""
@@ -117,8 +108,7 @@ def _build_submodels(arch: str, model_args: dict, pretrained: Any) -> dict:
                                         + (sub.hint or f"give the file or exported folder of a {sub.default_arch}"))
             sub_arch = (read_source_config(str(path)) or {}).get("architecture", sub.default_arch)
             built[arg] = create(sub_arch, pretrained=str(path), device=device, **sub.kwargs)
-        elif value is None and sub.with_release_weights and \
-                (pretrained is True or (isinstance(pretrained, str) and registry.has_tag(arch, pretrained))):
+        elif value is None and sub.with_release_weights and source is not None and source.from_cfg:
             built[arg] = create(sub.default_arch, pretrained=True, device=device, **sub.kwargs)
     return built
 

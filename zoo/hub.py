@@ -19,7 +19,7 @@ from torch import nn
 from .checkpoint import DIGEST_KEY, content_digest, read_checkpoint
 from .files import atomic_write, cache_dir
 from .pretrained import PretrainedCfg
-from .quant.io import save_quantized
+from .quant.io import read_quant_metadata, save_quantized
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 CONFIG_NAME = "config.json"
@@ -155,52 +155,79 @@ def read_source_config(spec: object, required: bool = False) -> dict | None:
             if required:
                 raise
             return None
-    folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec)
+    folder = local_path(spec)
     return _read_config(folder / CONFIG_NAME) if folder.is_dir() else None
 
 
-def load_weights(spec: object, cfg: PretrainedCfg) -> Weights:
-    """Resolve ``pretrained=spec`` (True uses ``cfg``) to a loaded state dict.
+@dataclass
+class Source:
+    """``pretrained`` resolved once: the local file (or state dict) holding the weights, and what
+    travels with it: a folder's or hub repository's config.json, and a quantized file's record."""
+
+    label: str  # where the weights came from, as messages and ``pretrained_cfg['file']`` name it
+    path: Path | None = None
+    state_dict: dict | None = None
+    config: dict | None = None
+    quant: dict | None = None
+    from_cfg: bool = False  # the architecture's own release weights (pretrained=True or a tag)
+
+    def read(self) -> Weights:
+        """The weights, read once (tensors only)."""
+        state = self.state_dict if self.state_dict is not None else read_checkpoint(self.path)
+        return Weights(state, self.label, self.config)
+
+
+def local_path(spec: str | os.PathLike) -> Path:
+    """A local file or folder named by ``spec``, with timm's ``local-dir:`` prefix taken off."""
+    text = os.fspath(spec)
+    return Path(text[len("local-dir:"):] if text.startswith("local-dir:") else text).expanduser()
+
+
+def resolve_source(spec: object, cfg: PretrainedCfg) -> Source:
+    """Resolve ``pretrained=spec`` (True: ``cfg``'s weights; a tag is resolved to its cfg before this)
+    to a local file, fetching it once if needed.
 
     Accepted: a state dict, a path to a file or folder, ``local-dir:``, ``hf-hub:org/repo[@rev]``, or
     a URL; ``True`` takes the cfg's ``file``, ``hf_hub_id``, ``url`` or hand-placed ``filename``.
     """
     if isinstance(spec, dict):
-        return Weights(spec, "<state dict>")
+        return Source("<state dict>", state_dict=spec)
     if spec is True:
-        return _load_cfg_weights(cfg)
-    if not isinstance(spec, (str, os.PathLike)):
+        source = _cfg_source(cfg)
+    elif not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"pretrained must be a bool, tag, path, 'hf-hub:...', URL or state dict; got {type(spec).__name__}")
-    spec = os.fspath(spec)
-    if spec.startswith("hf-hub:"):
-        path, config = fetch_hf_hub(spec[len("hf-hub:"):])
-        return Weights(read_checkpoint(path), spec, config)
-    if spec.startswith(URL_SCHEMES):
-        path = download_cached(spec)
-        return Weights(read_checkpoint(path), spec)
-    path = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
-    if path.is_dir():
-        return Weights(read_checkpoint(locate_folder_weights(path)), str(path), _read_config(path / CONFIG_NAME))
-    if path.is_file():
-        return Weights(read_checkpoint(path), str(path))
-    raise FileNotFoundError(f"pretrained={spec!r} is not a tag of {cfg.architecture!r}, an existing file or folder, "
-                            f"'hf-hub:org/repo' or a URL")
+    elif os.fspath(spec).startswith("hf-hub:"):
+        path, config = fetch_hf_hub(os.fspath(spec)[len("hf-hub:"):])
+        source = Source(os.fspath(spec), path, config=config)
+    elif os.fspath(spec).startswith(URL_SCHEMES):
+        source = Source(os.fspath(spec), download_cached(os.fspath(spec)))
+    else:
+        path = local_path(spec)
+        if path.is_dir():
+            source = Source(str(path), locate_folder_weights(path), config=_read_config(path / CONFIG_NAME))
+        elif path.is_file():
+            source = Source(str(path), path)
+        else:
+            raise FileNotFoundError(f"pretrained={os.fspath(spec)!r} is not a tag of {cfg.architecture!r}, an existing "
+                                    f"file or folder, 'hf-hub:org/repo' or a URL")
+    source.quant = read_quant_metadata(source.path) if source.path is not None else None
+    return source
 
 
-def _load_cfg_weights(cfg: PretrainedCfg) -> Weights:
+def _cfg_source(cfg: PretrainedCfg) -> Source:
     if cfg.file:
-        return Weights(read_checkpoint(Path(cfg.file).expanduser()), cfg.file)
+        return Source(cfg.file, Path(cfg.file).expanduser(), from_cfg=True)
     if cfg.hf_hub_id:
         path, config = fetch_hf_hub(cfg.hf_hub_id)
-        return Weights(read_checkpoint(path), f"hf-hub:{cfg.hf_hub_id}", config)
+        return Source(f"hf-hub:{cfg.hf_hub_id}", path, config=config, from_cfg=True)
     if cfg.url:
-        return Weights(read_checkpoint(download_cached(cfg.url, cfg.filename or None)), cfg.url)
+        return Source(cfg.url, download_cached(cfg.url, cfg.filename or None), from_cfg=True)
     if cfg.filename:
         path = cache_dir() / cfg.filename
         if not path.is_file():
             raise FileNotFoundError(f"{cfg.name} weights have no direct download link: get {cfg.filename} from "
                                     f"{cfg.origin_url or 'the authors'} and place it at {path}, or pass pretrained='<path>'")
-        return Weights(read_checkpoint(path), str(path))
+        return Source(str(path), path, from_cfg=True)
     raise ValueError(f"{cfg.name} has no pretrained weights; pretrained tags: "
                      "see zoo.list_pretrained('" + cfg.architecture + "*')")
 

@@ -21,6 +21,7 @@ from torch import nn
 import blocks
 import kernels
 from blocks.validation import check_image, check_tensor, float_param, owner_name
+from blocks.fusion import can_fuse
 from blocks.layers import DropPath
 
 from ..builder import build_model
@@ -44,7 +45,7 @@ def _fusable(attn: nn.Module, drop_path: nn.Module, act: nn.Module, x: torch.Ten
     a channel gate and a ReLU without hooks (the fused path calls neither module's forward), no active
     stochastic depth, and a shortcut of x's shape and dtype."""
     return (isinstance(attn, blocks.ChannelGate) and type(act) is nn.ReLU
-            and not (attn._forward_hooks or attn._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks)
+            and can_fuse(attn, act)
             and (isinstance(drop_path, nn.Identity) or not drop_path.training or drop_path.drop_prob == 0.0)
             and shortcut.shape == x.shape and shortcut.dtype == x.dtype)
 

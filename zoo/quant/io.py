@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 from torch import nn
 
 from blocks.quant import QuantConv2d, QuantLinear
 
-from ..checkpoint import DIGEST_KEY, CheckpointError, content_digest, dtype_mismatches, read_checkpoint
+from ..checkpoint import DIGEST_KEY, CheckpointError, clean_state_dict, content_digest, fit_state_dict, read_checkpoint
 from ..files import atomic_write
 
 from .convert import LayerReport, _set_module
@@ -59,14 +59,9 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_metadata: Op
     return path
 
 
-def read_quant_metadata(source: object) -> Optional[dict]:
-    """The quantization metadata of a ``.safetensors`` file (or a saved folder), None for a float file."""
-    if not isinstance(source, (str, os.PathLike)):
-        return None
-    text = os.fspath(source)
-    path = Path(text[len("local-dir:"):] if text.startswith("local-dir:") else text).expanduser()
-    if path.is_dir():
-        path = path / "model.safetensors"
+def read_quant_metadata(path: str | os.PathLike) -> Optional[dict]:
+    """The quantization record of a ``.safetensors`` file, None for a float file (or another format)."""
+    path = Path(path)
     if not path.is_file() or path.suffix != ".safetensors":
         return None
     from safetensors import safe_open
@@ -127,11 +122,15 @@ def _quant_layer(name: str, cfg: dict, spec: QuantSpec, device) -> nn.Module:
                        group_size=cfg["group_size"], device=device, **act)
 
 
-def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
-    """Swap ``model``'s float layers for empty quantized ones as ``metadata`` describes (weights follow)."""
+def rebuild(model: nn.Module, metadata: dict, keep_float: Collection[str] = ()) -> nn.Module:
+    """Swap ``model``'s float layers for empty quantized ones as ``metadata`` describes (weights follow);
+    layers named in ``keep_float`` stay float (a classifier re-sized for other classes)."""
     spec = QuantSpec.from_json(json.dumps(metadata["spec"]))
     report = []
     for name, cfg in metadata["layers"].items():
+        if name in keep_float:
+            report.append(LayerReport(name, cfg["type"], "kept", "float, re-initialised: another shape than the file's"))
+            continue
         try:
             float_layer = model.get_submodule(name)
         except AttributeError:
@@ -152,23 +151,32 @@ def rebuild(model: nn.Module, metadata: dict) -> nn.Module:
     return model
 
 
-def load_quantized_into(model: nn.Module, metadata: dict) -> nn.Module:
-    """Rebuild ``model`` (float, possibly on the meta device) as the file's quantized model and load it."""
+def load_quantized_into(model: nn.Module, record: dict, state_dict: Optional[dict] = None, classifier: Optional[str] = None,
+                        source: Optional[str] = None) -> nn.Module:
+    """Make ``model`` (float, possibly built on the meta device) the quantized model ``record`` describes
+    and load ``state_dict`` (default: the recorded file) through the strict key, shape and dtype check
+    that float weights pass. A ``classifier`` sized for other classes than the file's stays float at
+    its init (``zoo.create(..., num_classes=...)`` on a quantized file)."""
+    head = classifier if classifier and classifier in record["layers"] else None
+    keep_float = [head] if head and record["layers"][head].get("out_channels") != \
+        getattr(model.get_submodule(head), "out_features", None) else []
+    rebuild(model, record, keep_float=keep_float)
+    state = state_dict if state_dict is not None else read_checkpoint(record["path"])
+    state, kept_init = fit_state_dict(clean_state_dict(state), model, first_conv=None, classifier=classifier,
+                                      source=source or record.get("path", "the quantized file"))
+    model.load_state_dict(state, strict=False, assign=True)
+    _materialize(model, kept_init)
+    return model
 
-    rebuild(model, metadata)
-    state = read_checkpoint(metadata["path"])
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    wrong_dtype = dtype_mismatches(state, own)  # assign=True below would keep a float where int8 codes belong
-    if missing or unexpected or wrong or wrong_dtype:
-        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-                 f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}"
-                 if wrong else "", f"dtype mismatch {wrong_dtype[:5]}" if wrong_dtype else ""]
-        raise CheckpointError(f"{metadata['path']} does not fit the model: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(state, strict=True, assign=True)
+
+def _materialize(model: nn.Module, kept_init: list[str]) -> None:
+    """Give the modules left at their init (a re-sized head) real tensors where the model was built on the
+    meta device; anything else still on meta was missing from the file."""
+    for name in {key.rpartition(".")[0] for key in kept_init}:
+        module = model.get_submodule(name)
+        if any(t.is_meta for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]):
+            module.to_empty(device="cpu", recurse=False)
+            module.reset_parameters()
     leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftovers:
-        raise RuntimeError(f"tensors {leftovers[:5]} were not in the file and were built on the meta device")
-    return model
+        raise CheckpointError(f"tensors {leftovers[:5]} were not in the file and were built on the meta device")
