@@ -19,8 +19,10 @@ from .han import ChannelSpatialAttention, LayerAttention
 from .channel_vit import ChannelPatchEmbed, HierarchicalChannelSampler
 from .adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn
 from .moc_ffn import MoCFFN, SwiGLU
+from .quant_spec import QuantSpec
 
 __all__ = [
+    "QuantSpec",
     "create",
     "get_block",
     "list_blocks",

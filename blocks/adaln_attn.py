@@ -28,6 +28,7 @@ from torch import nn
 
 import kernels
 
+from .kv_cache import ConcatKVCache, KVCache
 from .layers import DropPath
 from .registry import register
 
@@ -149,16 +150,22 @@ class ScaleSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, **factory)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
-        self.caching, self.cached_k, self.cached_v = False, None, None
-        self.kv_cache: Any = None
+        self.kv_cache: KVCache | None = None
         self.kv_layer = 0
         self.attend_current_only = False
 
-    def kv_caching(self, enable: bool, cache: Any = None, layer: int = 0) -> None:
-        """Start (``enable``) or drop the cache. ``cache`` (a :class:`zoo.models.kv_cache.KVCache`,
-        e.g. KIVI's quantized one) replaces the dense tensors: ``cache.update(layer, k, v)``."""
-        self.caching, self.cached_k, self.cached_v = enable, None, None
-        self.kv_cache, self.kv_layer = (cache, layer) if enable else (None, 0)
+    @property
+    def caching(self) -> bool:
+        return self.kv_cache is not None
+
+    def kv_caching(self, enable: bool, cache: KVCache | None = None, layer: int = 0) -> None:
+        """Start (``enable``) or drop the cache: each call then runs ``cache.update(layer, k, v)``. Without a
+        ``cache`` (shared by the model's layers, e.g. KIVI's quantized one) the block keeps its own
+        :class:`blocks.kv_cache.ConcatKVCache`, the release's."""
+        if enable:
+            self.kv_cache, self.kv_layer = (cache, layer) if cache is not None else (ConcatKVCache(1), 0)
+        else:
+            self.kv_cache, self.kv_layer = None, 0
         self.attend_current_only = False
 
     def forward(self, x: torch.Tensor, attn_bias: Any) -> torch.Tensor:
@@ -183,14 +190,8 @@ class ScaleSelfAttention(nn.Module):
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()  # (1, H, 1, 1)
             q = F.normalize(q, dim=-1).mul(scale_mul)
             k = F.normalize(k, dim=-1)
-        if self.caching and not self.attend_current_only:
-            if self.kv_cache is not None:
-                k, v = self.kv_cache.update(self.kv_layer, k, v)
-            elif self.cached_k is None:
-                self.cached_k, self.cached_v = k, v
-            else:
-                k = self.cached_k = torch.cat((self.cached_k, k), dim=2)  # (B, H, L_so_far, c)
-                v = self.cached_v = torch.cat((self.cached_v, v), dim=2)
+        if self.kv_cache is not None and not self.attend_current_only:
+            k, v = self.kv_cache.update(self.kv_layer, k, v)  # (B, H, L_so_far, c)
         dropout_p = self.attn_drop if self.training else 0.0
         if use_flex:
             out = _flex_attention(q, k.to(q.dtype), v.to(q.dtype), attn_bias, self.scale)  # (B, H, L, c)

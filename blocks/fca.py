@@ -3,6 +3,8 @@ ICCV 2021)."""
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from typing import Callable
 
 import torch
 from torch import nn
@@ -24,6 +26,32 @@ _FREQ_TABLE: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
             (6, 4, 4, 6, 6, 3, 1, 4, 4, 5, 6, 5, 2, 2, 5, 1, 4, 3, 5, 0, 3, 1, 1, 2, 4, 2, 1, 1, 5, 3, 3, 3)),
 }
 FILTER_CACHE_SIZE = 8  # spatial filters kept per block (input sizes x layouts)
+
+
+class FilterCache:
+    """Spatial filters derived from a buffer, one per ``key`` (input size and layout), each valid while
+    the buffer is the very tensor it was built from at the same ``_version``. That one rule covers
+    every way the buffer changes: ``.to()`` / ``.half()`` / a load with ``assign`` make a new tensor, an
+    in-place load or write bumps the version. Holds at most ``FILTER_CACHE_SIZE`` filters, the least
+    recently used leaving first."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple, source: torch.Tensor, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is source and entry[1] == source._version:
+            self._entries.move_to_end(key)
+            return entry[2]
+        value = build()
+        self._entries[key] = (source, source._version, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > FILTER_CACHE_SIZE:
+            self._entries.popitem(last=False)
+        return value
 FREQ_SEL_METHODS = tuple(f"{kind}{n}" for kind in _FREQ_TABLE for n in (1, 2, 4, 8, 16, 32))
 
 
@@ -88,17 +116,12 @@ class DCTFilter(nn.Module):
         self.register_buffer("weight", weight.to(device=device, dtype=dtype or torch.get_default_dtype()))
         self.frequencies = len(freqs_x)
         self.groups = self.frequencies
-        self._filters: dict[tuple, torch.Tensor] = {}  # spatial filters per input size (not state)
+        self.filters = FilterCache()  # spatial filters per input size (not state)
         self.register_load_state_dict_post_hook(DCTFilter._recheck_groups)
 
     @staticmethod
     def _recheck_groups(module: "DCTFilter", incompatible_keys) -> None:
         module.groups = shared_filter_groups(module.weight, module.frequencies)
-        module._filters.clear()
-
-    def _apply(self, fn, *args, **kwargs):
-        self._filters.clear()  # .to(), .half(), .cuda(): the kept filters are of the old buffer
-        return super()._apply(fn, *args, **kwargs)
 
     def spatial_filter(self, height: int, width: int, per_channel: bool = False) -> torch.Tensor:
         """The (groups, H, W) filter for an input of ``height x width``, with adaptive pooling folded in;
@@ -115,17 +138,14 @@ class DCTFilter(nn.Module):
             return self.weight
         if self.weight.requires_grad or torch.compiler.is_compiling():
             return self._build_filter(height, width, per_channel)  # a learnt filter, or a graph to trace
-        # data_ptr and _version change when the buffer is moved, cast, reloaded or written in place
-        key = (height, width, per_channel, self.weight.data_ptr(), self.weight._version)
-        filt = self._filters.get(key)
-        if filt is None:
-            if len(self._filters) >= FILTER_CACHE_SIZE:
-                self._filters.clear()
+
+        def build() -> torch.Tensor:
             # a filter built under inference_mode would be an inference tensor, which autograd may not
             # save for the backward of a later training step
             with torch.inference_mode(False):
-                filt = self._filters[key] = self._build_filter(height, width, per_channel)
-        return filt
+                return self._build_filter(height, width, per_channel)
+
+        return self.filters.get((height, width, per_channel, self.groups), self.weight, build)
 
     def _build_filter(self, height: int, width: int, per_channel: bool) -> torch.Tensor:
         channels, dct_h, dct_w = self.weight.shape

@@ -32,6 +32,8 @@ from torch import nn
 from kernels import int_conv2d, int_linear, kernel_mode, onednn_int8, pack_int4, quantize_act, unpack_int4
 from kernels.int_gemm import INT4_SYMMETRIC_ZERO
 
+from .quant_spec import QuantSpec
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
@@ -167,7 +169,7 @@ def is_pointwise(layer: nn.Module) -> bool:
     return tuple(getattr(layer, "kernel_size", (1, 1))) == (1, 1) and tuple(getattr(layer, "padding", (0, 0))) == (0, 0)
 
 
-def act_scope(spec, layer: nn.Module) -> str:
+def act_scope(spec: QuantSpec, layer: nn.Module) -> str:
     """Which activations share one scale in ``layer`` (float or quantized) under ``spec``: ``tensor``
     (static: per tensor, or per channel folded into the weights, which leaves one scale), ``image`` (a
     k x k convolution under ``per_image``) or ``token`` (a row or pixel)."""
@@ -189,7 +191,7 @@ def dynamic_scales(v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 class _QuantLayer(nn.Module):
     """What QuantLinear and QuantConv2d share: buffers, the activation step, conversion."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], bias: bool, spec,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], bias: bool, spec: QuantSpec,
                  group_size: Optional[int], *, act_multiplier: bool = False, act_shift: bool = False,
                  act_scale: bool = False, device=None) -> None:
         super().__init__()
@@ -343,7 +345,7 @@ class _QuantLayer(nn.Module):
 class QuantLinear(_QuantLayer):
     """``nn.Linear`` with int8 / packed int4 / fp8 weights; see the module docstring."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, spec,
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, spec: QuantSpec,
                  group_size: Optional[int] = None, device=None, **act) -> None:
         super().__init__(in_features, out_features, (1, 1), bias, spec, group_size, device=device, **act)
 
@@ -356,7 +358,7 @@ class QuantLinear(_QuantLayer):
         return self.out_channels
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, spec, group_size: Optional[int] = None, **act) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, spec: QuantSpec, group_size: Optional[int] = None, **act) -> "QuantLinear":
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, spec=spec,
                     group_size=group_size, device=linear.weight.device, **act)
         layer.set_weight(linear.weight.detach().view(linear.out_features, 1, 1, -1))  # (N, 1, 1, K)
@@ -387,7 +389,7 @@ class QuantConv2d(_QuantLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
                  stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0), bias: bool = True, *,
-                 spec, group_size: Optional[int] = None, device=None, **act) -> None:
+                 spec: QuantSpec, group_size: Optional[int] = None, device=None, **act) -> None:
         super().__init__(in_channels, out_channels, tuple(kernel_size), bias, spec, group_size, device=device, **act)
         self.stride, self.padding = tuple(stride), tuple(padding)
 
@@ -403,7 +405,7 @@ class QuantConv2d(_QuantLayer):
         return None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, spec, group_size: Optional[int] = None, **act) -> "QuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec, group_size: Optional[int] = None, **act) -> "QuantConv2d":
         why = cls.supports(conv)
         if why:
             raise ValueError(f"QuantConv2d cannot take a {why}; keep this layer in float")
@@ -462,7 +464,7 @@ class _FakeQuant:
         return _ste(weight_nhwc, deq)
 
     @classmethod
-    def from_float(cls, layer: nn.Module, spec, group_size: Optional[int] = None):
+    def from_float(cls, layer: nn.Module, spec: QuantSpec, group_size: Optional[int] = None):
         """The fake-quant twin of a float layer, sharing its parameters (no copy)."""
         twin = cls.__new__(cls)
         twin.__dict__.update(layer.__dict__)

@@ -105,11 +105,13 @@ def test_fca_keeps_one_filter_per_input_size_until_the_buffer_changes():
     torch.testing.assert_close(rebuilt, 2.0 * first, atol=1e-12, rtol=0)
     block.load_state_dict({**block.state_dict(), "dct_layer.weight": layer.weight / 2.0})
     torch.testing.assert_close(layer.spatial_filter(10, 9), first, atol=1e-12, rtol=0)
+    block.load_state_dict({**block.state_dict(), "dct_layer.weight": layer.weight * 3.0}, assign=True)  # a new tensor
+    torch.testing.assert_close(layer.spatial_filter(10, 9), 3.0 * first, atol=1e-12, rtol=0)
     block.float()
     assert layer.spatial_filter(10, 9).dtype == torch.float32
     for size in range(1, 12):  # more sizes than the cache keeps: it stays bounded
         layer.spatial_filter(size, size)
-    assert len(layer._filters) <= blocks.fca.FILTER_CACHE_SIZE
+    assert len(layer.filters) == blocks.fca.FILTER_CACHE_SIZE
 
 
 def test_adaptive_pool_matrix_matches_torch():

@@ -17,102 +17,36 @@ import torch
 from safetensors.torch import save_file
 
 import zoo
+from weights_helpers import assert_same_model, assert_weights, random_sd, sd10, sd10_files, sd1000  # noqa: F401 (fixtures)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _random_sd(arch: str = "resnet18", seed: int = 1, **kwargs) -> dict[str, torch.Tensor]:
-    """A state dict of ``arch`` whose every float tensor is random, so a copy cannot pass by chance
-    (BatchNorm's init of ones and zeros would match any other fresh model)."""
-    torch.manual_seed(seed)
-    sd = zoo.create(arch, **kwargs).state_dict()
-    g = torch.Generator().manual_seed(seed)
-    return {k: (torch.randn(v.shape, generator=g).abs() + 0.1 if "running_var" in k else torch.randn(v.shape, generator=g))
-            if v.is_floating_point() else v.clone() for k, v in sd.items()}
-
-
-def _assert_weights(model: torch.nn.Module, expected: dict, skip: tuple[str, ...] = ()) -> None:
-    got = model.state_dict()
-    want = {k: v for k, v in expected.items() if k not in skip}
-    assert set(want) <= set(got), sorted(set(want) - set(got))
-    for key, value in want.items():
-        assert got[key].shape == value.shape, key
-        assert torch.equal(got[key], value), key
-
-
-def _assert_same_model(a: torch.nn.Module, b: torch.nn.Module, in_chans: int = 3, forward: bool = False) -> None:
-    """Same keys and bit-identical tensors; ``forward`` also runs both (this CPU is slow: only where it adds)."""
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
-    if forward:
-        x = torch.randn(1, in_chans, 16, 16)
-        with torch.no_grad():
-            ya, yb = a.eval()(x), b.eval()(x)
-        assert ya.shape == (1, a.num_classes) and torch.equal(ya, yb)
-
-
-class _NotAWeight:
-    """A custom object: a pickle holding it is not weights-only."""
-
-    def __init__(self) -> None:
-        self.payload = 42
-
-
-@pytest.fixture(scope="module")
-def sd10() -> dict[str, torch.Tensor]:
-    """resnet18 with 10 classes, random weights."""
-    return _random_sd("resnet18", seed=1, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def sd1000() -> dict[str, torch.Tensor]:
-    """resnet18 with its 1000-class ImageNet head (the layout of the tv_in1k release), random weights."""
-    return _random_sd("resnet18", seed=2)
-
-
-@pytest.fixture(scope="module")
-def sd10_files(tmp_path_factory, sd10) -> dict[str, Path]:
-    """sd10 written once per module: safetensors, torch zip and legacy formats."""
-    folder = tmp_path_factory.mktemp("sd10")
-    files = {"safetensors": folder / "weights.safetensors", "zip": folder / "weights.pth",
-             "legacy": folder / "weights_legacy.pth"}
-    save_file(sd10, str(files["safetensors"]))
-    torch.save(sd10, files["zip"])
-    torch.save(sd10, files["legacy"], _use_new_zipfile_serialization=False)
-    return files
-
 
 # ---------------------------------------------------------------------------- 1-2: state dicts and files
 
 
 def test_state_dict_in_memory(sd10):
     model = zoo.create("resnet18", num_classes=10, pretrained=sd10)
-    _assert_weights(model, sd10)
+    assert_weights(model, sd10)
     assert model.fc.out_features == 10
     assert model.pretrained_cfg["file"] == "<state dict>" and model.pretrained_cfg["source"] == "user"
 
 
 def test_safetensors_file(sd10_files, sd10):
     path = sd10_files["safetensors"]
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=path), sd10)  # a Path works too
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=path), sd10)  # a Path works too
 
 
 def test_safetensors_file_without_suffix_is_recognised(tmp_path, sd10_files, sd10):
     path = tmp_path / "weights.bin"
     shutil.copyfile(sd10_files["safetensors"], path)
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_torch_file(sd10_files, sd10, legacy):
     path = sd10_files["legacy" if legacy else "zip"]
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
@@ -120,13 +54,13 @@ def test_torch_file_training_wrapper_and_prefixes(tmp_path, sd10, prefix):
     path = tmp_path / "checkpoint.pth.tar"
     torch.save({"epoch": 3, "arch": "resnet18", "best_acc1": 71.2,
                 "state_dict": {prefix + k: v for k, v in sd10.items()}}, path)
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
 
 
 def test_model_prefix_stripped_only_when_every_key_has_it(tmp_path, sd10):
     path = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": {"model." + k: v for k, v in sd10.items()}, "global_step": 10}, path)
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=str(path)), sd10)
 
 
 # ------------------------------------------------------------------------ 3: save_pretrained and folders
@@ -138,7 +72,7 @@ def saved(tmp_path_factory):
     Shared by the module: tests that write copy the folder first."""
     torch.manual_seed(3)
     model = zoo.create("resnet18", num_classes=10, in_chans=1)
-    model.load_state_dict(_random_sd("resnet18", seed=3, num_classes=10, in_chans=1))
+    model.load_state_dict(random_sd("resnet18", seed=3, num_classes=10, in_chans=1))
     folder = tmp_path_factory.mktemp("saved") / "resnet18-grey"
     assert zoo.save_pretrained(model, folder) == folder
     return model, folder
@@ -158,7 +92,7 @@ def test_save_pretrained_layout(saved):
     # the saved folder is a source in itself, not the release it may have started from
     assert config["pretrained_cfg"]["url"] == "" and config["pretrained_cfg"]["source"] == "none"
     from safetensors.torch import load_file
-    _assert_weights(model, load_file(str(folder / "model.safetensors")))
+    assert_weights(model, load_file(str(folder / "model.safetensors")))
 
 
 def test_save_pretrained_overwrites_atomically(saved, tmp_path):
@@ -169,7 +103,7 @@ def test_save_pretrained_overwrites_atomically(saved, tmp_path):
         model.fc.bias.add_(1.0)
     zoo.save_pretrained(model, folder)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
-    _assert_same_model(zoo.create("resnet18", pretrained=str(folder)), model, in_chans=1)
+    assert_same_model(zoo.create("resnet18", pretrained=str(folder)), model, in_chans=1)
 
 
 @pytest.mark.parametrize("how", ["path", "pathlike", "local-dir", "name"])
@@ -187,14 +121,14 @@ def test_load_saved_folder(saved, how):
     assert loaded.fc.out_features == 10 and loaded.in_chans == 1 and loaded.conv1.in_channels == 1
     assert loaded.model_args == {"num_classes": 10, "in_chans": 1}
     assert loaded.pretrained_cfg["file"] == str(folder)
-    _assert_same_model(loaded, model, in_chans=1, forward=how == "name")
+    assert_same_model(loaded, model, in_chans=1, forward=how == "name")
 
 
 def test_saved_folder_explicit_kwargs_win(saved):
     model, folder = saved
     loaded = zoo.create("resnet18", pretrained=str(folder), num_classes=5)  # fine-tune: new head, same body
     assert loaded.fc.out_features == 5 and loaded.in_chans == 1
-    _assert_weights(loaded, model.state_dict(), skip=("fc.weight", "fc.bias"))
+    assert_weights(loaded, model.state_dict(), skip=("fc.weight", "fc.bias"))
 
 
 def test_local_dir_name_without_pretrained_builds_the_architecture_only(saved):
@@ -210,7 +144,7 @@ def test_save_and_reload_roundtrips_twice(saved, tmp_path):
     again = tmp_path / "again"
     zoo.save_pretrained(zoo.create("local-dir:" + str(folder), pretrained=True), again)
     assert json.loads((again / "config.json").read_text())["model_args"] == {"num_classes": 10, "in_chans": 1}
-    _assert_same_model(zoo.create("local-dir:" + str(again), pretrained=True), model, in_chans=1)
+    assert_same_model(zoo.create("local-dir:" + str(again), pretrained=True), model, in_chans=1)
 
 
 def test_folder_without_weights(tmp_path):
@@ -265,7 +199,7 @@ def test_hf_hub_pretrained_string(hf_cache, saved):
     loaded = zoo.create("resnet18", pretrained="hf-hub:org/repo")
     assert loaded.fc.out_features == 10 and loaded.in_chans == 1  # from the hub config.json
     assert loaded.pretrained_cfg["file"] == "hf-hub:org/repo"
-    _assert_same_model(loaded, model, in_chans=1)
+    assert_same_model(loaded, model, in_chans=1)
     assert (snapshot / "model.safetensors").is_file()
 
 
@@ -274,7 +208,7 @@ def test_hf_hub_name(hf_cache, saved):
     _put_in_hf_cache(hf_cache, "org/repo", _hub_files(folder))
     loaded = zoo.create("hf-hub:org/repo", pretrained=True)
     assert loaded.fc.out_features == 10 and loaded.in_chans == 1
-    _assert_same_model(loaded, model, in_chans=1, forward=True)
+    assert_same_model(loaded, model, in_chans=1, forward=True)
 
 
 def test_hf_hub_revision(hf_cache, saved, sd10, sd10_files):
@@ -285,15 +219,15 @@ def test_hf_hub_revision(hf_cache, saved, sd10, sd10_files):
                                             "config.json": json.dumps({"architecture": "resnet18",
                                                                        "num_classes": 10}).encode()},
                      commit=other, ref="v2")
-    _assert_weights(zoo.create("resnet18", pretrained="hf-hub:org/repo@v2"), sd10)
-    _assert_weights(zoo.create("resnet18", pretrained=f"hf-hub:org/repo@{other}"), sd10)
-    _assert_same_model(zoo.create("hf-hub:org/repo@main", pretrained=True), model, in_chans=1)
+    assert_weights(zoo.create("resnet18", pretrained="hf-hub:org/repo@v2"), sd10)
+    assert_weights(zoo.create("resnet18", pretrained=f"hf-hub:org/repo@{other}"), sd10)
+    assert_same_model(zoo.create("hf-hub:org/repo@main", pretrained=True), model, in_chans=1)
 
 
 def test_hf_hub_torch_bin_and_no_config(hf_cache, sd10, sd10_files):
     """A repository that has only pytorch_model.bin, and no config.json, still loads from the cache."""
     _put_in_hf_cache(hf_cache, "org/binonly", {"pytorch_model.bin": sd10_files["zip"].read_bytes()})
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained="hf-hub:org/binonly"), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained="hf-hub:org/binonly"), sd10)
     # as a model name the config is needed (it names the architecture): the error says it is not cached
     with pytest.raises(FileNotFoundError, match=r"config\.json.*not in the Hugging Face cache"):
         zoo.create("hf-hub:org/binonly", pretrained=True)
@@ -305,13 +239,13 @@ def test_hf_hub_cfg_source(hf_cache, sd1000, tmp_path):
     _put_in_hf_cache(hf_cache, "timm/resnet18.test_in1k", {"model.safetensors": (tmp_path / "model.safetensors").read_bytes()})
     model = zoo.create("resnet18", pretrained=True,
                        pretrained_cfg_overlay={"url": "", "hf_hub_id": "timm/resnet18.test_in1k"})
-    _assert_weights(model, sd1000)
+    assert_weights(model, sd1000)
     assert model.pretrained_cfg["hf_hub_id"] == "timm/resnet18.test_in1k"
     # a whole cfg, as timm's create_model(pretrained_cfg=...) takes it: a PretrainedCfg or its dict
     cfg = zoo.get_pretrained_cfg("resnet18.tv_in1k").replace(url="", hf_hub_id="timm/resnet18.test_in1k")
     for given in (cfg, cfg.to_dict()):
         model = zoo.create("resnet18", pretrained=True, pretrained_cfg=given)
-        _assert_weights(model, sd1000)
+        assert_weights(model, sd1000)
         assert "pretrained_cfg" not in model.model_args
 
 
@@ -343,12 +277,12 @@ def test_url_downloads_once_into_torch_hub_cache(torch_home, tmp_path, sd10, sd1
     shutil.copyfile(sd10_files["zip"], src)
     url = src.as_uri()
     assert url.startswith("file://")
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=url), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=url), sd10)
     cached = torch_home / "hub" / "checkpoints" / "resnet18-10cls.pth"
     assert cached.is_file() and cached.read_bytes() == src.read_bytes()
     assert sorted(p.name for p in cached.parent.iterdir()) == ["resnet18-10cls.pth"]  # no partial download left
     src.unlink()  # the second call must not touch the source
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=url), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=url), sd10)
 
 
 def test_url_download_failure_names_the_cache(torch_home, tmp_path, online):
@@ -370,7 +304,7 @@ def test_url_offline_without_cache(torch_home, sd10, sd10_files):
     # placing the file where the message says makes it load, still offline
     target.parent.mkdir(parents=True)
     target.write_bytes(src.read_bytes())
-    _assert_weights(zoo.create("resnet18", num_classes=10, pretrained=src.as_uri()), sd10)
+    assert_weights(zoo.create("resnet18", num_classes=10, pretrained=src.as_uri()), sd10)
 
 
 def test_hand_placed_filename(torch_home):
@@ -387,7 +321,7 @@ def test_hand_placed_filename(torch_home):
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, target)  # as the release is saved
     torch.manual_seed(5)
     loaded = zoo.create("eca_resnet50.release_in1k", pretrained=True)
-    _assert_weights(loaded, sd)
+    assert_weights(loaded, sd)
     assert loaded.pretrained_cfg["tag"] == "release_in1k"
 
 
@@ -411,233 +345,16 @@ def test_pretrained_tag(torch_home, how):
     target.parent.mkdir(parents=True)
     torch.save(sd, target)
     model = create()
-    _assert_weights(model, sd)
+    assert_weights(model, sd)
     assert model.pretrained_cfg["tag"] == "tv_in1k"
     assert model.pretrained_cfg["url"].endswith("resnet18-f37072fd.pth")
     if how == "name":  # tv_in1k is also resnet18's default tag
-        _assert_weights(zoo.create("resnet18", pretrained=True), sd)
+        assert_weights(zoo.create("resnet18", pretrained=True), sd)
 
 
 def test_unknown_tag():
     with pytest.raises(KeyError, match="tv_in1k"):
         zoo.create("resnet18.in22k", pretrained=True)
-
-
-# ------------------------------------------------------------------------------ 7: adaptation, as timm
-
-
-def test_num_classes_adaptation(sd1000):
-    model = zoo.create("resnet18", num_classes=10, pretrained=sd1000)
-    torch.manual_seed(0)
-    fresh = zoo.create("resnet18", num_classes=10)
-    _assert_weights(model, sd1000, skip=("fc.weight", "fc.bias"))
-    assert model.fc.weight.shape == (10, 512) and model.fc.bias.shape == (10,)
-    # the head is the model's own init, exactly as an unloaded model draws it
-    assert torch.equal(model.fc.weight, fresh.fc.weight) and torch.equal(model.fc.bias, fresh.fc.bias)
-    assert not torch.equal(model.fc.weight, sd1000["fc.weight"][:10])
-
-
-def test_num_classes_zero_drops_the_head(sd1000):
-    model = zoo.create("resnet18", num_classes=0, pretrained=sd1000)
-    _assert_weights(model, sd1000, skip=("fc.weight", "fc.bias"))
-    assert isinstance(model.fc, torch.nn.Identity) and "fc.weight" not in model.state_dict()
-
-
-@pytest.mark.parametrize("in_chans", [1, 5, 7])
-def test_in_chans_adaptation(sd1000, in_chans):
-    w = sd1000["conv1.weight"]
-    model = zoo.create("resnet18", in_chans=in_chans, pretrained=sd1000)
-    if in_chans == 1:
-        expected = w.sum(dim=1, keepdim=True)
-    else:
-        expected = w.repeat(1, -(-in_chans // 3), 1, 1)[:, :in_chans] * (3 / in_chans)
-    assert model.conv1.weight.shape == (64, in_chans, 7, 7)
-    assert torch.equal(model.conv1.weight, expected)
-    _assert_weights(model, sd1000, skip=("conv1.weight",))
-    if in_chans == 5:
-        torch.testing.assert_close(model.conv1.weight, w.repeat(1, 2, 1, 1)[:, :5] * 3 / 5)
-    # the first conv sees a grey image as the original sees it replicated to R = G = B
-    if in_chans == 1:
-        x = torch.randn(2, 1, 16, 16)
-        with torch.no_grad():
-            torch.testing.assert_close(model.conv1(x), torch.nn.functional.conv2d(x.expand(-1, 3, -1, -1), w, stride=2, padding=3))
-
-
-def test_adaptation_via_checkpoint_path(tmp_path, sd1000):
-    path = tmp_path / "ckpt.pth"
-    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in sd1000.items()}}, path)
-    model = zoo.create("resnet18", num_classes=10, in_chans=1, checkpoint_path=str(path))
-    assert torch.equal(model.conv1.weight, sd1000["conv1.weight"].sum(dim=1, keepdim=True))
-    _assert_weights(model, sd1000, skip=("conv1.weight", "fc.weight", "fc.bias"))
-    assert model.fc.weight.shape == (10, 512)
-    assert "checkpoint_path" not in model.model_args
-
-    model5 = zoo.create("resnet18", in_chans=5, checkpoint_path=str(path))
-    w = sd1000["conv1.weight"]
-    torch.testing.assert_close(model5.conv1.weight, w.repeat(1, 2, 1, 1)[:, :5] * 3 / 5)
-    _assert_weights(model5, sd1000, skip=("conv1.weight",))
-
-
-def test_checkpoint_path_after_pretrained(sd10_files, sd1000, sd10):
-    """checkpoint_path is loaded after pretrained, so its weights win."""
-    path = sd10_files["safetensors"]
-    model = zoo.create("resnet18", num_classes=10, pretrained=sd1000, checkpoint_path=str(path))
-    _assert_weights(model, sd10)
-
-
-def test_attention_key_remap_between_releases():
-    """An SE checkpoint keyed ``se_module`` (another release's name) loads into zoo's ``se``."""
-    sd = _random_sd("seresnet18", seed=7, num_classes=10)
-    renamed = {k.replace(".se.", ".se_module."): v for k, v in sd.items()}
-    assert renamed != sd
-    _assert_weights(zoo.create("seresnet18", num_classes=10, pretrained=renamed), sd)
-
-
-# ------------------------------------------------------------------------------------------ 8: bad input
-
-
-def test_missing_keys(sd1000):
-    with pytest.raises(zoo.CheckpointError) as info:
-        zoo.create("resnet34", pretrained=sd1000)
-    message = str(info.value)
-    assert "missing keys" in message and "layer1.2.conv1.weight" in message
-    assert "ResNet" in message
-
-
-def test_unexpected_keys(sd1000):
-    sd = {**sd1000, "extra.weight": torch.zeros(3)}
-    with pytest.raises(zoo.CheckpointError, match=r"unexpected keys \(1\): extra\.weight"):
-        zoo.create("resnet18", pretrained=sd)
-
-
-def test_mis_shaped_key(sd1000):
-    sd = dict(sd1000)
-    sd["layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
-    with pytest.raises(zoo.CheckpointError) as info:
-        zoo.create("resnet18", pretrained=sd)
-    message = str(info.value)
-    assert "layer2.0.conv1.weight" in message
-    assert "(128, 64, 1, 1)" in message and "(128, 64, 3, 3)" in message
-
-
-def test_mis_shaped_file_names_the_file(tmp_path, sd1000):
-    sd = dict(sd1000)
-    sd["bn1.weight"] = torch.zeros(32)
-    path = tmp_path / "bad_shape.safetensors"
-    save_file(sd, str(path))
-    with pytest.raises(zoo.CheckpointError) as info:
-        zoo.create("resnet18", pretrained=str(path))
-    assert str(path) in str(info.value) and "bn1.weight" in str(info.value)
-    assert "(32,)" in str(info.value) and "(64,)" in str(info.value)
-
-
-def test_failed_fit_leaves_the_model_untouched(sd1000, sd10):
-    """Every key is checked before anything is copied: a checkpoint that does not fit changes nothing."""
-    from zoo.checkpoint import load_into
-
-    model = zoo.create("resnet18", pretrained=sd1000)
-    bad = {**sd10, "layer4.1.bn2.bias": torch.zeros(3)}
-    bad.pop("fc.weight"), bad.pop("fc.bias")
-    with pytest.raises(zoo.CheckpointError, match="layer4.1.bn2.bias"):
-        load_into(model, bad, source="bad", first_conv="conv1", classifier="fc")
-    _assert_weights(model, sd1000)
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
-def test_truncated_safetensors(tmp_path, sd10_files, suffix):
-    full = sd10_files["safetensors"]
-    path = tmp_path / f"truncated{suffix}"
-    path.write_bytes(full.read_bytes()[:100])
-    with pytest.raises(zoo.CheckpointError) as info:
-        zoo.create("resnet18", num_classes=10, pretrained=str(path))
-    assert str(path) in str(info.value)
-    assert "refusing" not in str(info.value)
-
-
-def test_truncated_safetensors_tail(tmp_path, sd10_files):
-    full = sd10_files["safetensors"]
-    path = tmp_path / "cut.safetensors"
-    path.write_bytes(full.read_bytes()[:-1000])
-    with pytest.raises(zoo.CheckpointError, match="truncated"):
-        zoo.create("resnet18", num_classes=10, pretrained=str(path))
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_random_bytes_pth(tmp_path, seed):
-    g = torch.Generator().manual_seed(seed)
-    path = tmp_path / "garbage.pth"
-    path.write_bytes(bytes(torch.randint(0, 256, (64 + 997 * seed,), generator=g, dtype=torch.uint8).tolist()))
-    with pytest.raises(zoo.CheckpointError) as info:
-        zoo.create("resnet18", pretrained=str(path))
-    assert str(path) in str(info.value)
-    # a corrupt file is not a security refusal
-    assert "refusing" not in str(info.value)
-
-
-@pytest.mark.parametrize("fmt", ["zip", "legacy"])
-def test_truncated_torch_file(tmp_path, sd10_files, fmt):
-    full = sd10_files[fmt]
-    path = tmp_path / "cut.pth"
-    path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(zoo.CheckpointError) as info:
-        zoo.create("resnet18", num_classes=10, pretrained=str(path))
-    assert str(path) in str(info.value) and "refusing" not in str(info.value)
-
-
-@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_not_weights_only_pickle_is_refused(tmp_path, sd10, legacy):
-    path = tmp_path / "unsafe.pth"
-    torch.save({"state_dict": sd10, "obj": _NotAWeight()}, path, _use_new_zipfile_serialization=not legacy)
-    with pytest.raises(zoo.CheckpointError) as info:
-        zoo.create("resnet18", num_classes=10, pretrained=str(path))
-    assert "refusing" in str(info.value) and str(path) in str(info.value)
-    # the same via checkpoint_path
-    with pytest.raises(zoo.CheckpointError, match="refusing"):
-        zoo.create("resnet18", num_classes=10, checkpoint_path=str(path))
-
-
-def test_nonexistent_path(tmp_path):
-    path = tmp_path / "does_not_exist.pth"
-    with pytest.raises(FileNotFoundError) as info:
-        zoo.create("resnet18", pretrained=str(path))
-    assert str(path) in str(info.value)
-    with pytest.raises(FileNotFoundError) as info:
-        zoo.create("resnet18", checkpoint_path=str(path))
-    assert str(path) in str(info.value)
-
-
-def test_no_tensors_in_checkpoint(tmp_path):
-    path = tmp_path / "meta.pth"
-    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, path)
-    with pytest.raises(zoo.CheckpointError, match="no tensors.*epoch"):
-        zoo.create("resnet18", pretrained=str(path))
-
-
-def test_bad_pretrained_type():
-    with pytest.raises(TypeError, match="pretrained"):
-        zoo.create("resnet18", pretrained=3.5)
-
-
-def test_unknown_model_name():
-    with pytest.raises(KeyError) as info:
-        zoo.create("seresnet5")
-    assert "seresnet5" in str(info.value) and "seresnet50" in str(info.value)
-
-
-def test_unknown_kwarg():
-    with pytest.raises(TypeError) as info:
-        zoo.create("resnet18", num_clases=10)
-    assert "num_clases" in str(info.value) and "'num_classes'" in str(info.value)
-
-
-def test_wrong_channel_count_at_forward():
-    model = zoo.create("resnet18")
-    with pytest.raises(ValueError) as info:
-        model(torch.randn(1, 4, 32, 32))
-    message = str(info.value)
-    assert "(B, 3, H, W)" in message and "(1, 4, 32, 32)" in message and "in_chans=4" in message
-
-
 def test_saved_preprocessing_survives_reload(tmp_path):
     model = zoo.create("resnet18", num_classes=4, pretrained_cfg_overlay={"mean": (0.5, 0.5, 0.5), "input_size": (3, 96, 96)})
     zoo.save_pretrained(model, tmp_path / "m")

@@ -1,4 +1,5 @@
-"""Key/value caches for autoregressive attention: full precision, and KIVI-style quantized.
+"""Key/value caches for autoregressive attention: full precision, and KIVI-style quantized. They
+implement :class:`blocks.kv_cache.KVCache`, the protocol the attention blocks call.
 
 A cache holds, per attention layer, the keys and values of the tokens seen so far as
 (B, H_kv, T, head_dim) tensors. A layer calls ``cache.update(layer, k, v)`` with its new tokens' keys
@@ -29,49 +30,11 @@ from typing import Any
 
 import torch
 
+from blocks.kv_cache import ConcatKVCache, KVCache, check_kv, tensor_bytes  # noqa: F401 (ConcatKVCache: re-exported)
 from kernels import KVQuantized, kv_dequantize, kv_quantize
 
-
-def _check_kv(k: torch.Tensor, v: torch.Tensor) -> None:
-    if k.ndim != 4 or v.ndim != 4 or k.shape[:3] != v.shape[:3]:
-        raise ValueError(f"a KV cache takes keys and values shaped (B, H_kv, T, head_dim) with equal B, H_kv, T; "
-                         f"got keys {tuple(k.shape)} and values {tuple(v.shape)}")
-
-
-def tensor_bytes(t: torch.Tensor | None) -> int:
-    """Bytes of a tensor's elements (0 for None)."""
-    return 0 if t is None else t.numel() * t.element_size()
-
-
-class KVCache:
-    """The interface: per-layer ``update``, the stored length, ``nbytes`` and ``reset``."""
-
-    def __init__(self, num_layers: int) -> None:
-        if num_layers < 1:
-            raise ValueError(f"a KV cache needs num_layers >= 1; got {num_layers}")
-        self.num_layers = num_layers
-
-    def _check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.num_layers:
-            raise IndexError(f"layer {layer} is outside this cache's {self.num_layers} layers")
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``k``, ``v`` (B, H_kv, T_new, D) to ``layer``; return all its keys and values (B, H_kv, T, D)."""
-        raise NotImplementedError
-
-    def seq_len(self, layer: int = 0) -> int:
-        """Tokens stored for ``layer``; a decoder reads layer 0 before its first layer appends."""
-        raise NotImplementedError
-
-    def nbytes(self) -> int:
-        """Bytes stored over all layers."""
-        raise NotImplementedError
-
-    def reset(self) -> None:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return self.seq_len(0)
+__all__ = ["KVCache", "ConcatKVCache", "DenseKVCache", "QuantizedKVCache", "ChunkQuantizedKVCache", "make_cache",
+           "tensor_bytes"]
 
 
 class DenseKVCache(KVCache):
@@ -116,7 +79,7 @@ class DenseKVCache(KVCache):
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_layer(layer)
-        _check_kv(k, v)
+        check_kv(k, v)
         n, t = self._lengths[layer], k.shape[2]
         buf = self._keys[layer]
         if buf is None or n + t > buf.shape[2] or buf.shape[:2] != k.shape[:2]:
@@ -221,7 +184,7 @@ class QuantizedKVCache(KVCache):
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_layer(layer)
-        _check_kv(k, v)
+        check_kv(k, v)
         self._value_group(v.shape[-1])  # a bad group size fails before anything is stored
         state = self._layers[layer]
         if state.window_k is None:
@@ -309,7 +272,7 @@ class ChunkQuantizedKVCache(KVCache):
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_layer(layer)
-        _check_kv(k, v)
+        check_kv(k, v)
         group = self._value_group(v.shape[-1])  # a bad group size fails before anything is stored
         stored = self._keys[layer]
         if stored:

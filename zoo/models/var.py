@@ -39,7 +39,7 @@ from ..builder import build_model
 from ..checkpoint import CheckpointError
 from ..pretrained import PretrainedCfg
 from ..registry import register_model, register_pretrained_cfgs, register_submodel
-from .kv_cache import ChunkQuantizedKVCache
+from .kv_cache import ChunkQuantizedKVCache, ConcatKVCache, KVCache
 from .var_sampling import check_sampling_args, gumbel_softmax_with_rng, sample_with_top_k_top_p_
 from .vqvae import RELEASE_PATCH_NUMS, VQVAE
 
@@ -356,13 +356,13 @@ class VAR(nn.Module):
                 ratio = si / self.num_stages_minus_1
                 cur_L += pn * pn
                 guided = si < S - guidance_off_last
-                if not guided and batch == 2 * B and cache is None:  # drop the unconditional half for good
+                # drop the unconditional half for good (not from a cache that cannot narrow its batch)
+                if not guided and batch == 2 * B and (cache is None or isinstance(cache, ConcatKVCache)):
                     batch = B
                     cond_BD, cond, next_token_map = cond_BD[:B], cond[:B], next_token_map[:B]
                     prefix = None if prefix is None else prefix[:B]
-                    for block in self.blocks:
-                        if block.attn.cached_k is not None:
-                            block.attn.cached_k, block.attn.cached_v = block.attn.cached_k[:B], block.attn.cached_v[:B]
+                    if cache is not None:
+                        cache.keep_batch(B)
                 for block in self.blocks:
                     block.attn.attend_current_only = si >= S - local_attn_last
                 x = next_token_map
@@ -397,7 +397,7 @@ class VAR(nn.Module):
                     next_map = next_map.view(B, self.Cvae, -1).transpose(1, 2)  # (B, l_next, Cvae)
                     next_token_map = self.word_embed(next_map) + lvl_pos[:, cur_L:cur_L + nxt * nxt]
                     next_token_map = next_token_map.repeat(batch // B, 1, 1)  # (batch, l_next, C)
-            result.kv_cache_bytes = _cache_bytes(cache, self.blocks)
+            result.kv_cache_bytes = int(cache.nbytes()) if cache is not None else 0
         finally:
             for block in self.blocks:
                 block.attn.kv_caching(False)
@@ -422,9 +422,11 @@ class VAR(nn.Module):
         return self.sample(B, label_B, g_seed, cfg, top_k, top_p, more_smooth, **options).images
 
 
-def _make_kv_cache(spec: Any, depth: int) -> Any:
-    """None (the release's dense tensors), a cache object, or ``'kivi4'``/``'kivi2'``/``'kivi8'``."""
-    if spec is None or not isinstance(spec, str):
+def _make_kv_cache(spec: Any, depth: int) -> KVCache:
+    """None (the release's concatenating cache), a cache object, or ``'kivi4'``/``'kivi2'``/``'kivi8'``."""
+    if spec is None:
+        return ConcatKVCache(depth)
+    if not isinstance(spec, str):
         return spec
     match = re.fullmatch(r"kivi([248])", spec)
     if match is None:
@@ -433,13 +435,6 @@ def _make_kv_cache(spec: Any, depth: int) -> Any:
     # one scale per update: each scale's keys are one group per channel, quantized as soon as stored (no
     # full-precision window, which on a short schedule such as digits' 30 tokens would hold half the cache)
     return ChunkQuantizedKVCache(depth, bits=int(match.group(1)))
-
-
-def _cache_bytes(cache: Any, blocks: nn.ModuleList) -> int:
-    if cache is not None:
-        return int(cache.nbytes())
-    return sum(b.attn.cached_k.numel() * b.attn.cached_k.element_size() * 2 for b in blocks
-               if b.attn.cached_k is not None)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: VAR) -> dict:

@@ -22,7 +22,7 @@ from blocks.quant import FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLin
 
 from .calibrate import Calibration, calibrate, input_of
 from .methods import METHODS, Transform, shift_allowed, weight_nhwc
-from .spec import QuantSpec
+from blocks.quant_spec import QuantSpec
 
 FOLD_TOLERANCE = 1e-3  # relative change of the float model's output that folding may cause
 FOLDABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)

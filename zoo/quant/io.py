@@ -17,7 +17,7 @@ from ..checkpoint import DIGEST_KEY, CheckpointError, clean_state_dict, content_
 from ..files import atomic_write
 
 from .convert import LayerReport, _set_module
-from .spec import QuantSpec
+from blocks.quant_spec import QuantSpec
 
 META_KEY = "zoo.quant"
 # 2: each layer records its "weight_bits" (mixed precision: a 4-bit spec's keep_w8 layers hold int8).

@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Optional
 
-from blocks.validation import closest
+from .validation import closest
 
 PRESETS = ("w8a8", "w4a8", "w4a16", "w8a16", "fp8")
 ACT_GRANULARITIES = ("per_token", "per_image", "per_tensor", "per_channel")
