@@ -199,6 +199,8 @@ def build(cfg: Namespace) -> tuple[L.LightningModule, L.LightningDataModule, L.T
     net = zoo.create(cfg.model.name, pretrained=cfg.model.pretrained, quant=cfg.model.quant, **cfg.model.kwargs)
     if cfg.model.quant_aware:
         zoo.quant_aware(net, cfg.model.quant_aware)
+    if hasattr(data, "configure_for_model"):  # the model's preprocessing for what the data config left open
+        data.configure_for_model(getattr(net, "pretrained_cfg", {}) or {})
     data_classes, net_classes = getattr(data, "num_classes", None), getattr(net, "num_classes", None)
     if data_classes and net_classes and data_classes != net_classes:
         raise ConfigError(f"the data has {data_classes} classes but the model has {net_classes}; "

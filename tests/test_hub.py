@@ -89,8 +89,9 @@ def test_save_pretrained_layout(saved):
     assert config["num_features"] == model.num_features == 512
     assert config["pretrained_cfg"]["architecture"] == "resnet18"
     assert config["pretrained_cfg"]["num_classes"] == 10
-    # the saved folder is a source in itself, not the release it may have started from
-    assert config["pretrained_cfg"]["url"] == "" and config["pretrained_cfg"]["source"] == "none"
+    # the saved folder is a source in itself, not the release it may have started from; timm's key set only
+    assert not {"url", "file", "hf_hub_id", "source", "filename", "paper", "extra"} & set(config["pretrained_cfg"])
+    assert config["zoo"]["pretrained_cfg"]["paper"] == "https://arxiv.org/abs/1512.03385"
     from safetensors.torch import load_file
     assert_weights(model, load_file(str(folder / "model.safetensors")))
 

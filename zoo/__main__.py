@@ -20,7 +20,7 @@ import torch
 
 from . import create, get_pretrained_cfg, list_models
 from .data import DATAMODULES
-from .data.images import IMAGE_SUFFIXES, read_image, write_image
+from .data.images import IMAGE_SUFFIXES, WRITE_FORMATS, read_image, write_image
 from .generation import check_sampling_args, generate_text, load_for_sampling, sample_grid
 from .hub import save_pretrained
 from .inference import upscale
@@ -107,6 +107,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"folder {str(src)!r} holds no images")
     else:
         pairs = [(src, dst)]
+        if dst.suffix.lower() not in WRITE_FORMATS:  # before the model runs
+            raise ValueError(f"--output {str(dst)!r}: name the file with one of {', '.join(WRITE_FORMATS)}")
     if not getattr(create(args.model, device="meta"), "scale", None):  # meta: no memory, no weights read
         raise ValueError(f"{args.model} is not a super-resolution model; try rcan_tiny_x2, rcan_x2 or han_x2")
     model = create(args.model, pretrained=args.weights or True).eval().to(args.device)

@@ -76,6 +76,9 @@ def build_model(
         load_into(model, extra.state_dict, source=extra.source, filter_fn=filter_fn,
                   first_conv=cfg.first_conv, classifier=cfg.classifier)
     if features_only:
+        if not getattr(model, "feature_info", None):
+            raise ValueError(f"{variant} has no feature stages, so features_only=True has nothing to return; call "
+                             f"model.forward_features(x) for its last features")
         model = FeatureListNet(model, out_indices)
     return model
 

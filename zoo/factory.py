@@ -78,7 +78,8 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         if "num_classes" in source_config:
             defaults.setdefault("num_classes", source_config["num_classes"])
         if source_config.get("pretrained_cfg"):
-            cfg = PretrainedCfg.from_dict({**source_config["pretrained_cfg"], "architecture": arch, "tag": tag})
+            own = (source_config.get("zoo") or {}).get("pretrained_cfg") or {}  # the zoo's fields beside timm's
+            cfg = PretrainedCfg.from_dict({**source_config["pretrained_cfg"], **own, "architecture": arch, "tag": tag})
     model_args = {**defaults, **kwargs}
     head = record["layers"].get(cfg.classifier) if record is not None and cfg.classifier else None
     if head is not None and "num_classes" not in model_args:  # a bare quantized file records its head's size

@@ -55,7 +55,7 @@ class FeatureListNet(nn.Module):
             if child_name == last:
                 break
         self.in_chans = getattr(model, "in_chans", None)
-        self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
+        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", {})  # default_cfg: timm's older name
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.in_chans is not None and (x.ndim != 4 or x.shape[1] != self.in_chans):

@@ -105,7 +105,7 @@ def check_config(config: object, where: str) -> None:
     arch = config.get("architecture")
     if "architecture" in config and (not isinstance(arch, str) or not arch):
         raise ValueError(f"{where}: 'architecture' must be the name of a model, such as \"resnet50\"; got {arch!r}")
-    for key in ("model_args", "pretrained_cfg"):
+    for key in ("model_args", "pretrained_cfg", "zoo"):
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise ValueError(f"{where}: {key!r} must be a JSON object of names and values; got a "
                              f"{type(config[key]).__name__} ({config[key]!r:.60})")
@@ -251,11 +251,18 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
         args.setdefault("num_classes", model.num_classes)
     if hasattr(model, "in_chans"):
         args.setdefault("in_chans", model.in_chans)
-    cfg.update(file="", hf_hub_id="", url="", filename="", source="none")
+    cfg.update(architecture=arch, file="", hf_hub_id="", url="", filename="")
+    if "num_classes" in args:
+        cfg["num_classes"] = args["num_classes"]
+    # timm's key set, so timm.create_model(..., pretrained_cfg_overlay=dict(file=...)) and timm's
+    # local-dir: read the folder too; the zoo's own fields go under their own key
+    timm_cfg, own = PretrainedCfg.from_dict(cfg).split_for_timm()
     config = {"architecture": arch}
     if "num_classes" in args:
-        cfg["num_classes"] = config["num_classes"] = args["num_classes"]
-    config.update(num_features=getattr(model, "num_features", None), model_args=args, pretrained_cfg=cfg)
+        config["num_classes"] = args["num_classes"]
+    config.update(num_features=getattr(model, "num_features", None), model_args=args, pretrained_cfg=timm_cfg)
+    if own:
+        config["zoo"] = {"pretrained_cfg": own}
     if getattr(model, "quant_spec", None) is not None:  # packed weights, scales and the spec in the header
 
         config["quant"] = model.quant_spec.name

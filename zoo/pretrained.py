@@ -24,10 +24,15 @@ class PretrainedCfg:
     url: str = ""
     filename: str = ""
     input_size: tuple[int, int, int] = (3, 224, 224)
+    test_input_size: tuple[int, int, int] | None = None
+    fixed_input_size: bool = False
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    test_crop_pct: float | None = None
+    crop_mode: str = "center"
+    pool_size: tuple[int, ...] | None = None  # the final feature map at input_size (timm's key)
     num_classes: int = 1000
     first_conv: str = "conv1"
     classifier: str = "fc"
@@ -62,11 +67,32 @@ class PretrainedCfg:
         out["source"] = self.source
         return out
 
+    def split_for_timm(self) -> tuple[dict, dict]:
+        """``(timm's pretrained_cfg, the zoo's own fields)`` for a config.json that timm loads as it is:
+        the first holds only keys timm's ``PretrainedCfg`` takes, without the weight source (the file is
+        beside it); the second the zoo's own fields (``filename``, ``paper``, ``notes``, ``extra``)."""
+        from timm.models import PretrainedCfg as TimmCfg
+
+        timm_keys = {f.name for f in dataclasses.fields(TimmCfg)} - set(SOURCE_FIELDS)
+        data = dataclasses.asdict(self)
+        timm_cfg = {k: v for k, v in data.items() if k in timm_keys and k not in ("notes",) and v not in (None, "")}
+        for key in ("pool_size", "first_conv", "classifier"):  # timm keeps these even when empty
+            timm_cfg.setdefault(key, data[key] or None)
+        own = {k: data[k] for k in ZOO_FIELDS if data[k]}
+        return timm_cfg, own
+
     @classmethod
     def from_dict(cls, data: dict) -> PretrainedCfg:
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("input_size", "mean", "std"):
+        kwargs = {k: v for k, v in data.items() if k in known and not (v is None and k in _STR_FIELDS)}
+        for key in ("input_size", "test_input_size", "mean", "std", "pool_size"):
             if key in kwargs and kwargs[key] is not None:
                 kwargs[key] = tuple(kwargs[key])
+        if isinstance(kwargs.get("notes"), (list, tuple)):  # timm's notes are a tuple of lines
+            kwargs["notes"] = " ".join(kwargs["notes"])
         return cls(**kwargs)
+
+
+SOURCE_FIELDS = ("file", "hf_hub_id", "url", "source", "hf_hub_filename", "state_dict")
+ZOO_FIELDS = ("filename", "paper", "notes", "extra")  # fields timm's PretrainedCfg lacks (or types otherwise)
+_STR_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg) if f.type == "str"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from blocks.validation import unknown_name_error
 
@@ -106,17 +106,41 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     return tags[tag]
 
 
-def list_models(pattern: str = "*", pretrained: bool = False, exclude: str | None = None) -> list[str]:
-    """Architecture names matching ``pattern``; ``pretrained=True`` lists ``arch.tag`` with weights."""
-    names = list_pretrained() if pretrained else sorted(_ENTRYPOINTS)
-    names = [n for n in names if fnmatch.fnmatchcase(n, pattern) or
-             (pretrained and fnmatch.fnmatchcase(split_name(n)[0], pattern))]
-    if exclude:
-        names = [n for n in names if not fnmatch.fnmatchcase(n, exclude)]
-    return names
+def _matches(name: str, patterns: str | Sequence[str]) -> bool:
+    """``name`` (or its architecture, for ``arch.tag``) matches one of the wildcard ``patterns``."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(split_name(name)[0], p) for p in patterns if p)
 
 
-def list_pretrained(pattern: str = "*") -> list[str]:
-    """``arch.tag`` names that have a weight source, matching ``pattern``."""
-    names = [cfg.name for tags in _CFGS.values() for cfg in tags.values() if cfg.tag and cfg.has_weights]
-    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+def list_models(filter: str | Sequence[str] = "", module: str = "", pretrained: bool = False,
+                exclude_filters: str | Sequence[str] = "", name_matches_cfg: bool = False,
+                include_tags: bool | None = None) -> list[str]:
+    """Model names, as timm's ``list_models`` takes its arguments.
+
+    Args:
+        filter: wildcard pattern(s) to keep (``"*eca*"``; a list keeps the union); empty keeps all.
+        module: only the models of one family module (``"resnet"``, ``"rcan"``, ...).
+        pretrained: only models with pretrained weights.
+        exclude_filters: wildcard pattern(s) to drop.
+        name_matches_cfg: only architectures that have a registered pretrained config.
+        include_tags: list ``arch.tag`` names (default: when ``pretrained``).
+    """
+    include_tags = pretrained if include_tags is None else include_tags
+    names = [n for n in sorted(_ENTRYPOINTS) if not module or _FAMILY[n] == module]
+    if name_matches_cfg:
+        names = [n for n in names if n in _CFGS]
+    if include_tags:
+        names = [cfg.name for n in names for cfg in _CFGS.get(n, {}).values()
+                 if cfg.tag and (cfg.has_weights or not pretrained)] or []
+    elif pretrained:
+        names = [n for n in names if any(c.has_weights for c in _CFGS.get(n, {}).values())]
+    if (filter if isinstance(filter, str) else any(filter)):
+        names = [n for n in names if _matches(n, filter)]
+    if exclude_filters if isinstance(exclude_filters, str) else any(exclude_filters):
+        names = [n for n in names if not _matches(n, exclude_filters)]
+    return sorted(names)
+
+
+def list_pretrained(filter: str | Sequence[str] = "", exclude_filters: str | Sequence[str] = "") -> list[str]:
+    """``arch.tag`` names that have a weight source (timm's ``list_pretrained``)."""
+    return list_models(filter, pretrained=True, exclude_filters=exclude_filters)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from ..pretrained import PretrainedCfg
 from .loaders import SplitDataModule, stratified_split
 
 
@@ -91,14 +92,20 @@ class DigitsDataModule(SplitDataModule):
 class ImageFolderDataModule(SplitDataModule):
     """Your images: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (and optionally ``test``).
 
-    Training uses random-resized crops and flips; evaluation resizes to ``img_size / crop_pct`` and
-    centre-crops, with ImageNet statistics unless ``mean``/``std`` are given.
+    The transforms are timm's (``create_transform``) for the model's preprocessing: ``train.py`` hands
+    the model's ``pretrained_cfg`` to :meth:`configure_for_model`, which resolves size, crop,
+    interpolation, mean and std as timm's ``resolve_data_config`` does; what the config gives
+    explicitly (``img_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``) wins. Training adds
+    random-resized crops and flips, and optionally ``auto_augment`` (``"rand-m9-mstd0.5"``),
+    ``re_prob`` (random erasing) and ``color_jitter``; evaluation resizes by ``crop_pct`` and
+    centre-crops.
     """
 
-    def __init__(self, root: str, img_size: int = 224, batch_size: int = 32, num_workers: int = 4,
+    def __init__(self, root: str, img_size: int | None = None, batch_size: int = 32, num_workers: int = 4,
                  train_dir: str = "train", val_dir: str = "val", test_dir: str | None = None,
-                 crop_pct: float = 0.875, mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-                 std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
+                 crop_pct: float | None = None, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None, interpolation: str | None = None,
+                 auto_augment: str | None = None, re_prob: float = 0.0, color_jitter: float = 0.0) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
         for sub in filter(None, (train_dir, val_dir, test_dir)):
@@ -106,20 +113,40 @@ class ImageFolderDataModule(SplitDataModule):
                 raise FileNotFoundError(f"data folder {self.root / sub} does not exist; ImageFolderDataModule expects "
                                         f"{self.root}/{sub}/<class name>/<images>")
         self.save_hyperparameters()
-        self.img_size, self.batch_size, self.num_workers = img_size, batch_size, num_workers
+        self.batch_size, self.num_workers = batch_size, num_workers
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir or val_dir}
-        self.crop_pct, self.mean, self.std = crop_pct, tuple(mean), tuple(std)
+        self.given = {k: v for k, v in {"input_size": (3, img_size, img_size) if img_size else None,
+                                        "crop_pct": crop_pct, "interpolation": interpolation,
+                                        "mean": tuple(mean) if mean else None, "std": tuple(std) if std else None
+                                        }.items() if v is not None}
+        self.augment = {"auto_augment": auto_augment, "re_prob": re_prob, "color_jitter": color_jitter}
+        self.data_config = self._resolve(None)
+
+    def _resolve(self, pretrained_cfg: dict | None) -> dict:
+        from timm.data import resolve_data_config
+
+        # without a model yet: the zoo's default preprocessing (224, bicubic, 0.875, ImageNet statistics)
+        return resolve_data_config(args=dict(self.given), pretrained_cfg=pretrained_cfg or PretrainedCfg().to_dict())
+
+    def configure_for_model(self, pretrained_cfg: dict) -> None:
+        """Take the model's preprocessing for everything the config left open."""
+        self.data_config = self._resolve(pretrained_cfg)
+
+    def transforms(self) -> dict:
+        """timm's training and evaluation transforms for :attr:`data_config`."""
+        from timm.data import create_transform
+
+        return {"train": create_transform(**self.data_config, is_training=True, **self.augment),
+                "eval": create_transform(**self.data_config, is_training=False)}
 
     @property
     def num_classes(self) -> int:
         return len([p for p in (self.root / self.dirs["train"]).iterdir() if p.is_dir()])
 
     def setup(self, stage: str | None = None) -> None:
-        from torchvision import datasets, transforms as T
+        from torchvision import datasets
 
-        norm = T.Normalize(self.mean, self.std)
-        train_tf = T.Compose([T.RandomResizedCrop(self.img_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-        eval_tf = T.Compose([T.Resize(int(self.img_size / self.crop_pct)), T.CenterCrop(self.img_size), T.ToTensor(), norm])
+        tf = self.transforms()
         for split, folder in self.dirs.items():
             if split not in self.splits:
-                self.splits[split] = datasets.ImageFolder(str(self.root / folder), train_tf if split == "train" else eval_tf)
+                self.splits[split] = datasets.ImageFolder(str(self.root / folder), tf["train" if split == "train" else "eval"])

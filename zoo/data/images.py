@@ -11,6 +11,9 @@ import torch
 from ..files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# the format each suffix names, for Pillow; JPEG at quality 95 (Pillow's default of 75 blurs test images)
+WRITE_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
+                 ".bmp": ("BMP", {}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {}), ".webp": ("WEBP", {"lossless": True})}
 
 
 def to_rgb_tensor(array: np.ndarray, name: str = "image") -> torch.Tensor:
@@ -41,13 +44,14 @@ def to_rgb_tensor(array: np.ndarray, name: str = "image") -> torch.Tensor:
 
 def read_image(path: str | Path) -> torch.Tensor:
     """An image file as a (3, H, W) float32 RGB tensor in [0, 1]."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
     try:  # PIL reports an empty, truncated or foreign file as UnidentifiedImageError, OSError or SyntaxError
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # a phone's portrait JPEG is stored sideways with an EXIF tag
             mode = im.mode
             if mode in ("P", "LA", "PA"):
                 im = im.convert("RGBA")
@@ -61,15 +65,17 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def write_image(img: torch.Tensor, path: str | Path) -> None:
-    """(3, H, W) in [0, 1] -> 8-bit PNG/JPEG (clamped and rounded), written atomically."""
+    """(3, H, W) in [0, 1] -> an 8-bit image (clamped and rounded) in the format its suffix names (PNG,
+    JPEG, BMP, TIFF, lossless WebP), written atomically."""
     from PIL import Image
 
-
     path = Path(path)
+    if path.suffix.lower() not in WRITE_FORMATS:
+        raise ValueError(f"cannot write {str(path)!r}: name it with one of {', '.join(WRITE_FORMATS)}")
+    fmt, options = WRITE_FORMATS[path.suffix.lower()]
     array = (img.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt))
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **options))
 
 
 def list_images(folder: str | Path) -> list[Path]:

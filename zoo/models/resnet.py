@@ -83,7 +83,8 @@ class BasicBlock(nn.Module):
             # relu(x * gate + shortcut) as one kernel: the block's output is written once
             return kernels.channel_scale(x, attn.channel_gate(x), shortcut, relu=True)
         x = self.drop_path(attn(x))
-        return self.act2(x + shortcut)
+        x += shortcut  # in place, as timm: nothing before it saved this tensor for backward
+        return self.act2(x)
 
 
 class Bottleneck(nn.Module):
@@ -124,7 +125,8 @@ class Bottleneck(nn.Module):
             # relu(x * gate + shortcut) as one kernel: the block's output is written once
             return kernels.channel_scale(x, attn.channel_gate(x), shortcut, relu=True)
         x = self.drop_path(attn(x))
-        return self.act3(x + shortcut)
+        x += shortcut  # in place, as timm: nothing before it saved this tensor for backward
+        return self.act3(x)
 
 
 def _downsample(in_chs: int, out_chs: int, stride: int, avg_down: bool, factory: dict) -> nn.Sequential:
@@ -301,11 +303,12 @@ def checkpoint_filter_fn(state_dict: dict, model: ResNet) -> dict:
 
 
 def _cfg(**kwargs: Any) -> PretrainedCfg:
-    return PretrainedCfg(**{"paper": "https://arxiv.org/abs/1512.03385", **kwargs})
+    return PretrainedCfg(**{"paper": "https://arxiv.org/abs/1512.03385", "pool_size": (7, 7), **kwargs})
 
 
 _TV = dict(interpolation="bilinear", license="bsd-3-clause", origin_url="https://github.com/pytorch/vision")
-_TIMM = dict(crop_pct=0.95, license="apache-2.0", origin_url="https://github.com/huggingface/pytorch-image-models")
+_TIMM = dict(crop_pct=0.95, test_input_size=(3, 288, 288), test_crop_pct=1.0, license="apache-2.0",
+             origin_url="https://github.com/huggingface/pytorch-image-models")
 _ECA = dict(paper="https://arxiv.org/abs/1910.03151", origin_url="https://github.com/BangguWu/ECANet", license="mit",
             notes="the release files are on Baidu Pan; place the .pth.tar in the torch hub cache")
 _FCA = dict(paper="https://arxiv.org/abs/2012.11879", origin_url="https://github.com/cfzd/FcaNet", license="mit")
@@ -321,10 +324,13 @@ default_cfgs = register_pretrained_cfgs({
     "eca_resnet50.release_in1k": _cfg(filename="eca_resnet50_k3557.pth.tar", interpolation="bilinear", **_ECA),
     "eca_resnet101.release_in1k": _cfg(filename="eca_resnet101_k3357.pth.tar", interpolation="bilinear", **_ECA),
     "eca_resnet152.release_in1k": _cfg(filename="eca_resnet152_k3357.pth.tar", interpolation="bilinear", **_ECA),
-    "ecaresnet50d.miil_in1k": _cfg(hf_hub_id="timm/ecaresnet50d.miil_in1k", first_conv="conv1.0", interpolation="bilinear",
-                                   **{**_TIMM, "crop_pct": 0.875, "paper": "https://arxiv.org/abs/1910.03151"}),
-    "ecaresnet101d.miil_in1k": _cfg(hf_hub_id="timm/ecaresnet101d.miil_in1k", first_conv="conv1.0", interpolation="bilinear",
-                                    **{**_TIMM, "crop_pct": 0.875, "paper": "https://arxiv.org/abs/1910.03151"}),
+    # the MIIL weights: timm's cfg (bicubic, 0.875, tested at 288 with 0.95)
+    "ecaresnet50d.miil_in1k": _cfg(hf_hub_id="timm/ecaresnet50d.miil_in1k", first_conv="conv1.0",
+                                   **{**_TIMM, "crop_pct": 0.875, "test_crop_pct": 0.95,
+                                      "paper": "https://arxiv.org/abs/1910.03151"}),
+    "ecaresnet101d.miil_in1k": _cfg(hf_hub_id="timm/ecaresnet101d.miil_in1k", first_conv="conv1.0",
+                                    **{**_TIMM, "crop_pct": 0.875, "test_crop_pct": 0.95,
+                                       "paper": "https://arxiv.org/abs/1910.03151"}),
     "fcanet34.release_in1k": _cfg(url="https://github.com/cfzd/FcaNet/releases/download/v1.0/fca34.pth", **_FCA),
     "fcanet50.release_in1k": _cfg(url="https://github.com/cfzd/FcaNet/releases/download/v1.0/fca50.pth", **_FCA),
     "fcanet101.release_in1k": _cfg(url="https://github.com/cfzd/FcaNet/releases/download/v1.0/fca101.pth", **_FCA),
