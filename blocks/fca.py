@@ -7,6 +7,7 @@ from collections import OrderedDict
 from typing import Callable
 
 import torch
+import torch.fx
 from torch import nn
 
 import kernels
@@ -14,6 +15,7 @@ import kernels
 from .gate import ChannelGate
 from .layers import LayerType, create_act, fused_mlp_gate, param_dtype
 from .registry import register
+from .validation import symbolic_tracing
 
 # The 2-D DCT frequencies (u, v) on a 7x7 grid, ranked by the paper's single-frequency ImageNet
 # study ("top"), by zig-zag order ("low") and from the bottom of that ranking ("bot").
@@ -148,13 +150,29 @@ class DCTFilter(nn.Module):
         return self.filters.get((height, width, per_channel, self.groups), self.weight, build)
 
     def _build_filter(self, height: int, width: int, per_channel: bool) -> torch.Tensor:
-        channels, dct_h, dct_w = self.weight.shape
-        filt = self.weight[:: channels // self.groups]  # (G, dct_h, dct_w): the first channel of each run
-        if (height, width) != (dct_h, dct_w):
-            p_h = adaptive_pool_matrix(dct_h, height).to(filt)  # (dct_h, H)
-            p_w = adaptive_pool_matrix(dct_w, width).to(filt)  # (dct_w, W)
-            filt = torch.einsum("gij,ih,jw->ghw", filt, p_h, p_w)  # (G, H, W)
-        return filt.repeat_interleave(channels // self.groups, dim=0) if per_channel else filt.contiguous()
+        return build_spatial_filter(self.weight, self.groups, height, width, per_channel)
+
+
+def build_spatial_filter(weight: torch.Tensor, groups: int, height: int, width: int,
+                         per_channel: bool = False) -> torch.Tensor:
+    """The (groups, H, W) filter of a (C, dct_h, dct_w) DCT buffer for a ``height x width`` map, adaptive
+    pooling folded in; with ``per_channel``, expanded to (C, H, W)."""
+    channels, dct_h, dct_w = weight.shape
+    filt = weight[:: channels // groups]  # (G, dct_h, dct_w): the first channel of each run
+    if (height, width) != (dct_h, dct_w):
+        p_h = adaptive_pool_matrix(dct_h, height).to(filt)  # (dct_h, H)
+        p_w = adaptive_pool_matrix(dct_w, width).to(filt)  # (dct_w, W)
+        filt = torch.einsum("gij,ih,jw->ghw", filt, p_h, p_w)  # (G, H, W)
+    return filt.repeat_interleave(channels // groups, dim=0) if per_channel else filt.contiguous()
+
+
+def dct_pool(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """FcaNet's pooled (B, C) vector of ``x`` under the DCT buffer ``weight``. FX keeps this function as one
+    node (``torch.fx.wrap``): its filter depends on the map's size, which a symbolic trace does not know."""
+    return kernels.pool_weighted(x, build_spatial_filter(weight, groups, x.shape[-2], x.shape[-1]))
+
+
+torch.fx.wrap("dct_pool")
 
 
 @register("fca")
@@ -206,6 +224,9 @@ class MultiSpectralAttention(ChannelGate):
         # the CPU pools an NCHW map as a per-channel GEMV (one filter per channel: at the DCT size the
         # buffer itself, no copy); everything else reads the G shared filters (fewer bytes, and the
         # CPU's channels_last path needs them)
+        if symbolic_tracing():  # FX: one node for the pooling, the excitation as modules
+            s = dct_pool(x, self.dct_layer.weight, self.dct_layer.groups)
+            return self.gate(self.fc(s))  # (B, C)
         per_channel = x.is_contiguous() and not kernels.squeeze_excite_runs_fused(x)
         filt = self.dct_layer.spatial_filter(x.shape[-2], x.shape[-1], per_channel=per_channel)
         fused = fused_mlp_gate(x, filt, self.fc[0], self.fc[1], self.fc[2], self.gate)

@@ -10,10 +10,14 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules import module as _module
 
+from .validation import symbolic_tracing
+
 
 def can_fuse(*modules: nn.Module) -> bool:
     """True when no forward hook or pre-hook is registered on any of ``modules`` or globally
     (``torch.nn.modules.module.register_module_forward_hook``)."""
+    if symbolic_tracing():  # an FX graph records the modules, so a traced model runs them
+        return False
     # PyTorch has no public query for registered hooks; the dicts below are where it keeps them
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False

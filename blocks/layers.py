@@ -11,7 +11,7 @@ from torch import nn
 import kernels
 
 from .fusion import can_fuse
-from .validation import unknown_name_error
+from .validation import symbolic_tracing, unknown_name_error
 
 LayerType = Union[str, type[nn.Module], Callable[[], nn.Module], None]
 
@@ -80,6 +80,8 @@ class DropPath(nn.Module):
 
 def check_channels(block: str, expected: int, x: torch.Tensor) -> None:
     """Fail early with the expected and actual channel counts of a (B, C, ...) input."""
+    if symbolic_tracing():  # FX proxies carry no shapes; the traced graph checks nothing
+        return
     if x.ndim < 2 or x.shape[1] != expected:
         raise ValueError(f"{block} was built for {expected} channels but got an input of shape "
                          f"{tuple(x.shape)} ({x.shape[1] if x.ndim >= 2 else 'no'} channels); "
@@ -115,8 +117,8 @@ def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.M
     float layers, ReLU or SiLU, sigmoid); None otherwise, and the caller pools and runs its modules (the
     CPU path, quantized or hooked layers)."""
     name = _FUSED_ACTS.get(type(act))
-    if (name is None or type(gate) is not nn.Sigmoid or not kernels.squeeze_excite_runs_fused(x)
-            or not (_plain_pointwise(down) and _plain_pointwise(up))):
+    if (name is None or type(gate) is not nn.Sigmoid or not (_plain_pointwise(down) and _plain_pointwise(up))
+            or not kernels.squeeze_excite_runs_fused(x)):
         return None
     g, _ = kernels.squeeze_excite_mlp(x, pool_filter, down.weight.flatten(1), down.bias, up.weight.flatten(1),
                                       up.bias, name)

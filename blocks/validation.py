@@ -50,6 +50,15 @@ def check_kwargs(owner: str, kwargs: dict, *fns: Callable, extra: Iterable[str] 
                         f"valid: {', '.join(sorted(names))}")
 
 
+def symbolic_tracing() -> bool:
+    """Whether FX is tracing symbolically (torchvision's ``create_feature_extractor``, timm's FX helpers):
+    inputs are proxies, so no check may branch on a shape or read a value, and no fusion may branch on
+    the tensor's device."""
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+    return is_fx_symbolic_tracing()
+
+
 def eager() -> bool:
     """Whether a forward runs eagerly, so a check may read tensor values (``int(x.max())``).
 
@@ -58,9 +67,7 @@ def eager() -> bool:
     """
     if torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-
-    return not is_fx_symbolic_tracing()
+    return not symbolic_tracing()
 
 
 def values_readable(x: torch.Tensor) -> bool:

@@ -80,7 +80,7 @@ def saved(tmp_path_factory):
 
 def test_save_pretrained_layout(saved):
     model, folder = saved
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]  # no temp files left
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # no temp files left
     config = json.loads((folder / "config.json").read_text())
     assert {"architecture", "num_classes", "model_args", "pretrained_cfg"} <= set(config)
     assert config["architecture"] == "resnet18"
@@ -103,7 +103,7 @@ def test_save_pretrained_overwrites_atomically(saved, tmp_path):
     with torch.no_grad():
         model.fc.bias.add_(1.0)
     zoo.save_pretrained(model, folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert_same_model(zoo.create("resnet18", pretrained=str(folder)), model, in_chans=1)
 
 

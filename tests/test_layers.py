@@ -16,12 +16,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("files", ("zoo.files",)),
     ("weights", ("zoo.pretrained", "zoo.checkpoint")),
     ("quantization", ("zoo.quant",)),
-    ("hub", ("zoo.hub",)),
+    ("hub", ("zoo.model_card", "zoo.hub")),
     ("building", ("zoo.registry", "zoo.features", "zoo.builder", "zoo.factory")),
     ("models", ("zoo.models", "zoo.deploy", "zoo.metrics", "zoo.profiling")),
     ("data", ("zoo.data",)),
     ("tasks", ("zoo.tasks",)),
-    ("apps", ("zoo.generation", "zoo.inference", "zoo.__main__", "zoo")),
+    ("apps", ("zoo.generation", "zoo.inference", "zoo.timm_bridge", "zoo.__main__", "zoo")),
     ("scripts", ("train",)),
 ]
 

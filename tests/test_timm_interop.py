@@ -55,7 +55,8 @@ def test_timm_export_loads_in_zoo(arch, tmp_path):
 
 
 def test_pretrained_cfgs_of_shared_tags_equal_timms():
-    shared = sorted(set(zoo.list_pretrained()) & set(timm.list_pretrained()))
+    bridged = set(timm.list_models(module="timm_bridge"))  # zoo's own, registered with timm by zoo
+    shared = sorted(n for n in set(zoo.list_pretrained()) & set(timm.list_pretrained()) if n.split(".")[0] not in bridged)
     assert len(shared) >= 9
     for name in shared:
         ours = zoo.get_pretrained_cfg(name).to_dict()
@@ -106,3 +107,99 @@ def test_image_folder_transforms_are_timms_for_the_models_cfg(tmp_path):
     explicit.configure_for_model(cfg)  # what the config says wins over the model's cfg
     assert explicit.data_config["input_size"] == (3, 128, 128) and explicit.data_config["crop_pct"] == 0.8
     assert explicit.data_config["interpolation"] == "bilinear" and explicit.data_config["mean"] == cfg["mean"]
+
+
+@pytest.mark.parametrize("arch", ["seresnet50", "fcanet50", "ecaresnet50d"])
+def test_torchvision_feature_extractor_takes_zoo_backbones(arch):
+    """FX symbolic tracing passes the models' input checks and fusion choices (the traced graph runs the
+    modules); FcaNet's size-dependent DCT pooling is one wrapped node."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = zoo.create(arch).eval()
+    extractor = create_feature_extractor(model, return_nodes={"layer2": "stride8", "layer4": "stride32"})
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = extractor(x)
+        want = model.forward_features(x)
+    assert out["stride8"].shape == (1, 512, 8, 8)
+    torch.testing.assert_close(out["stride32"], want, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_intermediates_matches_timms():
+    torch.manual_seed(0)
+    ours = zoo.create("seresnet18", num_classes=5).eval()
+    theirs = timm.create_model("seresnet18", num_classes=5).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for kwargs in ({}, {"indices": 2}, {"indices": [0, -2]}, {"indices": [1], "stop_early": True}):
+            final, taps = ours.forward_intermediates(x, **kwargs)
+            want_final, want_taps = theirs.forward_intermediates(x, **kwargs)
+            torch.testing.assert_close(final, want_final, atol=1e-5, rtol=1e-5)
+            assert len(taps) == len(want_taps)
+            for a, b in zip(taps, want_taps):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        only = ours.forward_intermediates(x, indices=3, intermediates_only=True)
+        assert [t.shape[1] for t in only] == [128, 256, 512]
+    with pytest.raises(ValueError, match="NCHW"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_timm_builds_the_families_it_lacks_through_zoo():
+    assert {"fcanet50", "eca_resnet50", "rcan_x2", "channelvit_small"} <= set(timm.list_models())
+    assert "resnet50" in timm.list_models() and timm.create_model("resnet50").__module__.startswith("timm.")
+    model = timm.create_model("fcanet50", num_classes=3)
+    assert isinstance(model, zoo.models.resnet.ResNet) and model.num_classes == 3
+    assert "fcanet50.release_in1k" in timm.list_pretrained("fcanet*")
+    sr = timm.create_model("rcan_tiny_x2.quickstart", pretrained=True)  # the weights that ship with zoo
+    torch.testing.assert_close(sr.state_dict()["head.0.weight"],
+                               zoo.create("rcan_tiny_x2", pretrained=True).state_dict()["head.0.weight"])
+
+
+def test_pretrained_cfg_as_a_tag_a_dict_or_timms_object():
+    want = zoo.get_pretrained_cfg("seresnet50.a1_in1k")
+    for given in ("a1_in1k", want.to_dict(), timm.models.get_pretrained_cfg("seresnet50.a1_in1k")):
+        model = zoo.create("seresnet50", pretrained_cfg=given, num_classes=2)
+        cfg = model.pretrained_cfg
+        assert (cfg["crop_pct"], cfg["test_input_size"], cfg["interpolation"]) == (0.95, (3, 288, 288), "bicubic")
+
+
+def test_model_card_parses_with_huggingface_hub(tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = zoo.create("seresnet50.a1_in1k", num_classes=10)
+    folder = zoo.save_pretrained(model, tmp_path / "m", metrics={"top1": 0.8123}, dataset="imagenet-1k")
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "zoo" and data["pipeline_tag"] == "image-classification"
+    assert data["license"] == "apache-2.0" and {"zoo", "resnet", "timm"} <= set(data["tags"])
+    result = data["model-index"][0]["results"][0]
+    assert result["metrics"][0]["value"] == pytest.approx(0.8123) and result["dataset"]["name"] == "imagenet-1k"
+    assert "seresnet50" in card.text and 'zoo.create("seresnet50"' in card.text
+    sr = zoo.save_pretrained(zoo.create("rcan_tiny_x2"), tmp_path / "sr")
+    assert ModelCard.load(sr / "README.md").data.to_dict()["pipeline_tag"] == "image-to-image"
+
+
+def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+    """No hub can run here: the real HfApi is used up to the network, and its upload call is checked to
+    receive the folder save_pretrained wrote (config.json, weights, model card)."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ZOO_OFFLINE", raising=False)
+    seen = {}
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
+        seen["repo"] = (repo_id, private, exist_ok)
+
+    def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
+        seen["files"] = sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())
+        seen["config"] = json.loads((__import__("pathlib").Path(folder_path) / "config.json").read_text())
+        return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    url = zoo.push_to_hub(zoo.create("resnet18", num_classes=4), "me/resnet18-digits", private=True)
+    assert url == "https://huggingface.co/me/resnet18-digits/commit/abc"
+    assert seen["repo"] == ("me/resnet18-digits", True, True)
+    assert seen["files"] == ["README.md", "config.json", "model.safetensors"] and seen["config"]["num_classes"] == 4

@@ -6,13 +6,16 @@
 """
 from .checkpoint import CheckpointError
 from .factory import create
-from .hub import save_pretrained
+from .hub import push_to_hub, save_pretrained
 from .pretrained import PretrainedCfg
 from .registry import get_pretrained_cfg, list_models, list_pretrained, register_model, register_pretrained_cfgs
 from . import models  # noqa: F401  (registers the families)
 from .quant import QuantSpec, quant_aware, quantize
 from .quant.io import save_quantized
 from .deploy import optimize
+from .timm_bridge import register_with_timm
+
+register_with_timm()  # timm.create_model("fcanet50") and the other families timm lacks, once zoo is imported
 
 __version__ = "0.1.0"
 
@@ -31,4 +34,5 @@ __all__ = [
     "register_model",
     "register_pretrained_cfgs",
     "save_pretrained",
+    "push_to_hub",
 ]

@@ -67,21 +67,32 @@ class _Call:
     module: nn.Module
     input: torch.Tensor
     output: torch.Tensor
+    read: tuple[int, int]  # (tensor id, version) of the input when the module read it
+    wrote: tuple[int, int]  # (tensor id, version) of the output when the module returned it
 
 
 def _leaf_calls(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], torch.Tensor]:
     """The convolutions, linear layers, batch norms and ReLUs called on ``example``, in call order, with the
-    tensors they read and wrote (kept alive, so that identity means the same tensor); and the output."""
+    tensors they read and wrote (kept alive, so that identity means the same tensor) and those tensors'
+    versions then: an in-place op in between (a residual ``x += shortcut``, an in-place ReLU) makes the
+    tensor a reader sees differ from what its producer wrote, though it is the same object."""
     kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU) + _QUANT
     calls: list[_Call] = []
+    reading: dict[int, tuple[int, int]] = {}
+
+    def before(module, args):
+        if args and isinstance(args[0], torch.Tensor):
+            reading[id(module)] = (id(args[0]), args[0]._version)
 
     def hook(name):
         def record(module, args, out):
             if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                calls.append(_Call(name, module, args[0], out))
+                calls.append(_Call(name, module, args[0], out, reading.pop(id(module)), (id(out), out._version)))
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+    handles = [m.register_forward_pre_hook(before) for _, m in modules]
+    handles += [m.register_forward_hook(hook(n)) for n, m in modules]
     try:
         with torch.no_grad():
             output = model(example)
@@ -120,15 +131,15 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
     for c in calls:
         counts[id(c.module)] = counts.get(id(c.module), 0) + 1
     once = {c.name: c for c in calls if counts[id(c.module)] == 1}
-    written_by = {id(c.output): c for c in calls if isinstance(c.module, (nn.Conv2d,) + _QUANT)}
+    written_by = {c.wrote: c for c in calls if isinstance(c.module, (nn.Conv2d,) + _QUANT)}
     plan: list[tuple[str, str, str]] = []  # (kind, producer, consumer)
     for c in calls:
-        producer = written_by.get(id(c.input))
+        producer = written_by.get(c.read)
         if producer is None or c.name not in once or producer.name not in once:
             continue
         if isinstance(c.module, nn.BatchNorm2d) and isinstance(producer.module, (nn.Conv2d, QuantConv2d)):
             plan.append(("bn", producer.name, c.name))
-            written_by[id(c.output)] = producer  # a ReLU after the batch norm follows the convolution
+            written_by[c.wrote] = producer  # a ReLU after the batch norm follows the convolution
         elif isinstance(c.module, nn.ReLU) and isinstance(producer.module, _QUANT):
             plan.append(("relu", producer.name, c.name))
     if not plan:

@@ -55,7 +55,12 @@ def create(name: str, pretrained: Any = False, quant: Any = None, **kwargs) -> n
         name = source_config["architecture"]
     arch, tag = registry.split_name(name)
     entrypoint = registry.model_entrypoint(name)
-    cfg = kwargs.pop("pretrained_cfg", None) or registry.get_pretrained_cfg(name)  # timm accepts pretrained_cfg=
+    # timm's pretrained_cfg=: a tag of the architecture, a dict, or a config object (ours or timm's)
+    cfg = kwargs.pop("pretrained_cfg", None) or registry.get_pretrained_cfg(name)
+    if isinstance(cfg, str):
+        cfg = registry.get_pretrained_cfg(f"{arch}.{cfg}")
+    elif not isinstance(cfg, (PretrainedCfg, dict)) and hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
     if isinstance(cfg, dict):
         cfg = PretrainedCfg.from_dict({"architecture": arch, **cfg})
     cfg, pretrained = resolve_tag(arch, pretrained, cfg)

@@ -18,6 +18,7 @@ from torch import nn
 
 from .checkpoint import DIGEST_KEY, content_digest, read_checkpoint
 from .files import atomic_write, cache_dir
+from .model_card import model_card
 from .pretrained import PretrainedCfg
 from .quant.io import read_quant_metadata, save_quantized
 
@@ -232,11 +233,14 @@ def _cfg_source(cfg: PretrainedCfg) -> Source:
                      "see zoo.list_pretrained('" + cfg.architecture + "*')")
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: dict | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (timm's hub layout) to ``directory``.
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: dict | None = None,
+                    metrics: dict[str, float] | None = None, dataset: str = "") -> Path:
+    """Write ``model.safetensors``, ``config.json`` (timm's hub layout) and a model card ``README.md``
+    (the hub's metadata block; ``metrics`` such as ``{"top1": 0.81}``, measured on ``dataset``, go in
+    it) to ``directory``.
 
     ``zoo.create(arch, pretrained=directory)``, ``zoo.create('local-dir:' + directory)`` and, once
-    uploaded, ``hf-hub:`` read them back.
+    uploaded (:func:`push_to_hub`), ``hf-hub:`` read them back.
     """
     from safetensors.torch import save_file
 
@@ -264,7 +268,6 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
     if own:
         config["zoo"] = {"pretrained_cfg": own}
     if getattr(model, "quant_spec", None) is not None:  # packed weights, scales and the spec in the header
-
         config["quant"] = model.quant_spec.name
         save_quantized(model, directory / "model.safetensors")
     else:
@@ -272,4 +275,27 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
         metadata = {"format": "pt", DIGEST_KEY: content_digest(tensors)}  # checked by every read
         atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=metadata))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=list) + "\n"))
+    card = model_card(model, config, metrics, dataset)
+    atomic_write(directory / "README.md", lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
     return directory
+
+
+def push_to_hub(model: nn.Module, repo_id: str, *, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload model", metrics: dict[str, float] | None = None,
+                dataset: str = "", model_args: dict | None = None) -> str:
+    """Save ``model`` as :func:`save_pretrained` does and upload the folder to the Hugging Face hub
+    repository ``repo_id`` (created if missing); returns the commit's URL. ``zoo.create("hf-hub:" +
+    repo_id, pretrained=True)`` and, for the architectures timm has, timm read it back."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    if offline():
+        raise RuntimeError(f"push_to_hub({repo_id!r}): this machine is offline (ZOO_OFFLINE / HF_HUB_OFFLINE); "
+                           f"save_pretrained the model here and upload the folder from a connected machine")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="zoo-push-") as folder:
+        save_pretrained(model, folder, model_args=model_args, metrics=metrics, dataset=dataset)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    return str(getattr(commit, "commit_url", commit))

@@ -66,6 +66,13 @@ def register_pretrained_cfgs(cfgs: dict[str, PretrainedCfg]) -> dict[str, Pretra
     return out
 
 
+def pretrained_cfgs(arch: str) -> list[PretrainedCfg]:
+    """Every registered config of ``arch``, its default (weights first) leading."""
+    tags = _CFGS.get(arch, {})
+    first = get_pretrained_cfg(arch) if arch in _ENTRYPOINTS else None
+    return ([first] if first is not None and first.tag in tags else []) + [c for c in tags.values() if c is not first]
+
+
 def split_name(name: str) -> tuple[str, str]:
     """``'seresnet50.a1_in1k'`` -> ``('seresnet50', 'a1_in1k')``; no tag gives ``''``."""
     arch, _, tag = name.partition(".")

@@ -73,6 +73,8 @@ class VisionTransformer(nn.Module):
         norm_eps: LayerNorm epsilon (1e-6 in the release).
     """
 
+    pipeline_tag = "image-classification"  # the Hugging Face hub's task, for the model card
+
     sample_by_default = False
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,

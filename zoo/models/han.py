@@ -48,6 +48,8 @@ class HAN(nn.Module):
     kernel to 3x3, so neither is an argument here.
     """
 
+    pipeline_tag = "image-to-image"  # the Hugging Face hub's task, for the model card
+
     def __init__(self, scale: int = 2, n_resgroups: int = RELEASE_RESGROUPS, n_resblocks: int = 20,
                  n_feats: int = 64, reduction: int = 16, in_chans: int = 3,
                  rgb_mean: tuple[float, float, float] = DIV2K_MEAN, device: torch.device | str | None = None,

@@ -157,6 +157,8 @@ class MoCLM(nn.Module):
     ``tie_embeddings``), plus ``device`` and ``dtype``. ``model.config`` holds them.
     """
 
+    pipeline_tag = "text-generation"  # the Hugging Face hub's task, for the model card
+
     def __init__(self, vocab_size: int = 257, dim: int = 256, n_layers: int = 4, n_heads: int = 4,
                  n_kv_heads: int | None = None, hidden_dim: int = 688, top_k: int | None = None,
                  max_seq_len: int = 256, rope_theta: float = 10000.0, norm_eps: float = 1e-6,

@@ -108,6 +108,8 @@ class RCAN(nn.Module):
         rgb_mean: the mean the mean shifts remove, in [0, 1] (DIV2K's by default).
     """
 
+    pipeline_tag = "image-to-image"  # the Hugging Face hub's task, for the model card
+
     def __init__(self, scale: int = 2, n_resgroups: int = 10, n_resblocks: int = 20, n_feats: int = 64,
                  reduction: int = 16, res_scale: float = 1.0, kernel_size: int = 3, in_chans: int = 3,
                  rgb_mean: tuple[float, float, float] = DIV2K_MEAN, device: torch.device | str | None = None,

@@ -20,7 +20,7 @@ from torch import nn
 
 import blocks
 import kernels
-from blocks.validation import check_image, check_tensor, float_param, owner_name
+from blocks.validation import check_image, check_tensor, float_param, owner_name, symbolic_tracing
 from blocks.fusion import can_fuse
 from blocks.layers import DropPath
 
@@ -44,8 +44,7 @@ def _fusable(attn: nn.Module, drop_path: nn.Module, act: nn.Module, x: torch.Ten
     """Whether ``act(drop_path(attn(x)) + shortcut)`` may run as ``channel_scale(x, gate, shortcut, relu=True)``:
     a channel gate and a ReLU without hooks (the fused path calls neither module's forward), no active
     stochastic depth, and a shortcut of x's shape and dtype."""
-    return (isinstance(attn, blocks.ChannelGate) and type(act) is nn.ReLU
-            and can_fuse(attn, act)
+    return (can_fuse(attn, act) and isinstance(attn, blocks.ChannelGate) and type(act) is nn.ReLU
             and (isinstance(drop_path, nn.Identity) or not drop_path.training or drop_path.drop_prob == 0.0)
             and shortcut.shape == x.shape and shortcut.dtype == x.dtype)
 
@@ -157,6 +156,8 @@ class ResNet(nn.Module):
         zero_init_last: zero the last BN of each branch so every block starts as the identity.
     """
 
+    pipeline_tag = "image-classification"  # the Hugging Face hub's task, for the model card
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck] = Bottleneck,
@@ -257,6 +258,8 @@ class ResNet(nn.Module):
         self.grad_checkpointing = enable
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if symbolic_tracing():  # the traced graph carries no checks; the model checks when it runs
+            return
         arch = owner_name(self)
         check_tensor(arch, x, "images (B, C, H, W)")
         if x.ndim != 4 or x.shape[1] != self.in_chans:
@@ -264,16 +267,42 @@ class ResNet(nn.Module):
                              f"Build it with in_chans={x.shape[1] if x.ndim == 4 else '?'} or fix the input.")
         check_image(arch, x, float_param(self))
 
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            return torch.utils.checkpoint.checkpoint_sequential(stage, len(stage), x, use_reentrant=False)
+        return stage(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and the four stages: (B, in_chans, H, W) -> (B, num_features, H/32, W/32)."""
         self._check_input(x)
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint_sequential(stage, len(stage), x, use_reentrant=False)
-            else:
-                x = stage(x)
+            x = self._run_stage(stage, x)
         return x
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's intermediate-features API over the five taps of ``feature_info`` (the stem before its
+        max-pool, then each stage): ``indices`` an int takes the last n, a sequence picks (negative from
+        the end), None all. ``stop_early`` skips the stages after the last tap (then the returned final
+        features are that tap's). Returns ``(final features, taps)``, or the taps alone. ``norm`` has
+        nothing to apply to in a ResNet (no final norm layer)."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt != "NCHW":
+            raise ValueError(f"forward_intermediates: a ResNet's features are NCHW; got output_fmt={output_fmt!r}")
+        take, last = feature_take_indices(5, indices)
+        self._check_input(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        taps = [x] if 0 in take else []
+        x = self.maxpool(x)
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        for i, stage in enumerate(stages[:last] if stop_early else stages, start=1):
+            x = self._run_stage(stage, x)
+            if i in take:
+                taps.append(x)
+        return taps if intermediates_only else (x, taps)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, dropout and classify; ``pre_logits=True`` stops before the classifier."""

@@ -85,6 +85,8 @@ class VAR(nn.Module):
             importable, else sdpa). The KV-cached sampler always uses SDPA with no mask.
     """
 
+    pipeline_tag = "unconditional-image-generation"  # the Hugging Face hub's task, for the model card
+
     def __init__(self, vae: VQVAE | None = None, num_classes: int = 1000, depth: int = 16, embed_dim: int = 1024,
                  num_heads: int = 16, mlp_ratio: float = 4.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False,

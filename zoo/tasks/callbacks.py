@@ -25,7 +25,10 @@ class ExportModel(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        self.exported = [save_pretrained(pl_module.model, self.directory)]
+        # the model card carries the last validation metrics, measured on the run's data
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val") and v.numel() == 1}
+        data = type(trainer.datamodule).__name__ if trainer.datamodule is not None else ""
+        self.exported = [save_pretrained(pl_module.model, self.directory, metrics=metrics, dataset=data)]
         if getattr(pl_module, "ema", None) is not None:
             ema = pl_module.ema.module
             ema.pretrained_cfg, ema.model_args = pl_module.model.pretrained_cfg, getattr(pl_module.model, "model_args", {})
