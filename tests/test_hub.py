@@ -363,3 +363,19 @@ def test_saved_preprocessing_survives_reload(tmp_path):
     assert loaded.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
     assert loaded.pretrained_cfg["input_size"] == (3, 96, 96)
     assert loaded.pretrained_cfg["architecture"] == "resnet18"
+
+
+def test_zoo_offline_alone_stops_hub_downloads_at_once(hf_cache, monkeypatch):
+    """ZOO_OFFLINE=1 without HF_HUB_OFFLINE: the hub is not contacted (no retries), the cache is named."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # huggingface_hub read it at import
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as info:
+        zoo.create("resnet18", pretrained="hf-hub:org/not-cached")
+    assert time.perf_counter() - start < 5
+    assert "not in the Hugging Face cache" in str(info.value) and "hf download org/not-cached" in str(info.value)

@@ -63,14 +63,14 @@ def _hf_download(repo_id: str, filename: str, revision: str | None) -> Path | No
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    try:  # ZOO_OFFLINE forbids downloads as HF_HUB_OFFLINE does: the cache only, no retries
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline()))
     except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: it must be caught first
         from huggingface_hub import constants
 
         raise FileNotFoundError(
             f"hf-hub:{repo_id} ({filename}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be "
-            f"downloaded from here: run `huggingface-cli download {repo_id}` on a connected machine and copy the "
+            f"downloaded from here: run `hf download {repo_id}` on a connected machine and copy the "
             f"cache, or download the folder and pass pretrained='local-dir:<folder>'") from None
     except EntryNotFoundError:
         return None
