@@ -32,9 +32,9 @@ from safetensors.torch import save_file
 
 import zoo
 from blocks.validation import check_kwargs, closest
+from zoo.checkpoint import CheckpointError
 from zoo.data import DATAMODULES
 from zoo.files import atomic_write
-from zoo.checkpoint import CheckpointError
 from zoo.tasks import TASKS, NonFiniteLossError, OptimizerConfig, SchedulerConfig
 from zoo.tasks.callbacks import ExportModel, RunSummary, plot_metrics
 from zoo.tasks.checkpointing import LastCheckpoint, MetricsRows, SafeCheckpointIO, resolve_ckpt_path

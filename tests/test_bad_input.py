@@ -19,11 +19,11 @@ import zoo
 from zoo.__main__ import main
 from zoo.checkpoint import DIGEST_KEY, CheckpointError, content_digest, read_checkpoint
 from zoo.data.images import read_image
-from zoo.generation import generate
+from zoo.generation import generate, sample_grid
 from zoo.hub import save_pretrained
 from zoo.inference import upscale
-from zoo.generation import sample_grid
 from zoo.quant.io import META_KEY, save_quantized
+from weights_helpers import payload_checkpoint
 
 # --------------------------------------------------------------------------------------------- fixtures
 
@@ -255,6 +255,14 @@ def test_num_classes_argument_is_checked_before_building(value, exc) -> None:
     _assert_one_sentence(info.value, "num_classes", "resnet18", repr(value) if isinstance(value, str) else str(value))
 
 
+def test_sampling_a_model_that_is_not_a_generator_says_so_before_reading_weights() -> None:
+    from zoo.generation import load_for_sampling
+
+    with pytest.raises(ValueError) as info:
+        load_for_sampling("resnet18", weights="/no/such/weights.safetensors")
+    _assert_one_sentence(info.value, "resnet18 is not a VAR model", "var_d16")
+
+
 def test_model_name_must_be_a_string() -> None:
     with pytest.raises(TypeError) as info:
         zoo.create(5)
@@ -382,19 +390,8 @@ def test_undecodable_image_file_names_the_file(tmp_path, content, words) -> None
 # ----------------------------------------------------------------------------------------- pickled code
 
 
-class _Payload:
-    """Unpickling this creates ``marker``: what an attacker's checkpoint would do with a shell command."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
 def _evil_file(path: Path, marker: Path) -> Path:
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "extra": _Payload(marker)}, path)
-    return path
+    return payload_checkpoint(path, marker, **{"conv1.weight": torch.zeros(64, 3, 7, 7)})
 
 
 def test_payload_is_refused_even_when_the_environment_disables_weights_only(tmp_path, monkeypatch) -> None:

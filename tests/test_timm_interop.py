@@ -3,23 +3,18 @@ export loads in zoo; the pretrained configs of the tags both have agree field fo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
 import zoo
+from weights_helpers import assert_same_model
 
 SHARED = ["resnet18", "seresnet18", "ecaresnet50d"]
 PREPROCESSING = ("input_size", "test_input_size", "fixed_input_size", "interpolation", "crop_pct", "test_crop_pct",
                  "crop_mode", "mean", "std", "num_classes", "pool_size", "first_conv", "classifier")
-
-
-def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 @pytest.mark.parametrize("arch", SHARED)
@@ -34,7 +29,7 @@ def test_zoo_folder_loads_in_timm(arch, tmp_path):
                                 pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"), num_classes=10)).eval()
     x = torch.rand(2, 3, 64, 64)
     for theirs in (by_dir, by_file):
-        _same_weights(ours, theirs)
+        assert_same_model(ours, theirs)
         with torch.no_grad():
             torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=1e-5)
     assert by_dir.pretrained_cfg["interpolation"] == ours.pretrained_cfg["interpolation"]
@@ -51,7 +46,7 @@ def test_timm_export_loads_in_zoo(arch, tmp_path):
         x = torch.rand(1, 3, 64, 64)
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
     back = zoo.save_pretrained(ours, tmp_path / "back")  # and round again into timm
-    _same_weights(theirs, timm.create_model(f"local-dir:{back}", pretrained=True))
+    assert_same_model(theirs, timm.create_model(f"local-dir:{back}", pretrained=True))
 
 
 def test_pretrained_cfgs_of_shared_tags_equal_timms():
@@ -193,8 +188,8 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
         seen["repo"] = (repo_id, private, exist_ok)
 
     def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
-        seen["files"] = sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())
-        seen["config"] = json.loads((__import__("pathlib").Path(folder_path) / "config.json").read_text())
+        seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        seen["config"] = json.loads((Path(folder_path) / "config.json").read_text())
         return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)

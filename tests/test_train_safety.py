@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from run_helpers import ROOT, assert_equal_nested, checkpoint_state, tiny_config
+from weights_helpers import payload_checkpoint
 
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
@@ -45,20 +46,8 @@ def _metrics_rows(out: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-class _Payload:
-    """Unpickling this creates a marker file: what a hostile checkpoint would do."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
 def _evil_checkpoint(path: Path, marker: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {}, "payload": _Payload(str(marker))}, path)
-    return path
+    return payload_checkpoint(path, marker, state_dict={})
 
 
 @pytest.fixture

@@ -74,3 +74,20 @@ def sd10_files(tmp_path_factory, sd10) -> dict[str, Path]:
     torch.save(sd10, files["zip"])
     torch.save(sd10, files["legacy"], _use_new_zipfile_serialization=False)
     return files
+
+
+class MarkerPayload:
+    """Unpickling this creates ``marker``: what an attacker's checkpoint would do with a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def payload_checkpoint(path: Path, marker: Path, **entries) -> Path:
+    """A torch file holding ``entries`` and a :class:`MarkerPayload` that creates ``marker`` when unpickled."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**entries, "payload": MarkerPayload(marker)}, path)
+    return path

@@ -10,10 +10,10 @@ from typing import Any, TextIO
 
 import torch
 
+from . import registry
 from .data.images import image_grid, write_image
 from .data.tokenizers import get_tokenizer
 from .factory import create
-from .hub import read_source_config
 from .models.decoding import (cached_logits, check_lengths, check_sampling, generate, sample_next, stream_tokens,
                               top_k_filter, top_p_filter)
 from .models.var import VAR
@@ -88,20 +88,17 @@ def generate_text(model_name: str, prompt: str, weights: Any = True, max_new_tok
 def load_for_sampling(model: str, weights: str | None = None, vae: str | None = None, device: str = "cpu") -> VAR:
     """A VAR and its tokenizer for sampling: ``weights``/``vae`` are files or saved folders (None:
     the release's weights); a folder's config.json gives the architecture and arguments."""
-
-    vae_arch = (read_source_config(vae) or {}).get("architecture", "vqvae_ch160v4096z32") if vae else \
-        "vqvae_ch160v4096z32"
-    tokenizer = create(vae_arch, pretrained=vae or True).eval().to(device)
-    net = create(model, pretrained=weights or True, vae=tokenizer).eval().to(device)
-    if not isinstance(net, VAR):
+    tokenizer_arg = registry.submodel_args(model).get("vae")
+    if tokenizer_arg is None:  # before any weights are read
         raise ValueError(f"{model} is not a VAR model; try var_d16, var_d20, var_d24 or var_d30")
-    return net
+    # a tokenizer path is built by zoo.create (registry.register_submodel); without one, the release's
+    tokenizer = vae or create(tokenizer_arg.default_arch, pretrained=True)
+    return create(model, pretrained=weights or True, vae=tokenizer).eval().to(device)
 
 
 def sample_grid(net: VAR, output: str | Path, class_id: int, n: int = 16, cfg: float = 4.0, top_k: int = 900,
                 top_p: float = 0.95, seed: int | None = 0, more_smooth: bool = False, **options: Any) -> Path:
     """Sample ``n`` images of ``class_id`` and write them as one grid PNG (atomically)."""
-
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
     check_sampling_args(cfg, top_k, top_p)

@@ -197,19 +197,19 @@ def resolve_source(spec: object, cfg: PretrainedCfg) -> Source:
         source = _cfg_source(cfg)
     elif not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"pretrained must be a bool, tag, path, 'hf-hub:...', URL or state dict; got {type(spec).__name__}")
-    elif os.fspath(spec).startswith("hf-hub:"):
-        path, config = fetch_hf_hub(os.fspath(spec)[len("hf-hub:"):])
-        source = Source(os.fspath(spec), path, config=config)
-    elif os.fspath(spec).startswith(URL_SCHEMES):
-        source = Source(os.fspath(spec), download_cached(os.fspath(spec)))
+    elif (text := os.fspath(spec)).startswith("hf-hub:"):
+        path, config = fetch_hf_hub(text[len("hf-hub:"):])
+        source = Source(text, path, config=config)
+    elif text.startswith(URL_SCHEMES):
+        source = Source(text, download_cached(text))
     else:
-        path = local_path(spec)
+        path = local_path(text)
         if path.is_dir():
             source = Source(str(path), locate_folder_weights(path), config=_read_config(path / CONFIG_NAME))
         elif path.is_file():
             source = Source(str(path), path)
         else:
-            raise FileNotFoundError(f"pretrained={os.fspath(spec)!r} is not a tag of {cfg.architecture!r}, an existing "
+            raise FileNotFoundError(f"pretrained={text!r} is not a tag of {cfg.architecture!r}, an existing "
                                     f"file or folder, 'hf-hub:org/repo' or a URL")
     source.quant = read_quant_metadata(source.path) if source.path is not None else None
     return source
@@ -256,14 +256,12 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
     if hasattr(model, "in_chans"):
         args.setdefault("in_chans", model.in_chans)
     cfg.update(architecture=arch, file="", hf_hub_id="", url="", filename="")
+    config = {"architecture": arch}
     if "num_classes" in args:
-        cfg["num_classes"] = args["num_classes"]
+        cfg["num_classes"] = config["num_classes"] = args["num_classes"]
     # timm's key set, so timm.create_model(..., pretrained_cfg_overlay=dict(file=...)) and timm's
     # local-dir: read the folder too; the zoo's own fields go under their own key
     timm_cfg, own = PretrainedCfg.from_dict(cfg).split_for_timm()
-    config = {"architecture": arch}
-    if "num_classes" in args:
-        config["num_classes"] = args["num_classes"]
     config.update(num_features=getattr(model, "num_features", None), model_args=args, pretrained_cfg=timm_cfg)
     if own:
         config["zoo"] = {"pretrained_cfg": own}

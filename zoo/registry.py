@@ -113,10 +113,14 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     return tags[tag]
 
 
-def _matches(name: str, patterns: str | Sequence[str]) -> bool:
+def _patterns(given: str | Sequence[str]) -> list[str]:
+    """One wildcard pattern or several, empty ones dropped (timm takes either)."""
+    return [p for p in ([given] if isinstance(given, str) else given) if p]
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
     """``name`` (or its architecture, for ``arch.tag``) matches one of the wildcard ``patterns``."""
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(split_name(name)[0], p) for p in patterns if p)
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(split_name(name)[0], p) for p in patterns)
 
 
 def list_models(filter: str | Sequence[str] = "", module: str = "", pretrained: bool = False,
@@ -138,14 +142,11 @@ def list_models(filter: str | Sequence[str] = "", module: str = "", pretrained: 
         names = [n for n in names if n in _CFGS]
     if include_tags:
         names = [cfg.name for n in names for cfg in _CFGS.get(n, {}).values()
-                 if cfg.tag and (cfg.has_weights or not pretrained)] or []
+                 if cfg.tag and (cfg.has_weights or not pretrained)]
     elif pretrained:
         names = [n for n in names if any(c.has_weights for c in _CFGS.get(n, {}).values())]
-    if (filter if isinstance(filter, str) else any(filter)):
-        names = [n for n in names if _matches(n, filter)]
-    if exclude_filters if isinstance(exclude_filters, str) else any(exclude_filters):
-        names = [n for n in names if not _matches(n, exclude_filters)]
-    return sorted(names)
+    keep, drop = _patterns(filter), _patterns(exclude_filters)
+    return sorted(n for n in names if (not keep or _matches(n, keep)) and not _matches(n, drop))
 
 
 def list_pretrained(filter: str | Sequence[str] = "", exclude_filters: str | Sequence[str] = "") -> list[str]:

@@ -12,12 +12,11 @@ from typing import Collection, Optional
 from torch import nn
 
 from blocks.quant import QuantConv2d, QuantLinear
+from blocks.quant_spec import QuantSpec
 
 from ..checkpoint import DIGEST_KEY, CheckpointError, clean_state_dict, content_digest, fit_state_dict, read_checkpoint
 from ..files import atomic_write
-
 from .convert import LayerReport, _set_module
-from blocks.quant_spec import QuantSpec
 
 META_KEY = "zoo.quant"
 # 2: each layer records its "weight_bits" (mixed precision: a 4-bit spec's keep_w8 layers hold int8).
@@ -44,7 +43,6 @@ def quant_metadata(model: nn.Module) -> dict:
 def save_quantized(model: nn.Module, path: str | os.PathLike, extra_metadata: Optional[dict] = None) -> Path:
     """Write a quantized model to one ``.safetensors`` file, atomically."""
     from safetensors.torch import save_file
-
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -86,7 +84,6 @@ def _parse_metadata(text: str, path: Path) -> dict:
     """The file's quantization record as a dict with a readable spec and a layer table, or a
     :class:`CheckpointError` naming the file: a damaged header otherwise fails as a bare KeyError or
     JSONDecodeError deep inside the rebuild."""
-
     fix = "quantize the float model again and save it with zoo.quant.save_quantized"
     try:
         data = json.loads(text)

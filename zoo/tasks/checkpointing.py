@@ -43,9 +43,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
         checkpoint = {**checkpoint, DIGEST_KEY: content_digest(checkpoint)}
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
-    def preload(self, path: str) -> dict:
+    def preload(self, path: str) -> None:
         self._preloaded[path] = self._read(path)
-        return self._preloaded[path]
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict:
         path = str(path)

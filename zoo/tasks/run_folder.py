@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from ..files import atomic_write
+
 LOCK_NAME = ".run.lock"
 
 
@@ -155,7 +157,9 @@ class RunCSVLogger(CSVLogger):
             header = next(reader, [])
             column = header.index("step") if "step" in header else None
             kept = [header] + [row for row in reader if column is None or not row[column] or int(float(row[column])) < step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            csv.writer(fh).writerows(kept)
-        os.replace(tmp, path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as out:
+                csv.writer(out).writerows(kept)
+
+        atomic_write(path, write)
