@@ -198,3 +198,9 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     assert url == "https://huggingface.co/me/resnet18-digits/commit/abc"
     assert seen["repo"] == ("me/resnet18-digits", True, True)
     assert seen["files"] == ["README.md", "config.json", "model.safetensors"] and seen["config"]["num_classes"] == 4
+
+
+def test_push_to_hub_offline_says_what_to_do_instead():
+    """The suite runs with ZOO_OFFLINE=1 (conftest): nothing is contacted, the message gives the way round."""
+    with pytest.raises(RuntimeError, match=r"offline .*save_pretrained the model here and upload the folder"):
+        zoo.push_to_hub(zoo.create("resnet18", num_classes=2), "me/x")
