@@ -10,6 +10,10 @@ count; ratio = fp32 eager time / the path's time. Paths:
   ``zoo.optimize(model, dtype=torch.bfloat16)`` (inductor with freezing; bf16 under autocast);
 - ``pt2e int8 compiled``: PyTorch's own flow, torchao's ``X86InductorQuantizer`` (static per-tensor
   u8 activations, per-channel s8 weights, calibrated on the input), then inductor with freezing;
+- ``onnxruntime fp32`` and ``onnxruntime int8``: the model through ``zoo.export_onnx``, run by
+  onnxruntime's CPU provider (all graph optimizations, one session per thread count); the int8 row is
+  onnxruntime's own static QDQ quantization (``quantize_static``: u8 activations calibrated on the
+  input, per-channel s8 weights), after its ``quant_pre_process``;
 - ``zoo w8a8-tok``: per-pixel activation scales everywhere (k x k convolutions on the exact float
   emulation; 1x1 and linear layers on oneDNN), as the presets were before; ``zoo w8a8`` and
   ``zoo w4a8-pcw`` (the presets' per-image activations; int4 with one scale per output channel): every
@@ -20,8 +24,9 @@ count; ratio = fp32 eager time / the path's time. Paths:
 Accuracy: output SQNR against fp32 in dB (the SR models also the PSNR of the output against fp32's; their
 input is a crop of a natural image, scikit-image's astronaut). Language model rows: a 256-token prefill
 and a one-token decode step after it.
-The table is printed and saved under benchmarks/out/ (git-ignored). onnxruntime is not a row yet:
-zoo's blocks call custom ops (``zoo::pool_mean`` ...) that have no ONNX translation.
+The table is printed and saved under benchmarks/out/ (git-ignored), with the ONNX files. The peers
+(torchao, onnxruntime) come with the ``bench`` extra; a peer that is missing or fails on a model is
+reported and skipped.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
-from common import interleaved_medians_ms, print_table, save_text  # noqa: E402
+from common import OUT, interleaved_medians_ms, print_table, save_text  # noqa: E402
 
 QUANT_SPECS = ("w8a8-tok", "w8a8", "w8a8-static", "w4a8-pcw")
 
@@ -127,6 +132,44 @@ def pt2e_int8(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return compiled
 
 
+def onnxruntime_paths(model: nn.Module, x: torch.Tensor, slug: str, threads: list[int]
+                      ) -> dict[str, Callable[[], torch.Tensor]]:
+    """``onnxruntime fp32`` / ``onnxruntime int8``: the exported graph and onnxruntime's static QDQ int8 of it,
+    each a session per thread count (onnxruntime fixes its pool when a session is made)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    folder = OUT / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = zoo.export_onnx(model, folder / f"{slug}.onnx", x, dynamic_batch=False)
+    name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    feed = {name: x.numpy()}
+
+    class OneBatch(CalibrationDataReader):  # calibrated on the timed input, as the pt2e row
+        def __init__(self) -> None:
+            self.batches = iter([feed])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared, int8 = folder / f"{slug}.pre.onnx", folder / f"{slug}.int8.onnx"
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_static(str(prepared), str(int8), OneBatch(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+    def runner(path: Path) -> Callable[[], torch.Tensor]:
+        sessions = {}
+        for n in threads:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = n, 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sessions[n] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda: torch.from_numpy(sessions.get(torch.get_num_threads(), sessions[threads[0]]).run(None, feed)[0])
+
+    return {"onnxruntime fp32": runner(fp32), "onnxruntime int8": runner(int8)}
+
+
 def lm_step(model: nn.Module, prompt: torch.Tensor) -> Callable[[], torch.Tensor]:
     """One decode step after a prompt: the cache is rewound to the prompt before every call."""
     cache = model.make_cache("dense")
@@ -141,7 +184,7 @@ def lm_step(model: nn.Module, prompt: torch.Tensor) -> Callable[[], torch.Tensor
     return step
 
 
-def paths(case: Case, compile_: bool) -> dict[str, Callable[[], torch.Tensor]]:
+def paths(case: Case, compile_: bool, threads: list[int]) -> dict[str, Callable[[], torch.Tensor]]:
     torch.manual_seed(0)
     base = case.build().eval().requires_grad_(False)
     x = case.make_input()
@@ -160,6 +203,11 @@ def paths(case: Case, compile_: bool) -> dict[str, Callable[[], torch.Tensor]]:
                 out["pt2e int8 compiled"] = call(pt2e_int8(copy.deepcopy(base), x), x)
             except Exception as e:  # noqa: BLE001  a peer that fails on a model is reported, not fatal
                 print(f"  pt2e int8 on {case.name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    if not case.lm_decode:
+        try:
+            out.update(onnxruntime_paths(copy.deepcopy(base), x, case.name.split()[0], threads))
+        except Exception as e:  # noqa: BLE001  as above (ImportError: the bench extra is not installed)
+            print(f"  onnxruntime on {case.name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
     for spec in QUANT_SPECS:
         quantized = zoo.quantize(copy.deepcopy(base), spec, calib=[x] if "static" in spec else None)
         out[f"zoo {spec}"] = call(quantized if spec == "w8a8-tok" else zoo.optimize(quantized, compile=compile_), xin)
@@ -169,7 +217,7 @@ def paths(case: Case, compile_: bool) -> dict[str, Callable[[], torch.Tensor]]:
 def run_case(case: Case, threads: list[int], repeats: int, compile_: bool) -> list[list[str]]:
     start = time.perf_counter()
     with torch.no_grad():
-        fns = paths(case, compile_)
+        fns = paths(case, compile_, threads)
         reference = fns["fp32 eager"]()
         outputs = {name: fn() for name, fn in fns.items()}  # compiles here, before the timed rounds
     print(f"  {case.name}: built and compiled in {time.perf_counter() - start:.0f} s", flush=True)

@@ -220,6 +220,8 @@ class _QuantLayer(nn.Module):
         self._onednn = onednn_int8.WeightCache()
         self._onednn_decision: Optional[tuple[str, bool]] = None  # (ZOO_KERNELS value, runs on oneDNN)
         self.fused_relu = False  # a ReLU that followed this layer, applied here (set by zoo.optimize)
+        # the next layer's static activation scale: emit its uint8 codes instead of floats (set by zoo.optimize)
+        self.codes_out_scale: Optional[torch.Tensor] = None
 
     # ---- execution: which kernel runs this layer -----------------------------------------------
     @property
@@ -288,8 +290,14 @@ class _QuantLayer(nn.Module):
     def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The layer on oneDNN's int8 kernels: x (B, C, H, W) for a conv, (M, K) for a linear."""
         conv = isinstance(self, QuantConv2d)
-        v = self._transformed(x)
         clamp = self.act_scale is not None  # a static scale can put values past +-127
+        out_scale = self.codes_out_scale if conv else None
+        if x.dtype == torch.uint8:  # codes from the layer before, at this layer's static scale (see codes_out_scale)
+            return onednn_int8.int8_layer(x, self.act_scale.float().reshape(()), self._onednn, self.qweight,
+                                          self.weight_scale, self.weight_zero, self.bias, self.spec.weight_bits,
+                                          self.in_channels, self.stride, self.padding, relu=self.fused_relu,
+                                          out_scale=out_scale)
+        v = self._transformed(x)
         if clamp:
             scale = self.act_scale.float().reshape(())
         elif self.act_scope == "image":
@@ -299,7 +307,8 @@ class _QuantLayer(nn.Module):
         return onednn_int8.int8_layer(v, scale, self._onednn, self.qweight, self.weight_scale, self.weight_zero,
                                       self.bias, self.spec.weight_bits, self.in_channels,
                                       getattr(self, "stride", (1, 1)), getattr(self, "padding", (0, 0)),
-                                      is_linear=not conv, clamp=clamp, relu=self.fused_relu, out_dtype=x.dtype)
+                                      is_linear=not conv, clamp=clamp, relu=self.fused_relu, out_dtype=x.dtype,
+                                      out_scale=out_scale if clamp and not torch.compiler.is_compiling() else None)
 
     @classmethod
     def layer_config(cls, layer: "_QuantLayer") -> dict:
@@ -424,6 +433,11 @@ class QuantConv2d(_QuantLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        if x.dtype == torch.uint8:  # the previous layer's codes (zoo.optimize chains static layers on oneDNN)
+            if self.act_scale is None or not self._runs_onednn(x):
+                raise ValueError(f"{type(self).__name__} got uint8 input: only a layer with a static activation "
+                                 "scale on oneDNN takes codes (zoo.optimize chains such layers); pass floats")
+            return self._onednn_forward(x)
         if self.spec.weight_only or self.spec.fp8:
             pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
             pixels = self._fp8_tokens(pixels) if self.spec.fp8 else self._prepare(pixels)

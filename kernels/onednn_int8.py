@@ -113,15 +113,18 @@ def quantize_u8(v: torch.Tensor, scale: torch.Tensor, clamp: bool) -> torch.Tens
     ``torch.quantize_per_tensor`` (one vectorized pass; its uint8 storage is read in place); under
     torch.compile the plain ops, which the compiler fuses. Both round half to even, as the reference."""
     q = v.float() / scale  # the reference's fp32 division
-    if clamp:
-        q.clamp_(-QMAX, QMAX)
     if not _quantize_per_tensor_fast():
+        if clamp:
+            q.clamp_(-QMAX, QMAX)
         return torch.round(q).add_(ZERO_POINT).to(torch.uint8)
     with warnings.catch_warnings():  # quantized dtypes are deprecated; we only borrow the rounding pass
         warnings.simplefilter("ignore")
-        quint8 = torch.quantize_per_tensor(q, 1.0, ZERO_POINT, torch.quint8)
+        quint8 = torch.quantize_per_tensor(q, 1.0, ZERO_POINT, torch.quint8)  # rounds, then clamps to 0..255
     codes = torch.empty(0, dtype=torch.uint8, device=v.device)
-    return codes.set_(quint8.untyped_storage(), quint8.storage_offset(), quint8.shape, quint8.stride())
+    codes.set_(quint8.untyped_storage(), quint8.storage_offset(), quint8.shape, quint8.stride())
+    # clamp(round(q), -127, 127) + 128: the upper bound is 255 already; the lower one, on bytes, is a quarter
+    # of the fp32 pass a clamp before rounding costs (rounding and integer bounds commute)
+    return codes.clamp_min_(ZERO_POINT - QMAX) if clamp else codes
 
 
 def quantize_for(v: torch.Tensor, a_scale: torch.Tensor, clamp: bool) -> torch.Tensor:
@@ -139,17 +142,29 @@ _ZERO_POINT = torch.tensor(ZERO_POINT)
 
 
 def conv2d(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
-           out_dtype: torch.dtype = torch.float32, relu: bool = False) -> torch.Tensor:
+           out_dtype: torch.dtype = torch.float32, relu: bool = False,
+           out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Convolve uint8 codes (B, C, H, W) (:func:`quantize_for`): (B, N, Ho, Wo), channels-last memory.
 
     ``a_scale``: () one scale, (B,) one per image, or (B, H, W) one per pixel (pointwise weights only).
-    ``relu``: a ReLU after the bias (oneDNN's post-op where the epilogue is fused)."""
+    ``relu``: a ReLU after the bias (oneDNN's post-op where the epilogue is fused). ``out_scale``: return
+    the next layer's uint8 codes at this () scale instead of floats (one ``a_scale`` only): the epilogue
+    quantizes as :func:`quantize_u8` does, so a chain of layers hands int8 on without a float pass."""
     b = codes.shape[0]
     per_pixel = a_scale.ndim == 3
     if per_pixel and not weight.pointwise:
         raise ValueError("oneDNN int8 convolution: per-pixel activation scales need a 1x1 kernel without padding")
     codes = codes.contiguous(memory_format=torch.channels_last)
     fused = a_scale.numel() == 1 and not per_pixel  # one scale in the call: oneDNN's epilogue does it all
+    if out_scale is not None:
+        if not fused:
+            raise ValueError("oneDNN int8 convolution: codes out (out_scale) need one activation scale in")
+        out = torch.ops.onednn.qconv_pointwise.tensor(
+            codes, a_scale.reshape(()).float(), _ZERO_POINT, weight.packed, weight.scale, weight.zero,
+            None if bias is None else bias.float(), list(weight.stride), list(weight.padding), [1, 1], 1,
+            float(out_scale), ZERO_POINT, None, "relu" if relu else "none", [], "")  # (B, N, Ho, Wo) uint8
+        # oneDNN saturates to 0..255; the symmetric codes stop at -127 (after a ReLU every code is >= 128)
+        return out if relu else out.clamp_min_(ZERO_POINT - QMAX)
     out = torch.ops.onednn.qconv_pointwise.tensor(
         codes, a_scale.reshape(()).float() if fused else _ONE, _ZERO_POINT, weight.packed, weight.scale, weight.zero,
         bias.float() if fused and bias is not None else None, list(weight.stride), list(weight.padding), [1, 1], 1,
@@ -269,14 +284,23 @@ def int8_layer(v: torch.Tensor, a_scale: torch.Tensor, cache: WeightCache, qweig
                w_scale: torch.Tensor, w_zero: Optional[torch.Tensor], bias: Optional[torch.Tensor], weight_bits: int,
                channels: int, stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
                is_linear: bool = False, clamp: bool = False, relu: bool = False,
-               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               out_dtype: torch.dtype = torch.float32, out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A quantized layer on oneDNN: fp32 activations ``v`` (B, C, H, W) or (M, K) with their scales (see
     :func:`quantize_for`), the layer's integer buffers (int8, or packed int4 with one scale per output
     channel) and its :class:`WeightCache`; ``relu`` fuses a following ReLU. The quantization runs outside
-    the op, where torch.compile can fuse it with the scales' reduction; the GEMM and its epilogue inside."""
-    codes = quantize_for(v, a_scale, clamp)
-    if not torch.compiler.is_compiling():  # eager: the op's body without the custom-op dispatch (~40 us a call)
+    the op, where torch.compile can fuse it with the scales' reduction; the GEMM and its epilogue inside.
+
+    In eager mode a convolution also takes ``v`` as uint8 codes at its () ``a_scale`` (the previous
+    layer's ``out_scale`` output) and, given ``out_scale``, returns the next layer's codes (:func:`conv2d`).
+    Under torch.compile codes are never handed on: the layer's floats go out, the next layer quantizes."""
+    compiling = torch.compiler.is_compiling()
+    if v.dtype == torch.uint8 and (is_linear or compiling or a_scale.numel() != 1):
+        raise ValueError("int8_layer: uint8 codes in are for an eager convolution with one activation scale")
+    codes = v if v.dtype == torch.uint8 else quantize_for(v, a_scale, clamp)
+    if not compiling:  # eager: the op's body without the custom-op dispatch (~40 us a call)
         weight = cache.get(qweight, w_scale, w_zero, weight_bits, channels, tuple(stride), tuple(padding), is_linear)
-        return (linear if is_linear else conv2d)(codes, a_scale, weight, bias, out_dtype, relu)
+        if is_linear:
+            return linear(codes, a_scale, weight, bias, out_dtype, relu)
+        return conv2d(codes, a_scale, weight, bias, out_dtype, relu, out_scale)
     return _int8_layer_op(codes, a_scale, qweight, w_scale, w_zero, bias, cache.handle, weight_bits, channels,
                           list(stride), list(padding), is_linear, relu, out_dtype)

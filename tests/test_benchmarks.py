@@ -35,14 +35,17 @@ def test_quantized_moc_decode_quick_pass(monkeypatch):
 
 def test_cpu_inference_quick_pass(monkeypatch):
     """The CPU inference table on the trained quickstart RCAN at 32x32, eager rows: one row per path, the
-    quantized rows' output SQNR against fp32 in the range the specs give (per-pixel above the presets' per-image)."""
+    quantized rows' output SQNR against fp32 in the range the specs give (per-pixel above the presets' per-image),
+    the onnxruntime rows through zoo.export_onnx."""
     monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
     module = runpy.run_path(str(BENCHMARKS / "cpu_inference.py"))
     report = module["main"](["--quick", "--no-compile", "--models", "rcan_tiny_x2", "--threads", "1", "--repeats", "1"])
     rows = {line.split("|")[2].strip(): line for line in report.splitlines() if line.startswith("rcan_tiny_x2")}
-    assert set(rows) == {"fp32 eager", "zoo w8a8-tok", "zoo w8a8", "zoo w8a8-static", "zoo w4a8-pcw"}
+    assert set(rows) == {"fp32 eager", "onnxruntime fp32", "onnxruntime int8", "zoo w8a8-tok", "zoo w8a8",
+                         "zoo w8a8-static", "zoo w4a8-pcw"}
     sqnr = {path: float(line.split("|")[5].split()[0]) for path, line in rows.items() if path != "fp32 eager"}
     assert sqnr["zoo w8a8-tok"] > sqnr["zoo w8a8"] > 45 and sqnr["zoo w4a8-pcw"] > 33, sqnr
+    assert sqnr["onnxruntime fp32"] > 100 and 35 < sqnr["onnxruntime int8"] < 70, sqnr  # the same graph; its int8
 
 
 def test_csam_quick_pass(monkeypatch):

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("quantization", ("zoo.quant",)),
     ("hub", ("zoo.model_card", "zoo.hub")),
     ("building", ("zoo.registry", "zoo.features", "zoo.builder", "zoo.factory")),
-    ("models", ("zoo.models", "zoo.deploy", "zoo.metrics", "zoo.profiling")),
+    ("models", ("zoo.models", "zoo.deploy", "zoo.onnx_export", "zoo.metrics", "zoo.profiling")),
     ("data", ("zoo.data",)),
     ("tasks", ("zoo.tasks",)),
     ("apps", ("zoo.generation", "zoo.inference", "zoo.timm_bridge", "zoo.__main__", "zoo")),

@@ -17,7 +17,7 @@ import kernels
 import zoo
 from blocks.quant import QuantConv2d, QuantLinear
 from kernels import onednn_int8
-from zoo.deploy import fuse_for_inference
+from zoo.deploy import chain_int8, fuse_for_inference
 from zoo.quant import QuantSpec
 
 needs_onednn = pytest.mark.skipif(onednn_int8.unavailable_reason() is not None,
@@ -304,6 +304,17 @@ def test_fusion_folds_batchnorms_and_relus_and_keeps_the_output(spec):
         after = fused(x)
     rel = float((after - before).norm() / before.norm())
     assert rel < (1e-5 if spec is None else 2e-2), rel
+    # the copy shares what folding left alone (memory): the classifier, and every layer's integer codes
+    assert all(a is b for a, b in zip(fused.fc.state_dict(keep_vars=True).values(),
+                                      model.fc.state_dict(keep_vars=True).values()))
+    originals = dict(model.named_modules())
+    for name, layer in fused.named_modules():
+        if isinstance(layer, (QuantConv2d, QuantLinear)):
+            assert layer.qweight is originals[name].qweight, name
+        elif isinstance(layer, nn.Conv2d):  # absorbed a batch norm: its own weights, the model's untouched
+            assert layer.weight.data_ptr() != originals[name].weight.data_ptr(), name
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
 
 
 def test_fusion_that_would_change_the_output_is_undone():
@@ -321,6 +332,95 @@ def test_fusion_that_would_change_the_output_is_undone():
     with pytest.warns(UserWarning, match="running the model unfused"):
         fused, done = fuse_for_inference(model, torch.randn(1, 4, 8, 8))
     assert fused is model and done == []
+
+
+# --------------------------------------------------------------------------------------------------
+# chained static layers hand each other uint8 codes
+# --------------------------------------------------------------------------------------------------
+@needs_onednn
+@pytest.mark.parametrize("relu", [True, False])
+def test_codes_out_are_the_next_layers_codes_but_at_ties(relu):
+    gen = torch.Generator().manual_seed(0)
+    weight = onednn_int8.prepack(_codes((24, 3, 3, 16), gen), torch.rand(24, generator=gen) * 1e-3 + 1e-3, (1, 1),
+                                 (1, 1))
+    x = torch.randn(2, 16, 11, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    bias, s_in, s_out = torch.randn(24, generator=gen), torch.tensor(0.02), torch.tensor(0.004)
+    codes = onednn_int8.quantize_for(x, s_in, clamp=True)
+    floats = onednn_int8.conv2d(codes, s_in, weight, bias, relu=relu)
+    expected = onednn_int8.quantize_u8(floats, s_out, clamp=True)  # what the next layer would make of them
+    got = onednn_int8.conv2d(codes, s_in, weight, bias, relu=relu, out_scale=s_out)
+    assert got.dtype == torch.uint8 and got.is_contiguous(memory_format=torch.channels_last)
+    assert int(got.min()) >= 1 and (int(expected.min()) == 1) == (not relu)  # s_out small: codes saturate
+    differ = got.int() != expected.int()
+    assert (got.int() - expected.int()).abs().max() <= 1 and differ.float().mean() < 1e-3
+    at = (floats / s_out)[differ]  # oneDNN's epilogue rounds its own fp32 product: it can differ only at a tie
+    assert ((at - at.floor() - 0.5).abs() < 1e-3).all()
+
+
+def _static_resnet() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = zoo.create("resnet18", num_classes=10).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 64, 64)
+    return zoo.quantize(model, "w8a8-static", calib=[x]), x.contiguous(memory_format=torch.channels_last)
+
+
+@needs_onednn
+def test_chained_layers_hand_codes_on_and_keep_the_output():
+    model, x = _static_resnet()
+    fused, _ = fuse_for_inference(model, x[:1])
+    chained, pairs = chain_int8(fused, x[:1])
+    assert len(pairs) == 8 and pairs[0] == "layer1.0.conv1 -> layer1.0.conv2"  # each BasicBlock's conv1 -> conv2
+    first = chained.get_submodule("layer1.0.conv1")
+    assert first.codes_out_scale is chained.get_submodule("layer1.0.conv2").act_scale
+    assert fused.get_submodule("layer1.0.conv1").codes_out_scale is None  # the model it came from is unchanged
+    assert first.qweight is fused.get_submodule("layer1.0.conv1").qweight  # a copy sharing the codes
+    inputs, seen = {}, []
+    handles = [fused.get_submodule(p.split(" -> ")[0]).register_forward_pre_hook(
+        lambda m, a, pair=p: inputs.__setitem__(pair, a[0])) for p in pairs]
+    handles.append(chained.get_submodule("layer1.0.conv2").register_forward_pre_hook(lambda m, a: seen.append(a[0])))
+    with torch.no_grad():
+        before, after = fused(x), chained(x)
+        for h in handles:
+            h.remove()
+        assert seen[0].dtype == torch.uint8
+        for pair in pairs:  # each hand-off, on the same input: the codes the next layer would have made
+            producer, consumer = pair.split(" -> ")
+            floats = fused.get_submodule(producer)(inputs[pair])
+            expected = onednn_int8.quantize_u8(floats, fused.get_submodule(consumer).act_scale, clamp=True)
+            diff = chained.get_submodule(producer)(inputs[pair]).int() - expected.int()
+            assert diff.abs().max() <= 1 and (diff != 0).float().mean() < 1e-3, pair  # ties only
+    # a flipped tie moves everything after it a little; optimize allows what it allows a fusion
+    assert float((after - before).norm() / before.norm()) < 2e-2
+    with torch.no_grad():
+        assert torch.equal(zoo.optimize(model, compile=False)(x), after)  # what optimize runs
+
+
+@needs_onednn
+def test_a_chain_whose_output_is_read_elsewhere_is_undone():
+    class ReadTwice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(y) + y  # a's output feeds b and the add
+
+    x = torch.randn(1, 4, 8, 8)
+    model = zoo.quantize(ReadTwice().eval(), QuantSpec.parse("w8a8-static").with_(keep=()), calib=[x])
+    with pytest.warns(UserWarning, match="running without the chains"):
+        same, pairs = chain_int8(model, x)
+    assert same is model and pairs == []
+
+
+@needs_onednn
+def test_codes_into_a_layer_that_cannot_take_them_name_the_fix():
+    dynamic = zoo.quantize(_tiny_net(), QuantSpec.parse("w8a8").with_(keep=()))[0]  # per-image scales
+    with pytest.raises(ValueError, match="static activation scale on oneDNN.*pass floats"):
+        dynamic(torch.full((1, 3, 8, 8), 128, dtype=torch.uint8))
 
 
 @needs_onednn

@@ -140,6 +140,64 @@ def test_forward_intermediates_matches_timms():
         ours.forward_intermediates(x, output_fmt="NHWC")
 
 
+def _pairs(taps):
+    """Taps and, where ``return_prefix_tokens`` paired them, their prefix tokens, as one flat list."""
+    return [t for tap in taps for t in (tap if isinstance(tap, tuple) else (tap,))]
+
+
+def test_vit_forward_intermediates_and_pruning_match_timms():
+    torch.manual_seed(0)
+    ours = zoo.create("vit_tiny_p8", img_size=32, depth=3, num_classes=4).eval()
+    theirs = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=4).eval()
+    theirs.load_state_dict(ours.state_dict())  # the same keys
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        for kwargs in ({}, {"indices": 2, "norm": True}, {"indices": [0, -1], "return_prefix_tokens": True},
+                       {"indices": [1], "stop_early": True, "output_fmt": "NLC"}):
+            final, taps = ours.forward_intermediates(x, **kwargs)
+            want_final, want_taps = theirs.forward_intermediates(x, **kwargs)
+            torch.testing.assert_close(final, want_final)
+            assert len(_pairs(taps)) == len(_pairs(want_taps))
+            for a, b in zip(_pairs(taps), _pairs(want_taps)):
+                torch.testing.assert_close(a, b)
+        assert ours.forward_intermediates(x, intermediates_only=True)[0].shape == (2, 192, 4, 4)  # the patch grid
+        assert ours.prune_intermediate_layers([0, 1]) == theirs.prune_intermediate_layers([0, 1]) == [0, 1]
+        assert len(ours.blocks) == 2 and isinstance(ours.head, torch.nn.Identity)
+        for a, b in zip(ours.forward_intermediates(x, intermediates_only=True),
+                        theirs.forward_intermediates(x, intermediates_only=True)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="'NCHW' or 'NLC'"):
+        ours.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_resnet_pruning_matches_timms():
+    torch.manual_seed(0)
+    ours = zoo.create("resnet18", num_classes=5).eval()
+    theirs = timm.create_model("resnet18", num_classes=5).eval()
+    theirs.load_state_dict(ours.state_dict())
+    assert ours.prune_intermediate_layers([1, 2]) == theirs.prune_intermediate_layers([1, 2]) == [1, 2]
+    assert isinstance(ours.layer3, torch.nn.Identity) and isinstance(ours.fc, torch.nn.Identity)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(ours.forward_intermediates(x, [1, 2], intermediates_only=True),
+                        theirs.forward_intermediates(x, [1, 2], intermediates_only=True)):
+            torch.testing.assert_close(a, b)
+
+
+def test_channelvit_intermediates_stack_each_channels_grid():
+    model = zoo.create("channelvit_tiny", img_size=32, patch_size=8, in_chans=3, depth=2).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        final, (maps,) = model.forward_intermediates(x, indices=1, norm=True)
+        (tokens,) = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC", intermediates_only=True)
+        (subset,) = model.forward_intermediates(x[:, :2], indices=1, intermediates_only=True,
+                                                channel_ids=torch.tensor([[0, 2]]))
+    assert maps.shape == (1, 192, 3 * 4, 4) and tokens.shape == (1, 3 * 16, 192)
+    torch.testing.assert_close(maps[:, :, 4:8], tokens[:, 16:32].transpose(1, 2).reshape(1, 192, 4, 4))  # channel 1
+    torch.testing.assert_close(final[:, 1:], tokens)  # the last block's normed patch tokens
+    assert subset.shape == (1, 192, 2 * 4, 4)
+
+
 def test_timm_builds_the_families_it_lacks_through_zoo():
     assert {"fcanet50", "eca_resnet50", "rcan_x2", "channelvit_small"} <= set(timm.list_models())
     assert "resnet50" in timm.list_models() and timm.create_model("resnet50").__module__.startswith("timm.")

@@ -13,6 +13,7 @@ from . import models  # noqa: F401  (registers the families)
 from .quant import QuantSpec, quant_aware, quantize
 from .quant.io import save_quantized
 from .deploy import optimize
+from .onnx_export import export_onnx
 from .timm_bridge import register_with_timm
 
 register_with_timm()  # timm.create_model("fcanet50") and the other families timm lacks, once zoo is imported
@@ -26,6 +27,7 @@ __all__ = [
     "quant_aware",
     "quantize",
     "optimize",
+    "export_onnx",
     "save_quantized",
     "create",
     "get_pretrained_cfg",

@@ -1,10 +1,11 @@
-"""Command line: ``python -m zoo list|info|check|upscale|quantize|generate|sample``.
+"""Command line: ``python -m zoo list|info|check|upscale|quantize|export-onnx|generate|sample``.
 
     python -m zoo list "*eca*" --pretrained     # architectures, or arch.tag with weights
     python -m zoo info fcanet50                 # pretrained config, parameters, feature stages
     python -m zoo check "*resnet50*"            # build, run a procedural batch, print a table
     python -m zoo upscale --model rcan_tiny_x2 photo.png photo_x2.png --tile 256
     python -m zoo quantize rcan_tiny_x2 rcan_w4a8.safetensors --spec w4a8 --method awq --calib sr_samples
+    python -m zoo export-onnx seresnet50 seresnet50.onnx --size 224     # checked in onnxruntime
     python -m zoo generate --model moc_lm_tiny --weights lm.safetensors --prompt "def " --temperature 0
     python -m zoo sample --model var_d16 --weights var_d16.pth --vae vae_ch160v4096z32.pth --class 3 --n 16 out.png
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from importlib.util import find_spec
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from .data.images import IMAGE_SUFFIXES, WRITE_FORMATS, read_image, write_image
 from .generation import check_sampling_args, generate_text, load_for_sampling, sample_grid
 from .hub import save_pretrained
 from .inference import upscale
+from .onnx_export import export_onnx
 from .quant import QuantSpec, quantize, summary
 from .quant.io import save_quantized
 from .quant.methods import METHODS
@@ -171,6 +174,24 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    model = create(args.model, pretrained=args.weights or args.pretrained).eval()  # bad names fail here
+    example = None
+    if args.size:
+        cfg_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+        if hasattr(model, "example_inputs"):
+            example = model.example_inputs(1, args.size, generator=torch.Generator().manual_seed(0))
+        elif cfg_size:
+            example = torch.randn(1, cfg_size[0], args.size, args.size)
+    start = time.perf_counter()
+    export_onnx(model, out, example, dynamic_batch=not args.static_batch, opset=args.opset)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB) in {time.perf_counter() - start:.1f} s; "
+          "onnxruntime's outputs matched eager PyTorch's" if find_spec("onnxruntime") else
+          f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB); install onnxruntime to check it against eager")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     generate_text(args.model, args.prompt, weights=args.weights or True, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -229,6 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--calib-size", type=int, default=64, help="crop size for a folder of images")
     p.set_defaults(fn=_cmd_quantize)
+    p = sub.add_parser("export-onnx", help="export a float model to ONNX, checked against eager in onnxruntime")
+    p.add_argument("model", help="an architecture or arch.tag")
+    p.add_argument("output", help="the .onnx file")
+    p.add_argument("--pretrained", action="store_true", help="with the tag's pretrained weights (default: random)")
+    p.add_argument("--weights", default=None, help="a weights file/folder to load first")
+    p.add_argument("--size", type=int, default=None, help="the example's image size (or sequence length); "
+                   "default: the model's input_size")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch dimension at 1 (default: dynamic)")
+    p.add_argument("--opset", type=int, default=None, help="the ONNX opset (default: torch.onnx's)")
+    p.set_defaults(fn=_cmd_export_onnx)
     p = sub.add_parser("generate", help="stream a language model's continuation of a prompt")
     p.add_argument("--model", required=True, help="a language model (moc_lm_tiny, dense_lm_tiny, ...)")
     p.add_argument("--weights", default=None, help="weights file/folder; default: the model's pretrained weights")

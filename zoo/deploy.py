@@ -7,7 +7,9 @@ It puts the model in eval mode without gradients, lays convolutional models out 
 layout oneDNN's kernels and the quantized layers produce, so no layer converts back and forth), folds
 each batch norm into the convolution before it and each ReLU after a quantized layer into that layer
 (found by tracing one call on an example input, and checked on it: a fusion that changes the output is
-undone), makes the quantized layers' oneDNN weights now rather than on the first call, and compiles the model with
+undone), lets chained quantized convolutions with static activation scales hand each other uint8 codes
+(the first one's epilogue quantizes for the second: no float tensor and no quantization pass between
+them; :func:`chain_int8`), makes the quantized layers' oneDNN weights now rather than on the first call, and compiles the model with
 inductor's freezing (weights folded as constants, batch norms into the convolutions) where that pays.
 A model whose quantized layers run on oneDNN's int8 kernels stays eager by default: it compiles
 whole (each layer is one opaque ``zoo::onednn_int8_layer`` op with the same cached weights, so the
@@ -30,7 +32,7 @@ from blocks.quant import QuantConv2d, QuantLinear
 
 from .quant.convert import _set_module
 
-__all__ = ["optimize", "fuse_for_inference"]
+__all__ = ["optimize", "fuse_for_inference", "chain_int8"]
 
 _QUANT = (QuantConv2d, QuantLinear)
 # a fusion may move a quantized model's output by its own rounding (a changed epilogue can flip an int8 code
@@ -121,6 +123,59 @@ def _fold_batchnorm(conv: nn.Module, bn: nn.BatchNorm2d) -> bool:
     return True
 
 
+def _copy_sharing(model: nn.Module, touched: set[str]) -> nn.Module:
+    """A copy of ``model`` whose modules are its own but which shares the tensors of every module not named in
+    ``touched``, and the integer codes of those that are (folding changes a quantized layer's scales and
+    bias, never its codes): the memory of the copy is what changes."""
+    shared = {id(t): t for name, m in model.named_modules() if name not in touched
+              for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    shared.update({id(m.qweight): m.qweight for m in model.modules() if isinstance(m, _QUANT)})
+    return copy.deepcopy(model, shared)
+
+
+def _relative_change(after: torch.Tensor, before: torch.Tensor) -> float:
+    return float((after.float() - before.float()).norm() / before.float().norm().clamp_min(1e-12))
+
+
+def _static_on_onednn(layer: nn.Module, device: torch.device) -> bool:
+    return (isinstance(layer, QuantConv2d) and layer.act_scale is not None
+            and layer.execution(device)[0] == "onednn")
+
+
+def chain_int8(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` in which each quantized convolution whose output only the next one reads, both
+    with static activation scales on oneDNN, hands that layer its uint8 codes (``codes_out_scale``), and the
+    pairs chained. Found by tracing ``model(example)`` as :func:`fuse_for_inference` does; the copy's
+    output on ``example`` is checked (an output read elsewhere too would get codes: the chain is undone)."""
+    device = _device(model)
+    calls, before = _leaf_calls(model, example)
+    counts: dict[int, int] = {}
+    for c in calls:
+        counts[id(c.module)] = counts.get(id(c.module), 0) + 1
+    written_by = {c.wrote: c for c in calls if isinstance(c.module, QuantConv2d) and counts[id(c.module)] == 1}
+    pairs = [(producer.name, c.name) for c in calls if (producer := written_by.get(c.read)) is not None
+             and counts[id(c.module)] == 1 and _static_on_onednn(producer.module, device)
+             and _static_on_onednn(c.module, device) and c.module.act_shift is None
+             and c.module.act_multiplier is None]
+    if not pairs:
+        return model, []
+    chained = _copy_sharing(model, {producer for producer, _ in pairs})
+    for producer, consumer in pairs:
+        chained.get_submodule(producer).codes_out_scale = chained.get_submodule(consumer).act_scale
+    try:
+        with torch.no_grad():
+            change = _relative_change(chained(example), before)
+    except (RuntimeError, TypeError, ValueError) as exc:  # codes reached an op that takes floats only
+        change, why = float("inf"), f"{type(exc).__name__}: {exc}"
+    else:
+        why = f"the output moved by {change:.1e}"
+    if change > _FUSION_TOLERANCE[True]:
+        warnings.warn(f"zoo.optimize: handing int8 codes from layer to layer failed on the example input ({why}; "
+                      "a chained output is read elsewhere too); running without the chains")
+        return model, []
+    return chained, [f"{producer} -> {consumer}" for producer, consumer in pairs]
+
+
 def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` with batch norms folded into the convolutions before them and ReLUs folded into
     the quantized layers before them, and what was fused. Found by tracing ``model(example)``: a batch norm
@@ -144,7 +199,7 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
             plan.append(("relu", producer.name, c.name))
     if not plan:
         return model, []
-    fused = copy.deepcopy(model)
+    fused = _copy_sharing(model, {name for _, producer, consumer in plan for name in (producer, consumer)})
     done = []
     for kind, producer, consumer in plan:
         target = fused.get_submodule(producer)
@@ -157,7 +212,7 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
     with torch.no_grad():
         after = fused(example)
     quantized = any(isinstance(m, _QUANT) for m in model.modules())
-    change = float((after.float() - before.float()).norm() / before.float().norm().clamp_min(1e-12))
+    change = _relative_change(after, before)
     if change > _FUSION_TOLERANCE[quantized]:
         warnings.warn(f"zoo.optimize: folding batch norms / ReLUs moved the output by {change:.1e} on the example "
                       f"input (a folded output is read elsewhere too); running the model unfused")
@@ -215,6 +270,8 @@ def optimize(model: nn.Module, dtype: Optional[torch.dtype] = None, compile: Opt
         example = example_input if example_input is not None else _example_input(model, device)
         if example is not None:
             model, _ = fuse_for_inference(model, example)
+            if compile is not True:  # codes are handed on in eager mode only
+                model, _ = chain_int8(model, example)
     on_onednn = [layer for layer in model.modules()
                  if isinstance(layer, (QuantConv2d, QuantLinear)) and layer.execution(device)[0] == "onednn"]
     for layer in on_onednn:

@@ -196,6 +196,52 @@ class VisionTransformer(nn.Module):
                 out.append(self.norm(x))
         return out
 
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              channel_ids: torch.Tensor | None = None
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's intermediate-features API over the blocks: ``indices`` an int takes the last n blocks, a
+        sequence picks (negative from the end), None all. Each tap is a block's patch tokens, normed with
+        ``norm``, as NCHW maps (B, D, H/p, W/p) or NLC tokens; ``return_prefix_tokens`` pairs each with its
+        CLS token. ``stop_early`` skips the blocks after the last tap. Returns ``(final normed tokens,
+        taps)``, or the taps alone."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"forward_intermediates: output_fmt is 'NCHW' or 'NLC'; got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        x = self.prepare_tokens(x, channel_ids)  # (B, 1 + T, D)
+        taps = []
+        for i, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            x = block(x)
+            if i in take:
+                taps.append(self.norm(x) if norm else x)
+        prefixes = [t[:, :self.num_prefix_tokens] for t in taps]
+        taps = [self._patch_layout(t[:, self.num_prefix_tokens:], h, w, output_fmt) for t in taps]
+        if return_prefix_tokens:
+            taps = list(zip(taps, prefixes))
+        return taps if intermediates_only else (self.norm(x), taps)
+
+    def _patch_layout(self, tokens: torch.Tensor, h: int, w: int, output_fmt: str) -> torch.Tensor:
+        """(B, T, D) patch tokens in ``output_fmt``; one token per patch, so NCHW is the patch grid."""
+        return rearrange(tokens, "b (h w) d -> b d h w", h=h, w=w) if output_fmt == "NCHW" else tokens
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last tap ``indices`` selects, the final norm (``prune_norm``) and the
+        classifier (``prune_head``), as timm's ViT does; returns the kept tap indices."""
+        from timm.models._features import feature_take_indices
+
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -229,6 +275,11 @@ class ChannelViT(VisionTransformer):
     def _make_patch_embed(self, factory: dict) -> nn.Module:
         return blocks.create("channel_patch_embed", self.in_chans, embed_dim=self.embed_dim,
                              patch_size=self.patch_size, **factory)
+
+    def _patch_layout(self, tokens: torch.Tensor, h: int, w: int, output_fmt: str) -> torch.Tensor:
+        """(B, k * N, D) channel-major tokens: NCHW stacks each channel's patch grid along the height,
+        (B, D, k * H/p, W/p), so a dense head sees every channel's map; NLC keeps the tokens."""
+        return rearrange(tokens, "b (kh w) d -> b d kh w", w=w) if output_fmt == "NCHW" else tokens
 
     def patch_tokens(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, k * N, D) channel-major tokens with channel and position embeddings
@@ -330,9 +381,10 @@ def _create(cls: type[VisionTransformer], variant: str, pretrained: Any = False,
     return build_model(cls, variant, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
-def _sized(cls: type[VisionTransformer], variant: str, pretrained: Any, size: str, patch_size: int,
+def _sized(cls: type[VisionTransformer], variant: str, pretrained: Any, size: str, default_patch: int,
            **kwargs: Any) -> VisionTransformer:
-    return _create(cls, variant, pretrained, **{**_SIZES[size], "patch_size": patch_size, **kwargs})
+    """A named size; every argument, the patch size too, can still be overridden (as timm's entrypoints)."""
+    return _create(cls, variant, pretrained, **{**_SIZES[size], "patch_size": default_patch, **kwargs})
 
 
 @register_model

@@ -304,6 +304,20 @@ class ResNet(nn.Module):
                 taps.append(x)
         return taps if intermediates_only else (x, taps)
 
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last tap ``indices`` selects (as :meth:`forward_intermediates` counts
+        them) and, with ``prune_head``, the classifier: what a backbone for dense heads keeps, as timm's
+        does. Returns the kept tap indices."""
+        from timm.models._features import feature_take_indices
+
+        take, last = feature_take_indices(5, indices)
+        for name in ("layer1", "layer2", "layer3", "layer4")[max(last, 0):]:
+            setattr(self, name, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, dropout and classify; ``pre_logits=True`` stops before the classifier."""
         x = torch.flatten(self.global_pool(x), 1) if isinstance(self.global_pool, nn.AdaptiveAvgPool2d) else x
