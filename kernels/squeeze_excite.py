@@ -23,7 +23,7 @@ import torch
 
 from .channel_excite import (check_conv_taps, check_mlp_weights, excite_conv_backward, excite_conv_reference,
                              excite_mlp_backward, excite_mlp_reference)
-from .channel_pool import (_acc_dtype, _check_map, _check_weight, _is_channels_last, filter_grad, pool_backward,
+from .channel_gate import (_acc_dtype, _check_map, _check_weight, _is_channels_last, filter_grad, pool_backward,
                            pool_mean_reference, pool_weighted_reference)
 from .dispatch import kernel_op, upcast_16bit
 
