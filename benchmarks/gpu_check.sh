@@ -18,19 +18,19 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 
 # one step per line: <seconds> <command>
 TESTS=(
-  "420 -m pytest -q -p no:cacheprovider tests/test_kernels_channel_gate.py tests/test_kernels_excite.py tests/test_kernels_squeeze_excite.py tests/test_kernels_csam.py tests/test_kernels_quant.py tests/test_kernels_moc.py tests/test_moc_ffn_int.py tests/test_kernels_kv_quant.py tests/test_kernels_adaln.py tests/test_kernels_patch_embed.py tests/test_kernels_compile.py"
+  "420 -m pytest -q -p no:cacheprovider tests/kernels/test_channel_gate.py tests/kernels/test_channel_excite.py tests/kernels/test_squeeze_excite.py tests/kernels/test_han_csam.py tests/kernels/test_int_gemm.py tests/kernels/test_quant_act.py tests/kernels/test_moc.py tests/kernels/test_moc_int.py tests/kernels/test_kv_quant.py tests/kernels/test_adaln.py tests/kernels/test_patch_embed.py tests/kernels/test_compile.py"
   "90 -m pytest -q -p no:cacheprovider tests/test_var.py -k flex"
 )
 BENCH=(
   "100 benchmarks/channel_gate.py --peak-gbs 4800"
   "60 benchmarks/channel_gate.py --peak-gbs 4800 --backward"
-  "120 benchmarks/quant_gemm.py"
-  "90 benchmarks/moc_ffn.py --repeats 7"
-  "45 benchmarks/moc_ffn_int.py --tokens 1,2,4,16 --repeats 50"
+  "120 benchmarks/int_gemm.py"
+  "90 benchmarks/moc.py --repeats 7"
+  "45 benchmarks/moc_int.py --tokens 1,2,4,16 --repeats 50"
   "30 benchmarks/adaln.py"
-  "40 benchmarks/csam.py"
+  "40 benchmarks/han_csam.py"
   "30 benchmarks/kv_quant.py"
-  "30 benchmarks/channel_patch_embed.py"
+  "30 benchmarks/patch_embed.py"
 )
 
 run_steps() {  # name, steps...

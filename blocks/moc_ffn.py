@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from kernels.moc_ffn import DECODE_TOKENS
+from kernels.moc import DECODE_TOKENS
 
 from .fusion import can_fuse
 from .quant import QuantLinear
@@ -73,7 +73,7 @@ class MoCFFN(SwiGLU):
     path (so it equals :class:`SwiGLU` exactly). The backward saves x, the int16/int32 channel indices and
     the selected gate and up values (T x K each), never a dense T x H buffer.
 
-    Inference on at most ``kernels.moc_ffn.DECODE_TOKENS`` tokens (decoding) reads only the K selected rows
+    Inference on at most ``kernels.moc.DECODE_TOKENS`` tokens (decoding) reads only the K selected rows
     of ``Wu`` and columns of ``Wd`` per token, the latter from a transposed copy of ``Wd`` that the block
     keeps while it runs without autograd (d * H extra elements; rebuilt whenever the weight changes).
     Quantized (``w8a8``, ``w4a8``: integer layers with int8 activations), a step of T tokens with
@@ -157,7 +157,7 @@ class MoCFFN(SwiGLU):
 
     def _forward_integer_decode(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized block on a few tokens, reading K packed rows of ``up_proj`` and of ``down_proj``'s
-        transposed weights per token (see :mod:`kernels.moc_ffn_int`); the gate runs as its integer layer."""
+        transposed weights per token (see :mod:`kernels.moc_int`); the gate runs as its integer layer."""
         up, down = self.up_proj, self.down_proj
         with torch.no_grad():
             tokens = x.reshape(-1, self.dim)  # (T, d)

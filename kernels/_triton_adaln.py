@@ -2,7 +2,7 @@
 and its backward.
 
 Imported lazily, on the first launch, by :mod:`kernels.adaln`, so a machine without Triton never imports it.
-``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_gate`).
+``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`).
 
 Notation: x (B, L, C) as M = B * L rows of C channels, scale and shift (B, C); row m belongs to sample
 m // L. A tile is BLOCK_M whole rows (BLOCK_C = C rounded up to a power of two), so the row statistics

@@ -1,9 +1,11 @@
-"""What every ``kernels/_triton_*.py`` module checks when it is imported (lazily, on a kernel's first launch)."""
+"""What the ``kernels/_triton_*.py`` modules share: the check every one makes when it is imported (lazily, on a
+kernel's first launch), the accumulator type, and the power-of-two block size."""
 from __future__ import annotations
 
 import os
 
 import torch
+import triton
 import triton.language as tl
 
 
@@ -27,3 +29,8 @@ def interpreter_checked() -> bool:
             f"{'without' if interpret else 'with'} it (torch imports triton when torch._dynamo loads, e.g. at the "
             "first custom-op call): set TRITON_INTERPRET before Python starts, or before importing torch")
     return interpret
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``): a block size that covers an axis of ``n``."""
+    return triton.next_power_of_2(max(int(n), 1))

@@ -1,7 +1,7 @@
 """Triton kernels of ``zoo::kv_quantize`` and ``zoo::kv_dequantize`` (KIVI-style KV-cache quantization).
 
 Imported lazily, on the first launch, by :mod:`kernels.kv_quant`, so a machine without Triton never imports
-it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_gate`).
+it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`).
 
 Notation: x of shape S viewed as (O, A, I) around the quantized axis (O = prod S[:axis], A = S[axis],
 I = prod S[axis+1:]), G = A // GS groups; scale and zero are (O, G, I) contiguous. The packed codes are

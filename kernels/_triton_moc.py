@@ -1,6 +1,6 @@
 """Triton kernels of ``zoo::moc_ffn`` (the Mixture-of-Channels FFN), its backward, and ``zoo::moc_ffn_decode``.
 
-Imported lazily, on the first launch, by :mod:`kernels.moc_ffn`. Notation: x (T, d) tokens, Wg, Wu (H, d),
+Imported lazily, on the first launch, by :mod:`kernels.moc`. Notation: x (T, d) tokens, Wg, Wu (H, d),
 Wd (d, H), K selected channels per token, idx (T, K).
 
 Forward, four launches:
@@ -49,6 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import moc  # the references (no import cycle: kernels.moc imports this module lazily)
 from ._triton_common import interpreter_checked
 
 _INTERPRET = interpreter_checked()
@@ -256,12 +257,6 @@ def _channel_grad_kernel(x_ptr, gy_ptr, dgate_ptr, dup_ptr, act_ptr, order_ptr, 
 # ----------------------------------------------------------------------------------------------
 # host wrappers
 # ----------------------------------------------------------------------------------------------
-def _reference():
-    import importlib
-
-    return importlib.import_module("kernels.moc_ffn")  # the twins (the package attribute is the op)
-
-
 def select_top_k(gate: torch.Tensor, top_k: int, index_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, H) fp32 gates -> idx (T, K) ascending by channel, and the selected fp32 gates (T, K)."""
     t, h = gate.shape
@@ -285,7 +280,7 @@ def _gate_and_select(x: torch.Tensor, w_gate: torch.Tensor, top_k: int) -> tuple
             x, w_gate, gate, t, h, d, DOT_FP32=_INTERPRET and x.dtype in _16BIT,
             PRECISION="ieee" if x.dtype in _16BIT else _fp32_precision(), BLOCK_T=block_t, BLOCK_H=block_h,
             BLOCK_D=block_d)
-    return select_top_k(gate, top_k, _reference().index_dtype(h))
+    return select_top_k(gate, top_k, moc.index_dtype(h))
 
 
 def _gather_dot(src, w, idx, gate_sel, up_sel, outs, stride_h, stride_d, backward):
@@ -308,10 +303,9 @@ def _gather_sum(a, w, idx, out, stride_h, stride_d, a2=None, w2=None):
 
 def moc_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, top_k: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, idx, gate_sel, up_sel); see :func:`kernels.moc_ffn.moc_ffn_reference`."""
-    ref = _reference()
+    """(y, idx, gate_sel, up_sel); see :func:`kernels.moc.moc_ffn_reference`."""
     if x.dtype == torch.float64:
-        return ref.moc_ffn_reference(x, w_gate, w_up, w_down, top_k)
+        return moc.moc_ffn_reference(x, w_gate, w_up, w_down, top_k)
     x, w_gate, w_up, w_down = (a.contiguous() for a in (x, w_gate, w_up, w_down))
     t, d = x.shape
     h = w_gate.shape[0]
@@ -328,10 +322,9 @@ def moc_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: t
 def moc_ffn_backward(grad_y: torch.Tensor, x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
                      w_down: torch.Tensor, idx: torch.Tensor, gate_sel: torch.Tensor, up_sel: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of (x, w_gate, w_up, w_down); see :func:`kernels.moc_ffn.moc_ffn_backward_reference`."""
-    ref = _reference()
+    """Gradients of (x, w_gate, w_up, w_down); see :func:`kernels.moc.moc_ffn_backward_reference`."""
     if x.dtype == torch.float64:
-        return ref.moc_ffn_backward_reference(grad_y, x, w_gate, w_up, w_down, idx, gate_sel, up_sel)
+        return moc.moc_ffn_backward_reference(grad_y, x, w_gate, w_up, w_down, idx, gate_sel, up_sel)
     tensors = (grad_y, x, w_gate, w_up, w_down, idx, gate_sel, up_sel)
     grad_y, x, w_gate, w_up, w_down, idx, gate_sel, up_sel = (a.contiguous() for a in tensors)
     t, d = x.shape
@@ -359,10 +352,9 @@ def moc_ffn_backward(grad_y: torch.Tensor, x: torch.Tensor, w_gate: torch.Tensor
 def moc_ffn_decode(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down_t: torch.Tensor,
                    top_k: int) -> torch.Tensor:
     """y (T, d) for a few tokens, reading K rows of Wu and of Wd^T (H, d) per token;
-    see :func:`kernels.moc_ffn.moc_ffn_decode_reference`."""
-    ref = _reference()
+    see :func:`kernels.moc.moc_ffn_decode_reference`."""
     if x.dtype == torch.float64:
-        return ref.moc_ffn_decode_reference(x, w_gate, w_up, w_down_t, top_k)
+        return moc.moc_ffn_decode_reference(x, w_gate, w_up, w_down_t, top_k)
     x, w_gate, w_up, w_down_t = (a.contiguous() for a in (x, w_gate, w_up, w_down_t))
     t, d = x.shape
     f32 = {"dtype": torch.float32, "device": x.device}

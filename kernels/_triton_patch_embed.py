@@ -1,7 +1,7 @@
 """Triton kernels of ``zoo::channel_patch_embed`` (ChannelViT's per-channel patch embedding) and its backward.
 
 Imported lazily, on the first launch, by :mod:`kernels.patch_embed`, so a machine without Triton never
-imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_gate`);
+imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`);
 a mismatch is reported on import with that advice.
 
 Notation: x (B, C, H, W), weight (D, p, p), K = p * p, N = (H // p) * (W // p) patches per channel image,
@@ -19,7 +19,7 @@ of the patch. The kernels compute these offsets instead of materializing an im2c
   grad: a program owns BLOCK_N patch positions, BLOCK_D features and a range of channel images, so it
   finishes grad_pos over that range in registers, writes the channel-image sums of its positions, and
   accumulates grad^T @ patches. Partial results go to fp32 buffers that one PyTorch sum finishes: the
-  result is deterministic (no atomics), as in :mod:`kernels._triton_gate`.
+  result is deterministic (no atomics), as in :mod:`kernels._triton_channel_gate`.
 
 The backward works in fp32 whatever the dtype, as the reference does. On GPU, 16-bit operands go to the
 tensor cores as they are (products of 16-bit values are exact in fp32); a 16-bit grad times the fp32

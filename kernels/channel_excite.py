@@ -7,7 +7,7 @@
   ``sigmoid(conv1d_k(s))`` with one odd kernel of k taps and zero padding (k - 1) / 2.
 
 Eager PyTorch runs the MLP as two GEMMs and two or three elementwise kernels; the Triton kernels
-(:mod:`kernels._triton_excite`) compute a gate row in one launch, in fp32 (fp64 for fp64), rounding
+(:mod:`kernels._triton_channel_excite`) compute a gate row in one launch, in fp32 (fp64 for fp64), rounding
 the hidden vector and the logits to the weights' dtype where the layers would. The blocks do not
 launch these: their gate is one :mod:`kernels.squeeze_excite` launch, whose last program per sample
 runs the same row code on the pooled vector. These ops serve a vector pooled some other way.
@@ -132,10 +132,10 @@ def excite_conv_backward(grad: torch.Tensor, s: torch.Tensor, weight: torch.Tens
     return grad_s, torch.einsum("bc,bck->k", dz, windows)
 
 
-_mlp = kernel_op("channel_excite.mlp")(excite_mlp_reference)
-_mlp.register_triton_lazy("kernels._triton_excite", "excite_mlp")
-_conv = kernel_op("channel_excite.conv")(excite_conv_reference)
-_conv.register_triton_lazy("kernels._triton_excite", "excite_conv")
+_mlp = kernel_op("excite_mlp")(excite_mlp_reference)
+_mlp.register_triton_lazy("kernels._triton_channel_excite", "excite_mlp")
+_conv = kernel_op("excite_conv")(excite_conv_reference)
+_conv.register_triton_lazy("kernels._triton_channel_excite", "excite_conv")
 
 
 # --------------------------------------------------------------------------------------------------

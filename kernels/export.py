@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from . import (adaln_modulate_reference, channel_patch_embed_reference, csam_reference, excite_conv_reference,
                excite_mlp_reference, moc_ffn_decode_reference, per_channel_filter, pool_mean_reference,
                squeeze_excite_conv_reference, squeeze_excite_mlp_reference)
-from .moc_ffn import index_dtype
+from .moc import index_dtype
 
 
 def _channel_scale(x: torch.Tensor, gate: torch.Tensor, shortcut: Optional[torch.Tensor] = None,

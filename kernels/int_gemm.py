@@ -270,7 +270,7 @@ def int_conv2d_reference(q: torch.Tensor, a_scale: torch.Tensor, weight: torch.T
 _int_conv2d = kernel_op("int_conv2d")(int_conv2d_reference)
 
 
-_int_conv2d.register_triton_lazy("kernels._triton_quant", "int_conv2d")  # imported on first launch
+_int_conv2d.register_triton_lazy("kernels._triton_int_gemm", "int_conv2d")  # imported on first launch
 
 
 @torch.library.custom_op("zoo::int_conv2d", mutates_args=())

@@ -23,7 +23,7 @@ import torch
 
 from .channel_excite import (check_conv_taps, check_mlp_weights, excite_conv_backward, excite_conv_reference,
                              excite_mlp_backward, excite_mlp_reference)
-from .channel_pool import (_acc_dtype, _check_map, _check_weight, _is_channels_last, filter_grad, pool_backward,
+from .channel_gate import (_acc_dtype, _check_map, _check_weight, _is_channels_last, filter_grad, pool_backward,
                            pool_mean_reference, pool_weighted_reference)
 from .dispatch import kernel_op, upcast_16bit
 
@@ -80,9 +80,9 @@ def squeeze_excite_conv_reference(x: torch.Tensor, pool_filter: Optional[torch.T
     return excite_conv_reference(s.to(taps.dtype), taps), s
 
 
-_mlp = kernel_op("squeeze_excite.mlp")(squeeze_excite_mlp_reference)
+_mlp = kernel_op("squeeze_excite_mlp")(squeeze_excite_mlp_reference)
 _mlp.register_triton_lazy("kernels._triton_squeeze_excite", "squeeze_excite_mlp")
-_conv = kernel_op("squeeze_excite.conv")(squeeze_excite_conv_reference)
+_conv = kernel_op("squeeze_excite_conv")(squeeze_excite_conv_reference)
 _conv.register_triton_lazy("kernels._triton_squeeze_excite", "squeeze_excite_conv")
 
 

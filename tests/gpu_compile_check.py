@@ -30,6 +30,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
+TEST_DIRS = (TESTS, TESTS / "kernels")  # where test files with opcheck cases are looked for
 
 # the most shared memory one block may use (opt-in), by compute capability (CUDA programming guide):
 # a kernel over it compiles but fails at launch with OutOfResources, so it is checked here
@@ -155,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_compile_check compiles kernels: unset TRITON_INTERPRET (the interpreter never compiles)",
               file=sys.stderr)
         return 2
-    sys.path[:0] = [str(ROOT), str(TESTS)]
+    sys.path[:0] = [str(ROOT)] + [str(folder) for folder in TEST_DIRS]
     if args.list:
         print("\n".join(sorted(launchable_kernels())))
         return 0
     record = install(args.arch)
     import kernel_testing
 
-    for path in sorted(TESTS.glob("test_*.py")):
+    for path in sorted(path for folder in TEST_DIRS for path in folder.glob("test_*.py")):
         if "opcheck_tests(" in path.read_text():
             importlib.import_module(path.stem)  # registers its cases
     start = time.perf_counter()

@@ -1,9 +1,10 @@
-"""What the Triton kernel tests (tests/test_kernels_*.py) share: the device their kernels run on, the
-skip marker for machines that cannot run them, the tolerances of a kernel against its reference, and
-the pair of opcheck tests every kernel file has.
+"""What the Triton kernel tests (tests/kernels/test_*.py, and the few other tests that launch kernels)
+share: the device their kernels run on, the skip marker for machines that cannot run them, the
+tolerances of a kernel against its reference, and the pair of opcheck tests every kernel file has.
 
-Imported as ``from kernel_testing import ...``: pytest puts tests/ on ``sys.path`` (the default
-``prepend`` import mode, tests/ has no ``__init__.py``). The ``triton_mode`` fixture is in conftest.py.
+Imported as ``from kernel_testing import ...``: in pytest's default ``prepend`` import mode the folder of
+tests/conftest.py, tests/, is on ``sys.path`` for every test below it (no test folder has an
+``__init__.py``). The ``triton_mode`` fixture is in conftest.py.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def test_quantized_moc_decode_quick_pass(monkeypatch):
     """One small FFN per spec: the script checks the integer decode equals the dense integer path bit for
     bit before timing, and prints a row per path."""
     monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
-    module = runpy.run_path(str(BENCHMARKS / "moc_ffn_int.py"))
+    module = runpy.run_path(str(BENCHMARKS / "moc_int.py"))
     report = module["main"](["--quick", "--no-compile", "--repeats", "1"])
     rows = [line for line in report.splitlines() if "K=43" in line]
     assert len(rows) == 8 and sum("MoC int decode" in r for r in rows) == 2
@@ -48,10 +48,10 @@ def test_cpu_inference_quick_pass(monkeypatch):
     assert sqnr["onnxruntime fp32"] > 100 and 35 < sqnr["onnxruntime int8"] < 70, sqnr  # the same graph; its int8
 
 
-def test_csam_quick_pass(monkeypatch):
+def test_han_csam_quick_pass(monkeypatch):
     """The CSAM benchmark's CPU table on a tiny map: a row per path, the floor's ratio 1."""
     monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
-    module = runpy.run_path(str(BENCHMARKS / "csam.py"))
+    module = runpy.run_path(str(BENCHMARKS / "han_csam.py"))
     report = module["main"](["--cpu", "--shapes", "1x4x6x5", "--repeats", "1"])
     rows = [line for line in report.splitlines() if line.startswith("1x4x6x5")]
     assert len(rows) == 3 and rows[-1].rstrip().endswith("1.00")

@@ -3,16 +3,14 @@
 the decode formulation, the memory saved for backward, and bad input."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import blocks
 import kernels
+from kernels import moc as moc_module
 from zoo.profiling import saved_for_backward_bytes
-moc_module = importlib.import_module("kernels.moc_ffn")  # the package attribute is the op
 
 KS = (11, 22, 88)
 

@@ -1,7 +1,7 @@
 """The Mixture-of-Channels FFN (``blocks.create("moc_ffn", ...)``) against the dense SwiGLU it sparsifies.
 
-    python benchmarks/moc_ffn.py [--shapes 2048x256x688,2048x512x1368] [--repeats 7] [--quick] [--no-compile]
-                                 [--save]
+    python benchmarks/moc.py [--shapes 2048x256x688,2048x512x1368] [--repeats 7] [--quick] [--no-compile]
+                             [--save]
 
 Two tables, every figure measured in the same run:
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> str:
                             time_rows(args.shapes, device, dtype, args.repeats, compiled)))
     report = "\n".join(text)
     if args.save:
-        save_text(report, f"moc_ffn_{device}.txt")
+        save_text(report, f"moc_{device}.txt")
     return report
 
 

@@ -6,8 +6,6 @@ reference's integer arithmetic (down kernel: bit for bit; up kernel: to the last
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch import nn
@@ -15,10 +13,9 @@ from torch import nn
 import blocks
 import kernels
 import zoo
+from kernels import moc_int as int_module
 
 from kernel_testing import DEVICE, needs_triton, opcheck_tests
-
-int_module = importlib.import_module("kernels.moc_ffn_int")
 
 
 def _quantized_block(spec: str, dim: int = 48, hidden: int = 192, top_k: int = 21, method: str = "rtn",
@@ -253,7 +250,8 @@ CASES = [
 @needs_triton
 @pytest.mark.parametrize("case", CASES, ids=[f"T{c[0]}-d{c[1]}-H{c[2]}-N{c[3]}-K{c[4]}-w{c[5]}" for c in CASES])
 def test_kernels_match_reference(case, triton_mode, monkeypatch):
-    triton_int = importlib.import_module("kernels._triton_moc_int")
+    from kernels import _triton_moc_int as triton_int
+
     monkeypatch.setattr(triton_int, "UP_BLOCKS", (4, 8))  # several row blocks and channel chunks
     monkeypatch.setattr(triton_int, "DOWN_BLOCK_N", 8)
     monkeypatch.setattr(triton_int, "DOWN_K_CHUNK", 3)  # chunks that cut groups in two: atomic int32 sums
@@ -283,7 +281,8 @@ def test_kernels_match_reference(case, triton_mode, monkeypatch):
 def test_shared_tables_with_groups(triton_mode):
     """Groups with one scale per row: still one int32 accumulator per group (as the dense integer layers),
     each scaled by the row's single scale; Triton == reference bit for bit in the down projection."""
-    triton_int = importlib.import_module("kernels._triton_moc_int")
+    from kernels import _triton_moc_int as triton_int
+
     ops = _operands(2, 24, 48, 20, 10, 4, 8, 12, True, False, False, device=DEVICE, shared=True)
     assert ops["down_scale_t"].shape[0] == 1 and ops["up_scale"].shape[1] == 1
     cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ops.items()}
@@ -318,7 +317,8 @@ def test_bf16_gate_and_output(triton_mode, monkeypatch):
 @needs_triton
 def test_down_kernel_closes_segments_at_the_end_of_each_run():
     """All K selected channels in one segment, every channel its own segment, and alternating runs."""
-    triton_int = importlib.import_module("kernels._triton_moc_int")
+    from kernels import _triton_moc_int as triton_int
+
     for group, idx in ((16, [[0, 1, 2, 3]]), (1, [[0, 5, 9, 15]]), (4, [[0, 1, 4, 8, 9, 10, 15]])):
         ops = _operands(1, 8, 16, 12, len(idx[0]), 4, None, group, True, True, False, device=DEVICE)
         k = len(idx[0])

@@ -7,16 +7,14 @@ TRITON_INTERPRET=1), where one forward + backward on these shapes costs a few se
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
 import kernels
+from kernels import moc as moc_module
 
 from kernel_testing import DEVICE, needs_triton, opcheck_tests
 
-moc_module = importlib.import_module("kernels.moc_ffn")  # the package attribute is the op
 
 TOL = {torch.float32: {"atol": 2e-5, "rtol": 2e-5}, torch.bfloat16: {"atol": 2e-2, "rtol": 2e-2}}
 

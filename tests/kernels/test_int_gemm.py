@@ -1,10 +1,10 @@
-"""The integer path: ``zoo::quantize_act`` (per-token int8 activations) and ``zoo::int_conv2d`` (implicit
-GEMM over int8 / packed int4 weights; ``int_linear`` is its 1 x 1 case).
+"""The integer GEMMs: ``zoo::int_conv2d`` (implicit GEMM over int8 / packed int4 weights; ``int_linear`` is
+its 1 x 1 case), with int4 packing. (The activation quantization they take: tests/kernels/test_quant_act.py.)
 
-First the references against plain PyTorch (int4 packing, dequantized fp64 ``F.conv2d``, the
-quantizer's invariants), then the Triton kernels against the references on small ragged shapes:
-int8 codes and int32 accumulators bit for bit, float outputs within fp32 rounding (bit for bit in the
-interpreter, which has no FMA contraction), then ``opcheck`` and the error messages.
+First the references against plain PyTorch (int4 packing, dequantized fp64 ``F.conv2d``), then the
+Triton kernel against the reference on small ragged shapes: int32 accumulators bit for bit, float
+outputs within fp32 rounding (bit for bit in the interpreter, which has no FMA contraction), then
+``opcheck`` and the error messages.
 
 Without a GPU the kernels run on CPU tensors through Triton's interpreter (conftest sets
 TRITON_INTERPRET=1), where one launch of these tiny shapes costs 0.1 to 1 s: keep shapes small.
@@ -179,102 +179,17 @@ def test_reference_is_exact_for_long_segments(c, bits, group_size, precision):
     assert torch.equal(out, _int32_epilogue(q, a_scale, weight, w_scale, None, bias, bits, group_size))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_quantize_act_reference_invariants(dtype):
-    x = (torch.randn(6, 50) * torch.logspace(-3, 2, 6)[:, None]).to(dtype)
-    x[2] = 0
-    shift, multiplier = torch.randn(50) * 0.1, torch.rand(50) + 0.5
-    q, scale = kernels.quantize_act_reference(x, multiplier, shift)
-    v = (x.float() - shift) * multiplier
-    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (6,)
-    assert torch.equal(scale, v.abs().amax(-1) / 127)
-    assert q.abs().max() <= 127 and (q.abs() == 127).any(dim=-1).all()  # the largest |v| maps to +-127
-    err = (q.float() * scale[:, None] - v).abs()
-    assert (err <= scale[:, None] / 2 * (1 + 1e-5)).all()  # round to nearest
-    q0, scale0 = kernels.quantize_act_reference(x)  # without a shift the zero row stays zero
-    assert scale0[2] == 1 and not q0[2].any()
-
-
-def test_quantize_act_reference_per_image_scales_equal_one_call_per_image():
-    x = torch.randn(3, 4, 5, 6) * 3
-    scales = torch.tensor([0.01, 0.05, 0.2])
-    q, scale = kernels.quantize_act_reference(x, static_scale=scales)
-    for b in range(3):
-        q_b, scale_b = kernels.quantize_act_reference(x[b:b + 1], static_scale=scales[b])
-        assert torch.equal(q[b:b + 1], q_b) and torch.equal(scale[b:b + 1], scale_b)
-    assert scale.shape == (3, 4, 5) and torch.equal(scale[1], torch.full((4, 5), 0.05))
-    with pytest.raises(ValueError, match=r"one per image \(3,\)"):
-        kernels.quantize_act(x, static_scale=torch.ones(4))
-
-
-def test_quantize_act_reference_static_scale_clamps_and_ties_round_to_even():
-    x = torch.tensor([[0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, 126.5, 300.0, -1000.0]])
-    q, scale = kernels.quantize_act_reference(x, static_scale=torch.tensor([1.0]))
-    assert q.tolist() == [[0, 2, 2, 0, -2, 0, 126, 127, -127]] and scale.tolist() == [1.0]
-
-
 # --------------------------------------------------------------------------------------------------
 # Triton kernels against the references
 # --------------------------------------------------------------------------------------------------
-def _quant_inputs(shape, dtype, options, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    k = shape[-1]
-    x = (torch.randn(shape, generator=gen) * 4).to(dtype)
-    shift = torch.randn(k, generator=gen) if "shift" in options else None
-    multiplier = (torch.rand(k, generator=gen) + 0.5).half() if "mult" in options else None  # any float dtype
-    static = torch.tensor([0.02]) if "static" in options else None
-    if "per_image" in options:  # one given scale per leading index, some small enough to clamp
-        static = torch.rand(shape[0], generator=gen) * 0.05 + 0.01
-    return x, multiplier, shift, static
-
-
-def _check_quantize(x, multiplier, shift, static):
-    def dev(t):
-        return None if t is None else t.to(DEVICE)
-
-    q, scale = kernels.quantize_act(dev(x), dev(multiplier), dev(shift), dev(static))
-    q_ref, scale_ref = kernels.quantize_act_reference(x, multiplier, shift, static)
-    assert q.dtype == torch.int8 and q.shape == x.shape and scale.shape == x.shape[:-1]
-    assert torch.equal(q.cpu(), q_ref)
-    assert torch.equal(scale.cpu(), scale_ref)
-
-
-@needs_triton
-@pytest.mark.parametrize("options", ["", "shift,mult", "static", "static,shift", "per_image,mult"])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 37), (2, 3, 130)], ids=lambda s: "x".join(map(str, s)))
-def test_quantize_act_kernel_bit_exact(triton_mode, shape, options):
-    _check_quantize(*_quant_inputs(shape, torch.float32, options))
-
-
-@needs_triton
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
-def test_quantize_act_kernel_low_precision_inputs(triton_mode, dtype):
-    _check_quantize(*_quant_inputs((5, 21), dtype, "shift,mult"))
-
-
-@needs_triton
-def test_quantize_act_kernel_k_loop_ties_and_zero_rows(triton_mode, monkeypatch):
-    """Rows longer than a block (the amax pass and the quantize pass loop over K), exact ties, zero rows."""
-    from kernels import _triton_quant
-
-    monkeypatch.setattr(_triton_quant, "MAX_BLOCK_K_QUANT", 16)
-    monkeypatch.setattr(_triton_quant, "QUANT_TILE", 64)
-    x, multiplier, shift, _ = _quant_inputs((7, 45), torch.float32, "shift,mult")
-    _check_quantize(x, multiplier, shift, None)
-    ties = torch.zeros(3, 45)
-    ties[0, :9] = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, 126.5, 127.0, -3.5])  # scale is exactly 1
-    _check_quantize(ties, None, None, None)  # row 1 and 2 are all zero: scale 1, codes 0
-    _check_quantize(ties, None, None, torch.tensor([0.5]))  # static: clamps at +-127
-
-
 @needs_triton
 @pytest.mark.parametrize("case", list(CONV_CASES))
 def test_int_conv2d_kernel_matches_reference(triton_mode, case):
-    from kernels import _triton_quant
+    from kernels import _triton_int_gemm
 
     q, a_scale, weight, w_scale, w_zero, bias, stride, padding, bits, gs = args = _conv_args(case)
     dev = [None if t is None else t.to(DEVICE) for t in (q, a_scale, weight, w_scale, w_zero, bias)]
-    acc = _triton_quant.int_conv2d_accumulators(dev[0], dev[2], dev[4], stride, padding, bits, gs)
+    acc = _triton_int_gemm.int_conv2d_accumulators(dev[0], dev[2], dev[4], stride, padding, bits, gs)
     assert acc.dtype == torch.int32
     assert torch.equal(acc.cpu(), int_conv2d_accumulators_reference(q, weight, w_zero, stride, padding, bits, gs))
     out = kernels.int_conv2d(*dev, stride, padding, bits, gs, torch.float32)
@@ -296,14 +211,14 @@ def test_int_conv2d_kernel_low_precision_output(triton_mode, case, out_dtype):
 def test_int_conv2d_kernel_several_chunks_per_segment(triton_mode, monkeypatch, bits, group_size):
     """16-channel dot steps: a 42-channel segment takes three, a 21-channel group two; the second group
     starts mid-byte in int4 (channel 21), so its chunks start at channel 20 with channel 20 masked."""
-    from kernels import _triton_quant
+    from kernels import _triton_int_gemm
 
-    monkeypatch.setattr(_triton_quant, "MAX_BLOCK_C", 16)
+    monkeypatch.setattr(_triton_int_gemm, "MAX_BLOCK_C", 16)
     q, a_scale, weight, w_scale, w_zero, bias = _conv_operands(1, 2, 3, 42, 9, 1, bits, group_size, asym=bits == 4)
     args = (q, a_scale, weight, w_scale, w_zero, bias, (1, 1), (0, 0), bits, group_size)
     w_zero_dev = None if w_zero is None else w_zero.to(DEVICE)
-    acc = _triton_quant.int_conv2d_accumulators(q.to(DEVICE), weight.to(DEVICE), w_zero_dev, (1, 1), (0, 0), bits,
-                                                group_size)
+    acc = _triton_int_gemm.int_conv2d_accumulators(q.to(DEVICE), weight.to(DEVICE), w_zero_dev, (1, 1), (0, 0),
+                                                   bits, group_size)
     want = int_conv2d_accumulators_reference(q, weight, w_zero, (1, 1), (0, 0), bits, group_size)
     assert torch.equal(acc.cpu(), want)
     dev = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in args]
@@ -341,7 +256,7 @@ def test_quantizer_int4_codes_with_minus_eight_through_the_kernel(triton_mode, g
     largest magnitude is negative puts it on -8, nibble 0) give the same int32 accumulators in the kernel
     as in the reference, and the reference decodes them back to ``round(w / scale)``."""
     from blocks.quant import quantize_weight
-    from kernels import _triton_quant
+    from kernels import _triton_int_gemm
 
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(5, 3, 3, 12, generator=gen)  # (N, KH, KW, C)
@@ -351,8 +266,8 @@ def test_quantizer_int4_codes_with_minus_eight_through_the_kernel(triton_mode, g
     assert int(codes.min()) == -8 and int(codes.max()) <= 7
     assert (codes[:, 0, 0, 0] == -8).all()
     q = torch.randint(-127, 128, (2, 4, 5, 12), dtype=torch.int8, generator=gen)
-    acc = _triton_quant.int_conv2d_accumulators(q.to(DEVICE), qw.values.to(DEVICE), None, (1, 1), (1, 1), 4,
-                                                group_size)
+    acc = _triton_int_gemm.int_conv2d_accumulators(q.to(DEVICE), qw.values.to(DEVICE), None, (1, 1), (1, 1), 4,
+                                                   group_size)
     assert torch.equal(acc.cpu(), int_conv2d_accumulators_reference(q, qw.values, None, (1, 1), (1, 1), 4, group_size))
 
 
@@ -360,13 +275,9 @@ def test_quantizer_int4_codes_with_minus_eight_through_the_kernel(triton_mode, g
 # opcheck and errors
 # --------------------------------------------------------------------------------------------------
 def _opcheck_cases(device):
-    x = torch.randn(3, 10, device=device)
     q, a_scale, weight, w_scale, w_zero, bias = (t.to(device) for t in _conv_operands(1, 2, 3, 6, 5, 3, 4, 2, True))
     q8, a8, w8, s8 = (t.to(device) for t in _conv_operands(1, 1, 2, 5, 4, 1, 8)[:4])
     return [
-        (torch.ops.zoo.quantize_act.default,
-         (x, torch.rand(10, device=device) + 0.5, torch.randn(10, device=device), None)),
-        (torch.ops.zoo.quantize_act.default, (x.to(torch.bfloat16), None, None, torch.tensor([0.1], device=device))),
         (torch.ops.zoo.int_conv2d.default,
          (q, a_scale, weight, w_scale, w_zero, bias, [1, 1], [1, 1], 4, 2, torch.float32)),
         (torch.ops.zoo.int_conv2d.default, (q8, a8, w8, s8, None, None, [1, 1], [0, 0], 8, None, torch.bfloat16)),
@@ -382,10 +293,9 @@ OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor",
 test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases, test_utils=OPCHECK_TESTS)
 
 
-def test_both_ops_have_a_triton_implementation(monkeypatch):
+def test_int_conv2d_has_a_triton_implementation(monkeypatch):
     monkeypatch.setenv("ZOO_KERNELS", "auto")
-    ops = kernels.available()["ops"]
-    assert ops["quantize_act"] == ["torch", "triton"] and ops["int_conv2d"] == ["torch", "triton"]
+    assert kernels.available()["ops"]["int_conv2d"] == ["torch", "triton"]
 
 
 def test_bad_inputs_raise_errors_that_name_the_problem():
@@ -410,9 +320,3 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
             kwargs["a_scale"] = a_scale[:, :1, :1]
         with pytest.raises(ValueError, match=message):
             kernels.int_conv2d(**kwargs)
-    with pytest.raises(TypeError, match="floating-point activations; got torch.int8"):
-        kernels.quantize_act(q)
-    with pytest.raises(ValueError, match=r"multiplier must have shape \(6,\).*got \(5,\)"):
-        kernels.quantize_act(torch.randn(2, 6), multiplier=torch.rand(5))
-    with pytest.raises(ValueError, match=r"static_scale must hold one value, or one per image"):
-        kernels.quantize_act(torch.randn(2, 6), static_scale=torch.rand(3))

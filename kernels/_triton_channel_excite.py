@@ -1,7 +1,7 @@
 """Triton kernels of the channel-attention excitations (:mod:`kernels.channel_excite`).
 
 Imported lazily, on the first launch, so a machine without Triton never imports it; ``TRITON_INTERPRET=1``
-must be set before *triton* is imported (see :mod:`kernels._triton_gate`).
+must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`).
 
 - MLP (SE, CA, FcaNet): one program per sample. It sums ``W1 s`` over tiles of (BLOCK_R, BLOCK_C) into
   the hidden vector (all R in registers), adds b1, rounds to the weights' dtype as the layer's output

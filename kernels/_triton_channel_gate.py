@@ -1,11 +1,10 @@
 """Triton kernels of the channel gate: pooling (mean or weighted), rescale (+ residual + ReLU), backward.
 
-Imported lazily, on the first launch, by :mod:`kernels.channel_pool` and :mod:`kernels.channel_scale`,
-so a machine without Triton never imports it. ``TRITON_INTERPRET=1`` has to be set before *triton*
-is imported, and torch imports triton itself when ``torch._dynamo`` loads (the first call of any
-custom op with autograd, or ``torch.compile``): set it when the process starts (tests/conftest.py
-does). A mismatch is reported on import (:mod:`kernels._triton_common`) with that advice instead of
-Triton's own obscure error.
+Imported lazily, on the first launch, by :mod:`kernels.channel_gate`, so a machine without Triton never
+imports it. ``TRITON_INTERPRET=1`` has to be set before *triton* is imported, and torch imports triton
+itself when ``torch._dynamo`` loads (the first call of any custom op with autograd, or ``torch.compile``):
+set it when the process starts (tests/conftest.py does). A mismatch is reported on import
+(:mod:`kernels._triton_common`) with that advice instead of Triton's own obscure error.
 
 Every kernel sees a 4-D tensor as (B, C, HW) through three strides, so one kernel serves NCHW
 (HW contiguous) and channels_last (C contiguous); only the tile shape changes with the layout.
@@ -26,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ._triton_common import accumulator, interpreter_checked
-from .channel_pool import _acc_dtype
+from .channel_gate import _acc_dtype
 
 _INTERPRET = interpreter_checked()
 

@@ -1,21 +1,15 @@
-"""Triton kernels of the integer path: per-token int8 activation quantization and the implicit-GEMM
-int8 / int4 convolution (a linear layer is its 1 x 1 case).
+"""Triton kernel of ``zoo::int_conv2d``: the implicit-GEMM int8 / int4 convolution (a linear layer is
+its 1 x 1 case).
 
-Imported lazily, on the first launch, by :mod:`kernels.quant_act` and :mod:`kernels.int_gemm`, so a
-machine without Triton never imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is
-imported (see :mod:`kernels._triton_gate`); a mismatch is reported on import with that advice.
+Imported lazily, on the first launch, by :mod:`kernels.int_gemm`, so a machine without Triton never
+imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see
+:mod:`kernels._triton_channel_gate`); a mismatch is reported on import with that advice.
 
-Both kernels repeat their reference's arithmetic in the same order, so that under the interpreter
-the int8 codes, the int32 accumulators and even the float outputs equal the reference bit for bit;
-compiled for a GPU, the float outputs may differ in their last bits where the compiler contracts
-the epilogue's multiply-add into an FMA:
-
-- ``quantize_act``: ``(x - shift) * multiplier`` in fp32, ``amax / 127`` and ``v / scale`` with
-  correctly rounded division (``tl.div_rn``: a plain ``/`` compiles to an approximate division on
-  NVIDIA GPUs), then round half to even written with floor and compares (no libdevice ``rint``, which
-  the interpreter lacks);
-- ``int_conv2d``: one int32 ``tl.dot`` accumulator per (tap, group) segment, then
-  ``total += acc * a_scale[pixel] * w_scale[n, segment]`` in tap-major, group-minor order, then the bias.
+The kernel repeats its reference's arithmetic in the same order, so that under the interpreter the
+int32 accumulators and even the float outputs equal the reference bit for bit; compiled for a GPU, the
+float outputs may differ in their last bits where the compiler contracts the epilogue's multiply-add
+into an FMA: one int32 ``tl.dot`` accumulator per (tap, group) segment, then
+``total += acc * a_scale[pixel] * w_scale[n, segment]`` in tap-major, group-minor order, then the bias.
 """
 from __future__ import annotations
 
@@ -23,100 +17,16 @@ import torch
 import triton
 import triton.language as tl
 
-# no import cycle: kernels.int_gemm and kernels.quant_act import this module lazily
-from ._triton_common import interpreter_checked
+# no import cycle: kernels.int_gemm imports this module lazily
+from ._triton_common import interpreter_checked, pow2
 from .int_gemm import INT4_SYMMETRIC_ZERO, output_size
-from .quant_act import QMAX
 
 _INTERPRET = interpreter_checked()
 
-_QMAX = tl.constexpr(float(QMAX))  # module constants a kernel reads must be constexpr
-_ZERO4 = tl.constexpr(INT4_SYMMETRIC_ZERO)
+_ZERO4 = tl.constexpr(INT4_SYMMETRIC_ZERO)  # module constants a kernel reads must be constexpr
 # Module attributes so the tests can shrink them and exercise the K loops on tiny shapes.
-QUANT_TILE = 4096  # elements per quantize_act program and step
-MAX_BLOCK_K_QUANT = 1024  # longest slice of a row quantize_act reads at once
 MAX_BLOCK_C = 128  # input channels per tl.dot step of int_conv2d
 MIN_BLOCK_C = 16 if _INTERPRET else 32  # tl.dot needs K >= 16; int8 MMA instructions take K = 32
-
-
-def _pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
-
-
-# ----------------------------------------------------------------------------------------------
-# quantize_act: q = clamp(round_half_even((x - shift) * multiplier / scale), -127, 127)
-# ----------------------------------------------------------------------------------------------
-@triton.jit
-def _shifted(x_ptr, sh_ptr, mu_ptr, rows, offs_k, mask, K, HAS_SHIFT: tl.constexpr, HAS_MULT: tl.constexpr):
-    """(x - shift) * multiplier in fp32 for a (rows, offs_k) tile; 0 where masked."""
-    v = tl.load(x_ptr + rows[:, None] * K + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HAS_SHIFT:
-        v = v - tl.load(sh_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :]
-    if HAS_MULT:
-        v = v * tl.load(mu_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :]
-    return v
-
-
-@triton.jit
-def _round_half_even_clamped(v):
-    """int32 round-half-to-even of v, clamped to +-127 first (the same as clamping after rounding,
-    since 127 is an integer, and it keeps the int32 conversion in range). v - floor(v) is exact in
-    binary floating point, so the tie test is exact (floor(v + 0.5) is not: 0.49999997 + 0.5 rounds to 1)."""
-    v = tl.minimum(tl.maximum(v, -_QMAX), _QMAX)
-    r = tl.floor(v)
-    frac = v - r
-    ri = r.to(tl.int32)
-    up = (frac > 0.5) | ((frac == 0.5) & ((ri & 1) == 1))
-    return ri + up.to(tl.int32)
-
-
-@triton.jit
-def _quantize_kernel(x_ptr, sh_ptr, mu_ptr, st_ptr, q_ptr, s_ptr, M, K, ROWS_PER_SCALE,
-                     HAS_SHIFT: tl.constexpr, HAS_MULT: tl.constexpr, STATIC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = rows < M
-    rows = rows.to(tl.int64)
-    if STATIC:
-        scale = tl.load(st_ptr + rows // ROWS_PER_SCALE, mask=mask_m, other=1.0)  # one per tensor or image
-    else:  # first pass: the row's amax
-        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask = mask_m[:, None] & (offs_k[None, :] < K)
-            v = _shifted(x_ptr, sh_ptr, mu_ptr, rows, offs_k, mask, K, HAS_SHIFT, HAS_MULT)
-            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
-        scale = tl.where(amax > 0, tl.div_rn(amax, _QMAX), 1.0)
-    tl.store(s_ptr + rows, scale, mask=mask_m)
-    for k0 in range(0, K, BLOCK_K):  # second pass (a re-read from cache): quantize
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask = mask_m[:, None] & (offs_k[None, :] < K)
-        v = _shifted(x_ptr, sh_ptr, mu_ptr, rows, offs_k, mask, K, HAS_SHIFT, HAS_MULT)
-        q = _round_half_even_clamped(tl.div_rn(v, scale[:, None]))
-        tl.store(q_ptr + rows[:, None] * K + offs_k[None, :], q.to(tl.int8), mask=mask)
-
-
-def quantize_act(x: torch.Tensor, multiplier: torch.Tensor | None, shift: torch.Tensor | None,
-                 static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 (..., K) codes and fp32 (...) scales of a contiguous ``x`` (..., K); see :mod:`kernels.quant_act`."""
-    k = x.shape[-1]
-    q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
-    scale = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
-    m = scale.numel()  # tokens: x is (M, K) row-major
-    if m == 0:
-        return q, scale
-    block_k = min(_pow2(k), MAX_BLOCK_K_QUANT)
-    block_m = min(_pow2(m), max(1, QUANT_TILE // block_k))
-
-    def fp32(t: torch.Tensor | None) -> torch.Tensor:  # the reference's .float(), once, on the host
-        return scale if t is None else t.float().contiguous()
-
-    _quantize_kernel[(triton.cdiv(m, block_m),)](
-        x, fp32(shift), fp32(multiplier), fp32(static_scale), q, scale, m, k,
-        m if static_scale is None or static_scale.numel() == 1 else m // static_scale.numel(),
-        HAS_SHIFT=shift is not None, HAS_MULT=multiplier is not None, STATIC=static_scale is not None,
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=4 if block_m * block_k <= 2048 else 8)
-    return q, scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +44,7 @@ def _conv_configs() -> list[triton.Config]:
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Skip row tiles far taller than M (a decode GEMM of 1..16 tokens) so autotuning stays short."""
-    tallest = max(16, _pow2(named_args["M"]))
+    tallest = max(16, pow2(named_args["M"]))
     return [c for c in configs if c.kwargs["BLOCK_M"] <= tallest] or configs[:1]
 
 
@@ -245,7 +155,7 @@ def _launch(q: torch.Tensor, a_scale: torch.Tensor | None, weight: torch.Tensor,
     s = table.shape[1] if table is not None else 1
     mid_byte = weight_bits == 4 and g % 2 == 1  # int4 groups that start in the middle of a byte
     span = g + mid_byte  # channels a segment's chunks cover
-    block_k = max(MIN_BLOCK_C, min(MAX_BLOCK_C, _pow2(span)))
+    block_k = max(MIN_BLOCK_C, min(MAX_BLOCK_C, pow2(span)))
     dummy = out  # stands in for absent tensors; never read
 
     def grid(meta):
@@ -256,7 +166,7 @@ def _launch(q: torch.Tensor, a_scale: torch.Tensor | None, weight: torch.Tensor,
         dummy if w_scale is None else w_scale.contiguous(), dummy if w_zero is None else w_zero.contiguous(),
         dummy if bias is None else bias.contiguous(), out,
         m, n, c, h, w, ho, wo, kw, stride[0], stride[1], padding[0], padding[1], kh * kw, g, groups, w_row,
-        s, 1 if s > 1 else 0, min(_pow2(m), 4096),
+        s, 1 if s > 1 else 0, min(pow2(m), 4096),
         WEIGHT_BITS=weight_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None, ACC_ONLY=acc_only,
         ONE_CHUNK=block_k >= span, MID_BYTE=mid_byte, BLOCK_K=block_k)
     return out if acc_only or out.dtype == out_dtype else out.to(out_dtype)

@@ -1,7 +1,7 @@
 """The quantized MoC FFN in decoding: the row-gathering integer decode against the dense integer layers.
 
-    python benchmarks/moc_ffn_int.py [--shapes 256x688,768x2048,1024x2736] [--tokens 1,16] [--repeats 30]
-                                     [--specs w4a8,w8a8] [--quick] [--save]
+    python benchmarks/moc_int.py [--shapes 256x688,768x2048,1024x2736] [--tokens 1,16] [--repeats 30]
+                                 [--specs w4a8,w8a8] [--quick] [--save]
 
 For each FFN width d x H (moc_lm_tiny, GaLore's 130M and 350M LLaMA FFNs) at K = H/8 and each spec, a
 decode step of T tokens (forward, no autograd) through four blocks built from the same float weights:
@@ -33,7 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import interleaved_medians_ms, kernel_mode, machine, print_table, save_text, shapes_arg
-from moc_ffn import compile_unavailable
+from moc import compile_unavailable
 
 import blocks  # noqa: E402
 import zoo  # noqa: E402
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> str:
     table = print_table(["d x H", "top-K", "spec", "T", "FFN", "us", "x fp32", "weights read MiB", "x fp32"], rows)
     report = f"{head}\n\n{table}"
     if args.save:
-        save_text(report, f"moc_ffn_int_{device}.txt")
+        save_text(report, f"moc_int_{device}.txt")
     return report
 
 

@@ -1,8 +1,8 @@
 """Integer GEMMs of the quantized layers: W8A8 and W4A8 ``int_linear`` and the implicit-GEMM ``int_conv2d``
 beside the float matmul / convolution they replace.
 
-    python benchmarks/quant_gemm.py [--quick] [--ms 1,4,16,4096] [--nk 4096x4096,11008x4096]
-                                    [--group-size 128] [--repeats 5] [--no-graph] [--cpu] [--save]
+    python benchmarks/int_gemm.py [--quick] [--ms 1,4,16,4096] [--nk 4096x4096,11008x4096]
+                                  [--group-size 128] [--repeats 5] [--no-graph] [--cpu] [--save]
 
 On CUDA (the Triton kernels): for every M and (N, K), bf16 and fp16 ``F.linear`` against W8A8
 (per-channel weight scales) and W4A8 (symmetric int4, one fp16 scale per ``--group-size`` inputs),
@@ -250,7 +250,7 @@ def main() -> None:
             parser.error(f"--group-size {args.group_size} does not divide K={k}; pick a divisor of every K")
     text = run_cuda(args) if cuda else run_cpu(args)
     if args.save:
-        path = save_text(text, f"quant_gemm_{'cuda' if cuda else 'cpu'}.txt")
+        path = save_text(text, f"int_gemm_{'cuda' if cuda else 'cpu'}.txt")
         print(f"wrote {path}")
 
 

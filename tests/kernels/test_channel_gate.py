@@ -92,12 +92,12 @@ def _compare(case, shape, dtype, layout, device):
 def tiny_tiles(monkeypatch):
     """16-element tiles and HW split across programs: many tiles, ragged edges on both axes, and the
     two-stage reduction (partial rows, then a sum)."""
-    from kernels import _triton_gate
+    from kernels import _triton_channel_gate
 
-    monkeypatch.setattr(_triton_gate, "TILE", 16)
-    monkeypatch.setattr(_triton_gate, "MAX_BLOCK_C_CHANNELS_LAST", 4)
-    monkeypatch.setattr(_triton_gate, "MAX_BLOCK_HW", 4)
-    monkeypatch.setattr(_triton_gate, "MIN_PROGRAMS", 32)
+    monkeypatch.setattr(_triton_channel_gate, "TILE", 16)
+    monkeypatch.setattr(_triton_channel_gate, "MAX_BLOCK_C_CHANNELS_LAST", 4)
+    monkeypatch.setattr(_triton_channel_gate, "MAX_BLOCK_HW", 4)
+    monkeypatch.setattr(_triton_channel_gate, "MIN_PROGRAMS", 32)
 
 
 @needs_triton
@@ -113,11 +113,12 @@ def test_kernel_matches_reference_fp32(triton_mode, case, shape, layout):
 @pytest.mark.parametrize("shape", [(2, 9, 3, 5), (1, 6, 5, 1)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_matches_reference_tiny_tiles(triton_mode, tiny_tiles, case, shape, layout):
-    from kernels import _triton_gate
+    from kernels import _triton_channel_gate
 
     b, c, h, w = shape
-    block_c, block_hw = _triton_gate._tiles(c, h * w, layout == "channels_last")
-    assert _triton_gate._splits(b, -(-c // block_c), h * w, block_hw, torch.device(DEVICE))[0] > 1  # really split
+    block_c, block_hw = _triton_channel_gate._tiles(c, h * w, layout == "channels_last")
+    splits = _triton_channel_gate._splits(b, -(-c // block_c), h * w, block_hw, torch.device(DEVICE))[0]
+    assert splits > 1  # really split
     _compare(case, shape, torch.float32, layout, DEVICE)
 
 
@@ -201,9 +202,9 @@ def test_gradcheck_fp64(monkeypatch, case, layout):
 def shared_rows_path(monkeypatch):
     """Every channels_last CPU map with a shared filter takes the embedding_bag path (normally only
     runs of 8 or more channels do)."""
-    from kernels import channel_pool
+    from kernels import channel_gate
 
-    monkeypatch.setattr(channel_pool, "MIN_SHARED_CHANNELS", 1)
+    monkeypatch.setattr(channel_gate, "MIN_SHARED_CHANNELS", 1)
 
 
 def _plain_weighted_pool(x, weight):
@@ -216,7 +217,7 @@ def test_shared_filter_rows_path_matches_plain_formula(shared_rows_path, shape, 
     """The channels_last embedding_bag path (one row of C / G channels per pixel and group, bags of one
     image row) against x * filter summed, forward and both gradients, from inside and outside inference_mode
     (its index cache is built in one and used in the other)."""
-    from kernels import channel_pool
+    from kernels import channel_gate
 
     x = _layout(torch.randn(shape, dtype=dtype), "channels_last")
     weight = _shared_filters(torch.randn(shape[1:], dtype=dtype))
@@ -224,13 +225,13 @@ def test_shared_filter_rows_path_matches_plain_formula(shared_rows_path, shape, 
         torch.testing.assert_close(kernels.pool_weighted_reference(x, weight), _plain_weighted_pool(x, weight),
                                    **TOL[torch.float32])
     calls = []
-    original = channel_pool._pool_shared_rows
-    channel_pool._pool_shared_rows = lambda *a: calls.append(1) or original(*a)
+    original = channel_gate._pool_shared_rows
+    channel_gate._pool_shared_rows = lambda *a: calls.append(1) or original(*a)
     try:
         leaves = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
         out = kernels.pool_weighted_reference(*leaves)
     finally:
-        channel_pool._pool_shared_rows = original
+        channel_gate._pool_shared_rows = original
     # a map that is also NCHW-contiguous (C = 1, or 1x1) takes the NCHW path
     assert bool(calls) == (not x.is_contiguous())
     plain = [x.clone().requires_grad_(), weight.clone().requires_grad_()]
@@ -245,11 +246,11 @@ def test_shared_filter_rows_path_matches_plain_formula(shared_rows_path, shape, 
 def test_shared_filter_rows_path_is_taken_for_wide_runs(monkeypatch):
     """At the default threshold a channels_last fp32 map with runs of 16 channels takes the rows path
     (and NCHW does not), with the same result as the per-channel filter."""
-    from kernels import channel_pool
+    from kernels import channel_gate
 
     calls = []
-    original = channel_pool._pool_shared_rows
-    monkeypatch.setattr(channel_pool, "_pool_shared_rows", lambda *a: calls.append(1) or original(*a))
+    original = channel_gate._pool_shared_rows
+    monkeypatch.setattr(channel_gate, "_pool_shared_rows", lambda *a: calls.append(1) or original(*a))
     x = torch.randn(2, 64, 6, 5)
     weight = torch.randn(4, 6, 5)
     expected = kernels.pool_weighted_reference(x, kernels.per_channel_filter(weight, 64))

@@ -78,5 +78,5 @@ def test_lazy_triton_registration_imports_on_first_launch(tmp_path, monkeypatch)
 def test_available_reports_ops():
     info = kernels.available()
     assert info["mode"] in ("auto", "torch", "triton")
-    assert {"channel_pool.mean", "channel_pool.weighted", "channel_scale"} <= set(info["ops"])
+    assert {"pool_mean", "pool_weighted", "channel_scale"} <= set(info["ops"])
     assert all(backends[0] == "torch" for backends in info["ops"].values())

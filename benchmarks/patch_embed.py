@@ -1,8 +1,8 @@
 """ChannelViT's per-channel patch embedding: the fused ``zoo::channel_patch_embed`` against the release's
 unfused PyTorch path.
 
-    python benchmarks/channel_patch_embed.py [--quick] [--shapes 32x8x224x224/16,32x5x224x224/8] [--dim 384]
-                                             [--dtype bf16] [--repeats 5] [--no-compile] [--cpu] [--save]
+    python benchmarks/patch_embed.py [--quick] [--shapes 32x8x224x224/16,32x5x224x224/8] [--dim 384]
+                                     [--dtype bf16] [--repeats 5] [--no-compile] [--cpu] [--save]
 
 The unfused path is what the release runs: ``Conv3d(1, D, kernel=(1, p, p), stride=(1, p, p))`` over the
 (B, 1, C, H, W) view of the images, the channel embedding added as (B, D, C, 1, 1), the tokens flattened
@@ -163,7 +163,7 @@ def main() -> None:
         args.repeats, args.rep_ms = min(args.repeats, 3), min(args.rep_ms, 25)
     text = run_cuda(args) if cuda else run_cpu(args)
     if args.save:
-        path = save_text(text, f"channel_patch_embed_{'cuda' if cuda else 'cpu'}.txt")
+        path = save_text(text, f"patch_embed_{'cuda' if cuda else 'cpu'}.txt")
         print(f"wrote {path}")
 
 

@@ -28,9 +28,9 @@ def _inputs(shape, dtype, device, layout="nchw", seed=0):
 
 @pytest.fixture
 def tiny_blocks(monkeypatch):
-    from kernels import _triton_csam
+    from kernels import _triton_han_csam
 
-    monkeypatch.setattr(_triton_csam, "BLOCK_HW", 4)
+    monkeypatch.setattr(_triton_han_csam, "BLOCK_HW", 4)
 
 
 def _assert_matches_reference(shape, layout, dtype):

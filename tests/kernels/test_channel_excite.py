@@ -1,7 +1,7 @@
 """The excitation ops (excite_mlp: SE / CA / FcaNet's MLP; excite_conv: ECA's 1-D conv): Triton kernels
 against their PyTorch references on ragged sizes, fp32 / bf16 / fp16 / fp64, forward and backward;
 gradcheck of the backward formulas; opcheck. (The blocks call the fused squeeze-excite ops, which share
-these kernels' code: tests/test_kernels_squeeze_excite.py.)
+these kernels' code: tests/kernels/test_squeeze_excite.py.)
 
 Without a GPU the kernels run on CPU tensors through Triton's interpreter (conftest sets
 TRITON_INTERPRET=1); with one, compiled on CUDA tensors.
@@ -53,10 +53,10 @@ def _assert_matches(fn, ref, inputs, dtype):
 @pytest.fixture
 def tiny_tiles(monkeypatch):
     """Small tiles: the MLP kernel loops over many C tiles, the conv kernel over many channel blocks."""
-    from kernels import _triton_excite
+    from kernels import _triton_channel_excite
 
-    monkeypatch.setattr(_triton_excite, "TILE", 16)
-    monkeypatch.setattr(_triton_excite, "BLOCK_C_CONV", 4)
+    monkeypatch.setattr(_triton_channel_excite, "TILE", 16)
+    monkeypatch.setattr(_triton_channel_excite, "BLOCK_C_CONV", 4)
 
 
 @needs_triton
@@ -80,12 +80,12 @@ def test_conv_kernel_matches_reference(triton_mode, tiny_tiles, shape, dtype):
 @needs_triton
 def test_mlp_kernel_default_tiles_and_a_wide_bottleneck(triton_mode, monkeypatch):
     """Default tiles on an SE-ResNet-sized row; a bottleneck wider than MAX_R falls back to the reference."""
-    from kernels import _triton_excite
+    from kernels import _triton_channel_excite
 
     inputs = _mlp_inputs(2, 256, 16, torch.float32, DEVICE)
     torch.testing.assert_close(kernels.excite_mlp(*inputs, "relu"), kernels.excite_mlp_reference(*inputs, "relu"),
                                **TOL[torch.float32])
-    monkeypatch.setattr(_triton_excite, "MAX_R", 8)
+    monkeypatch.setattr(_triton_channel_excite, "MAX_R", 8)
     torch.testing.assert_close(kernels.excite_mlp(*inputs, "silu"), kernels.excite_mlp_reference(*inputs, "silu"),
                                atol=0, rtol=0)
 

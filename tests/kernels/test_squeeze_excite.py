@@ -70,14 +70,14 @@ def _assert_matches(fn, ref, inputs, dtype):
 def many_programs(monkeypatch):
     """Tiny tiles and a high program target: every sample's map is pooled by several channel blocks and
     HW splits, so the last-program hand-off sums partial rows; the MLP loops over many C tiles."""
-    from kernels import _triton_excite, _triton_gate, _triton_squeeze_excite
+    from kernels import _triton_channel_excite, _triton_channel_gate, _triton_squeeze_excite
 
-    monkeypatch.setattr(_triton_gate, "TILE", 8)
-    monkeypatch.setattr(_triton_gate, "MAX_BLOCK_C_CHANNELS_LAST", 4)
-    monkeypatch.setattr(_triton_gate, "MAX_BLOCK_HW", 4)
-    monkeypatch.setattr(_triton_gate, "MIN_PROGRAMS", 64)
-    monkeypatch.setattr(_triton_excite, "TILE", 16)
-    monkeypatch.setattr(_triton_excite, "BLOCK_C_CONV", 4)
+    monkeypatch.setattr(_triton_channel_gate, "TILE", 8)
+    monkeypatch.setattr(_triton_channel_gate, "MAX_BLOCK_C_CHANNELS_LAST", 4)
+    monkeypatch.setattr(_triton_channel_gate, "MAX_BLOCK_HW", 4)
+    monkeypatch.setattr(_triton_channel_gate, "MIN_PROGRAMS", 64)
+    monkeypatch.setattr(_triton_channel_excite, "TILE", 16)
+    monkeypatch.setattr(_triton_channel_excite, "BLOCK_C_CONV", 4)
     monkeypatch.setattr(_triton_squeeze_excite, "BLOCK_S", 4)
 
 
@@ -130,7 +130,7 @@ def test_conv_kernel_matches_reference(triton_mode, many_programs, shape, k, lay
 def test_default_tiles_and_the_fallbacks(triton_mode, monkeypatch):
     """Default tiles on an SE-ResNet-sized map (one launch: the pool kernel is not called); a bottleneck
     wider than MAX_R pools with the pool kernel and excites with the reference; an empty batch."""
-    from kernels import _triton_excite, _triton_squeeze_excite
+    from kernels import _triton_channel_excite, _triton_squeeze_excite
 
     pools = []
     real_pool = _triton_squeeze_excite.pool
@@ -141,7 +141,7 @@ def test_default_tiles_and_the_fallbacks(triton_mode, monkeypatch):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, **TOL[torch.float32])
     assert not pools
-    monkeypatch.setattr(_triton_excite, "MAX_R", 8)
+    monkeypatch.setattr(_triton_channel_excite, "MAX_R", 8)
     got, want = kernels.squeeze_excite_mlp(*inputs, "relu"), kernels.squeeze_excite_mlp_reference(*inputs, "relu")
     assert pools
     for g, w in zip(got, want):

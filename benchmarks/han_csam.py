@@ -1,8 +1,8 @@
 """HAN's channel-spatial attention (CSAM): the fused ``kernels.csam`` against HAN's eager module and
 ``torch.compile`` of it.
 
-    python benchmarks/csam.py [--shapes 16x64x64x64,4x64x128x128] [--dtype bf16] [--repeats 5]
-                              [--no-compile] [--cpu] [--save]
+    python benchmarks/han_csam.py [--shapes 16x64x64x64,4x64x128x128] [--dtype bf16] [--repeats 5]
+                                  [--no-compile] [--cpu] [--save]
 
 The eager module is the release's: ``x * (gamma * sigmoid(conv3d(x[:, None]))) + x`` with one 3x3x3
 kernel: the conv's output, the sigmoid, two products and the sum each write a map, where the fused
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> str:
         args.shapes = [(16, 64, 64, 64), (4, 64, 128, 128)] if cuda else [(1, 64, 64, 64), (1, 64, 128, 128)]
     text = run_cuda(args) if cuda else run_cpu(args)
     if args.save:
-        path_ = save_text(text, f"csam_{'cuda' if cuda else 'cpu'}.txt")
+        path_ = save_text(text, f"han_csam_{'cuda' if cuda else 'cpu'}.txt")
         print(f"wrote {path_}")
     return text
 
