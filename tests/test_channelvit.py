@@ -216,8 +216,9 @@ def test_heads_and_pooling():
         torch.testing.assert_close(model.forward_head(feats, pre_logits=True), feats[:, 1:].mean(1))
         assert [t.shape for t in model.get_intermediate_layers(x, n=2)] == [(2, 81, 48)] * 2
     assert zoo.create("channelvit_tiny_p8", num_classes=7, depth=1)(torch.randn(1, 2, 16, 16)).shape == (1, 7)
-    with pytest.raises(ValueError, match="feature pyramid"):
-        zoo.create("channelvit_tiny", features_only=True)
+    pyramid = zoo.create("channelvit_tiny_p8", depth=2, in_chans=2, features_only=True).eval()  # taps, as timm's
+    # ViTs (eval: in training, Hierarchical Channel Sampling may drop a channel)
+    assert [tuple(t.shape) for t in pyramid(torch.randn(1, 2, 16, 16))] == [(1, 2 * 192, 2, 2)] * 2
 
 
 def test_vit_baseline_matches_timm_and_fills_missing_channels():

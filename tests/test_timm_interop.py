@@ -62,15 +62,17 @@ def test_pretrained_cfgs_of_shared_tags_equal_timms():
             assert a == b, f"{name}: {key} is {a!r} here and {b!r} in timm"
 
 
-def test_list_models_takes_timms_arguments():
+def test_list_models_takes_timms_arguments(monkeypatch):
     assert zoo.list_models("*eca*") == sorted(n for n in zoo.list_models() if "eca" in n)
     both = zoo.list_models(["se*", "fca*"], exclude_filters=["*101*", "*152*"])
     assert "seresnet50" in both and "fcanet50" in both and not any("101" in n or "152" in n for n in both)
     assert zoo.list_models("seresnet*", pretrained=True) == ["seresnet50.a1_in1k"]
     assert zoo.list_models("seresnet*", pretrained=True, include_tags=False) == ["seresnet50"]
     assert zoo.list_models(module="rcan") == ["rcan", "rcan_tiny_x2", "rcan_x2", "rcan_x3", "rcan_x4", "rcan_x8"]
-    assert "ecaresnet50d" in zoo.list_models(name_matches_cfg=True) and "seresnet18" not in zoo.list_models(
-        name_matches_cfg=True)
+    monkeypatch.setitem(zoo.registry._ENTRYPOINTS, "cfgless_net", zoo.registry._ENTRYPOINTS["resnet18"])
+    monkeypatch.setitem(zoo.registry._FAMILY, "cfgless_net", "resnet")  # an architecture without a config
+    assert "ecaresnet50d" in zoo.list_models(name_matches_cfg=True) and "cfgless_net" not in zoo.list_models(
+        name_matches_cfg=True) and "cfgless_net" in zoo.list_models()
     assert zoo.list_pretrained("fcanet*", exclude_filters="*34*") == [
         "fcanet101.release_in1k", "fcanet152.release_in1k", "fcanet50.release_in1k"]
 
@@ -184,7 +186,7 @@ def test_resnet_pruning_matches_timms():
             torch.testing.assert_close(a, b)
 
 
-def test_channelvit_intermediates_stack_each_channels_grid():
+def test_channelvit_intermediates_put_each_channels_features_side_by_side():
     model = zoo.create("channelvit_tiny", img_size=32, patch_size=8, in_chans=3, depth=2).eval()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
@@ -192,10 +194,12 @@ def test_channelvit_intermediates_stack_each_channels_grid():
         (tokens,) = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC", intermediates_only=True)
         (subset,) = model.forward_intermediates(x[:, :2], indices=1, intermediates_only=True,
                                                 channel_ids=torch.tensor([[0, 2]]))
-    assert maps.shape == (1, 192, 3 * 4, 4) and tokens.shape == (1, 3 * 16, 192)
-    torch.testing.assert_close(maps[:, :, 4:8], tokens[:, 16:32].transpose(1, 2).reshape(1, 192, 4, 4))  # channel 1
+    assert maps.shape == (1, 3 * 192, 4, 4) and tokens.shape == (1, 3 * 16, 192)
+    assert model.feature_info.channels()[-1] == 3 * 192
+    # channel 1's 16 patch tokens are the map's second block of 192 features, on the 4 x 4 patch grid
+    torch.testing.assert_close(maps[:, 192:384], tokens[:, 16:32].transpose(1, 2).reshape(1, 192, 4, 4))
     torch.testing.assert_close(final[:, 1:], tokens)  # the last block's normed patch tokens
-    assert subset.shape == (1, 192, 2 * 4, 4)
+    assert subset.shape == (1, 2 * 192, 4, 4)
 
 
 def test_timm_builds_the_families_it_lacks_through_zoo():
@@ -262,3 +266,38 @@ def test_push_to_hub_offline_says_what_to_do_instead():
     """The suite runs with ZOO_OFFLINE=1 (conftest): nothing is contacted, the message gives the way round."""
     with pytest.raises(RuntimeError, match=r"offline .*save_pretrained the model here and upload the folder"):
         zoo.push_to_hub(zoo.create("resnet18", num_classes=2), "me/x")
+
+
+def test_features_only_getter_for_vits_and_on_request():
+    vit = zoo.create("vit_tiny_p8", img_size=32, depth=4, features_only=True, out_indices=(1, 3))
+    assert isinstance(vit, zoo.features.FeatureGetterNet)  # a ViT's default: taps from forward_intermediates
+    assert vit.feature_info.channels() == [192, 192] and vit.feature_info.reduction() == [8, 8]
+    assert len(vit.model.blocks) == 4 and isinstance(vit.model.head, torch.nn.Identity)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert [tuple(t.shape) for t in vit(x)] == [(1, 192, 4, 4)] * 2
+    resnet = zoo.create("resnet18", features_only=True, out_indices=(1, 2))
+    getter = zoo.create("resnet18", features_only=True, out_indices=(1, 2), feature_cls="getter")
+    getter.model.load_state_dict(resnet.state_dict(), strict=False)
+    with torch.no_grad():
+        for a, b in zip(resnet.eval()(torch.rand(1, 3, 64, 64).expand(2, -1, -1, -1)),
+                        getter.eval()(torch.rand(1, 3, 64, 64).expand(2, -1, -1, -1))):
+            assert a.shape == b.shape
+    with pytest.raises(ValueError, match="feature_cls must be one of 'list', 'getter'"):
+        zoo.create("resnet18", features_only=True, feature_cls="hook")
+
+
+def test_resnet_takes_timms_pools_and_sizes_its_head():
+    model = zoo.create("resnet18", num_classes=3, global_pool="catavgmax").eval()
+    assert model.head_hidden_size == 1024 and model.fc.in_features == 1024
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pooled = model.forward_head(feats, pre_logits=True)
+        torch.testing.assert_close(pooled, torch.cat([feats.mean((2, 3)), feats.amax((2, 3))], 1))
+    model.reset_classifier(0, "")
+    with torch.no_grad():
+        assert model(x).shape == (2, 512, 2, 2)  # no pooling: the map
+    assert not model.training and not model.fc.training  # a new head takes the model's mode
+    with pytest.raises(ValueError, match="global_pool must be one of 'avg', 'max', 'avgmax', 'catavgmax', ''"):
+        zoo.create("resnet18", global_pool="gem")

@@ -11,12 +11,13 @@ from blocks.validation import check_kwargs
 
 from . import registry
 from .checkpoint import FilterFn, load_into, read_checkpoint
-from .features import FeatureListNet
+from .features import FEATURE_CLASSES, FeatureGetterNet, FeatureListNet
 from .hub import Source, Weights, check_num_classes, resolve_source
 from .pretrained import PretrainedCfg
 from .quant.io import load_quantized_into
 
-BUILD_ONLY_ARGS = ("features_only", "out_indices", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay")
+BUILD_ONLY_ARGS = ("features_only", "out_indices", "feature_cls", "checkpoint_path", "pretrained_cfg",
+                   "pretrained_cfg_overlay")
 
 
 def resolve_tag(variant: str, pretrained: Any, cfg: PretrainedCfg | None) -> tuple[PretrainedCfg, Any]:
@@ -35,6 +36,7 @@ def build_model(
     filter_fn: FilterFn | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    feature_cls: str | None = None,
     checkpoint_path: str | None = None,
     pretrained_cfg: PretrainedCfg | None = None,
     pretrained_cfg_overlay: dict | None = None,
@@ -46,8 +48,11 @@ def build_model(
     ``hf-hub:``, a URL, a state dict, or a :class:`zoo.hub.Source` ``zoo.create`` resolved. Float and
     quantized files load the same way: through the family's ``filter_fn`` (float files), timm's
     adaptation of ``num_classes`` (and of ``in_chans`` for float weights) and the strict key, shape
-    and dtype check. ``checkpoint_path`` loads a float file after that.
+    and dtype check. ``checkpoint_path`` loads a float file after that. ``feature_cls`` (``'list'`` or
+    ``'getter'``, default: the model class's ``feature_cls``) picks the ``features_only`` wrapper.
     """
+    if feature_cls is not None and feature_cls not in FEATURE_CLASSES:
+        raise ValueError(f"feature_cls must be one of {', '.join(map(repr, FEATURE_CLASSES))}; got {feature_cls!r}")
     check_kwargs(variant, kwargs, model_cls.__init__ if isinstance(model_cls, type) else model_cls)
     if "num_classes" in kwargs:
         check_num_classes(kwargs["num_classes"], f"the arguments of {variant}")
@@ -79,7 +84,10 @@ def build_model(
         if not getattr(model, "feature_info", None):
             raise ValueError(f"{variant} has no feature stages, so features_only=True has nothing to return; call "
                              f"model.forward_features(x) for its last features")
-        model = FeatureListNet(model, out_indices)
+        kind = feature_cls or getattr(model, "feature_cls", "list")
+        if kind == "getter" and not hasattr(model, "prune_intermediate_layers"):
+            raise ValueError(f"feature_cls='getter' needs forward_intermediates, which {variant} lacks; use 'list'")
+        model = FeatureGetterNet(model, out_indices) if kind == "getter" else FeatureListNet(model, out_indices)
     return model
 
 

@@ -1,10 +1,20 @@
-"""Feature pyramids: ``features_only=True`` returns every requested stage's output."""
+"""Feature pyramids: ``features_only=True`` returns every requested stage's output.
+
+Two wrappers, as timm's: :class:`FeatureListNet` runs a CNN's top-level children and keeps the stage
+outputs (the state dict is the model's own); :class:`FeatureGetterNet` prunes a model with
+``forward_intermediates`` to its last tap and asks it for the taps (what a transformer needs, its
+taps being reshaped tokens). A model class names its default with ``feature_cls``; ``zoo.create(...,
+feature_cls=...)`` picks either.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
+
+FEATURE_CLASSES = ("list", "getter")
 
 
 class FeatureInfo(list):
@@ -56,13 +66,47 @@ class FeatureListNet(nn.Module):
                 break
         self.in_chans = getattr(model, "in_chans", None)
         self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", {})  # default_cfg: timm's older name
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each child in the backward instead of keeping its activations (training only)."""
+        self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.in_chans is not None and (x.ndim != 4 or x.shape[1] != self.in_chans):
             raise ValueError(f"expected input (B, {self.in_chans}, H, W); got {tuple(x.shape)}")
+        checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         features = []
         for child_name, child in self.named_children():
-            x = child(x)
+            # the stages are checkpointed; the stem's single layers are not (an in-place activation after a
+            # checkpointed layer would change the input that layer's recomputation needs)
+            if checkpoint and isinstance(child, nn.Sequential):
+                x = torch.utils.checkpoint.checkpoint(child, x, use_reentrant=False)
+            else:
+                x = child(x)
             if child_name in self._return:
                 features.append(x)
         return features
+
+
+class FeatureGetterNet(nn.Module):
+    """A model with ``forward_intermediates`` / ``prune_intermediate_layers``, pruned after its last chosen
+    tap (its head and, unless ``norm``, its final norm too), returning the chosen taps. The model's
+    state dict sits under ``model.``, as timm's getter has it."""
+
+    def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None, norm: bool = False,
+                 output_fmt: str = "NCHW") -> None:
+        super().__init__()
+        name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        indices = list(resolve_out_indices(out_indices, len(model.feature_info), name))
+        self.out_indices = model.prune_intermediate_layers(indices, prune_norm=not norm)
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
+        self.model, self.norm, self.output_fmt = model, norm, output_fmt
+        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", {})
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=self.out_indices, norm=self.norm,
+                                                output_fmt=self.output_fmt, intermediates_only=True)

@@ -30,12 +30,13 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 import blocks
-from blocks.validation import check_image, check_tensor, owner_name
+from blocks.validation import check_image, check_tensor, owner_name, symbolic_tracing
 from blocks.channel_vit import resolve_channel_ids
 
 from .. import registry
 from ..builder import build_model
 from ..checkpoint import CheckpointError
+from ..features import FeatureInfo
 from ..pretrained import PretrainedCfg
 from ..registry import register_model, register_pretrained_cfgs
 
@@ -74,6 +75,7 @@ class VisionTransformer(nn.Module):
     """
 
     pipeline_tag = "image-classification"  # the Hugging Face hub's task, for the model card
+    feature_cls = "getter"  # features_only: taps from forward_intermediates, as timm's ViTs
 
     sample_by_default = False
 
@@ -106,7 +108,9 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
                   attn_drop=attn_drop_rate, drop_path=dpr, norm_layer=norm_layer, **factory)
-            for dpr in torch.linspace(0, drop_path_rate, depth).tolist()])
+            for dpr in torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()])  # numbers, on any device
+        self.feature_info = FeatureInfo([dict(module=f"blocks.{i}", num_chs=self._tap_channels(),
+                                              reduction=patch_size) for i in range(depth)])
         self.norm = norm_layer(embed_dim, **factory)
         self.head = nn.Linear(embed_dim, num_classes, **factory) if num_classes > 0 else nn.Identity()
         self._init_weights()
@@ -125,7 +129,13 @@ class VisionTransformer(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def _tap_channels(self) -> int:
+        """Channels of an NCHW tap (see :meth:`forward_intermediates`)."""
+        return self.embed_dim
+
     def _check_input(self, x: torch.Tensor) -> None:
+        if symbolic_tracing():  # the traced graph carries no checks; the model checks when it runs
+            return
         arch = owner_name(self)
         check_tensor(arch, x, "images (B, C_in, H, W)")
         if x.ndim != 4:
@@ -254,7 +264,7 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         ref = self.cls_token
         self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-                     if num_classes > 0 else nn.Identity())
+                     if num_classes > 0 else nn.Identity()).train(self.training)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -276,10 +286,15 @@ class ChannelViT(VisionTransformer):
         return blocks.create("channel_patch_embed", self.in_chans, embed_dim=self.embed_dim,
                              patch_size=self.patch_size, **factory)
 
+    def _tap_channels(self) -> int:
+        return self.in_chans * self.embed_dim
+
     def _patch_layout(self, tokens: torch.Tensor, h: int, w: int, output_fmt: str) -> torch.Tensor:
-        """(B, k * N, D) channel-major tokens: NCHW stacks each channel's patch grid along the height,
-        (B, D, k * H/p, W/p), so a dense head sees every channel's map; NLC keeps the tokens."""
-        return rearrange(tokens, "b (kh w) d -> b d kh w", w=w) if output_fmt == "NCHW" else tokens
+        """(B, k * N, D) channel-major tokens: NCHW puts each input channel's D features side by side on the
+        patch grid, (B, k * D, H/p, W/p), channel-major; NLC keeps the tokens."""
+        if output_fmt != "NCHW":
+            return tokens
+        return rearrange(tokens, "b (k h w) d -> b (k d) h w", h=h, w=w)
 
     def patch_tokens(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, k * N, D) channel-major tokens with channel and position embeddings
@@ -370,9 +385,6 @@ _SIZES = {"tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},  # ViT-T/S/B 
 
 
 def _create(cls: type[VisionTransformer], variant: str, pretrained: Any = False, **kwargs: Any) -> VisionTransformer:
-    if kwargs.pop("features_only", False):
-        raise ValueError(f"{variant} has no feature pyramid (features_only=True); use forward_features(x) for "
-                         f"all tokens or get_intermediate_layers(x, n=...) for the last n blocks")
     cfg = kwargs.get("pretrained_cfg") or registry.get_pretrained_cfg(variant)
     if isinstance(pretrained, str) and registry.has_tag(variant, pretrained):
         cfg = registry.get_pretrained_cfg(f"{variant}.{pretrained}")

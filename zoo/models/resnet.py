@@ -16,6 +16,7 @@ import re
 from typing import Any, Sequence
 
 import torch
+from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 import blocks
@@ -128,6 +129,17 @@ class Bottleneck(nn.Module):
         return self.act3(x)
 
 
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")  # timm's global pools; '' keeps the map
+
+
+def _pool(global_pool: str) -> SelectAdaptivePool2d:
+    """timm's pooling by name, flattened to (B, C) unless '' keeps the (B, C, H, W) map."""
+    if global_pool not in POOL_TYPES:
+        raise ValueError(f"global_pool must be one of {', '.join(repr(p) for p in POOL_TYPES)} ('' keeps the "
+                         f"feature map); got {global_pool!r}")
+    return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+
+
 def _downsample(in_chs: int, out_chs: int, stride: int, avg_down: bool, factory: dict) -> nn.Sequential:
     """Projection shortcut: strided 1x1 conv + BN, or (``avg_down``) 2x2 average pool, then 1x1 conv + BN."""
     if not avg_down:
@@ -183,8 +195,7 @@ class ResNet(nn.Module):
             raise ValueError(f"layers must give 4 stage depths, got {tuple(layers)}")
         if stem_type not in ("", "deep"):
             raise ValueError(f"stem_type must be '' or 'deep', got {stem_type!r}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+        pool = _pool(global_pool)  # bad names fail before any layer is built
         stage_attn_kwargs = list(stage_attn_kwargs or [{}] * 4)
         if len(stage_attn_kwargs) != 4:
             raise ValueError(f"stage_attn_kwargs must hold 4 dicts, one per stage; got {len(stage_attn_kwargs)}")
@@ -227,9 +238,10 @@ class ResNet(nn.Module):
             self.add_module(f"layer{stage + 1}", nn.Sequential(*stage_blocks))
             self.feature_info.append(dict(num_chs=outplanes, reduction=reduction, module=f"layer{stage + 1}"))
 
-        self.num_features = self.head_hidden_size = inplanes
-        self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.Identity()
-        self.fc = nn.Linear(self.num_features, num_classes, **factory) if num_classes > 0 else nn.Identity()
+        self.num_features = inplanes
+        self.global_pool = pool
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()  # catavgmax: twice as wide
+        self.fc = nn.Linear(self.head_hidden_size, num_classes, **factory) if num_classes > 0 else nn.Identity()
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -245,14 +257,15 @@ class ResNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh ``num_classes``-way classifier (0: no classifier)."""
+        """Replace the head with a fresh ``num_classes``-way classifier (0: no classifier), in the model's
+        device, dtype and train / eval mode; ``global_pool`` (see :data:`POOL_TYPES`) changes the pooling."""
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.Identity()
+            self.global_pool = _pool(global_pool)
+            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         self.num_classes = num_classes
         ref = next(self.parameters())
-        self.fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
+        self.fc = (nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
+                   if num_classes > 0 else nn.Identity()).train(self.training)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -314,13 +327,17 @@ class ResNet(nn.Module):
         take, last = feature_take_indices(5, indices)
         for name in ("layer1", "layer2", "layer3", "layer4")[max(last, 0):]:
             setattr(self, name, nn.Identity())
+        if last == 0:  # the stem tap is before the max-pool: forward_features ends at it
+            self.maxpool = nn.Identity()
+        self.num_features = self.feature_info[last]["num_chs"]
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         if prune_head:
             self.reset_classifier(0, "")
         return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, dropout and classify; ``pre_logits=True`` stops before the classifier."""
-        x = torch.flatten(self.global_pool(x), 1) if isinstance(self.global_pool, nn.AdaptiveAvgPool2d) else x
+        x = self.global_pool(x)  # (B, head_hidden_size), or the map itself without pooling
         if self.drop_rate:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
@@ -380,6 +397,9 @@ default_cfgs = register_pretrained_cfgs({
     "fcanet152.release_in1k": _cfg(url="https://github.com/cfzd/FcaNet/releases/download/v1.0/fca152.pth", **_FCA),
     "ecaresnet50d": _cfg(first_conv="conv1.0"),
     "ecaresnet101d": _cfg(first_conv="conv1.0"),
+    # the architectures without released weights: their shapes still in timm's form (pool_size, ...)
+    **{f"seresnet{d}": _cfg(paper="https://arxiv.org/abs/1709.01507") for d in (18, 34, 101, 152)},
+    **{f"eca_resnet{d}": _cfg(paper=_ECA["paper"]) for d in (18, 34)},
 })
 
 _DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3)),
