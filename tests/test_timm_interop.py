@@ -301,3 +301,21 @@ def test_resnet_takes_timms_pools_and_sizes_its_head():
     assert not model.training and not model.fc.training  # a new head takes the model's mode
     with pytest.raises(ValueError, match="global_pool must be one of 'avg', 'max', 'avgmax', 'catavgmax', ''"):
         zoo.create("resnet18", global_pool="gem")
+
+
+def test_vits_trace_with_timms_fx_helpers():
+    """timm's FX feature extraction calls the shape-dependent steps (channel ids, HCS, the position table)
+    as they are, so the ViTs trace, in eval and in training (HCS then still samples at run time)."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    x = torch.rand(2, 3, 32, 32)
+    for name in ("vit_tiny", "channelvit_tiny"):
+        model = zoo.create(name, img_size=32, patch_size=8, depth=2, num_classes=4).eval()
+        traced = create_feature_extractor(model, return_nodes={"blocks.1": "tokens", "head": "logits"},
+                                          tracer_kwargs=tracer)
+        with torch.no_grad():
+            out = traced(x)
+            torch.testing.assert_close(out["logits"], model(x))
+        assert out["tokens"].shape[1] == 1 + (3 if name.startswith("channel") else 1) * 16

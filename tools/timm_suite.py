@@ -1,14 +1,14 @@
 """Run timm's own ``tests/test_models.py`` on zoo's image classifiers, every assertion as timm wrote it.
 
     python tools/timm_suite.py                      # timm's tests for the installed timm version
+    python tools/timm_suite.py --all                # every zoo image classifier, not one per family
     python tools/timm_suite.py --timm-tests DIR     # a timm checkout's tests/ folder instead
 
 timm's test file comes from the source distribution of the installed timm version (``pip download``,
 kept under the zoo's cache folder) or from ``--timm-tests``; ``tools/timm_suite/conftest.py`` points
 its model listing and creation at ``zoo.create``. TorchScript tests are left out (the zoo's models
 are traced, compiled and exported, not scripted), and so are those that download release weights.
-Prints one line per timm test function (passed / failed / known gap / skipped) and exits 1 on any
-failure that is not a known gap (:data:`KNOWN_GAPS`, each with its reason).
+Prints one line per timm test function (passed / failed / skipped) and exits 1 on any failure.
 """
 from __future__ import annotations
 
@@ -28,13 +28,6 @@ ROOT = HERE.parent
 # left out: TorchScript (the zoo's models are traced, compiled and exported, not scripted) and the tests
 # that download release weights (no network at test time)
 SKIP = "torchscript or test_model_load_pretrained or test_model_features_pretrained"
-# failures the zoo knows about, each with why; any other failure fails the run
-KNOWN_GAPS = {
-    "test_model_forward_fx": ("vit_tiny", "channelvit_tiny"),
-    "test_model_backward_fx": ("vit_tiny", "channelvit_tiny"),
-}
-WHY = ("the ViTs are not FX-traceable: their channel-id resolution, Hierarchical Channel Sampling and "
-       "position-table resampling branch on input shapes")
 
 
 def timm_tests(cache: Path) -> Path:
@@ -61,24 +54,17 @@ def timm_tests(cache: Path) -> Path:
     return target
 
 
-def _known(case_name: str) -> bool:
-    test = case_name.split("[")[0]
-    return any(model in case_name for model in KNOWN_GAPS.get(test, ()))
-
-
 def summarize(report: Path) -> tuple[Counter, list[str]]:
-    """Outcomes per timm test function (``known`` for a failure in :data:`KNOWN_GAPS`), and the failures'
-    first lines."""
+    """Outcomes per timm test function, and the failures' first lines."""
     counts: Counter = Counter()
     failures = []
     for case in ET.parse(report).getroot().iter("testcase"):
         test = case.get("name", "").split("[")[0]
         failed = case.find("failure") if case.find("failure") is not None else case.find("error")
         if failed is not None:
-            known = _known(case.get("name", ""))
-            counts[(test, "known" if known else "failed")] += 1
-            message = (failed.get("message") or "").splitlines()[0][:200] if failed.get("message") else ""
-            failures.append(f"{'KNOWN ' if known else 'FAILED '}{case.get('name')}: {message}")
+            counts[(test, "failed")] += 1
+            message = (failed.get("message") or "").splitlines()
+            failures.append(f"FAILED {case.get('name')}: {message[0][:200] if message else ''}")
         elif case.find("skipped") is not None:
             counts[(test, "skipped")] += 1
         else:
@@ -90,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm-tests", type=Path, default=None, help="a timm checkout's tests/ folder")
     parser.add_argument("-k", default=None, help="further pytest -k selection")
+    parser.add_argument("--all", action="store_true", help="every zoo image classifier (default: one per family)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from zoo.files import zoo_cache_dir
@@ -102,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(source, Path(tmp) / "test_models.py")
         report = Path(tmp) / "report.xml"
         selection = f"not ({SKIP})" + (f" and ({args.k})" if args.k else "")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "ZOO_TIMM_SUITE": "all" if args.all else "one-per-family"}
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-m", "",
                "-k", selection, f"--junitxml={report}", "--rootdir", tmp, str(Path(tmp) / "test_models.py")]
         subprocess.run(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL)
@@ -111,17 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         counts, failures = summarize(report)
     tests = sorted({test for test, _ in counts})
     width = max(map(len, tests), default=4)
-    print(f"{'timm test':<{width}}  passed  failed  known  skipped")
+    print(f"{'timm test':<{width}}  passed  failed  skipped")
     for test in tests:
         print(f"{test:<{width}}  {counts[(test, 'passed')]:>6}  {counts[(test, 'failed')]:>6}  "
-              f"{counts[(test, 'known')]:>5}  {counts[(test, 'skipped')]:>7}")
+              f"{counts[(test, 'skipped')]:>7}")
     totals = Counter()
     for (_, outcome), n in counts.items():
         totals[outcome] += n
-    print(f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['known']} known gaps, "
-          f"{totals['skipped']} skipped (timm's own models); TorchScript and weight downloads left out")
-    if totals["known"]:
-        print(f"known gaps: {WHY}")
+    print(f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped (tests written "
+          "for timm's own models); TorchScript and weight downloads left out")
     for line in failures:
         print(line)
     return 1 if totals["failed"] else 0

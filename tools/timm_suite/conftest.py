@@ -3,11 +3,12 @@
 timm's test module reads ``list_models`` / ``create_model`` / ``get_pretrained_cfg_value`` from ``timm``
 when it is imported, to parametrize its tests; this conftest is imported first and puts the zoo's in
 their place, so every assertion runs as timm wrote it, on zoo models built by ``zoo.create``. One
-architecture per family keeps the run short.
+architecture per family keeps the run short (``ZOO_TIMM_SUITE=all``: every classifier).
 """
 from __future__ import annotations
 
 import fnmatch
+import os
 
 import pytest
 import timm
@@ -15,11 +16,13 @@ import timm.models
 
 import zoo
 
-# the image classifiers, one per family, and the timm module whose API each follows
-ZOO_CLASSIFIERS = {
-    "resnet18": "resnet", "seresnet18": "resnet", "eca_resnet18": "resnet", "fcanet34": "resnet",
-    "vit_tiny": "vision_transformer", "channelvit_tiny": "vision_transformer",
-}
+# the timm module whose API each zoo family follows
+TIMM_MODULES = {"resnet": "resnet", "channelvit": "vision_transformer"}
+# one image classifier per family (the default), or every one (ZOO_TIMM_SUITE=all)
+ONE_PER_FAMILY = ("resnet18", "seresnet18", "eca_resnet18", "fcanet34", "vit_tiny", "channelvit_tiny")
+ZOO_CLASSIFIERS = {name: TIMM_MODULES[family] for family in TIMM_MODULES
+                   for name in zoo.list_models(module=family)
+                   if os.environ.get("ZOO_TIMM_SUITE") == "all" or name in ONE_PER_FAMILY}
 
 
 def _patterns(value) -> list[str]:

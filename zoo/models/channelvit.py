@@ -24,14 +24,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers import PatchEmbed, register_notrace_function, register_notrace_module, resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import nn
 
 import blocks
 from blocks.validation import check_image, check_tensor, owner_name, symbolic_tracing
-from blocks.channel_vit import resolve_channel_ids
+from blocks.channel_vit import ChannelPatchEmbed, HierarchicalChannelSampler, resolve_channel_ids
 
 from .. import registry
 from ..builder import build_model
@@ -55,6 +55,39 @@ def resample_pos_table(table: torch.Tensor, old_grid: tuple[int, int], new_grid:
     if tuple(out.shape[-2:]) != tuple(new_grid):
         raise RuntimeError(f"position-table resampling gave a {tuple(out.shape[-2:])} grid, not {tuple(new_grid)}")
     return rearrange(out, "1 d h w -> (h w) d").to(table.dtype)  # (h*w, D)
+
+
+# Functions and blocks that branch on input shapes or ids: timm's FX tracing (its feature extractors, its
+# FX tests) calls them as they are instead of tracing into them, so the ViTs trace.
+@register_notrace_function
+def grid_pos_table(pos_embed: torch.Tensor, x: torch.Tensor, patch_size: int, native_grid: tuple[int, int],
+                   num_prefix_tokens: int, copies: int) -> torch.Tensor:
+    """The (N, D) patch-position table for ``x``'s grid, as the release picks it: the stored table only
+    for one token per patch (``copies == 1``) on the native grid of a square image, else resampled
+    (:func:`resample_pos_table`), even on the native grid."""
+    h, w = x.shape[-2], x.shape[-1]
+    grid = (h // patch_size, w // patch_size)
+    table = pos_embed[0, num_prefix_tokens:]  # (N0, D)
+    square = h == w or native_grid[0] != native_grid[1]  # the release tests w == h (square native)
+    if copies == 1 and grid == tuple(native_grid) and square:
+        return table
+    return resample_pos_table(table, tuple(native_grid), grid)
+
+
+@register_notrace_function
+def fill_missing_channels(x: torch.Tensor, ids: torch.Tensor, in_chans: int, subset: bool) -> torch.Tensor:
+    """(B, k, H, W) images of channels ``ids`` (B, k) -> (B, in_chans, H, W): the absent channels zeros, the
+    present ones scaled by in_chans / k (the release's ViT on channel subsets); all channels pass as they are."""
+    if not subset and x.shape[1] == in_chans:
+        return x
+    b, k, h, w = x.shape
+    index = ids[:, :, None, None].expand(b, k, h, w)  # (B, k, H, W)
+    return x.new_zeros(b, in_chans, h, w).scatter(1, index, x * (in_chans / k))  # (B, C, H, W)
+
+
+register_notrace_function(resolve_channel_ids)
+register_notrace_module(ChannelPatchEmbed)
+register_notrace_module(HierarchicalChannelSampler)
 
 
 class VisionTransformer(nn.Module):
@@ -148,16 +181,8 @@ class VisionTransformer(nn.Module):
                              f"input to e.g. {fix}")
 
     def pos_table(self, x: torch.Tensor, copies: int) -> torch.Tensor:
-        """The (N, D) patch-position table for ``x``'s grid, as the release picks it: the stored table
-        only for one token per patch (``copies == 1``) on the native grid of a square image, else
-        resampled (:func:`resample_pos_table`), even on the native grid."""
-        h, w = x.shape[-2], x.shape[-1]
-        grid = (h // self.patch_size, w // self.patch_size)
-        table = self.pos_embed[0, self.num_prefix_tokens:]  # (N0, D)
-        square = h == w or self.grid_size[0] != self.grid_size[1]  # the release tests w == h (square native)
-        if copies == 1 and grid == self.grid_size and square:
-            return table
-        return resample_pos_table(table, self.grid_size, grid)
+        """The (N, D) patch-position table for ``x``'s grid (see :func:`grid_pos_table`)."""
+        return grid_pos_table(self.pos_embed, x, self.patch_size, self.grid_size, self.num_prefix_tokens, copies)
 
     def patch_tokens(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, N, D) patch tokens with positions. Missing (or, in HCS training,
@@ -165,10 +190,7 @@ class VisionTransformer(nn.Module):
         release evaluates and trains its ViT on channel subsets."""
         ids = resolve_channel_ids(x, channel_ids, self.in_chans)  # (B, C_in)
         x, ids = self.hcs(x, ids)  # training only: (B, k, H, W), (B, k)
-        if channel_ids is not None or x.shape[1] != self.in_chans:
-            b, k, h, w = x.shape
-            index = ids[:, :, None, None].expand(b, k, h, w)  # (B, k, H, W)
-            x = x.new_zeros(b, self.in_chans, h, w).scatter(1, index, x * (self.in_chans / k))  # (B, C, H, W)
+        x = fill_missing_channels(x, ids, self.in_chans, channel_ids is not None)  # (B, C, H, W)
         return self.patch_embed(x) + self.pos_table(x, copies=1)  # (B, N, D)
 
     def prepare_tokens(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> torch.Tensor:
