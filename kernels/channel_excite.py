@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .dispatch import kernel_op, upcast_16bit
+from .dispatch import kernel_op, public_op, upcast_16bit
 
 ACTIVATIONS = ("relu", "silu")
 
@@ -141,7 +141,7 @@ _conv.register_triton_lazy("kernels._triton_channel_excite", "excite_conv")
 # --------------------------------------------------------------------------------------------------
 # custom ops
 # --------------------------------------------------------------------------------------------------
-@torch.library.custom_op("zoo::excite_mlp", mutates_args=())
+@public_op("excite_mlp")
 def excite_mlp(s: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor,
                b2: Optional[torch.Tensor], act: str = "relu") -> torch.Tensor:
     """SE / CA / FcaNet gate ``sigmoid(W2 act(W1 s + b1) + b2)`` from pooled vectors s (B, C): (B, C).
@@ -152,7 +152,7 @@ def excite_mlp(s: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2
     return _mlp(s.contiguous(), w1.contiguous(), b1, w2.contiguous(), b2, act).contiguous()
 
 
-@excite_mlp.register_fake
+@excite_mlp.op.register_fake
 def _(s, w1, b1, w2, b2, act="relu"):
     _check_mlp(s, w1, b1, w2, b2, act)
     return torch.empty_like(s, memory_format=torch.contiguous_format)
@@ -173,10 +173,10 @@ def _backward_mlp(ctx, grad):
     return grad_s, grad_w1, grad_b1 if has_b1 else None, grad_w2, grad_b2 if has_b2 else None, None
 
 
-excite_mlp.register_autograd(_backward_mlp, setup_context=_setup_mlp)
+excite_mlp.op.register_autograd(_backward_mlp, setup_context=_setup_mlp)
 
 
-@torch.library.custom_op("zoo::excite_conv", mutates_args=())
+@public_op("excite_conv")
 def excite_conv(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """ECA gate ``sigmoid(conv1d_k(s))`` along the channels of pooled vectors s (B, C): (B, C).
 
@@ -186,7 +186,7 @@ def excite_conv(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _conv(s.contiguous(), weight.contiguous()).contiguous()
 
 
-@excite_conv.register_fake
+@excite_conv.op.register_fake
 def _(s, weight):
     _check_conv(s, weight)
     return torch.empty_like(s, memory_format=torch.contiguous_format)
@@ -202,4 +202,4 @@ def _backward_conv(ctx, grad):
     return tuple(g.to(s.dtype) for g in excite_conv_backward(*upcast_16bit(grad, s, weight)))
 
 
-excite_conv.register_autograd(_backward_conv, setup_context=_setup_conv)
+excite_conv.op.register_autograd(_backward_conv, setup_context=_setup_conv)

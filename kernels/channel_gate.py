@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .dispatch import autocast_off, kernel_op
+from .dispatch import autocast_off, kernel_op, public_op
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -172,20 +172,20 @@ _pool_backward.register_triton_lazy("kernels._triton_channel_gate", "pool_backwa
 # --------------------------------------------------------------------------------------------------
 # custom ops
 # --------------------------------------------------------------------------------------------------
-@torch.library.custom_op("zoo::pool_mean", mutates_args=())
+@public_op("pool_mean")
 def pool_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over H x W: (B, C, H, W) -> (B, C), accumulated and returned in fp32 (fp64 for fp64)."""
     _check_map("pool_mean", x)
     return _mean(x).contiguous()
 
 
-@pool_mean.register_fake
+@pool_mean.op.register_fake
 def _(x):
     _check_map("pool_mean", x)
     return x.new_empty(x.shape[:2], dtype=_acc_dtype(x.dtype))
 
 
-@torch.library.custom_op("zoo::pool_weighted", mutates_args=())
+@public_op("pool_weighted")
 def pool_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """s[b, c] = sum_hw x[b, c, h, w] * weight[c // (C / G), h, w]: (B, C), accumulated and returned in fp32.
 
@@ -196,7 +196,7 @@ def pool_weighted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _weighted(x, weight).contiguous()
 
 
-@pool_weighted.register_fake
+@pool_weighted.op.register_fake
 def _(x, weight):
     _check_weight(x, weight)
     return x.new_empty(x.shape[:2], dtype=_acc_dtype(x.dtype))
@@ -247,8 +247,8 @@ def filter_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> to
                             x.to(grad.dtype).unflatten(1, (groups, -1))).to(weight.dtype)
 
 
-pool_mean.register_autograd(_backward_mean, setup_context=_setup_mean)
-pool_weighted.register_autograd(_backward_weighted, setup_context=_setup_weighted)
+pool_mean.op.register_autograd(_backward_mean, setup_context=_setup_mean)
+pool_weighted.op.register_autograd(_backward_weighted, setup_context=_setup_weighted)
 
 
 # ==================================================================================================
@@ -338,7 +338,7 @@ _scale_backward.register_triton_lazy("kernels._triton_channel_gate", "channel_sc
 # --------------------------------------------------------------------------------------------------
 # custom ops
 # --------------------------------------------------------------------------------------------------
-@torch.library.custom_op("zoo::channel_scale", mutates_args=())
+@public_op("channel_scale")
 def channel_scale(x: torch.Tensor, gate: torch.Tensor, shortcut: Optional[torch.Tensor] = None,
                   relu: bool = False) -> torch.Tensor:
     """y[b, c, h, w] = x[b, c, h, w] * gate[b, c], then ``+ shortcut`` and ReLU when given, in one pass.
@@ -350,7 +350,7 @@ def channel_scale(x: torch.Tensor, gate: torch.Tensor, shortcut: Optional[torch.
     return _matching(_scale(x, gate, shortcut, relu), x)
 
 
-@channel_scale.register_fake
+@channel_scale.op.register_fake
 def _(x, gate, shortcut=None, relu=False):
     _check_scale(x, gate, shortcut)
     return _empty_out(x)
@@ -393,4 +393,4 @@ def _backward_scale(ctx, grad):
     return grad_x, grad_gate, grad_shortcut, None
 
 
-channel_scale.register_autograd(_backward_scale, setup_context=_setup_scale)
+channel_scale.op.register_autograd(_backward_scale, setup_context=_setup_scale)

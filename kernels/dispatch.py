@@ -131,6 +131,36 @@ def kernel_op(name: str) -> Callable[[Callable], KernelOp]:
     return wrap
 
 
+def eager_inference(x: object, *others: object) -> bool:
+    """Whether an op call may run the op's Python body without the custom op around it: eager (not under
+    torch.compile / torch.export; FX passes proxies, never this type) and no argument needing a gradient.
+    The body makes the same choice of implementation and the same checks; the custom op's dispatch costs
+    30-100 us a call on the CPU, as much as a whole channel gate on a small map or a decode step's FFN."""
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling():
+        return False
+    return not torch.is_grad_enabled() or not any(isinstance(t, torch.Tensor) and t.requires_grad
+                                                  for t in (x, *others))
+
+
+def public_op(name: str) -> Callable[[Callable], Callable]:
+    """Register ``fn`` as the custom op ``zoo::name`` and return what the package exports: ``fn`` itself in
+    eager inference (:func:`eager_inference`), the op otherwise (autograd with its formula; torch.compile and
+    torch.export see one node). ``.op`` is the op, for ``register_fake`` and ``register_autograd``;
+    ``torch.ops.zoo.<name>`` is its overload, for ``opcheck``."""
+
+    def wrap(fn: Callable) -> Callable:
+        op = torch.library.custom_op(f"zoo::{name}", fn, mutates_args=())
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            return fn(*args, **kwargs) if eager_inference(*args, *kwargs.values()) else op(*args, **kwargs)
+
+        call.op = op
+        return call
+
+    return wrap
+
+
 def available() -> dict:
     """What this machine can run: the mode, Triton and CUDA availability, and each op's backends.
 

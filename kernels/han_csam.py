@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .channel_gate import _empty_out, _matching
-from .dispatch import kernel_op, upcast_16bit
+from .dispatch import kernel_op, public_op, upcast_16bit
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor) -> None:
@@ -75,7 +75,7 @@ def csam_runs_fused(x: torch.Tensor) -> bool:
     return _csam.backend_for(x) == "triton"
 
 
-@torch.library.custom_op("zoo::csam", mutates_args=())
+@public_op("csam")
 def csam(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """HAN's CSAM: ``x * (1 + gamma * sigmoid(conv3d(x)))`` with one 3x3x3 kernel ``weight`` over (C, H, W),
     ``bias`` (1,) and ``gamma`` (1,), all in x's dtype; the result keeps x's dtype and memory format."""
@@ -83,7 +83,7 @@ def csam(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch
     return _matching(_csam(x, weight.contiguous(), bias, gamma), x)
 
 
-@csam.register_fake
+@csam.op.register_fake
 def _(x, weight, bias, gamma):
     _check(x, weight, bias, gamma)
     return _empty_out(x)
@@ -99,4 +99,4 @@ def _backward(ctx, grad):
     return tuple(g.to(x.dtype) for g in grads)
 
 
-csam.register_autograd(_backward, setup_context=_setup)
+csam.op.register_autograd(_backward, setup_context=_setup)

@@ -41,7 +41,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .dispatch import kernel_op
+from .dispatch import eager_inference, kernel_op
 
 DECODE_TOKENS = 16  # at most this many tokens take the gather (decode) formulation
 SPARSE_CPU = torch.backends.mkl.is_available()  # CSR kernels for many tokens; dense GEMMs without MKL
@@ -280,8 +280,7 @@ def moc_ffn_with_selection(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Te
                            top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(y, idx, gate_sel, up_sel)`` for tokens x (T, d); only y is differentiable. See the module docstring."""
     _check(x, w_gate, w_up, w_down, top_k)
-    needs_grad = torch.is_grad_enabled() and any(a.requires_grad for a in (x, w_gate, w_up, w_down))
-    if not needs_grad and not torch.compiler.is_compiling():  # inference: skip the custom op's Python layers
+    if eager_inference(x, w_gate, w_up, w_down):  # inference: skip the custom op's dispatch
         return _forward(x.contiguous(), w_gate.contiguous(), w_up.contiguous(), w_down.contiguous(), top_k)
     return _moc_ffn_op(x, w_gate, w_up, w_down, top_k)
 
@@ -311,7 +310,7 @@ def moc_ffn_decode(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_
     if torch.is_grad_enabled() and any(a.requires_grad for a in (x, w_gate, w_up, w_down_t)):
         raise RuntimeError("moc_ffn_decode is inference-only (no backward); use moc_ffn, or run under "
                            "torch.no_grad() / torch.inference_mode()")
-    if torch.compiler.is_compiling():
+    if not eager_inference(x, w_gate, w_up, w_down_t):
         return _moc_ffn_decode_op(x, w_gate, w_up, w_down_t, top_k)
     return _decode(x.contiguous(), w_gate.contiguous(), w_up.contiguous(), w_down_t.contiguous(), top_k)
 

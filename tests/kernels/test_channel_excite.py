@@ -119,11 +119,11 @@ def _opcheck_args(device):
     leaf = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
     conv_s, taps = _conv_inputs(2, 6, 3, torch.float32, device)
     return [
-        (kernels.excite_mlp, (leaf(s), leaf(w1), leaf(b1), leaf(w2), leaf(b2), "relu"), {}),
-        (kernels.excite_mlp, (s, w1, None, w2, None, "silu"), {}),
-        (kernels.excite_mlp, tuple(half) + ("relu",), {}),
-        (kernels.excite_conv, (leaf(conv_s), leaf(taps)), {}),
-        (kernels.excite_conv, (conv_s.to(torch.bfloat16), taps.to(torch.bfloat16)), {}),
+        (kernels.excite_mlp.op, (leaf(s), leaf(w1), leaf(b1), leaf(w2), leaf(b2), "relu"), {}),
+        (kernels.excite_mlp.op, (s, w1, None, w2, None, "silu"), {}),
+        (kernels.excite_mlp.op, tuple(half) + ("relu",), {}),
+        (kernels.excite_conv.op, (leaf(conv_s), leaf(taps)), {}),
+        (kernels.excite_conv.op, (conv_s.to(torch.bfloat16), taps.to(torch.bfloat16)), {}),
     ]
 
 

@@ -300,17 +300,17 @@ def _opcheck_args(device):
         return t.detach().clone().requires_grad_()
 
     return [
-        (kernels.pool_mean, (leaf(x),), {}),
-        (kernels.pool_mean, (cl(x).to(torch.bfloat16),), {}),
-        (kernels.pool_weighted, (leaf(cl(x)), weight), {}),
-        (kernels.pool_weighted, (x, leaf(weight)), {}),
-        (kernels.pool_weighted, (leaf(cl(x)), leaf(weight[:1])), {}),  # one filter shared by all channels
+        (kernels.pool_mean.op, (leaf(x),), {}),
+        (kernels.pool_mean.op, (cl(x).to(torch.bfloat16),), {}),
+        (kernels.pool_weighted.op, (leaf(cl(x)), weight), {}),
+        (kernels.pool_weighted.op, (x, leaf(weight)), {}),
+        (kernels.pool_weighted.op, (leaf(cl(x)), leaf(weight[:1])), {}),  # one filter shared by all channels
         (kernels.pool_backward, (gate, weight, h, w, torch.bfloat16, True), {}),
         (kernels.pool_backward, (gate, weight[:1], h, w, torch.float32, False), {}),
         (kernels.pool_backward, (gate, None, h, w, torch.float32, False), {}),
-        (kernels.channel_scale, (leaf(cl(x)), leaf(gate)), {}),
-        (kernels.channel_scale, (leaf(x), leaf(gate), leaf(shortcut)), {"relu": True}),
-        (kernels.channel_scale, (x.to(torch.bfloat16), gate), {"relu": True}),
+        (kernels.channel_scale.op, (leaf(cl(x)), leaf(gate)), {}),
+        (kernels.channel_scale.op, (leaf(x), leaf(gate), leaf(shortcut)), {"relu": True}),
+        (kernels.channel_scale.op, (x.to(torch.bfloat16), gate), {"relu": True}),
         (kernels.channel_scale_backward, (grad, x, gate, out, True, True, True), {}),
         (kernels.channel_scale_backward, (cl(grad), cl(x), gate, None, False, True, False), {}),
     ]

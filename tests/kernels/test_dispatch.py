@@ -80,3 +80,32 @@ def test_available_reports_ops():
     assert info["mode"] in ("auto", "torch", "triton")
     assert {"pool_mean", "pool_weighted", "channel_scale"} <= set(info["ops"])
     assert all(backends[0] == "torch" for backends in info["ops"].values())
+
+
+def _ran_custom_op(fn, name: str) -> bool:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return any(event.name == f"zoo::{name}" for event in prof.events())
+
+
+def test_eager_inference_skips_the_custom_ops_dispatch_only():
+    """Without autograd, outside torch.compile / export, the exported op runs its body (same checks, same
+    implementation choice); with a gradient to compute it runs the registered op and its formula."""
+    x, gate, shortcut = torch.randn(2, 6, 5, 5), torch.rand(2, 6), torch.randn(2, 6, 5, 5)
+    with torch.inference_mode():
+        assert not _ran_custom_op(lambda: kernels.channel_scale(x, gate, shortcut, relu=True), "channel_scale")
+        fast = kernels.channel_scale(x, gate, shortcut, relu=True)
+        with pytest.raises(ValueError, match=r"\(B, C\) = \(2, 6\) gate"):  # the body's checks still run
+            kernels.channel_scale(x, gate[:, :3])
+    needs_grad = gate.clone().requires_grad_()
+    assert _ran_custom_op(lambda: kernels.channel_scale(x, needs_grad, shortcut=shortcut, relu=True), "channel_scale")
+    slow = kernels.channel_scale(x, needs_grad, shortcut=shortcut, relu=True)
+    assert torch.equal(fast, slow.detach())
+    with torch.no_grad():  # a gradient-free call through a keyword argument stays on the fast path too
+        assert not _ran_custom_op(lambda: kernels.channel_scale(x, gate, shortcut=shortcut), "channel_scale")
+    compiled = torch.compile(lambda t: kernels.pool_mean(t), fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), kernels.pool_mean(x))  # traced as the op: fullgraph holds
+    assert kernels.channel_scale.op is not None and torch.ops.zoo.channel_scale.default is not None

@@ -105,9 +105,9 @@ def _opcheck_args(device):
     leaf = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
     x, w, b, g = _inputs((2, 3, 4, 5), torch.float32, device)
     xl = x.contiguous(memory_format=torch.channels_last)
-    return [(kernels.csam, (leaf(x), leaf(w), leaf(b), leaf(g)), {}),
-            (kernels.csam, (leaf(xl), w, b, leaf(g)), {}),
-            (kernels.csam, tuple(t.to(torch.bfloat16) for t in (x, w, b, g)), {})]
+    return [(kernels.csam.op, (leaf(x), leaf(w), leaf(b), leaf(g)), {}),
+            (kernels.csam.op, (leaf(xl), w, b, leaf(g)), {}),
+            (kernels.csam.op, tuple(t.to(torch.bfloat16) for t in (x, w, b, g)), {})]
 
 
 test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_args)
