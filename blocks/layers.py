@@ -116,9 +116,10 @@ def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.M
     weighted sum with ``pool_filter``), where its Triton kernel runs and it implements every piece (plain
     float layers, ReLU or SiLU, sigmoid); None otherwise, and the caller pools and runs its modules (the
     CPU path, quantized or hooked layers)."""
+    if not kernels.squeeze_excite_runs_fused(x):  # first: on the CPU nothing else needs asking
+        return None
     name = _FUSED_ACTS.get(type(act))
-    if (name is None or type(gate) is not nn.Sigmoid or not (_plain_pointwise(down) and _plain_pointwise(up))
-            or not kernels.squeeze_excite_runs_fused(x)):
+    if name is None or type(gate) is not nn.Sigmoid or not (_plain_pointwise(down) and _plain_pointwise(up)):
         return None
     g, _ = kernels.squeeze_excite_mlp(x, pool_filter, down.weight.flatten(1), down.bias, up.weight.flatten(1),
                                       up.bias, name)
@@ -128,13 +129,14 @@ def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.M
 def fused_conv_gate(x: torch.Tensor, conv: nn.Module, gate: nn.Module) -> torch.Tensor | None:
     """ECA's ``gate(conv(mean_hw(x)))`` along the channels as one ``kernels.squeeze_excite_conv`` launch
     where its Triton kernel runs (a plain bias-free ``nn.Conv1d``, sigmoid); None otherwise."""
-    if (type(conv) is not nn.Conv1d or conv.bias is not None or type(gate) is not nn.Sigmoid
-            or not can_fuse(conv) or not kernels.squeeze_excite_runs_fused(x)):
+    if (not kernels.squeeze_excite_runs_fused(x) or type(conv) is not nn.Conv1d or conv.bias is not None
+            or type(gate) is not nn.Sigmoid or not can_fuse(conv)):
         return None
     g, _ = kernels.squeeze_excite_conv(x, None, conv.weight.view(-1))
     return g
 
 
 def param_dtype(layer: nn.Module, default: torch.dtype) -> torch.dtype:
-    """The dtype of ``layer``'s first parameter (``default`` for a layer without any, e.g. quantized)."""
-    return next((p.dtype for p in layer.parameters()), default)
+    """The dtype of ``layer``'s float weight (``default`` for a layer without one, e.g. quantized)."""
+    weight = getattr(layer, "weight", None)
+    return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else default

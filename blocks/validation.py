@@ -6,6 +6,7 @@ import inspect
 from typing import Any, Callable, Iterable
 
 import torch
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
@@ -54,8 +55,6 @@ def symbolic_tracing() -> bool:
     """Whether FX is tracing symbolically (torchvision's ``create_feature_extractor``, timm's FX helpers):
     inputs are proxies, so no check may branch on a shape or read a value, and no fusion may branch on
     the tensor's device."""
-    from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-
     return is_fx_symbolic_tracing()
 
 
