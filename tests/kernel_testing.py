@@ -49,6 +49,13 @@ def forward_and_grads(fn: Callable, inputs: list, seed: int = 1) -> tuple:
 OPCHECK_CASES: dict[str, Callable[[str], list[tuple]]] = {}
 
 
+# the opchecks of inference-only ops without an autograd formula (the integer layers): no input requires
+# grad (one that did would make the aot_dispatch checks differentiate through int8 outputs); the static aot
+# check is added to torch's defaults
+INFERENCE_ONLY_OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static",
+                           "test_aot_dispatch_dynamic")
+
+
 def opcheck_all(cases: list[tuple], **options) -> None:
     """``torch.library.opcheck`` of every (op overload, args) or (op overload, args, kwargs) case;
     ``options`` (e.g. ``test_utils``) go to each call."""

@@ -19,7 +19,7 @@ import kernels
 from kernels.dispatch import _interpreting
 from kernels.int_gemm import int_conv2d_accumulators_reference, weight_values
 
-from kernel_testing import DEVICE, needs_triton, opcheck_tests
+from kernel_testing import DEVICE, INFERENCE_ONLY_OPCHECKS, needs_triton, opcheck_tests
 
 
 def _assert_float_output(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -284,13 +284,7 @@ def _opcheck_cases(device):
     ]
 
 
-# Inference-only ops without an autograd formula: no input requires grad (one that did would make the
-# aot_dispatch checks differentiate through int8 outputs). The static aot check is added to the defaults.
-OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static",
-                 "test_aot_dispatch_dynamic")
-
-
-test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases, test_utils=OPCHECK_TESTS)
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases, test_utils=INFERENCE_ONLY_OPCHECKS)
 
 
 def test_int_conv2d_has_a_triton_implementation(monkeypatch):

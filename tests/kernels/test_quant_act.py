@@ -15,7 +15,7 @@ import torch
 
 import kernels
 
-from kernel_testing import DEVICE, needs_triton, opcheck_tests
+from kernel_testing import DEVICE, INFERENCE_ONLY_OPCHECKS, needs_triton, opcheck_tests
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,13 +121,7 @@ def _opcheck_cases(device):
     ]
 
 
-# Inference-only ops without an autograd formula: no input requires grad (one that did would make the
-# aot_dispatch checks differentiate through int8 outputs). The static aot check is added to the defaults.
-OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static",
-                 "test_aot_dispatch_dynamic")
-
-
-test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases, test_utils=OPCHECK_TESTS)
+test_opcheck_reference_path, test_opcheck_triton_path = opcheck_tests(_opcheck_cases, test_utils=INFERENCE_ONLY_OPCHECKS)
 
 
 def test_quantize_act_has_a_triton_implementation(monkeypatch):
