@@ -142,9 +142,21 @@ def onnxruntime_paths(model: nn.Module, x: torch.Tensor, slug: str, threads: lis
 
     folder = OUT / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
-    fp32 = zoo.export_onnx(model, folder / f"{slug}.onnx", x, dynamic_batch=False)
-    name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    feed = {name: x.numpy()}
+    def sessions(path: Path) -> dict[int, "ort.InferenceSession"]:
+        made = {}
+        for n in threads:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = n, 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            made[n] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return made
+
+    def runner(made: dict[int, "ort.InferenceSession"]) -> Callable[[], torch.Tensor]:
+        return lambda: torch.from_numpy(made.get(torch.get_num_threads(), made[threads[0]]).run(None, feed)[0])
+
+    fp32_path = zoo.export_onnx(model, folder / f"{slug}.onnx", x, dynamic_batch=False)
+    fp32 = sessions(fp32_path)
+    feed = {fp32[threads[0]].get_inputs()[0].name: x.numpy()}
 
     class OneBatch(CalibrationDataReader):  # calibrated on the timed input, as the pt2e row
         def __init__(self) -> None:
@@ -154,20 +166,10 @@ def onnxruntime_paths(model: nn.Module, x: torch.Tensor, slug: str, threads: lis
             return next(self.batches, None)
 
     prepared, int8 = folder / f"{slug}.pre.onnx", folder / f"{slug}.int8.onnx"
-    quant_pre_process(str(fp32), str(prepared))
+    quant_pre_process(str(fp32_path), str(prepared))
     quantize_static(str(prepared), str(int8), OneBatch(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-
-    def runner(path: Path) -> Callable[[], torch.Tensor]:
-        sessions = {}
-        for n in threads:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = n, 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sessions[n] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda: torch.from_numpy(sessions.get(torch.get_num_threads(), sessions[threads[0]]).run(None, feed)[0])
-
-    return {"onnxruntime fp32": runner(fp32), "onnxruntime int8": runner(int8)}
+    return {"onnxruntime fp32": runner(fp32), "onnxruntime int8": runner(sessions(int8))}
 
 
 def lm_step(model: nn.Module, prompt: torch.Tensor) -> Callable[[], torch.Tensor]:

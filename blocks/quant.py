@@ -291,13 +291,8 @@ class _QuantLayer(nn.Module):
         """The layer on oneDNN's int8 kernels: x (B, C, H, W) for a conv, (M, K) for a linear."""
         conv = isinstance(self, QuantConv2d)
         clamp = self.act_scale is not None  # a static scale can put values past +-127
-        out_scale = self.codes_out_scale if conv else None
-        if x.dtype == torch.uint8:  # codes from the layer before, at this layer's static scale (see codes_out_scale)
-            return onednn_int8.int8_layer(x, self.act_scale.float().reshape(()), self._onednn, self.qweight,
-                                          self.weight_scale, self.weight_zero, self.bias, self.spec.weight_bits,
-                                          self.in_channels, self.stride, self.padding, relu=self.fused_relu,
-                                          out_scale=out_scale)
-        v = self._transformed(x)
+        codes_in = x.dtype == torch.uint8  # from the layer before, at this layer's static scale (codes_out_scale)
+        v = x if codes_in else self._transformed(x)
         if clamp:
             scale = self.act_scale.float().reshape(())
         elif self.act_scope == "image":
@@ -307,8 +302,10 @@ class _QuantLayer(nn.Module):
         return onednn_int8.int8_layer(v, scale, self._onednn, self.qweight, self.weight_scale, self.weight_zero,
                                       self.bias, self.spec.weight_bits, self.in_channels,
                                       getattr(self, "stride", (1, 1)), getattr(self, "padding", (0, 0)),
-                                      is_linear=not conv, clamp=clamp, relu=self.fused_relu, out_dtype=x.dtype,
-                                      out_scale=out_scale if clamp and not torch.compiler.is_compiling() else None)
+                                      is_linear=not conv, clamp=clamp, relu=self.fused_relu,
+                                      out_dtype=torch.float32 if codes_in else x.dtype,
+                                      out_scale=self.codes_out_scale if conv and clamp
+                                      and not torch.compiler.is_compiling() else None)
 
     @classmethod
     def layer_config(cls, layer: "_QuantLayer") -> dict:

@@ -156,19 +156,17 @@ def conv2d(codes: torch.Tensor, a_scale: torch.Tensor, weight: PackedWeight, bia
         raise ValueError("oneDNN int8 convolution: per-pixel activation scales need a 1x1 kernel without padding")
     codes = codes.contiguous(memory_format=torch.channels_last)
     fused = a_scale.numel() == 1 and not per_pixel  # one scale in the call: oneDNN's epilogue does it all
-    if out_scale is not None:
-        if not fused:
-            raise ValueError("oneDNN int8 convolution: codes out (out_scale) need one activation scale in")
-        out = torch.ops.onednn.qconv_pointwise.tensor(
-            codes, a_scale.reshape(()).float(), _ZERO_POINT, weight.packed, weight.scale, weight.zero,
-            None if bias is None else bias.float(), list(weight.stride), list(weight.padding), [1, 1], 1,
-            float(out_scale), ZERO_POINT, None, "relu" if relu else "none", [], "")  # (B, N, Ho, Wo) uint8
-        # oneDNN saturates to 0..255; the symmetric codes stop at -127 (after a ReLU every code is >= 128)
-        return out if relu else out.clamp_min_(ZERO_POINT - QMAX)
+    codes_out = out_scale is not None
+    if codes_out and not fused:
+        raise ValueError("oneDNN int8 convolution: codes out (out_scale) need one activation scale in")
     out = torch.ops.onednn.qconv_pointwise.tensor(
         codes, a_scale.reshape(()).float() if fused else _ONE, _ZERO_POINT, weight.packed, weight.scale, weight.zero,
         bias.float() if fused and bias is not None else None, list(weight.stride), list(weight.padding), [1, 1], 1,
-        1.0, 0, torch.float32, "relu" if relu and fused else "none", [], "")  # (B, N, Ho, Wo) fp32, channels_last
+        float(out_scale) if codes_out else 1.0, ZERO_POINT if codes_out else 0,
+        None if codes_out else torch.float32, "relu" if relu and fused else "none", [], "")
+    # (B, N, Ho, Wo), channels_last: uint8 codes with out_scale, else fp32
+    if codes_out:  # oneDNN saturates to 0..255; the symmetric codes stop at -127 (after a ReLU all are >= 128)
+        return out if relu else out.clamp_min_(ZERO_POINT - QMAX)
     if not fused:
         if per_pixel:
             rows = a_scale[:, ::weight.stride[0], ::weight.stride[1]].unsqueeze(1)  # (B, 1, Ho, Wo)

@@ -34,6 +34,8 @@ def timm_tests(cache: Path) -> Path:
     """timm's ``test_models.py`` for the installed version, from its sdist (downloaded once)."""
     import timm
 
+    from zoo.files import atomic_write
+
     target = cache / f"timm-{timm.__version__}" / "test_models.py"
     if target.exists():
         return target
@@ -48,9 +50,7 @@ def timm_tests(cache: Path) -> Path:
             member = tar.getmember(f"timm-{timm.__version__}/tests/test_models.py")
             data = tar.extractfile(member).read()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = target.with_suffix(".tmp")
-    tmp_file.write_bytes(data)
-    tmp_file.replace(target)
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     return target
 
 

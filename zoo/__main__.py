@@ -26,7 +26,7 @@ from .data.images import IMAGE_SUFFIXES, WRITE_FORMATS, read_image, write_image
 from .generation import check_sampling_args, generate_text, load_for_sampling, sample_grid
 from .hub import save_pretrained
 from .inference import upscale
-from .onnx_export import export_onnx
+from .onnx_export import default_example, export_onnx
 from .quant import QuantSpec, quantize, summary
 from .quant.io import save_quantized
 from .quant.methods import METHODS
@@ -177,18 +177,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     out = Path(args.output)
     model = create(args.model, pretrained=args.weights or args.pretrained).eval()  # bad names fail here
-    example = None
-    if args.size:
-        cfg_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-        if hasattr(model, "example_inputs"):
-            example = model.example_inputs(1, args.size, generator=torch.Generator().manual_seed(0))
-        elif cfg_size:
-            example = torch.randn(1, cfg_size[0], args.size, args.size)
     start = time.perf_counter()
-    export_onnx(model, out, example, dynamic_batch=not args.static_batch, opset=args.opset)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB) in {time.perf_counter() - start:.1f} s; "
-          "onnxruntime's outputs matched eager PyTorch's" if find_spec("onnxruntime") else
-          f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB); install onnxruntime to check it against eager")
+    export_onnx(model, out, default_example(model, args.size), dynamic_batch=not args.static_batch, opset=args.opset)
+    checked = ("onnxruntime's outputs matched eager PyTorch's" if find_spec("onnxruntime")
+               else "install onnxruntime to check it against eager")
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB) in {time.perf_counter() - start:.1f} s; {checked}")
     return 0
 
 

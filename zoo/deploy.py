@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
@@ -123,6 +124,11 @@ def _fold_batchnorm(conv: nn.Module, bn: nn.BatchNorm2d) -> bool:
     return True
 
 
+def _call_counts(calls: list[_Call]) -> Counter:
+    """How often each module (by id) was called: only a module called once can be fused or chained."""
+    return Counter(id(c.module) for c in calls)
+
+
 def _copy_sharing(model: nn.Module, touched: set[str]) -> nn.Module:
     """A copy of ``model`` whose modules are its own but which shares the tensors of every module not named in
     ``touched``, and the integer codes of those that are (folding changes a quantized layer's scales and
@@ -149,9 +155,7 @@ def chain_int8(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list
     output on ``example`` is checked (an output read elsewhere too would get codes: the chain is undone)."""
     device = _device(model)
     calls, before = _leaf_calls(model, example)
-    counts: dict[int, int] = {}
-    for c in calls:
-        counts[id(c.module)] = counts.get(id(c.module), 0) + 1
+    counts = _call_counts(calls)
     written_by = {c.wrote: c for c in calls if isinstance(c.module, QuantConv2d) and counts[id(c.module)] == 1}
     pairs = [(producer.name, c.name) for c in calls if (producer := written_by.get(c.read)) is not None
              and counts[id(c.module)] == 1 and _static_on_onednn(producer.module, device)
@@ -182,9 +186,7 @@ def fuse_for_inference(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
     (or ReLU) that reads exactly what a convolution (quantized layer) wrote, each module called once. The
     copy's output on ``example`` is checked against the model's; if it moved, the model is returned as is."""
     calls, before = _leaf_calls(model, example)
-    counts: dict[int, int] = {}
-    for c in calls:
-        counts[id(c.module)] = counts.get(id(c.module), 0) + 1
+    counts = _call_counts(calls)
     once = {c.name: c for c in calls if counts[id(c.module)] == 1}
     written_by = {c.wrote: c for c in calls if isinstance(c.module, (nn.Conv2d,) + _QUANT)}
     plan: list[tuple[str, str, str]] = []  # (kind, producer, consumer)

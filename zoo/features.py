@@ -30,6 +30,10 @@ class FeatureInfo(list):
         return [f["module"] for f in self]
 
 
+def _arch_name(model: nn.Module) -> str:
+    return getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+
+
 def resolve_out_indices(out_indices: Sequence[int] | None, n_stages: int, name: str) -> tuple[int, ...]:
     """Validate stage indices (negative ones count from the end); bad ones raise ``IndexError``."""
     if out_indices is None:
@@ -55,8 +59,7 @@ class FeatureListNet(nn.Module):
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         info = model.feature_info
-        name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        self.out_indices = resolve_out_indices(out_indices, len(info), name)
+        self.out_indices = resolve_out_indices(out_indices, len(info), _arch_name(model))
         self.feature_info = FeatureInfo(info[i] for i in self.out_indices)
         self._return = {f["module"] for f in self.feature_info}
         last = self.feature_info[-1]["module"]
@@ -69,7 +72,8 @@ class FeatureListNet(nn.Module):
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each child in the backward instead of keeping its activations (training only)."""
+        """Recompute each stage (an ``nn.Sequential`` child) in the backward instead of keeping its
+        activations (training only)."""
         self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -97,8 +101,7 @@ class FeatureGetterNet(nn.Module):
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None, norm: bool = False,
                  output_fmt: str = "NCHW") -> None:
         super().__init__()
-        name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        indices = list(resolve_out_indices(out_indices, len(model.feature_info), name))
+        indices = list(resolve_out_indices(out_indices, len(model.feature_info), _arch_name(model)))
         self.out_indices = model.prune_intermediate_layers(indices, prune_norm=not norm)
         self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
         self.model, self.norm, self.output_fmt = model, norm, output_fmt

@@ -39,23 +39,31 @@ def _require(module: str) -> None:
         raise ImportError(f"export_onnx needs the '{module}' package, which is not installed: {ONNX_EXTRA}")
 
 
-def _example(model: nn.Module, example_input: Union[torch.Tensor, tuple, None]) -> tuple[torch.Tensor, ...]:
-    """The forward's arguments: the caller's, else the model's own ``example_inputs`` (token ids, images in
-    its range), else a random image of its ``pretrained_cfg["input_size"]``; batch 1."""
-    if example_input is not None:
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-        if not args or not all(isinstance(a, torch.Tensor) for a in args):
-            raise TypeError("export_onnx: example_input must be a tensor or a tuple of tensors; got "
-                            f"{type(example_input).__name__}")
-        return args
-    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+def default_example(model: nn.Module, size: Optional[int] = None) -> tuple[torch.Tensor, ...]:
+    """A forward's arguments for ``model``, batch 1: its own ``example_inputs(1, size)`` (token ids, images
+    in its range), else a random image of its ``pretrained_cfg["input_size"]``; ``size`` (image side or
+    sequence length) defaults to the cfg's."""
+    cfg_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     if hasattr(model, "example_inputs"):
-        return tuple(model.example_inputs(1, size[-1] if size else 64, generator=torch.Generator().manual_seed(0)))
-    if not size:
+        length = size or (cfg_size[-1] if cfg_size else 64)
+        return tuple(model.example_inputs(1, length, generator=torch.Generator().manual_seed(0)))
+    if not cfg_size:
         raise ValueError(f"export_onnx: {type(model).__name__} has no pretrained_cfg['input_size'] to make an "
                          "example input from; pass example_input=<a tensor shaped like the model's input>")
+    shape = (cfg_size[0], size, size) if size else tuple(cfg_size)
     param = next(model.parameters(), None)
-    return (torch.randn(1, *size, device=param.device if param is not None else "cpu"),)
+    return (torch.randn(1, *shape, device=param.device if param is not None else "cpu"),)
+
+
+def _example(model: nn.Module, example_input: Union[torch.Tensor, tuple, None]) -> tuple[torch.Tensor, ...]:
+    """The forward's arguments: the caller's, else :func:`default_example`."""
+    if example_input is None:
+        return default_example(model)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise TypeError("export_onnx: example_input must be a tensor or a tuple of tensors; got "
+                        f"{type(example_input).__name__}")
+    return args
 
 
 def _quantized_layers(model: nn.Module) -> list[str]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import PatchEmbed, register_notrace_function, register_notrace_module, resample_abs_pos_embed
 from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -238,8 +239,6 @@ class VisionTransformer(nn.Module):
         ``norm``, as NCHW maps (B, D, H/p, W/p) or NLC tokens; ``return_prefix_tokens`` pairs each with its
         CLS token. ``stop_early`` skips the blocks after the last tap. Returns ``(final normed tokens,
         taps)``, or the taps alone."""
-        from timm.models._features import feature_take_indices
-
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"forward_intermediates: output_fmt is 'NCHW' or 'NLC'; got {output_fmt!r}")
         take, last = feature_take_indices(len(self.blocks), indices)
@@ -264,8 +263,6 @@ class VisionTransformer(nn.Module):
                                   prune_head: bool = True) -> list[int]:
         """Drop the blocks after the last tap ``indices`` selects, the final norm (``prune_norm``) and the
         classifier (``prune_head``), as timm's ViT does; returns the kept tap indices."""
-        from timm.models._features import feature_take_indices
-
         take, last = feature_take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[:last + 1]
         if prune_norm:

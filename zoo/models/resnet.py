@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 from timm.layers import SelectAdaptivePool2d
+from timm.models._features import feature_take_indices
 from torch import nn
 
 import blocks
@@ -240,7 +241,6 @@ class ResNet(nn.Module):
 
         self.num_features = inplanes
         self.global_pool = pool
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()  # catavgmax: twice as wide
         self.fc = nn.Linear(self.head_hidden_size, num_classes, **factory) if num_classes > 0 else nn.Identity()
         self._init_weights(zero_init_last)
 
@@ -253,6 +253,11 @@ class ResNet(nn.Module):
                 if hasattr(m, "zero_init_last"):
                     m.zero_init_last()
 
+    @property
+    def head_hidden_size(self) -> int:
+        """The pooled width the classifier reads (``catavgmax`` pooling: twice ``num_features``)."""
+        return self.num_features * self.global_pool.feat_mult()
+
     def get_classifier(self) -> nn.Module:
         return self.fc
 
@@ -261,7 +266,6 @@ class ResNet(nn.Module):
         device, dtype and train / eval mode; ``global_pool`` (see :data:`POOL_TYPES`) changes the pooling."""
         if global_pool is not None:
             self.global_pool = _pool(global_pool)
-            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         self.num_classes = num_classes
         ref = next(self.parameters())
         self.fc = (nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
@@ -301,8 +305,6 @@ class ResNet(nn.Module):
         the end), None all. ``stop_early`` skips the stages after the last tap (then the returned final
         features are that tap's). Returns ``(final features, taps)``, or the taps alone. ``norm`` has
         nothing to apply to in a ResNet (no final norm layer)."""
-        from timm.models._features import feature_take_indices
-
         if output_fmt != "NCHW":
             raise ValueError(f"forward_intermediates: a ResNet's features are NCHW; got output_fmt={output_fmt!r}")
         take, last = feature_take_indices(5, indices)
@@ -322,15 +324,12 @@ class ResNet(nn.Module):
         """Drop the stages after the last tap ``indices`` selects (as :meth:`forward_intermediates` counts
         them) and, with ``prune_head``, the classifier: what a backbone for dense heads keeps, as timm's
         does. Returns the kept tap indices."""
-        from timm.models._features import feature_take_indices
-
         take, last = feature_take_indices(5, indices)
         for name in ("layer1", "layer2", "layer3", "layer4")[max(last, 0):]:
             setattr(self, name, nn.Identity())
         if last == 0:  # the stem tap is before the max-pool: forward_features ends at it
             self.maxpool = nn.Identity()
         self.num_features = self.feature_info[last]["num_chs"]
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         if prune_head:
             self.reset_classifier(0, "")
         return take
