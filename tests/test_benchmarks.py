@@ -70,3 +70,17 @@ def test_channel_gate_split_form_equals_the_block(name, monkeypatch, triton_mode
     block = module["make_block"](name, 32, 4, 5, DEVICE, torch.float32)
     x = torch.randn(2, 32, 4, 5, device=DEVICE)
     torch.testing.assert_close(module["split_gate"](block, x), block.channel_gate(x), atol=1e-6, rtol=1e-5)
+
+
+def test_weight_memory_quick_pass(monkeypatch):
+    """Weight memory: int4 codes below int8, oneDNN's packed int8 copy about a quarter of fp32, and optimize's
+    copy sharing what folding leaves alone (the running total below quantized + a full copy + packed)."""
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
+    module = runpy.run_path(str(BENCHMARKS / "weight_memory.py"))
+    report = module["main"](["--quick"])
+    rows = {tuple(c.strip() for c in line.split("|")[:2]): [float(c.strip().rstrip("x")) for c in line.split("|")[2:]]
+            for line in report.splitlines()[2:]}
+    for model in ("resnet18", "RCAN 64ch 2x10"):
+        (w8, running8, packed8), (w4, running4, packed4) = rows[(model, "w8a8")], rows[(model, "w4a8-pcw")]
+        assert w4 < w8 < 0.4 and 0.2 < packed4 == packed8 < 0.3, rows
+        assert running4 < w4 + w4 + packed4 and running8 < w8 + w8 + packed8, rows  # the copy shares
