@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors.torch import save_file
 
 import zoo
-from blocks.validation import check_kwargs, closest
+from zoo.blocks.validation import check_kwargs, closest
 from zoo.checkpoint import CheckpointError
 from zoo.data import DATAMODULES
 from zoo.files import atomic_write

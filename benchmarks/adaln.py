@@ -1,5 +1,5 @@
 """AdaLN modulation (VAR's ``ln_wo_grad(x).mul(scale.add(1)).add_(shift)``): the fused
-``kernels.adaln_modulate`` against the eager formula and ``torch.compile`` of it.
+``zoo.kernels.adaln_modulate`` against the eager formula and ``torch.compile`` of it.
 
     python benchmarks/adaln.py [--shapes 16x680x1024,8x680x1536] [--dtype bf16] [--repeats 5]
                                [--no-compile] [--cpu] [--save]
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (add_kernel_bench_args, do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine,
                     print_table, save_text, shapes_arg, timed_call)
 
-import kernels
+from zoo import kernels
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Shape = tuple[int, int, int]  # (B, L, C)

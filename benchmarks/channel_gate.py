@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import blocks  # noqa: E402
-import kernels  # noqa: E402
+from zoo import blocks  # noqa: E402
+from zoo import kernels  # noqa: E402
 from common import (cuda_peak_mib, interleaved_medians_ms, keep_freed_memory, kernel_mode, machine,  # noqa: E402
                     median_ms, print_table, shapes_arg, time_interleaved)
 

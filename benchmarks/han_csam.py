@@ -1,4 +1,4 @@
-"""HAN's channel-spatial attention (CSAM): the fused ``kernels.csam`` against HAN's eager module and
+"""HAN's channel-spatial attention (CSAM): the fused ``zoo.kernels.csam`` against HAN's eager module and
 ``torch.compile`` of it.
 
     python benchmarks/han_csam.py [--shapes 16x64x64x64,4x64x128x128] [--dtype bf16] [--repeats 5]
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (add_kernel_bench_args, do_bench_with_peaks, interleaved_medians_ms,  # noqa: E402
                     keep_freed_memory, kernel_mode, machine, print_table, save_text, shapes_arg, timed_call)
 
-import blocks  # noqa: E402
+from zoo import blocks  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels  # noqa: E402
+from zoo import kernels  # noqa: E402
 from common import interleaved_medians_ms, machine, print_table, save_text, shapes_arg  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The CPU integer reference (``kernels.int_gemm.int_conv2d_reference``, the CPU path of every quantized
+"""The CPU integer reference (``zoo.kernels.int_gemm.int_conv2d_reference``, the CPU path of every quantized
 layer) on linear- and conv-shaped operands, optionally against an earlier version of it.
 
     python benchmarks/int_reference_cpu.py                          # this checkout's reference alone
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from common import interleaved_medians_ms, machine, print_table  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels.int_gemm import int_conv2d_reference  # noqa: E402
+from zoo import kernels  # noqa: E402
+from zoo.kernels.int_gemm import int_conv2d_reference  # noqa: E402
 
 # name, (B, H, W, C), N, kernel, stride, weight bits, group size
 CASES = [("linear 1x768->2048 w4 g64", (1, 1, 1, 768), 2048, 1, 1, 4, 64),
@@ -40,7 +40,7 @@ def baseline_reference(rev: str):
     source = subprocess.run(["git", "show", f"{rev}:kernels/int_gemm.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     source = source.split('_int_conv2d = kernel_op("int_conv2d")')[0]  # stop before it registers its op
-    source = source.replace("from .dispatch import", "from kernels.dispatch import")
+    source = source.replace("from .dispatch import", "from zoo.kernels.dispatch import")
     namespace: dict = {}
     exec(compile(source, f"{rev}:kernels/int_gemm.py", "exec"), namespace)
     return namespace["int_conv2d_reference"]

@@ -1,4 +1,4 @@
-"""KIVI-style KV-cache quantization (``kernels.kv_quantize`` / ``kv_dequantize``): bytes and error, and speed.
+"""KIVI-style KV-cache quantization (``zoo.kernels.kv_quantize`` / ``kv_dequantize``): bytes and error, and speed.
 
     python benchmarks/kv_quant.py [--shape 1x8x1024x64] [--repeats 5] [--no-compile] [--cpu] [--save]
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import kernel_mode, machine, median_ms, print_table, save_text, time_interleaved
 
-import kernels
-from kernels.kv_quant import kv_dequantize_reference, kv_quantize_reference
+from zoo import kernels
+from zoo.kernels.kv_quant import kv_dequantize_reference, kv_quantize_reference
 
 AXES = {"keys (per channel)": 2, "values (per token)": 3}
 

@@ -1,4 +1,4 @@
-"""The Mixture-of-Channels FFN (``blocks.create("moc_ffn", ...)``) against the dense SwiGLU it sparsifies.
+"""The Mixture-of-Channels FFN (``zoo.blocks.create("moc_ffn", ...)``) against the dense SwiGLU it sparsifies.
 
     python benchmarks/moc.py [--shapes 2048x256x688,2048x512x1368] [--repeats 7] [--quick] [--no-compile]
                              [--save]
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, median_ms, print_table, save_text, shapes_arg, time_interleaved
 
-import blocks  # noqa: E402
+from zoo import blocks  # noqa: E402
 from zoo.profiling import saved_for_backward_bytes  # noqa: E402
 
 Shape = tuple[int, int, int]  # (T, d, H)

@@ -7,7 +7,7 @@ For each FFN width d x H (moc_lm_tiny, GaLore's 130M and 350M LLaMA FFNs) at K =
 decode step of T tokens (forward, no autograd) through four blocks built from the same float weights:
 
 - "MoC int decode": the block's integer decode, called directly (the block itself takes it only while
-  2 * T * K <= H, T <= 4 at K = H/8) (``kernels.moc_ffn_decode_int``): the gate as an integer
+  2 * T * K <= H, T <= 4 at K = H/8) (``zoo.kernels.moc_ffn_decode_int``): the gate as an integer
   layer, then K packed rows of up_proj and of down_proj's transposed weights per token;
 - "MoC int dense": the same quantized block through its three integer layers on all H channels
   (the path before the decode op, and still the path for more than ``DECODE_TOKENS`` tokens);
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import interleaved_medians_ms, kernel_mode, machine, print_table, save_text, shapes_arg
 from moc import compile_unavailable
 
-import blocks  # noqa: E402
+from zoo import blocks  # noqa: E402
 import zoo  # noqa: E402
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (add_kernel_bench_args, do_bench_with_peaks, interleaved_medians_ms, kernel_mode, machine,
                     print_table, save_text, timed_call)
 
-import kernels
+from zoo import kernels
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Shape = tuple[int, int, int, int, int]  # (B, C, H, W, p)

@@ -18,7 +18,7 @@ from timm.models.resnet import ResNet as TimmResNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
-from blocks.fca import MultiSpectralAttention  # noqa: E402
+from zoo.blocks.fca import MultiSpectralAttention  # noqa: E402
 from common import machine, median_ms, print_table, time_interleaved  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
-from blocks.quant import QuantConv2d, QuantLinear  # noqa: E402
+from zoo.blocks.quant import QuantConv2d, QuantLinear  # noqa: E402
 from common import print_table, save_text  # noqa: E402
 
 SPECS = ("w8a8", "w4a8-pcw")

@@ -1,13 +1,17 @@
 """Reusable channel- and scale-centred blocks with a registry.
 
->>> import blocks
+>>> from zoo import blocks
 >>> se = blocks.create("se", 256, rd_ratio=1 / 16)
 >>> blocks.list_blocks("*")
 ['adaln_attn_block', 'adaln_before_head', 'ca', 'channel_patch_embed', 'csam', 'eca', 'fca', 'hcs_sampler', 'lam', 'moc_ffn', 'se', 'swiglu']
 
 Every block takes its channel count first, accepts ``device`` and ``dtype``, and calls
-:mod:`kernels` for its hot path.
+:mod:`zoo.kernels` for its hot path.
 """
+if __name__ != "zoo.blocks":  # the repository's blocks/ folder installs as zoo.blocks (pyproject.toml)
+    raise ImportError(f"import zoo.blocks, not {__name__}: the folder blocks/ is installed as zoo.blocks "
+                      "(pip install -e . in the checkout)")
+
 from .registry import create, get_block, list_blocks, register
 from .gate import ChannelGate
 from .layers import DropPath, create_act, make_divisible

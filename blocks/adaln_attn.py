@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from zoo import kernels
 
 from .kv_cache import ConcatKVCache, KVCache
 from .layers import DropPath
@@ -97,7 +97,7 @@ def _adaln_modulate_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch
 
 def adaln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
     """(B, L, C) tokens, (B, 1, C) scale and shift -> modulated (B, L, C); the fused kernel when
-    :mod:`kernels` has one (``kernels.adaln_modulate``), else the plain-PyTorch formula."""
+    :mod:`kernels` has one (``zoo.kernels.adaln_modulate``), else the plain-PyTorch formula."""
     fused = getattr(kernels, "adaln_modulate", None)
     if fused is not None:
         return fused(x, scale, shift, eps)
@@ -161,7 +161,7 @@ class ScaleSelfAttention(nn.Module):
     def kv_caching(self, enable: bool, cache: KVCache | None = None, layer: int = 0) -> None:
         """Start (``enable``) or drop the cache: each call then runs ``cache.update(layer, k, v)``. Without a
         ``cache`` (shared by the model's layers, e.g. KIVI's quantized one) the block keeps its own
-        :class:`blocks.kv_cache.ConcatKVCache`, the release's."""
+        :class:`zoo.blocks.kv_cache.ConcatKVCache`, the release's."""
         if enable:
             self.kv_cache, self.kv_layer = (cache, layer) if cache is not None else (ConcatKVCache(1), 0)
         else:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from zoo import kernels
 
 from .gate import ChannelGate
 from .layers import fused_mlp_gate, param_dtype, pointwise

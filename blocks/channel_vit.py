@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-import kernels
+from zoo import kernels
 
 from .registry import register
 
@@ -65,7 +65,7 @@ class ChannelPatchEmbed(nn.Module):
     """ChannelViT's patch embedding (Bao et al., ICLR 2024): a token per patch *per channel*.
 
     ``tokens[b, c * N + n] = proj(patch n of channel c) + channel_embed[ids[b, c]] + pos_embed[n]``,
-    channel-major, computed by the fused :func:`kernels.channel_patch_embed`.
+    channel-major, computed by the fused :func:`zoo.kernels.channel_patch_embed`.
 
     The projection is held as the release's ``Conv3d(1, D, (1, p, p))`` (keys ``proj.weight`` of
     shape (D, 1, 1, p, p) and ``proj.bias``) and the channel embedding as ``nn.Embedding(C, D)``

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import kernels
+from zoo import kernels
 
 from .gate import ChannelGate
 from .layers import LayerType, create_act, eca_kernel_size, fused_conv_gate

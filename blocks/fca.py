@@ -10,7 +10,7 @@ import torch
 import torch.fx
 from torch import nn
 
-import kernels
+from zoo import kernels
 
 from .gate import ChannelGate
 from .layers import LayerType, create_act, fused_mlp_gate, param_dtype

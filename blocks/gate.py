@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import kernels
+from zoo import kernels
 
 from .layers import check_channels
 

@@ -12,8 +12,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-import kernels
-from kernels.dispatch import autocast_off
+from zoo import kernels
+from zoo.kernels.dispatch import autocast_off
 
 from .fusion import can_fuse
 from .layers import check_channels

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from zoo import kernels
 
 from .fusion import can_fuse
 from .validation import symbolic_tracing, unknown_name_error
@@ -112,7 +112,7 @@ def _plain_pointwise(layer: nn.Module) -> bool:
 
 def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.Module, act: nn.Module,
                    up: nn.Module, gate: nn.Module) -> torch.Tensor | None:
-    """``gate(up(act(down(pool(x)))))`` as one ``kernels.squeeze_excite_mlp`` launch (the mean, or the
+    """``gate(up(act(down(pool(x)))))`` as one ``zoo.kernels.squeeze_excite_mlp`` launch (the mean, or the
     weighted sum with ``pool_filter``), where its Triton kernel runs and it implements every piece (plain
     float layers, ReLU or SiLU, sigmoid); None otherwise, and the caller pools and runs its modules (the
     CPU path, quantized or hooked layers)."""
@@ -127,7 +127,7 @@ def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.M
 
 
 def fused_conv_gate(x: torch.Tensor, conv: nn.Module, gate: nn.Module) -> torch.Tensor | None:
-    """ECA's ``gate(conv(mean_hw(x)))`` along the channels as one ``kernels.squeeze_excite_conv`` launch
+    """ECA's ``gate(conv(mean_hw(x)))`` along the channels as one ``zoo.kernels.squeeze_excite_conv`` launch
     where its Triton kernel runs (a plain bias-free ``nn.Conv1d``, sigmoid); None otherwise."""
     if (not can_fuse(conv) or not kernels.squeeze_excite_runs_fused(x) or type(conv) is not nn.Conv1d
             or conv.bias is not None or type(gate) is not nn.Sigmoid):

@@ -5,7 +5,7 @@
 - ``moc_ffn``: Mixture-of-Channels (MoC, 2025): per token only the top-K channels of the gate
   pre-activation (by value) are kept, so the activation saved for backward is T x K instead of T x H
   and decoding reads only K rows of ``Wu`` and K columns of ``Wd``. The hot path is
-  :func:`kernels.moc_ffn`.
+  :func:`zoo.kernels.moc_ffn`.
 
 Both use bias-free ``nn.Linear``s named ``gate_proj`` (H, d), ``up_proj`` (H, d), ``down_proj`` (d, H), as in
 LLaMA checkpoints, so a MoC model and its dense twin share one state-dict layout.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-from kernels.moc import DECODE_TOKENS
+from zoo import kernels
+from zoo.kernels.moc import DECODE_TOKENS
 
 from .fusion import can_fuse
 from .quant import QuantLinear
@@ -73,12 +73,12 @@ class MoCFFN(SwiGLU):
     path (so it equals :class:`SwiGLU` exactly). The backward saves x, the int16/int32 channel indices and
     the selected gate and up values (T x K each), never a dense T x H buffer.
 
-    Inference on at most ``kernels.moc.DECODE_TOKENS`` tokens (decoding) reads only the K selected rows
+    Inference on at most ``zoo.kernels.moc.DECODE_TOKENS`` tokens (decoding) reads only the K selected rows
     of ``Wu`` and columns of ``Wd`` per token, the latter from a transposed copy of ``Wd`` that the block
     keeps while it runs without autograd (d * H extra elements; rebuilt whenever the weight changes).
     Quantized (``w8a8``, ``w4a8``: integer layers with int8 activations), a step of T tokens with
     ``2 * T * top_k <= hidden_dim`` (T <= 4 at K = H/8) reads each token's K packed rows of ``up_proj`` and
-    of ``down_proj``'s transposed integer weights (:func:`kernels.moc_ffn_decode_int`); past that the rows
+    of ``down_proj``'s transposed integer weights (:func:`zoo.kernels.moc_ffn_decode_int`); past that the rows
     the tokens read would approach all H, and the dense integer layers are cheaper.
 
     Attributes: ``dim``, ``hidden_dim``, ``top_k`` (an int; ``hidden_dim`` when dense) and ``is_dense``.
@@ -147,7 +147,7 @@ class MoCFFN(SwiGLU):
 
     def _integer_decode_ready(self) -> bool:
         """True when the three projections are integer layers (int8 activations: ``w8a8``, ``w4a8``) that
-        :func:`kernels.moc_ffn_decode_int` can read row by row: no calibration hooks, and no Outlier
+        :func:`zoo.kernels.moc_ffn_decode_int` can read row by row: no calibration hooks, and no Outlier
         Suppression+ shift before ``down_proj`` (it would turn the activation's zeros into -shift)."""
         layers = (self.gate_proj, self.up_proj, self.down_proj)
         if not all(isinstance(m, QuantLinear) and not m.spec.weight_only and not m.spec.fp8 and can_fuse(m)
@@ -157,7 +157,7 @@ class MoCFFN(SwiGLU):
 
     def _forward_integer_decode(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized block on a few tokens, reading K packed rows of ``up_proj`` and of ``down_proj``'s
-        transposed weights per token (see :mod:`kernels.moc_int`); the gate runs as its integer layer."""
+        transposed weights per token (see :mod:`zoo.kernels.moc_int`); the gate runs as its integer layer."""
         up, down = self.up_proj, self.down_proj
         with torch.no_grad():
             tokens = x.reshape(-1, self.dim)  # (T, d)

@@ -2,7 +2,7 @@
 fake-quant twins :class:`FakeQuantLinear` / :class:`FakeQuantConv2d` for quantization-aware training.
 
 A quantized layer holds its weights as int8, or int4 packed two per byte, in the channels-last
-layout of :mod:`kernels.int_gemm` (N, KH, KW, C), with per-channel or per-(tap, group) scales, plus:
+layout of :mod:`zoo.kernels.int_gemm` (N, KH, KW, C), with per-channel or per-(tap, group) scales, plus:
 
 - ``act_multiplier`` / ``act_shift`` (C,): SmoothQuant / AWQ scales and Outlier Suppression+ shifts
   that could not be folded into the previous layer, applied inside the activation quantization;
@@ -13,7 +13,7 @@ With int8 activations the forward pass is ``quantize_act`` then an integer GEMM 
 ``int_linear``, exact int32 per kernel tap and weight group). On an x86 CPU with VNNI or AMX, a layer
 whose activation scale factors out of its reduction (a 1x1 convolution or a linear layer, or a k x k
 convolution with per-image or static scales) and has one weight scale per output channel (int8, or
-int4 unpacked to int8) runs on oneDNN's int8 kernels instead (:mod:`kernels.onednn_int8`): the same
+int4 unpacked to int8) runs on oneDNN's int8 kernels instead (:mod:`zoo.kernels.onednn_int8`): the same
 int32 accumulators, weights reordered once and cached. :meth:`_QuantLayer.execution` says which.
 Weight-only layers (``w4a16``, ``w8a16``) dequantize their weights on the fly; fp8 layers keep e4m3
 weights and quantize activations to e4m3 per token.
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import int_conv2d, int_linear, kernel_mode, onednn_int8, pack_int4, quantize_act, unpack_int4
-from kernels.int_gemm import INT4_SYMMETRIC_ZERO
+from zoo.kernels import int_conv2d, int_linear, kernel_mode, onednn_int8, pack_int4, quantize_act, unpack_int4
+from zoo.kernels.int_gemm import INT4_SYMMETRIC_ZERO
 
 from .quant_spec import QuantSpec
 
@@ -179,7 +179,7 @@ def act_scope(spec: QuantSpec, layer: nn.Module) -> str:
 
 
 def dynamic_scales(v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """``max|v| / 127`` over ``dims`` (1 where all zero): the scales :func:`kernels.quantize_act` computes
+    """``max|v| / 127`` over ``dims`` (1 where all zero): the scales :func:`zoo.kernels.quantize_act` computes
     per token, here over any dims (an image's pixels and channels), in the same fp32 operations."""
     amax = torch.maximum(v.amax(dims), v.amin(dims).neg())  # = max|v|, without an |v| temporary
     return torch.where(amax > 0, amax / 127, torch.ones_like(amax))
@@ -278,7 +278,7 @@ class _QuantLayer(nn.Module):
 
     def _transformed(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 ``(x - shift) * multiplier`` (channels in dim 1 for a conv, last for a linear), the same
-        operations :func:`kernels.quantize_act` applies."""
+        operations :func:`zoo.kernels.quantize_act` applies."""
         v = x.float()
         view = (1, -1, 1, 1) if isinstance(self, QuantConv2d) else (-1,)
         if self.act_shift is not None:

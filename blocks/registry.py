@@ -13,7 +13,7 @@ T = TypeVar("T", bound=type[nn.Module])
 
 
 def register(name: str) -> Callable[[T], T]:
-    """Class decorator: make a block creatable as ``blocks.create(name, channels, ...)``.
+    """Class decorator: make a block creatable as ``zoo.blocks.create(name, channels, ...)``.
 
     A block takes its channel count first and accepts ``device`` and ``dtype``.
     """

@@ -2,34 +2,38 @@
 
 Every op here has a reference implementation in plain PyTorch with the same signature; the
 reference is also the CPU path. Public ops are ``torch.library.custom_op``s (namespace ``zoo``) with
-fake implementations and autograd formulas; inside, :mod:`kernels.dispatch` picks the Triton kernel
+fake implementations and autograd formulas; inside, :mod:`zoo.kernels.dispatch` picks the Triton kernel
 or the reference on every call (``ZOO_KERNELS=auto|torch|triton``). Each op family is one module,
 ``kernels/<op>.py``, with its Triton kernels, where it has them, in ``kernels/_triton_<op>.py`` (imported
 on first launch) and its tests in ``tests/kernels/test_<op>.py``.
 
 Channel gate (SE, ECA, RCAN's CA, FcaNet):
 
-- :mod:`kernels.channel_gate`: ``pool_mean(x) -> (B, C)`` and ``pool_weighted(x, weight) -> (B, C)``, the
+- :mod:`zoo.kernels.channel_gate`: ``pool_mean(x) -> (B, C)`` and ``pool_weighted(x, weight) -> (B, C)``, the
   squeeze, fp32 results (``weight``: a (C, H, W) filter, or (G, H, W) shared by runs of C / G channels);
   ``channel_scale(x, gate, shortcut=None, relu=False)``, the rescale, optionally fused with a residual
   block's ``relu(x * gate + shortcut)`` epilogue; ``pool_backward`` and ``channel_scale_backward``, the
   ops their autograd formulas call;
-- :mod:`kernels.channel_excite`: ``excite_mlp(s, w1, b1, w2, b2, act)`` and ``excite_conv(s, weight)``,
+- :mod:`zoo.kernels.channel_excite`: ``excite_mlp(s, w1, b1, w2, b2, act)`` and ``excite_conv(s, weight)``,
   the excitation (SE / CA / FcaNet's MLP, ECA's 1-D conv) and its sigmoid in one launch;
-- :mod:`kernels.squeeze_excite`: ``squeeze_excite_mlp(x, pool_filter, w1, b1, w2, b2, act)`` and
+- :mod:`zoo.kernels.squeeze_excite`: ``squeeze_excite_mlp(x, pool_filter, w1, b1, w2, b2, act)`` and
   ``squeeze_excite_conv(x, pool_filter, taps)``, the pool and the excitation in one launch,
   ``(gate, pooled vector)`` from the map (what the blocks call where the Triton kernels run);
-- :mod:`kernels.han_csam`: ``csam(x, weight, bias, gamma)``, HAN's channel-spatial attention, the 3x3x3
+- :mod:`zoo.kernels.han_csam`: ``csam(x, weight, bias, gamma)``, HAN's channel-spatial attention, the 3x3x3
   gate and the rescale in one pass.
 
-Integer layers: ``quantize_act`` (:mod:`kernels.quant_act`), ``int_conv2d`` / ``int_linear`` (exact integer
-GEMMs on int4/int8 codes) and ``pack_int4`` / ``unpack_int4`` (:mod:`kernels.int_gemm`), and
-:mod:`kernels.onednn_int8` (the CPU path on oneDNN's int8 kernels). ChannelViT: ``channel_patch_embed``
-(:mod:`kernels.patch_embed`). Mixture-of-Channels FFN: ``moc_ffn`` (training) and ``moc_ffn_decode``
-(decoding) in :mod:`kernels.moc`, ``moc_ffn_decode_int`` (quantized decoding) in :mod:`kernels.moc_int`.
-KV caches: ``kv_quantize`` / ``kv_dequantize`` (:mod:`kernels.kv_quant`). VAR: ``adaln_modulate`` /
-``adaln_gated_residual`` (:mod:`kernels.adaln`).
+Integer layers: ``quantize_act`` (:mod:`zoo.kernels.quant_act`), ``int_conv2d`` / ``int_linear`` (exact integer
+GEMMs on int4/int8 codes) and ``pack_int4`` / ``unpack_int4`` (:mod:`zoo.kernels.int_gemm`), and
+:mod:`zoo.kernels.onednn_int8` (the CPU path on oneDNN's int8 kernels). ChannelViT: ``channel_patch_embed``
+(:mod:`zoo.kernels.patch_embed`). Mixture-of-Channels FFN: ``moc_ffn`` (training) and ``moc_ffn_decode``
+(decoding) in :mod:`zoo.kernels.moc`, ``moc_ffn_decode_int`` (quantized decoding) in :mod:`zoo.kernels.moc_int`.
+KV caches: ``kv_quantize`` / ``kv_dequantize`` (:mod:`zoo.kernels.kv_quant`). VAR: ``adaln_modulate`` /
+``adaln_gated_residual`` (:mod:`zoo.kernels.adaln`).
 """
+if __name__ != "zoo.kernels":  # the repository's kernels/ folder installs as zoo.kernels (pyproject.toml)
+    raise ImportError(f"import zoo.kernels, not {__name__}: the folder kernels/ is installed as zoo.kernels "
+                      "(pip install -e . in the checkout)")
+
 from . import onednn_int8
 from .adaln import adaln_gated_residual, adaln_modulate, adaln_modulate_backward_reference, adaln_modulate_reference
 from .channel_excite import excite_conv, excite_conv_reference, excite_mlp, excite_mlp_reference

@@ -1,8 +1,8 @@
 """Triton kernels of ``zoo::adaln_modulate`` (LayerNorm without affine, then a per-sample scale and shift)
 and its backward.
 
-Imported lazily, on the first launch, by :mod:`kernels.adaln`, so a machine without Triton never imports it.
-``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`).
+Imported lazily, on the first launch, by :mod:`zoo.kernels.adaln`, so a machine without Triton never imports it.
+``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`zoo.kernels._triton_channel_gate`).
 
 Notation: x (B, L, C) as M = B * L rows of C channels, scale and shift (B, C); row m belongs to sample
 m // L. A tile is BLOCK_M whole rows (BLOCK_C = C rounded up to a power of two), so the row statistics
@@ -91,7 +91,7 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def adaln_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y (B, L, C) in x's dtype, mean and rstd (B, L); see :func:`kernels.adaln.adaln_modulate_reference`."""
+    """y (B, L, C) in x's dtype, mean and rstd (B, L); see :func:`zoo.kernels.adaln.adaln_modulate_reference`."""
     b, l, c = x.shape
     if c > MAX_C:
         from .adaln import adaln_modulate_reference
@@ -158,7 +158,7 @@ def _splits(b: int, l: int, block_m: int, device: torch.device) -> tuple[int, in
 
 def adaln_modulate_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
                             rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_scale, grad_shift); see :func:`kernels.adaln.adaln_modulate_backward_reference`."""
+    """(grad_x, grad_scale, grad_shift); see :func:`zoo.kernels.adaln.adaln_modulate_backward_reference`."""
     b, l, c = x.shape
     if c > MAX_C:
         from .adaln import adaln_modulate_backward_reference

@@ -1,7 +1,7 @@
-"""Triton kernels of the channel-attention excitations (:mod:`kernels.channel_excite`).
+"""Triton kernels of the channel-attention excitations (:mod:`zoo.kernels.channel_excite`).
 
 Imported lazily, on the first launch, so a machine without Triton never imports it; ``TRITON_INTERPRET=1``
-must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`).
+must be set before *triton* is imported (see :mod:`zoo.kernels._triton_channel_gate`).
 
 - MLP (SE, CA, FcaNet): one program per sample. It sums ``W1 s`` over tiles of (BLOCK_R, BLOCK_C) into
   the hidden vector (all R in registers), adds b1, rounds to the weights' dtype as the layer's output
@@ -43,7 +43,7 @@ def mlp_gate_row(s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, row, C, R,
                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """One gate row: ``out[row:row + C] = sigmoid(W2 act(W1 s + b1) + b2)`` with ``s = s_ptr[row:row + C]``
     rounded to the weights' (out's) dtype first, as the block casts the pooled vector to its layers' dtype.
-    Shared by the excitation kernel and the fused squeeze-excite kernel (:mod:`kernels._triton_squeeze_excite`)."""
+    Shared by the excitation kernel and the fused squeeze-excite kernel (:mod:`zoo.kernels._triton_squeeze_excite`)."""
     dtype = out_ptr.dtype.element_ty
     offs_r = tl.arange(0, BLOCK_R)
     mask_r = offs_r < R

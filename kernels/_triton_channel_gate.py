@@ -1,10 +1,10 @@
 """Triton kernels of the channel gate: pooling (mean or weighted), rescale (+ residual + ReLU), backward.
 
-Imported lazily, on the first launch, by :mod:`kernels.channel_gate`, so a machine without Triton never
+Imported lazily, on the first launch, by :mod:`zoo.kernels.channel_gate`, so a machine without Triton never
 imports it. ``TRITON_INTERPRET=1`` has to be set before *triton* is imported, and torch imports triton
 itself when ``torch._dynamo`` loads (the first call of any custom op with autograd, or ``torch.compile``):
 set it when the process starts (tests/conftest.py does). A mismatch is reported on import
-(:mod:`kernels._triton_common`) with that advice instead of Triton's own obscure error.
+(:mod:`zoo.kernels._triton_common`) with that advice instead of Triton's own obscure error.
 
 Every kernel sees a 4-D tensor as (B, C, HW) through three strides, so one kernel serves NCHW
 (HW contiguous) and channels_last (C contiguous); only the tile shape changes with the layout.
@@ -123,7 +123,7 @@ def pool_program(x_ptr, w_ptr, part_ptr, C, HW, n_cblocks, hw_per_split, divisor
     """This program's share of the pooling: for its block of channels, the sum over its HW split of x
     (times the filter with HAS_WEIGHT) / divisor, stored as row (b, split) of the (B, splits, C) partial
     sums; returns b. The pooling kernel and the fused squeeze-excite kernel
-    (:mod:`kernels._triton_squeeze_excite`) are this and what follows it."""
+    (:mod:`zoo.kernels._triton_squeeze_excite`) are this and what follows it."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // n_cblocks

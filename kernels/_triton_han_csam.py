@@ -1,7 +1,7 @@
 """Triton kernel of ``zoo::csam`` (HAN's channel-spatial attention), forward.
 
 Imported lazily, on the first launch, so a machine without Triton never imports it; ``TRITON_INTERPRET=1``
-must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`).
+must be set before *triton* is imported (see :mod:`zoo.kernels._triton_channel_gate`).
 
 One program per (sample, channel, block of BLOCK_HW positions): it loads the 27 taps and the bias,
 sums the 27 shifted reads of x (channel c - 1..c + 1, row h - 1..h + 1, column w - 1..w + 1, masked

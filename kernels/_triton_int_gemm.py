@@ -1,9 +1,9 @@
 """Triton kernel of ``zoo::int_conv2d``: the implicit-GEMM int8 / int4 convolution (a linear layer is
 its 1 x 1 case).
 
-Imported lazily, on the first launch, by :mod:`kernels.int_gemm`, so a machine without Triton never
+Imported lazily, on the first launch, by :mod:`zoo.kernels.int_gemm`, so a machine without Triton never
 imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see
-:mod:`kernels._triton_channel_gate`); a mismatch is reported on import with that advice.
+:mod:`zoo.kernels._triton_channel_gate`); a mismatch is reported on import with that advice.
 
 The kernel repeats its reference's arithmetic in the same order, so that under the interpreter the
 int32 accumulators and even the float outputs equal the reference bit for bit; compiled for a GPU, the
@@ -133,7 +133,7 @@ def _launch(q: torch.Tensor, a_scale: torch.Tensor | None, weight: torch.Tensor,
             padding: tuple[int, int], weight_bits: int, group_size: int | None,
             out_dtype: torch.dtype | None) -> torch.Tensor:
     """Run the kernel: the (B, Ho, Wo, N) output, or with ``out_dtype=None`` the raw int32
-    accumulators (B, Ho, Wo, N, segments). Operands as :func:`kernels.int_gemm.check_int_conv2d` takes them."""
+    accumulators (B, Ho, Wo, N, segments). Operands as :func:`zoo.kernels.int_gemm.check_int_conv2d` takes them."""
     q, weight = q.contiguous(), weight.contiguous()
     b, h, w, c = q.shape
     n, kh, kw, w_row = weight.shape
@@ -176,7 +176,7 @@ def int_conv2d(q: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, w_s
                w_zero: torch.Tensor | None, bias: torch.Tensor | None, stride: tuple[int, int],
                padding: tuple[int, int], weight_bits: int, group_size: int | None,
                out_dtype: torch.dtype) -> torch.Tensor:
-    """Quantized convolution (B, H, W, C) int8 -> (B, Ho, Wo, N) ``out_dtype``; see :mod:`kernels.int_gemm`."""
+    """Quantized convolution (B, H, W, C) int8 -> (B, Ho, Wo, N) ``out_dtype``; see :mod:`zoo.kernels.int_gemm`."""
     return _launch(q, a_scale, weight, w_scale, w_zero, bias, stride, padding, weight_bits, group_size, out_dtype)
 
 
@@ -185,5 +185,5 @@ def int_conv2d_accumulators(q: torch.Tensor, weight: torch.Tensor, w_zero: torch
                             group_size: int | None) -> torch.Tensor:
     """The kernel's int32 accumulator of every (tap, group) segment, (B, Ho, Wo, N, KH * KW * groups):
     the same kernel with its epilogue replaced by a store, for bit-exact comparison with
-    :func:`kernels.int_gemm.int_conv2d_accumulators_reference`."""
+    :func:`zoo.kernels.int_gemm.int_conv2d_accumulators_reference`."""
     return _launch(q, None, weight, None, w_zero, None, tuple(stride), tuple(padding), weight_bits, group_size, None)

@@ -1,7 +1,7 @@
 """Triton kernels of ``zoo::kv_quantize`` and ``zoo::kv_dequantize`` (KIVI-style KV-cache quantization).
 
-Imported lazily, on the first launch, by :mod:`kernels.kv_quant`, so a machine without Triton never imports
-it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`).
+Imported lazily, on the first launch, by :mod:`zoo.kernels.kv_quant`, so a machine without Triton never imports
+it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`zoo.kernels._triton_channel_gate`).
 
 Notation: x of shape S viewed as (O, A, I) around the quantized axis (O = prod S[:axis], A = S[axis],
 I = prod S[axis+1:]), G = A // GS groups; scale and zero are (O, G, I) contiguous. The packed codes are
@@ -178,7 +178,7 @@ def _geometry(shape: tuple[int, ...], group_size: int, axis: int) -> dict:
 
 def kv_quantize(x: torch.Tensor, bits: int, group_size: int, axis: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes, scale, zero) of contiguous x; see :func:`kernels.kv_quant.kv_quantize_reference`."""
+    """(codes, scale, zero) of contiguous x; see :func:`zoo.kernels.kv_quant.kv_quantize_reference`."""
     x = x.contiguous()
     shape = tuple(x.shape)
     geo = _geometry(shape, group_size, axis)
@@ -203,7 +203,7 @@ def kv_quantize(x: torch.Tensor, bits: int, group_size: int, axis: int
 
 def kv_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int,
                   axis: int, last_dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """(S) tensor in dtype; see :func:`kernels.kv_quant.kv_dequantize_reference`."""
+    """(S) tensor in dtype; see :func:`zoo.kernels.kv_quant.kv_dequantize_reference`."""
     codes, scale, zero = codes.contiguous(), scale.contiguous(), zero.contiguous()
     shape = (*codes.shape[:-1], last_dim)
     geo = _geometry(shape, group_size, axis)

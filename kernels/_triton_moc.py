@@ -1,6 +1,6 @@
 """Triton kernels of ``zoo::moc_ffn`` (the Mixture-of-Channels FFN), its backward, and ``zoo::moc_ffn_decode``.
 
-Imported lazily, on the first launch, by :mod:`kernels.moc`. Notation: x (T, d) tokens, Wg, Wu (H, d),
+Imported lazily, on the first launch, by :mod:`zoo.kernels.moc`. Notation: x (T, d) tokens, Wg, Wu (H, d),
 Wd (d, H), K selected channels per token, idx (T, K).
 
 Forward, four launches:
@@ -303,7 +303,7 @@ def _gather_sum(a, w, idx, out, stride_h, stride_d, a2=None, w2=None):
 
 def moc_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, top_k: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, idx, gate_sel, up_sel); see :func:`kernels.moc.moc_ffn_reference`."""
+    """(y, idx, gate_sel, up_sel); see :func:`zoo.kernels.moc.moc_ffn_reference`."""
     if x.dtype == torch.float64:
         return moc.moc_ffn_reference(x, w_gate, w_up, w_down, top_k)
     x, w_gate, w_up, w_down = (a.contiguous() for a in (x, w_gate, w_up, w_down))
@@ -322,7 +322,7 @@ def moc_ffn(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: t
 def moc_ffn_backward(grad_y: torch.Tensor, x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
                      w_down: torch.Tensor, idx: torch.Tensor, gate_sel: torch.Tensor, up_sel: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of (x, w_gate, w_up, w_down); see :func:`kernels.moc.moc_ffn_backward_reference`."""
+    """Gradients of (x, w_gate, w_up, w_down); see :func:`zoo.kernels.moc.moc_ffn_backward_reference`."""
     if x.dtype == torch.float64:
         return moc.moc_ffn_backward_reference(grad_y, x, w_gate, w_up, w_down, idx, gate_sel, up_sel)
     tensors = (grad_y, x, w_gate, w_up, w_down, idx, gate_sel, up_sel)
@@ -352,7 +352,7 @@ def moc_ffn_backward(grad_y: torch.Tensor, x: torch.Tensor, w_gate: torch.Tensor
 def moc_ffn_decode(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down_t: torch.Tensor,
                    top_k: int) -> torch.Tensor:
     """y (T, d) for a few tokens, reading K rows of Wu and of Wd^T (H, d) per token;
-    see :func:`kernels.moc.moc_ffn_decode_reference`."""
+    see :func:`zoo.kernels.moc.moc_ffn_decode_reference`."""
     if x.dtype == torch.float64:
         return moc.moc_ffn_decode_reference(x, w_gate, w_up, w_down_t, top_k)
     x, w_gate, w_up, w_down_t = (a.contiguous() for a in (x, w_gate, w_up, w_down_t))

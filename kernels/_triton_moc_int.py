@@ -1,6 +1,6 @@
 """Triton kernels of ``zoo::moc_ffn_decode_int``: the quantized MoC FFN's two row-gathering projections.
 
-Imported lazily, on the first launch, by :mod:`kernels.moc_int`; the per-token requantization between
+Imported lazily, on the first launch, by :mod:`zoo.kernels.moc_int`; the per-token requantization between
 them is ``quantize_act``'s own kernel. Both kernels repeat their reference's integer arithmetic exactly
 (int32 accumulators per segment, then the fp32 epilogue in segment order):
 
@@ -136,7 +136,7 @@ def _down_epilogue_kernel(acc_ptr, a_ptr, ws_ptr, bias_ptr, y_ptr, N, S_ACC, SEG
 def moc_int_up(q: torch.Tensor, a_scale: torch.Tensor, gate_sel: torch.Tensor, idx: torch.Tensor,
                w_up: torch.Tensor, up_scale: torch.Tensor, up_zero: torch.Tensor | None, up_bias: torch.Tensor | None,
                up_bits: int, up_group: int | None, down_multiplier: torch.Tensor | None) -> torch.Tensor:
-    """v (T, K) fp32; see :func:`kernels.moc_int.moc_int_up_reference`."""
+    """v (T, K) fp32; see :func:`zoo.kernels.moc_int.moc_int_up_reference`."""
     t, d = q.shape
     k = idx.shape[1]
     v = torch.empty(t, k, dtype=torch.float32, device=q.device)
@@ -159,7 +159,7 @@ def moc_int_up(q: torch.Tensor, a_scale: torch.Tensor, gate_sel: torch.Tensor, i
 def moc_int_down(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.Tensor, w_down_t: torch.Tensor,
                  down_scale_t: torch.Tensor, down_zero_t: torch.Tensor | None, down_bias: torch.Tensor | None,
                  down_bits: int, down_group: int | None, out_features: int) -> torch.Tensor:
-    """y (T, N) fp32; see :func:`kernels.moc_int.moc_int_down_reference`."""
+    """y (T, N) fp32; see :func:`zoo.kernels.moc_int.moc_int_down_reference`."""
     t, k = idx.shape
     h, n = w_down_t.shape[0], out_features
     y = torch.zeros(t, n, dtype=torch.float32, device=qd.device)

@@ -1,7 +1,7 @@
 """Triton kernels of ``zoo::channel_patch_embed`` (ChannelViT's per-channel patch embedding) and its backward.
 
-Imported lazily, on the first launch, by :mod:`kernels.patch_embed`, so a machine without Triton never
-imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`kernels._triton_channel_gate`);
+Imported lazily, on the first launch, by :mod:`zoo.kernels.patch_embed`, so a machine without Triton never
+imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see :mod:`zoo.kernels._triton_channel_gate`);
 a mismatch is reported on import with that advice.
 
 Notation: x (B, C, H, W), weight (D, p, p), K = p * p, N = (H // p) * (W // p) patches per channel image,
@@ -19,7 +19,7 @@ of the patch. The kernels compute these offsets instead of materializing an im2c
   grad: a program owns BLOCK_N patch positions, BLOCK_D features and a range of channel images, so it
   finishes grad_pos over that range in registers, writes the channel-image sums of its positions, and
   accumulates grad^T @ patches. Partial results go to fp32 buffers that one PyTorch sum finishes: the
-  result is deterministic (no atomics), as in :mod:`kernels._triton_channel_gate`.
+  result is deterministic (no atomics), as in :mod:`zoo.kernels._triton_channel_gate`.
 
 The backward works in fp32 whatever the dtype, as the reference does. On GPU, 16-bit operands go to the
 tensor cores as they are (products of 16-bit values are exact in fp32); a 16-bit grad times the fp32
@@ -126,7 +126,7 @@ _forward_fma = triton.autotune(_configs([(32, 64, 4, 3), (32, 128, 4, 3), (64, 6
 
 def channel_patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         channel_embed: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C*N, D) tokens in x's dtype; see :mod:`kernels.patch_embed`."""
+    """(B, C, H, W) -> (B, C*N, D) tokens in x's dtype; see :mod:`zoo.kernels.patch_embed`."""
     x = x.contiguous()
     b, c, h, w = x.shape
     d, p, _ = weight.shape
@@ -239,7 +239,7 @@ def _splits(images: int, programs: int, device: torch.device) -> int:
 def channel_patch_embed_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of (x, weight, bias, channel_embed, pos_embed): x's and weight's dtypes, then fp32 (D,),
-    (B, C, D), (N, D); see :func:`kernels.patch_embed.channel_patch_embed_backward_reference`."""
+    (B, C, D), (N, D); see :func:`zoo.kernels.patch_embed.channel_patch_embed_backward_reference`."""
     grad, x = grad.contiguous(), x.contiguous()
     b, c, h, w = x.shape
     d, p, _ = weight.shape

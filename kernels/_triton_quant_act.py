@@ -1,8 +1,8 @@
 """Triton kernel of ``zoo::quantize_act``: per-token int8 activation quantization.
 
-Imported lazily, on the first launch, by :mod:`kernels.quant_act`, so a machine without Triton never
+Imported lazily, on the first launch, by :mod:`zoo.kernels.quant_act`, so a machine without Triton never
 imports it. ``TRITON_INTERPRET=1`` must be set before *triton* is imported (see
-:mod:`kernels._triton_channel_gate`); a mismatch is reported on import with that advice.
+:mod:`zoo.kernels._triton_channel_gate`); a mismatch is reported on import with that advice.
 
 The kernel repeats its reference's arithmetic in the same order, so that the int8 codes and the fp32
 scales equal the reference's bit for bit: ``(x - shift) * multiplier`` in fp32, ``amax / 127`` and
@@ -83,7 +83,7 @@ def _quantize_kernel(x_ptr, sh_ptr, mu_ptr, st_ptr, q_ptr, s_ptr, M, K, ROWS_PER
 
 def quantize_act(x: torch.Tensor, multiplier: torch.Tensor | None, shift: torch.Tensor | None,
                  static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 (..., K) codes and fp32 (...) scales of a contiguous ``x`` (..., K); see :mod:`kernels.quant_act`."""
+    """int8 (..., K) codes and fp32 (...) scales of a contiguous ``x`` (..., K); see :mod:`zoo.kernels.quant_act`."""
     k = x.shape[-1]
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     scale = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)

@@ -1,12 +1,12 @@
-"""Triton kernel of the fused squeeze and excitation (:mod:`kernels.squeeze_excite`): one launch from
+"""Triton kernel of the fused squeeze and excitation (:mod:`zoo.kernels.squeeze_excite`): one launch from
 the feature map to the gate.
 
-The map is pooled as :func:`kernels._triton_channel_gate.pool` pools it, one program per (sample, channel
+The map is pooled as :func:`zoo.kernels._triton_channel_gate.pool` pools it, one program per (sample, channel
 block, HW split), each writing its partial sums to a (B, splits, C) scratch. Then each program bumps
 its sample's counter, and the program that finds itself last for that sample (the others are done:
 their sums are written) adds the partial sums in split order into the pooled vector s, writes it
 (the backward needs it), and runs the excitation on it: the MLP row of SE / CA / FcaNet or ECA's
-1-D conv, the same code as the excitation kernels (:mod:`kernels._triton_channel_excite`). So the pooling
+1-D conv, the same code as the excitation kernels (:mod:`zoo.kernels._triton_channel_excite`). So the pooling
 keeps every program it would have alone, and the tiny excitation costs no launch of its own.
 
 Ordering: a program's threads write their sums, meet at a barrier, then one thread increments the
@@ -16,7 +16,7 @@ a line of it. The result does not depend on which program comes last: s is summe
 Each launch gets zeroed counters (autotuning's repeated runs too: ``reset_to_zero``).
 
 Imported lazily, on the first launch; ``TRITON_INTERPRET=1`` must be set before *triton* is imported
-(see :mod:`kernels._triton_channel_gate`). The interpreter runs programs one after another, so it checks the
+(see :mod:`zoo.kernels._triton_channel_gate`). The interpreter runs programs one after another, so it checks the
 arithmetic and the bookkeeping, not the cross-program ordering (a GPU check).
 """
 from __future__ import annotations

@@ -169,5 +169,5 @@ def adaln_gated_residual(residual: torch.Tensor, y: torch.Tensor, gate: torch.Te
 # --------------------------------------------------------------------------------------------------
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
-_forward.register_triton_lazy("kernels._triton_adaln", "adaln_modulate")
-_backward.register_triton_lazy("kernels._triton_adaln", "adaln_modulate_backward")
+_forward.register_triton_lazy("zoo.kernels._triton_adaln", "adaln_modulate")
+_backward.register_triton_lazy("zoo.kernels._triton_adaln", "adaln_modulate_backward")

@@ -7,9 +7,9 @@
   ``sigmoid(conv1d_k(s))`` with one odd kernel of k taps and zero padding (k - 1) / 2.
 
 Eager PyTorch runs the MLP as two GEMMs and two or three elementwise kernels; the Triton kernels
-(:mod:`kernels._triton_channel_excite`) compute a gate row in one launch, in fp32 (fp64 for fp64), rounding
+(:mod:`zoo.kernels._triton_channel_excite`) compute a gate row in one launch, in fp32 (fp64 for fp64), rounding
 the hidden vector and the logits to the weights' dtype where the layers would. The blocks do not
-launch these: their gate is one :mod:`kernels.squeeze_excite` launch, whose last program per sample
+launch these: their gate is one :mod:`zoo.kernels.squeeze_excite` launch, whose last program per sample
 runs the same row code on the pooled vector. These ops serve a vector pooled some other way.
 
 Inputs share one dtype (cast an fp32 pooled vector to the layers' dtype first); the gate comes back
@@ -133,9 +133,9 @@ def excite_conv_backward(grad: torch.Tensor, s: torch.Tensor, weight: torch.Tens
 
 
 _mlp = kernel_op("excite_mlp")(excite_mlp_reference)
-_mlp.register_triton_lazy("kernels._triton_channel_excite", "excite_mlp")
+_mlp.register_triton_lazy("zoo.kernels._triton_channel_excite", "excite_mlp")
 _conv = kernel_op("excite_conv")(excite_conv_reference)
-_conv.register_triton_lazy("kernels._triton_channel_excite", "excite_conv")
+_conv.register_triton_lazy("zoo.kernels._triton_channel_excite", "excite_conv")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The channel gate's squeeze and rescale ops (SE, ECA, RCAN's CA, FcaNet); the excitation between
-them is :mod:`kernels.channel_excite`, the squeeze and excitation in one launch :mod:`kernels.squeeze_excite`.
+them is :mod:`zoo.kernels.channel_excite`, the squeeze and excitation in one launch :mod:`zoo.kernels.squeeze_excite`.
 
 Squeeze: one number per channel from a (B, C, H, W) map. ``pool_mean`` is SE/ECA/RCAN's global average;
 ``pool_weighted`` is FcaNet's DCT-weighted sum (any per-channel spatial filter, e.g. DCT bases with
@@ -17,8 +17,8 @@ op ``zoo::channel_scale_backward``, one pass over the map that gives ``grad_x = 
 ``grad_shortcut = g`` where ``g = grad * (out > 0)``. The mask comes from the saved output (saved, not
 recomputed: a residual block's output is kept alive by the next block anyway).
 
-Every op's body dispatches between the Triton kernel (:mod:`kernels._triton_channel_gate`) and the
-plain-PyTorch reference (:mod:`kernels.dispatch`).
+Every op's body dispatches between the Triton kernel (:mod:`zoo.kernels._triton_channel_gate`) and the
+plain-PyTorch reference (:mod:`zoo.kernels.dispatch`).
 """
 from __future__ import annotations
 
@@ -162,11 +162,11 @@ def pool_backward_reference(grad: torch.Tensor, weight: Optional[torch.Tensor], 
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
 _mean = kernel_op("pool_mean")(pool_mean_reference)
-_mean.register_triton_lazy("kernels._triton_channel_gate", "pool")  # pool(x): weight defaults to None, the mean
+_mean.register_triton_lazy("zoo.kernels._triton_channel_gate", "pool")  # pool(x): weight defaults to None, the mean
 _weighted = kernel_op("pool_weighted")(pool_weighted_reference)
-_weighted.register_triton_lazy("kernels._triton_channel_gate", "pool")
+_weighted.register_triton_lazy("zoo.kernels._triton_channel_gate", "pool")
 _pool_backward = kernel_op("pool_backward")(pool_backward_reference)
-_pool_backward.register_triton_lazy("kernels._triton_channel_gate", "pool_backward")
+_pool_backward.register_triton_lazy("zoo.kernels._triton_channel_gate", "pool_backward")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,9 +330,9 @@ def channel_scale_backward_reference(grad: torch.Tensor, x: torch.Tensor, gate: 
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
 _scale = kernel_op("channel_scale")(channel_scale_reference)
-_scale.register_triton_lazy("kernels._triton_channel_gate", "channel_scale")
+_scale.register_triton_lazy("zoo.kernels._triton_channel_gate", "channel_scale")
 _scale_backward = kernel_op("channel_scale.backward")(channel_scale_backward_reference)
-_scale_backward.register_triton_lazy("kernels._triton_channel_gate", "channel_scale_backward")
+_scale_backward.register_triton_lazy("zoo.kernels._triton_channel_gate", "channel_scale_backward")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ reference. ``ZOO_KERNELS`` overrides it:
 Public ops are ``torch.library.custom_op``s (namespace ``zoo``) whose bodies call a :class:`KernelOp`,
 so the choice is made per call, inside the op, on real tensors; ``torch.compile`` sees one opaque op
 with a fake implementation and an autograd formula. Triton itself is imported only when a kernel first
-launches (:meth:`KernelOp.register_triton_lazy` defers importing the ``kernels._triton_*`` modules), so
-``import kernels`` works on machines without Triton. ``TRITON_INTERPRET=1`` must be in the environment
+launches (:meth:`KernelOp.register_triton_lazy` defers importing the ``zoo.kernels._triton_*`` modules), so
+``import zoo.kernels`` works on machines without Triton. ``TRITON_INTERPRET=1`` must be in the environment
 before triton is imported, by us or by torch (``torch._dynamo`` imports it): set it when the process starts.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ class KernelOp:
         return fn
 
     def register_triton_lazy(self, module: str, function: str) -> None:
-        """Register ``module.function`` (e.g. ``"kernels._triton_adaln", "adaln_modulate"``) as the Triton
+        """Register ``module.function`` (e.g. ``"zoo.kernels._triton_adaln", "adaln_modulate"``) as the Triton
         implementation without importing it: the module, and triton with it, is imported on the first launch."""
 
         def launch(*args, **kwargs):

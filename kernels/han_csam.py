@@ -6,7 +6,7 @@ where the map x (B, C, H, W) is read as a one-channel volume (B, 1, C, H, W) and
 3x3x3 kernel and a bias, zero padding 1 (Niu et al., "Single Image Super-Resolution via a Holistic
 Attention Network", ECCV 2020, Sec. 3.3). Eager PyTorch writes the conv's output, the sigmoid, the
 product with gamma, the product with x and the sum, five maps; the Triton kernel
-(:mod:`kernels._triton_han_csam`) reads x's 27 neighbours from cache and writes y once.
+(:mod:`zoo.kernels._triton_han_csam`) reads x's 27 neighbours from cache and writes y once.
 
 The backward is plain PyTorch (ATen's conv3d backward for the stencil's transpose and its 27 weight
 sums), in fp32 for 16-bit maps, with the gate recomputed from x rather than saved. HAN's block calls
@@ -67,7 +67,7 @@ def csam_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bia
 
 
 _csam = kernel_op("csam")(csam_reference)
-_csam.register_triton_lazy("kernels._triton_han_csam", "csam")
+_csam.register_triton_lazy("zoo.kernels._triton_han_csam", "csam")
 
 
 def csam_runs_fused(x: torch.Tensor) -> bool:

@@ -1,6 +1,6 @@
 """Integer matmuls for quantized layers: ``zoo::int_conv2d`` (implicit GEMM) and :func:`int_linear`.
 
-Operands (the layout :mod:`blocks.quant` stores):
+Operands (the layout :mod:`zoo.blocks.quant` stores):
 
 - activations ``q`` (B, H, W, C) int8, channels last, with one fp32 scale per pixel ``a_scale`` (B, H, W)
   (a linear layer's (M, K) input is the 1 x M image of a 1 x 1 convolution);
@@ -270,7 +270,7 @@ def int_conv2d_reference(q: torch.Tensor, a_scale: torch.Tensor, weight: torch.T
 _int_conv2d = kernel_op("int_conv2d")(int_conv2d_reference)
 
 
-_int_conv2d.register_triton_lazy("kernels._triton_int_gemm", "int_conv2d")  # imported on first launch
+_int_conv2d.register_triton_lazy("zoo.kernels._triton_int_gemm", "int_conv2d")  # imported on first launch
 
 
 @torch.library.custom_op("zoo::int_conv2d", mutates_args=())

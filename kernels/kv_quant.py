@@ -20,7 +20,7 @@ Layout of :class:`KVQuantized` for ``x`` of shape ``S`` quantized along ``axis``
 
 - ``codes``: uint8 of shape ``S[:-1] + (ceil(S[-1] / (8 // bits)),)``: the codes packed along the last
   dim, ``8 // bits`` per byte, element ``j`` in byte ``j // (8 // bits)`` at bit ``(j % (8 // bits)) * bits``
-  (low bits first, as :func:`kernels.pack_int4`); the padding codes of a last dim that is not a multiple
+  (low bits first, as :func:`zoo.kernels.pack_int4`); the padding codes of a last dim that is not a multiple
   are 0;
 - ``scale``, ``zero``: x's dtype, shape ``S`` with ``S[axis]`` replaced by ``S[axis] // group_size``.
 
@@ -28,7 +28,7 @@ Layout of :class:`KVQuantized` for ``x`` of shape ``S`` quantized along ``axis``
 remainder (the most recent tokens) in full precision, as KIVI does.
 
 The Triton kernels perform the same fp32 operations in the same order (correctly rounded division),
-so they give the same codes, scales and zeros bit for bit (``kernels._triton_kv_quant``).
+so they give the same codes, scales and zeros bit for bit (``zoo.kernels._triton_kv_quant``).
 """
 from __future__ import annotations
 
@@ -250,5 +250,5 @@ def kv_dequantize(q: KVQuantized, dtype: Optional[torch.dtype] = None) -> torch.
 # --------------------------------------------------------------------------------------------------
 # Triton implementations (triton is imported on first use)
 # --------------------------------------------------------------------------------------------------
-_quantize.register_triton_lazy("kernels._triton_kv_quant", "kv_quantize")
-_dequantize.register_triton_lazy("kernels._triton_kv_quant", "kv_dequantize")
+_quantize.register_triton_lazy("zoo.kernels._triton_kv_quant", "kv_quantize")
+_dequantize.register_triton_lazy("zoo.kernels._triton_kv_quant", "kv_dequantize")

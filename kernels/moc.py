@@ -316,6 +316,6 @@ def moc_ffn_decode(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_
 
 
 # imported on first launch: Triton stays optional
-_forward.register_triton_lazy("kernels._triton_moc", "moc_ffn")
-_backward.register_triton_lazy("kernels._triton_moc", "moc_ffn_backward")
-_decode.register_triton_lazy("kernels._triton_moc", "moc_ffn_decode")
+_forward.register_triton_lazy("zoo.kernels._triton_moc", "moc_ffn")
+_backward.register_triton_lazy("zoo.kernels._triton_moc", "moc_ffn_backward")
+_decode.register_triton_lazy("zoo.kernels._triton_moc", "moc_ffn_decode")

@@ -1,7 +1,7 @@
 """The quantized MoC FFN for decoding: ``zoo::moc_ffn_decode_int`` reads only the selected rows of the
 packed integer weights.
 
-A MoC block quantized to ``w4a8`` / ``w8a8`` (:mod:`blocks.quant`) holds ``gate_proj``, ``up_proj`` and
+A MoC block quantized to ``w4a8`` / ``w8a8`` (:mod:`zoo.blocks.quant`) holds ``gate_proj``, ``up_proj`` and
 ``down_proj`` as integer layers. The gate runs densely (the selection needs every channel); this op does
 the rest for a few tokens (the block calls it while 2 * T * K <= H), reading per token K rows of the
 packed up weights and K rows of the transposed down weights instead of all H of each:
@@ -12,7 +12,7 @@ packed up weights and K rows of the transposed down weights instead of all H of 
     down (rows of Wd^T, one int32
     accumulator per segment of H):      y[t, n] = sum_s acc_s[n] * d_scale[t] * down_scale_t[s, n]  (+ bias)
 
-Operands, in the layout of :mod:`kernels.int_gemm` (low nibble first, ``nibble - zero`` with zero 8 for
+Operands, in the layout of :mod:`zoo.kernels.int_gemm` (low nibble first, ``nibble - zero`` with zero 8 for
 symmetric int4, per-segment fp16/fp32 scales and optional uint8 zero points):
 
 - ``q`` (T, d) int8 and ``a_scale`` (T,) fp32: the tokens as the up projection quantizes them;
@@ -177,8 +177,8 @@ def moc_int_down_reference(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.T
 
 _up = kernel_op("moc_int_up")(moc_int_up_reference)
 _down = kernel_op("moc_int_down")(moc_int_down_reference)
-_up.register_triton_lazy("kernels._triton_moc_int", "moc_int_up")  # imported on first launch
-_down.register_triton_lazy("kernels._triton_moc_int", "moc_int_down")
+_up.register_triton_lazy("zoo.kernels._triton_moc_int", "moc_int_up")  # imported on first launch
+_down.register_triton_lazy("zoo.kernels._triton_moc_int", "moc_int_down")
 
 
 def _decode_int(q, a_scale, gate_sel, idx, w_up, up_scale, up_zero, up_bias, up_bits, up_group, w_down_t,

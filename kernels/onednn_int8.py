@@ -12,7 +12,7 @@ layer exactly where its activation scale factors out of the reduction:
   token, so its row of ``acc * w_scale`` is scaled by that token's scale afterwards.
 
 Activations are the integer layers' symmetric codes ``q = clamp(round(v / scale), -127, 127)``
-(:func:`kernels.quantize_act`, the same fp32 division), passed as ``q + 128`` in uint8 with zero point
+(:func:`zoo.kernels.quantize_act`, the same fp32 division), passed as ``q + 128`` in uint8 with zero point
 128. Weights are int8 (N, KH, KW, C) with one fp32 scale per output channel, reordered once into
 oneDNN's blocked layout (:func:`prepack`). Outputs are channels-last, in fp32 or bf16.
 

@@ -144,5 +144,5 @@ def channel_patch_embed(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 
 
 # imported on first launch: Triton stays optional
-_forward.register_triton_lazy("kernels._triton_patch_embed", "channel_patch_embed")
-_backward.register_triton_lazy("kernels._triton_patch_embed", "channel_patch_embed_backward")
+_forward.register_triton_lazy("zoo.kernels._triton_patch_embed", "channel_patch_embed")
+_backward.register_triton_lazy("zoo.kernels._triton_patch_embed", "channel_patch_embed_backward")

@@ -72,7 +72,7 @@ def quantize_act_reference(x: torch.Tensor, multiplier: Optional[torch.Tensor] =
 _quantize_act = kernel_op("quantize_act")(quantize_act_reference)
 
 
-_quantize_act.register_triton_lazy("kernels._triton_quant_act", "quantize_act")  # imported on first launch
+_quantize_act.register_triton_lazy("zoo.kernels._triton_quant_act", "quantize_act")  # imported on first launch
 
 
 @torch.library.custom_op("zoo::quantize_act", mutates_args=())

@@ -5,15 +5,15 @@
 - ``zoo::squeeze_excite_conv(x, pool_filter, taps)``: ECA (Wang et al., CVPR 2020): ``sigmoid(conv1d_k(s))``;
 
 where ``s`` is the pooled vector: the mean over H x W (``pool_filter=None``) or the weighted sum of
-:func:`kernels.pool_weighted` (``pool_filter`` (C, H, W), or (G, H, W) shared by runs of C / G channels).
+:func:`zoo.kernels.pool_weighted` (``pool_filter`` (C, H, W), or (G, H, W) shared by runs of C / G channels).
 Each returns ``(gate, s)``: the gate in the weights' dtype, and s in fp32 (fp64 for fp64 maps), which
 the backward needs and the kernel writes anyway. s is rounded to the weights' dtype before the
 excitation, as the blocks cast it for their layers.
 
-The Triton kernel (:mod:`kernels._triton_squeeze_excite`) pools and excites in one launch: the program
+The Triton kernel (:mod:`zoo.kernels._triton_squeeze_excite`) pools and excites in one launch: the program
 that finishes a sample's pooling last runs its excitation. The reference (the CPU path) is the pool and
 excitation references one after the other. The backward is the excitation's formulas
-(:mod:`kernels.channel_excite`) then ``zoo::pool_backward``, the map's gradient written in one pass.
+(:mod:`zoo.kernels.channel_excite`) then ``zoo::pool_backward``, the map's gradient written in one pass.
 """
 from __future__ import annotations
 
@@ -81,9 +81,9 @@ def squeeze_excite_conv_reference(x: torch.Tensor, pool_filter: Optional[torch.T
 
 
 _mlp = kernel_op("squeeze_excite_mlp")(squeeze_excite_mlp_reference)
-_mlp.register_triton_lazy("kernels._triton_squeeze_excite", "squeeze_excite_mlp")
+_mlp.register_triton_lazy("zoo.kernels._triton_squeeze_excite", "squeeze_excite_mlp")
 _conv = kernel_op("squeeze_excite_conv")(squeeze_excite_conv_reference)
-_conv.register_triton_lazy("kernels._triton_squeeze_excite", "squeeze_excite_conv")
+_conv.register_triton_lazy("zoo.kernels._triton_squeeze_excite", "squeeze_excite_conv")
 
 
 def squeeze_excite_runs_fused(x: torch.Tensor) -> bool:

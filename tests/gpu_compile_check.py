@@ -90,7 +90,7 @@ def install(arch: int) -> dict:
     from triton.runtime import autotuner
     from triton.runtime.driver import driver
 
-    import kernels.dispatch
+    from zoo.kernels import dispatch
 
     driver.set_active(CompileOnlyDriver(arch))
     record: dict[str, list[tuple]] = defaultdict(list)
@@ -113,7 +113,7 @@ def install(arch: int) -> dict:
 
     triton.runtime.jit.JITFunction.run = run
     autotuner.Autotuner.run = run_every_config
-    kernels.dispatch._interpreting = lambda: True  # CPU tensors take the Triton path (ZOO_KERNELS=triton)
+    dispatch._interpreting = lambda: True  # CPU tensors take the Triton path (ZOO_KERNELS=triton)
     os.environ["ZOO_KERNELS"] = "triton"
     return record
 

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from kernels.dispatch import _interpreting, _triton_importable
+from zoo.kernels.dispatch import _interpreting, _triton_importable
 
 
 def triton_device() -> str | None:

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import blocks
-from blocks.fca import adaptive_pool_matrix, freq_indices
-from blocks.layers import eca_kernel_size, make_divisible
+from zoo import blocks
+from zoo.blocks.fca import adaptive_pool_matrix, freq_indices
+from zoo.blocks.layers import eca_kernel_size, make_divisible
 
 # (block, vector file, constructor kwargs matching the official module)
 VECTOR_CASES = [

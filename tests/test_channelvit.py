@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
-import blocks
+from zoo import blocks
 import zoo
 from zoo.checkpoint import CheckpointError, fit_state_dict
 from zoo.models.channelvit import checkpoint_filter_fn

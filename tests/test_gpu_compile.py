@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.dispatch import _triton_importable
+from zoo.kernels.dispatch import _triton_importable
 
 SCRIPT = Path(__file__).resolve().parent / "gpu_compile_check.py"
 
@@ -27,7 +27,7 @@ def _run(*args: str, tmp_path: Path, interpret: bool = False) -> subprocess.Comp
 @pytest.mark.skipif(not _triton_importable(), reason="needs Triton")
 def test_every_triton_kernel_compiles_for_sm90(tmp_path):
     kernels = _run("--list", tmp_path=tmp_path).stdout.split()
-    assert len(kernels) >= 20 and "kernels._triton_squeeze_excite._squeeze_excite_kernel" in kernels
+    assert len(kernels) >= 20 and "zoo.kernels._triton_squeeze_excite._squeeze_excite_kernel" in kernels
     done = _run("--arch", "90", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     table = done.stdout

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from torch.func import functional_call
 
-import blocks
+from zoo import blocks
 import zoo
 
 from kernel_testing import needs_triton

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("kernels", "blocks", "zoo")
+# repository folder -> the package it installs as (pyproject.toml maps kernels/ and blocks/ under zoo)
+PACKAGES = {"kernels": "zoo.kernels", "blocks": "zoo.blocks", "zoo": "zoo"}
 
 # lowest first; a module belongs to the first entry that is a prefix of its name (module or package)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("kernels", ("kernels",)),
-    ("blocks", ("blocks",)),
+    ("kernels", ("zoo.kernels",)),
+    ("blocks", ("zoo.blocks",)),
     ("files", ("zoo.files",)),
     ("weights", ("zoo.pretrained", "zoo.checkpoint")),
     ("quantization", ("zoo.quant",)),
@@ -28,9 +29,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 def _module_files() -> dict[str, Path]:
     found = {"train": ROOT / "train.py"}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = package.split(".") + list(path.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
             found[".".join(parts)] = path

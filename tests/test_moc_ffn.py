@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import blocks
-import kernels
-from kernels import moc as moc_module
+from zoo import blocks
+from zoo import kernels
+from zoo.kernels import moc as moc_module
 from zoo.profiling import saved_for_backward_bytes
 
 KS = (11, 22, 88)

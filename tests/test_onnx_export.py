@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-import kernels
+from zoo import kernels
 import zoo
-from kernels.export import reference_decompositions
+from zoo.kernels.export import reference_decompositions
 from zoo.onnx_export import ONNXMismatchError
 
 ort = pytest.importorskip("onnxruntime")

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from zoo import kernels
 import zoo
-from blocks.quant import (FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLinear, dequantize_weight,
+from zoo.blocks.quant import (FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLinear, dequantize_weight,
                           fake_quantize_activation, fake_quantize_weight, quantize_weight)
 from zoo.quant import QuantSpec, quantize, summary
 from zoo.quant.io import read_quant_metadata

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import zoo
-from blocks.quant import QuantConv2d
+from zoo.blocks.quant import QuantConv2d
 from zoo.metrics import psnr
 from zoo.quant import METHODS, QuantSpec
 

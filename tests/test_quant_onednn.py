@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
+from zoo import kernels
 import zoo
-from blocks.quant import QuantConv2d, QuantLinear
-from kernels import onednn_int8
+from zoo.blocks.quant import QuantConv2d, QuantLinear
+from zoo.kernels import onednn_int8
 from zoo.deploy import chain_int8, fuse_for_inference
 from zoo.quant import QuantSpec
 

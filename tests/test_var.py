@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-import blocks
+from zoo import blocks
 import zoo
 from zoo.checkpoint import CheckpointError
 from zoo.models.var import VAR

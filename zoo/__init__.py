@@ -4,6 +4,9 @@
 >>> model = zoo.create("seresnet50", num_classes=10)
 >>> zoo.list_models("*eca*")
 """
+__version__ = "0.1.0"  # the one version string (pyproject.toml reads it)
+
+from . import kernels, blocks  # noqa: F401  (the layers below the models: zoo.kernels, zoo.blocks)
 from .checkpoint import CheckpointError
 from .factory import create
 from .hub import push_to_hub, save_pretrained
@@ -17,8 +20,6 @@ from .onnx_export import export_onnx
 from .timm_bridge import register_with_timm
 
 register_with_timm()  # timm.create_model("fcanet50") and the other families timm lacks, once zoo is imported
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from blocks.validation import check_kwargs
+from zoo.blocks.validation import check_kwargs
 
 from . import registry
 from .checkpoint import FilterFn, load_into, read_checkpoint

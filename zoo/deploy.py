@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from blocks.quant import QuantConv2d, QuantLinear
+from zoo.blocks.quant import QuantConv2d, QuantLinear
 
 from .quant.convert import _set_module
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blocks.validation import closest
+from zoo.blocks.validation import closest
 
 from . import registry
 from .builder import BUILD_ONLY_ARGS, resolve_tag

@@ -4,7 +4,7 @@
 >>> zoo.export_onnx(model, "seresnet50.onnx")          # checked against eager when onnxruntime is installed
 
 The model goes through ``torch.export``; every ``zoo::`` op is then replaced by its plain-PyTorch
-reference (:func:`kernels.export.reference_decompositions`), and ``torch.onnx`` translates the graph.
+reference (:func:`zoo.kernels.export.reference_decompositions`), and ``torch.onnx`` translates the graph.
 The batch dimension stays dynamic by default. Quantized zoo models are refused: their integer layers
 run on oneDNN / Triton kernels that ONNX cannot name; export the float model and quantize the ONNX
 graph with onnxruntime's own tools (``onnxruntime.quantization.quantize_static``), as
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree
 
-from blocks.quant import QuantConv2d, QuantLinear
-from kernels.export import reference_decompositions
+from zoo.blocks.quant import QuantConv2d, QuantLinear
+from zoo.kernels.export import reference_decompositions
 
 from .files import atomic_write
 

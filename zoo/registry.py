@@ -5,7 +5,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
-from blocks.validation import unknown_name_error
+from zoo.blocks.validation import unknown_name_error
 
 from .pretrained import PretrainedCfg
 

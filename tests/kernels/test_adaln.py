@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+from zoo import kernels
 
 from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
@@ -144,7 +144,7 @@ def test_kernel_mixed_dtypes_fp16_fp64(triton_mode):
 @needs_triton
 def test_kernel_backward_row_splits(triton_mode, monkeypatch):
     """Each sample's rows split over several programs: the two-stage sum of grad_scale and grad_shift."""
-    from kernels import _triton_adaln
+    from zoo.kernels import _triton_adaln
 
     monkeypatch.setattr(_triton_adaln, "MIN_PROGRAMS", 8)
     assert _triton_adaln._splits(2, 9, 2, torch.device(DEVICE)) == (3, 4)  # rows 0-3, 4-7, 8 of each sample

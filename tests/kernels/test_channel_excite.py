@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+from zoo import kernels
 
 from kernel_testing import DEVICE, TOL, forward_and_grads, needs_triton, opcheck_tests
 
@@ -53,7 +53,7 @@ def _assert_matches(fn, ref, inputs, dtype):
 @pytest.fixture
 def tiny_tiles(monkeypatch):
     """Small tiles: the MLP kernel loops over many C tiles, the conv kernel over many channel blocks."""
-    from kernels import _triton_channel_excite
+    from zoo.kernels import _triton_channel_excite
 
     monkeypatch.setattr(_triton_channel_excite, "TILE", 16)
     monkeypatch.setattr(_triton_channel_excite, "BLOCK_C_CONV", 4)
@@ -80,7 +80,7 @@ def test_conv_kernel_matches_reference(triton_mode, tiny_tiles, shape, dtype):
 @needs_triton
 def test_mlp_kernel_default_tiles_and_a_wide_bottleneck(triton_mode, monkeypatch):
     """Default tiles on an SE-ResNet-sized row; a bottleneck wider than MAX_R falls back to the reference."""
-    from kernels import _triton_channel_excite
+    from zoo.kernels import _triton_channel_excite
 
     inputs = _mlp_inputs(2, 256, 16, torch.float32, DEVICE)
     torch.testing.assert_close(kernels.excite_mlp(*inputs, "relu"), kernels.excite_mlp_reference(*inputs, "relu"),

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import blocks
-import kernels
+from zoo import blocks
+from zoo import kernels
 
 from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
@@ -92,7 +92,7 @@ def _compare(case, shape, dtype, layout, device):
 def tiny_tiles(monkeypatch):
     """16-element tiles and HW split across programs: many tiles, ragged edges on both axes, and the
     two-stage reduction (partial rows, then a sum)."""
-    from kernels import _triton_channel_gate
+    from zoo.kernels import _triton_channel_gate
 
     monkeypatch.setattr(_triton_channel_gate, "TILE", 16)
     monkeypatch.setattr(_triton_channel_gate, "MAX_BLOCK_C_CHANNELS_LAST", 4)
@@ -113,7 +113,7 @@ def test_kernel_matches_reference_fp32(triton_mode, case, shape, layout):
 @pytest.mark.parametrize("shape", [(2, 9, 3, 5), (1, 6, 5, 1)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_matches_reference_tiny_tiles(triton_mode, tiny_tiles, case, shape, layout):
-    from kernels import _triton_channel_gate
+    from zoo.kernels import _triton_channel_gate
 
     b, c, h, w = shape
     block_c, block_hw = _triton_channel_gate._tiles(c, h * w, layout == "channels_last")
@@ -202,7 +202,7 @@ def test_gradcheck_fp64(monkeypatch, case, layout):
 def shared_rows_path(monkeypatch):
     """Every channels_last CPU map with a shared filter takes the embedding_bag path (normally only
     runs of 8 or more channels do)."""
-    from kernels import channel_gate
+    from zoo.kernels import channel_gate
 
     monkeypatch.setattr(channel_gate, "MIN_SHARED_CHANNELS", 1)
 
@@ -217,7 +217,7 @@ def test_shared_filter_rows_path_matches_plain_formula(shared_rows_path, shape, 
     """The channels_last embedding_bag path (one row of C / G channels per pixel and group, bags of one
     image row) against x * filter summed, forward and both gradients, from inside and outside inference_mode
     (its index cache is built in one and used in the other)."""
-    from kernels import channel_gate
+    from zoo.kernels import channel_gate
 
     x = _layout(torch.randn(shape, dtype=dtype), "channels_last")
     weight = _shared_filters(torch.randn(shape[1:], dtype=dtype))
@@ -246,7 +246,7 @@ def test_shared_filter_rows_path_matches_plain_formula(shared_rows_path, shape, 
 def test_shared_filter_rows_path_is_taken_for_wide_runs(monkeypatch):
     """At the default threshold a channels_last fp32 map with runs of 16 channels takes the rows path
     (and NCHW does not), with the same result as the per-channel filter."""
-    from kernels import channel_gate
+    from zoo.kernels import channel_gate
 
     calls = []
     original = channel_gate._pool_shared_rows

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels.dispatch import KernelOp
+from zoo import kernels
+from zoo.kernels.dispatch import KernelOp
 
 
 def test_reference_ops_compute_the_formulas():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import blocks
-import kernels
+from zoo import blocks
+from zoo import kernels
 
 from kernel_testing import DEVICE, TOL, forward_and_grads, needs_triton, opcheck_tests
 
@@ -28,7 +28,7 @@ def _inputs(shape, dtype, device, layout="nchw", seed=0):
 
 @pytest.fixture
 def tiny_blocks(monkeypatch):
-    from kernels import _triton_han_csam
+    from zoo.kernels import _triton_han_csam
 
     monkeypatch.setattr(_triton_han_csam, "BLOCK_HW", 4)
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels.dispatch import _interpreting
-from kernels.int_gemm import int_conv2d_accumulators_reference, weight_values
+from zoo import kernels
+from zoo.kernels.dispatch import _interpreting
+from zoo.kernels.int_gemm import int_conv2d_accumulators_reference, weight_values
 
 from kernel_testing import DEVICE, INFERENCE_ONLY_OPCHECKS, needs_triton, opcheck_tests
 
@@ -185,7 +185,7 @@ def test_reference_is_exact_for_long_segments(c, bits, group_size, precision):
 @needs_triton
 @pytest.mark.parametrize("case", list(CONV_CASES))
 def test_int_conv2d_kernel_matches_reference(triton_mode, case):
-    from kernels import _triton_int_gemm
+    from zoo.kernels import _triton_int_gemm
 
     q, a_scale, weight, w_scale, w_zero, bias, stride, padding, bits, gs = args = _conv_args(case)
     dev = [None if t is None else t.to(DEVICE) for t in (q, a_scale, weight, w_scale, w_zero, bias)]
@@ -211,7 +211,7 @@ def test_int_conv2d_kernel_low_precision_output(triton_mode, case, out_dtype):
 def test_int_conv2d_kernel_several_chunks_per_segment(triton_mode, monkeypatch, bits, group_size):
     """16-channel dot steps: a 42-channel segment takes three, a 21-channel group two; the second group
     starts mid-byte in int4 (channel 21), so its chunks start at channel 20 with channel 20 masked."""
-    from kernels import _triton_int_gemm
+    from zoo.kernels import _triton_int_gemm
 
     monkeypatch.setattr(_triton_int_gemm, "MAX_BLOCK_C", 16)
     q, a_scale, weight, w_scale, w_zero, bias = _conv_operands(1, 2, 3, 42, 9, 1, bits, group_size, asym=bits == 4)
@@ -252,11 +252,11 @@ def test_int_linear_kernel_matches_reference(triton_mode, m, k, n, bits, group_s
 @needs_triton
 @pytest.mark.parametrize("group_size", [None, 6])
 def test_quantizer_int4_codes_with_minus_eight_through_the_kernel(triton_mode, group_size):
-    """Weights from :func:`blocks.quant.quantize_weight` (symmetric int4 on -8..7: a segment whose
+    """Weights from :func:`zoo.blocks.quant.quantize_weight` (symmetric int4 on -8..7: a segment whose
     largest magnitude is negative puts it on -8, nibble 0) give the same int32 accumulators in the kernel
     as in the reference, and the reference decodes them back to ``round(w / scale)``."""
-    from blocks.quant import quantize_weight
-    from kernels import _triton_int_gemm
+    from zoo.blocks.quant import quantize_weight
+    from zoo.kernels import _triton_int_gemm
 
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(5, 3, 3, 12, generator=gen)  # (N, KH, KW, C)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels.kv_quant import KVQuantized, pack_codes, unpack_codes
+from zoo import kernels
+from zoo.kernels.kv_quant import KVQuantized, pack_codes, unpack_codes
 
 from kernel_testing import DEVICE, needs_triton, opcheck_tests
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import moc as moc_module
+from zoo import kernels
+from zoo.kernels import moc as moc_module
 
 from kernel_testing import DEVICE, needs_triton, opcheck_tests
 
@@ -71,7 +71,7 @@ def test_kernels_match_reference_bf16(triton_mode):
 def test_every_loop_and_chunk_on_small_blocks(triton_mode, monkeypatch):
     """Blocks smaller than T, d, H and K: the GEMM's d loop and H tiles, the selection's row chunks (the
     running cumsums across chunks), the gathers' K and d loops, the weight gradient's entry loop."""
-    from kernels import _triton_moc
+    from zoo.kernels import _triton_moc
 
     monkeypatch.setattr(_triton_moc, "GEMM_BLOCKS", (16, 16, 16))
     monkeypatch.setattr(_triton_moc, "SELECT_BLOCKS", (8, 16))
@@ -87,7 +87,7 @@ def test_dense_limit_k_equals_h(triton_mode):
 
 @needs_triton
 def test_selection_breaks_ties_by_channel(triton_mode):
-    from kernels import _triton_moc
+    from zoo.kernels import _triton_moc
 
     gate = torch.tensor([[0.0] * 10, [1, 3, 3, 3, 2, -5, 3, 0, 0, 0], [-1.0, -2, -0.0, 0.0, -3, -2, -2, 7, 7, 7]],
                         device=DEVICE)
@@ -122,7 +122,7 @@ def test_decode_reads_only_selected_weights(triton_mode):
 @needs_triton
 def test_decode_kernel_bf16_and_block_cache(triton_mode):
     """The block's inference path (decode op, cached Wd^T) on the kernels, bf16, three tokens."""
-    import blocks
+    from zoo import blocks
 
     torch.manual_seed(0)
     block = blocks.create("moc_ffn", 12, hidden_dim=26, top_k=5, device=DEVICE, dtype=torch.bfloat16)
@@ -183,7 +183,7 @@ def test_compiles_with_fullgraph(monkeypatch):
     y.backward(gy)
     torch.testing.assert_close(y, kernels.moc_ffn(*leaves, 4))
     assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in leaves)
-    import blocks  # the block too: training, and a no-grad decode step (the op path while compiling)
+    from zoo import blocks  # the block too: training, and a no-grad decode step (the op path while compiling)
 
     block = blocks.create("moc_ffn", 6, hidden_dim=16, top_k=4)
     compiled_block = torch.compile(block, fullgraph=True, backend="aot_eager")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import blocks
-import kernels
+from zoo import blocks
+from zoo import kernels
 import zoo
-from kernels import moc_int as int_module
+from zoo.kernels import moc_int as int_module
 
 from kernel_testing import DEVICE, needs_triton, opcheck_tests
 
@@ -31,7 +31,7 @@ def _quantized_block(spec: str, dim: int = 48, hidden: int = 192, top_k: int = 2
 
 @pytest.fixture
 def decode_calls(monkeypatch) -> list:
-    """One entry per call of ``kernels.moc_ffn_decode_int`` (which still runs)."""
+    """One entry per call of ``zoo.kernels.moc_ffn_decode_int`` (which still runs)."""
     calls = []
     op = kernels.moc_ffn_decode_int
     monkeypatch.setattr(kernels, "moc_ffn_decode_int", lambda *a, **k: calls.append(1) or op(*a, **k))
@@ -250,7 +250,7 @@ CASES = [
 @needs_triton
 @pytest.mark.parametrize("case", CASES, ids=[f"T{c[0]}-d{c[1]}-H{c[2]}-N{c[3]}-K{c[4]}-w{c[5]}" for c in CASES])
 def test_kernels_match_reference(case, triton_mode, monkeypatch):
-    from kernels import _triton_moc_int as triton_int
+    from zoo.kernels import _triton_moc_int as triton_int
 
     monkeypatch.setattr(triton_int, "UP_BLOCKS", (4, 8))  # several row blocks and channel chunks
     monkeypatch.setattr(triton_int, "DOWN_BLOCK_N", 8)
@@ -281,7 +281,7 @@ def test_kernels_match_reference(case, triton_mode, monkeypatch):
 def test_shared_tables_with_groups(triton_mode):
     """Groups with one scale per row: still one int32 accumulator per group (as the dense integer layers),
     each scaled by the row's single scale; Triton == reference bit for bit in the down projection."""
-    from kernels import _triton_moc_int as triton_int
+    from zoo.kernels import _triton_moc_int as triton_int
 
     ops = _operands(2, 24, 48, 20, 10, 4, 8, 12, True, False, False, device=DEVICE, shared=True)
     assert ops["down_scale_t"].shape[0] == 1 and ops["up_scale"].shape[1] == 1
@@ -317,7 +317,7 @@ def test_bf16_gate_and_output(triton_mode, monkeypatch):
 @needs_triton
 def test_down_kernel_closes_segments_at_the_end_of_each_run():
     """All K selected channels in one segment, every channel its own segment, and alternating runs."""
-    from kernels import _triton_moc_int as triton_int
+    from zoo.kernels import _triton_moc_int as triton_int
 
     for group, idx in ((16, [[0, 1, 2, 3]]), (1, [[0, 5, 9, 15]]), (4, [[0, 1, 4, 8, 9, 10, 15]])):
         ops = _operands(1, 8, 16, 12, len(idx[0]), 4, None, group, True, True, False, device=DEVICE)

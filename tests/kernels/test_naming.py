@@ -1,14 +1,14 @@
 """One name per kernel op family (issue 19): ``kernels/<op>.py``, its Triton kernels ``kernels/_triton_<op>.py``,
 its tests ``tests/kernels/test_<op>.py`` and, where it has one, its benchmark ``benchmarks/<op>.py``; and no
 name the ``kernels`` package exports hides one of its modules (``kernels.<op>`` is always the module, so a
-plain ``from kernels import <op>`` works). Each check names the files or attributes that break the rule."""
+plain ``from zoo.kernels import <op>`` works). Each check names the files or attributes that break the rule."""
 from __future__ import annotations
 
 import ast
 import types
 from pathlib import Path
 
-import kernels
+from zoo import kernels
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "kernels"
@@ -53,14 +53,14 @@ def _op_module_of_export() -> dict[str, str]:
 
 
 def _op_families(path: Path, exports: dict[str, str]) -> set[str]:
-    """The op modules a benchmark uses: ``from kernels.<op> import ...`` / ``import kernels.<op>``, and
+    """The op modules a benchmark uses: ``from zoo.kernels.<op> import ...`` / ``import zoo.kernels.<op>``, and
     ``kernels.<name>`` for a name the package imports from ``kernels/<op>.py``."""
     used = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("kernels."):
-            used.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("zoo.kernels."):
+            used.add(node.module.split(".")[2])
         elif isinstance(node, ast.Import):
-            used |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("kernels.")}
+            used |= {alias.name.split(".")[2] for alias in node.names if alias.name.startswith("zoo.kernels.")}
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "kernels":
             used.add(exports.get(node.attr, ""))
     return used & MODULES - {"dispatch"}

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels.patch_embed import channel_patch_embed_backward_reference
+from zoo import kernels
+from zoo.kernels.patch_embed import channel_patch_embed_backward_reference
 
 from kernel_testing import DEVICE, TOL, needs_triton, opcheck_tests
 
@@ -132,7 +132,7 @@ def test_kernel_without_bias_and_fp64(triton_mode):
 def test_kernel_k_loop_splits_and_position_blocks(triton_mode, monkeypatch):
     """16-pixel K steps (4 for p = 8), the channel images split over 5 programs, 2 position blocks:
     the two-stage reductions (partials, then a sum) of every parameter gradient."""
-    from kernels import _triton_patch_embed
+    from zoo.kernels import _triton_patch_embed
 
     monkeypatch.setattr(_triton_patch_embed, "MAX_BLOCK_K", 16)
     monkeypatch.setattr(_triton_patch_embed, "MIN_PROGRAMS", 64)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+from zoo import kernels
 
 from kernel_testing import DEVICE, INFERENCE_ONLY_OPCHECKS, needs_triton, opcheck_tests
 
@@ -97,7 +97,7 @@ def test_quantize_act_kernel_low_precision_inputs(triton_mode, dtype):
 @needs_triton
 def test_quantize_act_kernel_k_loop_ties_and_zero_rows(triton_mode, monkeypatch):
     """Rows longer than a block (the amax pass and the quantize pass loop over K), exact ties, zero rows."""
-    from kernels import _triton_quant_act
+    from zoo.kernels import _triton_quant_act
 
     monkeypatch.setattr(_triton_quant_act, "MAX_BLOCK_K_QUANT", 16)
     monkeypatch.setattr(_triton_quant_act, "QUANT_TILE", 64)

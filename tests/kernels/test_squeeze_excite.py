@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import blocks
-import kernels
+from zoo import blocks
+from zoo import kernels
 
 from kernel_testing import DEVICE, TOL, forward_and_grads, needs_triton, opcheck_tests
 
@@ -70,7 +70,7 @@ def _assert_matches(fn, ref, inputs, dtype):
 def many_programs(monkeypatch):
     """Tiny tiles and a high program target: every sample's map is pooled by several channel blocks and
     HW splits, so the last-program hand-off sums partial rows; the MLP loops over many C tiles."""
-    from kernels import _triton_channel_excite, _triton_channel_gate, _triton_squeeze_excite
+    from zoo.kernels import _triton_channel_excite, _triton_channel_gate, _triton_squeeze_excite
 
     monkeypatch.setattr(_triton_channel_gate, "TILE", 8)
     monkeypatch.setattr(_triton_channel_gate, "MAX_BLOCK_C_CHANNELS_LAST", 4)
@@ -130,7 +130,7 @@ def test_conv_kernel_matches_reference(triton_mode, many_programs, shape, k, lay
 def test_default_tiles_and_the_fallbacks(triton_mode, monkeypatch):
     """Default tiles on an SE-ResNet-sized map (one launch: the pool kernel is not called); a bottleneck
     wider than MAX_R pools with the pool kernel and excites with the reference; an empty batch."""
-    from kernels import _triton_channel_excite, _triton_squeeze_excite
+    from zoo.kernels import _triton_channel_excite, _triton_squeeze_excite
 
     pools = []
     real_pool = _triton_squeeze_excite.pool

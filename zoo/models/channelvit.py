@@ -30,9 +30,9 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 from torch import nn
 
-import blocks
-from blocks.validation import check_image, check_tensor, owner_name, symbolic_tracing
-from blocks.channel_vit import ChannelPatchEmbed, HierarchicalChannelSampler, resolve_channel_ids
+from zoo import blocks
+from zoo.blocks.validation import check_image, check_tensor, owner_name, symbolic_tracing
+from zoo.blocks.channel_vit import ChannelPatchEmbed, HierarchicalChannelSampler, resolve_channel_ids
 
 from .. import registry
 from ..builder import build_model

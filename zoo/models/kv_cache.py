@@ -1,5 +1,5 @@
 """Key/value caches for autoregressive attention: full precision, and KIVI-style quantized. They
-implement :class:`blocks.kv_cache.KVCache`, the protocol the attention blocks call.
+implement :class:`zoo.blocks.kv_cache.KVCache`, the protocol the attention blocks call.
 
 A cache holds, per attention layer, the keys and values of the tokens seen so far as
 (B, H_kv, T, head_dim) tensors. A layer calls ``cache.update(layer, k, v)`` with its new tokens' keys
@@ -13,7 +13,7 @@ its past, a token LM or a scale-wise image generator, can use them.
   KV Cache", ICML 2024, arXiv:2402.02750). Keys are quantized per channel (a group is
   ``key_group_size`` consecutive tokens of one channel: key outliers live in fixed channels), values
   per token (a group is ``value_group_size`` consecutive channels of one token), asymmetric min-max
-  at 2 or 4 bits through :func:`kernels.kv_quantize`. The ``residual_length`` most recent tokens stay
+  at 2 or 4 bits through :func:`zoo.kernels.kv_quantize`. The ``residual_length`` most recent tokens stay
   in full precision; whenever the window grows past it, its oldest ``key_group_size`` tokens are
   quantized as one block. Attention reads the past dequantized on the fly plus the window (a fused
   kernel that attends over the codes directly is future work; this is the storage format and its error).
@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from blocks.kv_cache import ConcatKVCache, KVCache, check_kv, tensor_bytes  # noqa: F401 (ConcatKVCache: re-exported)
-from kernels import KVQuantized, kv_dequantize, kv_quantize
+from zoo.blocks.kv_cache import ConcatKVCache, KVCache, check_kv, tensor_bytes  # noqa: F401 (ConcatKVCache: re-exported)
+from zoo.kernels import KVQuantized, kv_dequantize, kv_quantize
 
 __all__ = ["KVCache", "ConcatKVCache", "DenseKVCache", "QuantizedKVCache", "ChunkQuantizedKVCache", "make_cache",
            "tensor_bytes"]
@@ -124,7 +124,7 @@ class QuantizedKVCache(KVCache):
             tokens are quantized at a time, so between ``R - key_group_size + 1`` and ``R`` stay in
             full precision once the cache holds more than R tokens.
 
-    Storage, 4 bits, scales and zero points in the cache's dtype (as :func:`kernels.kv_quantize`
+    Storage, 4 bits, scales and zero points in the cache's dtype (as :func:`zoo.kernels.kv_quantize`
     keeps them): ``0.5 + 2 / key_group_size + 2 / value_group_size`` bytes per cached element beyond
     the window, against 2 for an fp16 cache: 0.28x at the default group sizes and head_dim 64, plus
     the window's ``R / T`` share, so a 4-bit cache is under 0.3x of fp16 from about 4k tokens on

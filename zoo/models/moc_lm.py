@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-import blocks
-from blocks.validation import check_tensor, owner_name, values_readable
+from zoo import blocks
+from zoo.blocks.validation import check_tensor, owner_name, values_readable
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg

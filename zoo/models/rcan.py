@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import blocks
-from blocks.validation import check_image, check_tensor, float_param, owner_name
+from zoo import blocks
+from zoo.blocks.validation import check_image, check_tensor, float_param, owner_name
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg

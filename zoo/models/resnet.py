@@ -20,11 +20,11 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from torch import nn
 
-import blocks
-import kernels
-from blocks.validation import check_image, check_tensor, float_param, owner_name, symbolic_tracing
-from blocks.fusion import can_fuse
-from blocks.layers import DropPath
+from zoo import blocks
+from zoo import kernels
+from zoo.blocks.validation import check_image, check_tensor, float_param, owner_name, symbolic_tracing
+from zoo.blocks.fusion import can_fuse
+from zoo.blocks.layers import DropPath
 
 from ..builder import build_model
 from ..features import FeatureInfo

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.validation import values_readable
-from blocks.adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn, resolve_attn_impl, scale_block_mask
+from zoo.blocks.validation import values_readable
+from zoo.blocks.adaln_attn import AdaLNBeforeHead, AdaLNSelfAttn, resolve_attn_impl, scale_block_mask
 
 from ..builder import build_model
 from ..checkpoint import CheckpointError

@@ -3,7 +3,7 @@
 >>> model = zoo.create("rcan_tiny_x2", pretrained=True)
 >>> zoo.quantize(model, "w4a8", calib=batches, method="awq")
 """
-from blocks.quant_spec import PRESETS, QuantSpec
+from zoo.blocks.quant_spec import PRESETS, QuantSpec
 from .methods import METHODS
 from .convert import quant_aware, quantize, select_layers, summary
 

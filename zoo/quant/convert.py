@@ -4,7 +4,7 @@ Steps: pick the layers (all supported ones except ``spec.keep``), check the spec
 (group sizes) and the calibration data against the model, calibrate, let the method choose each
 layer's input scale and shift, fold them into the producing layer where the graph allows (else the
 quantized layer applies them inside its activation quantization), then swap in
-:class:`blocks.quant.QuantConv2d` / :class:`blocks.quant.QuantLinear`.
+:class:`zoo.blocks.quant.QuantConv2d` / :class:`zoo.blocks.quant.QuantLinear`.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from blocks.validation import closest
-from blocks.quant import FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLinear
+from zoo.blocks.validation import closest
+from zoo.blocks.quant import FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLinear
 
 from .calibrate import Calibration, calibrate, input_of
 from .methods import METHODS, Transform, shift_allowed, weight_nhwc
-from blocks.quant_spec import QuantSpec
+from zoo.blocks.quant_spec import QuantSpec
 
 FOLD_TOLERANCE = 1e-3  # relative change of the float model's output that folding may cause
 FOLDABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)

@@ -11,8 +11,8 @@ from typing import Collection, Optional
 
 from torch import nn
 
-from blocks.quant import QuantConv2d, QuantLinear
-from blocks.quant_spec import QuantSpec
+from zoo.blocks.quant import QuantConv2d, QuantLinear
+from zoo.blocks.quant_spec import QuantSpec
 
 from ..checkpoint import DIGEST_KEY, CheckpointError, clean_state_dict, content_digest, fit_state_dict, read_checkpoint
 from ..files import atomic_write

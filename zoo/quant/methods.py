@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.quant import act_scope, dequantize_weight, fake_quantize_activation, quantize_weight
+from zoo.blocks.quant import act_scope, dequantize_weight, fake_quantize_activation, quantize_weight
 
 from .calibrate import LayerStats
 
