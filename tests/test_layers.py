@@ -14,7 +14,7 @@ PACKAGES = {"kernels": "zoo.kernels", "blocks": "zoo.blocks", "zoo": "zoo"}
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("kernels", ("zoo.kernels",)),
     ("blocks", ("zoo.blocks",)),
-    ("files", ("zoo.files",)),
+    ("files", ("zoo.files", "zoo.extras")),
     ("weights", ("zoo.pretrained", "zoo.checkpoint")),
     ("quantization", ("zoo.quant",)),
     ("hub", ("zoo.model_card", "zoo.hub")),

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from ..extras import require
 from ..pretrained import PretrainedCfg
 from .loaders import SplitDataModule, stratified_split
 
@@ -32,9 +33,8 @@ class _ShiftAugment(Dataset):
 
 def digit_images(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 digits scaled to [0, 1] and resized (bilinear) to ``img_size``: (N, 1, S, S), (N,)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    datasets = require("sklearn.datasets", "train", "the built-in digits (data: digits)")
+    digits = datasets.load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
     labels = torch.tensor(digits.target, dtype=torch.long)
     return F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False), labels
@@ -57,6 +57,7 @@ class DigitsDataModule(SplitDataModule):
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  max_shift: int = 2, limit: int | None = None, normalize: str = "standard") -> None:
         super().__init__()
+        require("sklearn.datasets", "train", "the built-in digits (data: digits)")  # before any work
         if not 0 < val_fraction + test_fraction < 1:
             raise ValueError(f"val_fraction + test_fraction must be in (0, 1); got {val_fraction + test_fraction}")
         if normalize not in ("standard", "symmetric"):

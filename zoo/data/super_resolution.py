@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..extras import require
 from .images import list_images, read_image, to_rgb_tensor
 from .imresize import imresize
 from .sampling import evaluation_loader, training_loader
@@ -35,11 +36,10 @@ def mod_crop(hr: torch.Tensor, scale: int) -> torch.Tensor:
 
 def sample_image(name: str) -> torch.Tensor:
     """One of scikit-image's bundled photographs as (3, H, W) in [0, 1]."""
-    import skimage.data
-
+    skimage_data = require("skimage.data", "train", "the built-in photographs (data: sr_samples)")
     if name not in SAMPLE_IMAGES:
         raise ValueError(f"unknown sample image {name!r}; choose from {', '.join(SAMPLE_IMAGES)}")
-    array = getattr(skimage.data, name)()
+    array = getattr(skimage_data, name)()
     return to_rgb_tensor(array[0] if isinstance(array, tuple) else array, name)
 
 
@@ -143,6 +143,7 @@ class SRSampleDataModule(_SRDataModule):
                  val_images: Sequence[str] = ("stereo_motorcycle", "hubble_deep_field"),
                  test_images: Sequence[str] | None = None) -> None:
         super().__init__(scale, patch_size, batch_size, repeat, num_workers, val_crop)
+        require("skimage.data", "train", "the built-in photographs (data: sr_samples)")  # before any work
         overlap = set(train_images) & set(val_images)
         if overlap:
             raise ValueError(f"images {sorted(overlap)} are in both train_images and val_images; keep them held out")

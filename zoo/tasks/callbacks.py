@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from ..extras import MissingExtraError, require
 from ..hub import save_pretrained
 
 
@@ -84,9 +85,13 @@ class RunSummary(L.Callback):
 
 
 def plot_metrics(metrics_csv: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """PNG plots of the training loss and every validation metric from Lightning's ``metrics.csv``."""
-    import matplotlib
-
+    """PNG plots of the training loss and every validation metric from Lightning's ``metrics.csv``; none,
+    with a one-line note, where matplotlib is missing (a finished run is not failed for its plots)."""
+    try:
+        matplotlib = require("matplotlib", "train", "the run's plots")
+    except MissingExtraError as missing:
+        print(f"no plots: {missing}")
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
