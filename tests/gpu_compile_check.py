@@ -124,7 +124,7 @@ def launchable_kernels() -> set[str]:
 
     names = set()
     for path in sorted((ROOT / "kernels").glob("_triton_*.py")):
-        module = importlib.import_module(f"kernels.{path.stem}")
+        module = importlib.import_module(f"zoo.kernels.{path.stem}")
         for attr, value in vars(module).items():
             fn = value.fn if isinstance(value, triton.runtime.autotuner.Autotuner) else value
             if attr.endswith("_kernel") and isinstance(fn, triton.runtime.jit.JITFunction):
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = SHARED_MEMORY_LIMIT.get(args.arch)
     failures += [f"{name}: {v[2]} bytes of shared memory, over sm_{args.arch}'s {limit} per block"
                  for name, variants in record.items() for v in variants if limit and v[2] > limit]
-    rows = [(name.removeprefix("kernels."), len({v[0] for v in variants}),
+    rows = [(name.removeprefix("zoo.kernels."), len({v[0] for v in variants}),
              ",".join(map(str, sorted({v[1] for v in variants}))), *(max(v[i] for v in variants) for i in (2, 3, 4)))
             for name, variants in sorted(record.items())]
     width = max(len(r[0]) for r in rows) if rows else 10

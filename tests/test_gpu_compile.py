@@ -33,7 +33,7 @@ def test_every_triton_kernel_compiles_for_sm90(tmp_path):
     table = done.stdout
     assert "compiled for sm_90" in table
     for name in kernels:  # each kernel has a row, with at least one compiled variant
-        row = next(line for line in table.splitlines() if line.startswith(name.removeprefix("kernels.") + " "))
+        row = next(line for line in table.splitlines() if line.startswith(name.removeprefix("zoo.kernels.") + " "))
         assert int(row.split("|")[1]) >= 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -18,14 +19,17 @@ from zoo.extras import MissingExtraError, require
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SOURCES = ("pyproject.toml", "README.md", "zoo", "kernels", "blocks")
 EXTRA_ONLY = ("triton", "scikit-learn", "scikit-image", "matplotlib", "tensorboard")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source")
+    for name in SOURCES:  # a copy: setuptools builds in the source tree (build/, *.egg-info)
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(ROOT)], check=True, capture_output=True, text=True)
+                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True, text=True)
     (path,) = out.glob("channelzoo-*.whl")
     return path
 
