@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+F = TypeVar("F", bound=Callable)
 
 
 def closest(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
@@ -24,29 +26,50 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> KeyError
     return KeyError(f"unknown {kind} {name!r}{hint}")
 
 
+def supplied_by_caller(*names: str) -> Callable[[F], F]:
+    """Decorator: whoever calls the function passes ``names`` itself (a task's ``model``, ``optimizer``
+    and ``scheduler``, which train.py builds from their own config sections), so the user cannot set them:
+    :func:`check_kwargs` refuses them and leaves them out of its list of valid names."""
+    def mark(fn: F) -> F:
+        fn.__supplied_by_caller__ = tuple(names)  # read by accepted_kwargs
+        return fn
+    return mark
+
+
+def caller_supplied(*fns: Callable) -> set[str]:
+    """The parameters of ``fns`` that their callers pass themselves (see :func:`supplied_by_caller`)."""
+    return {name for fn in fns for name in getattr(fn, "__supplied_by_caller__", ())}
+
+
 def accepted_kwargs(*fns: Callable) -> tuple[set[str], bool]:
-    """Names the callables take, and whether any of them swallows ``**kwargs``."""
+    """Names a user may pass to the callables, and whether any of them swallows ``**kwargs``. Left out:
+    ``self`` / ``cls`` of a method taken from its class (``cls.__init__``), and what the caller supplies."""
     names: set[str] = set()
     open_ended = False
     for fn in fns:
-        for p in inspect.signature(fn).parameters.values():
+        params = list(inspect.signature(fn).parameters.values())
+        if params and params[0].name in ("self", "cls") and params[0].kind is not params[0].KEYWORD_ONLY:
+            params = params[1:]
+        for p in params:
             if p.kind is p.VAR_KEYWORD:
                 open_ended = True
             elif p.kind is not p.VAR_POSITIONAL:
                 names.add(p.name)
-    return names, open_ended
+    return names - caller_supplied(*fns), open_ended
 
 
 def check_kwargs(owner: str, kwargs: dict, *fns: Callable, extra: Iterable[str] = ()) -> None:
-    """Raise ``TypeError`` naming every keyword ``fns`` do not take, with the nearest valid one."""
+    """Raise ``TypeError`` naming every keyword ``fns`` do not take from a user, with the nearest valid one."""
     names, _ = accepted_kwargs(*fns)
     names |= set(extra)
+    supplied = caller_supplied(*fns)
     bad = [k for k in kwargs if k not in names]
     if bad:
         parts = []
         for k in bad:
             near = closest(k, names, n=1)
-            parts.append(f"{k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            parts.append(f"{k!r}" + (" (the caller passes it: not settable here)" if k in supplied
+                                     else f" (did you mean {near[0]!r}?)" if near else ""))
         raise TypeError(f"{owner} got unknown argument{'s' if len(bad) > 1 else ''} {', '.join(parts)}; "
                         f"valid: {', '.join(sorted(names))}")
 

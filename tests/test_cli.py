@@ -1,9 +1,17 @@
-"""``python -m zoo check``: every family runs on inputs of its own kind; oversized models are skipped."""
+"""``python -m zoo``: ``check`` runs every family on inputs of its own kind and skips oversized models; the
+commands' choices are the API's, and the README's shell line parses as written."""
 from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 
-from zoo.__main__ import main
+from zoo.__main__ import build_parser, main
+from zoo.quant import METHODS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize("pattern, shape", [
@@ -26,3 +34,35 @@ def test_check_skips_models_above_the_parameter_limit(capsys: pytest.CaptureFixt
 def test_check_unknown_pattern_fails(capsys: pytest.CaptureFixture) -> None:
     assert main(["check", "no_such_model*"]) == 1
     assert "no model matches" in capsys.readouterr().err
+
+
+def _help(command: str, capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
+
+
+def test_quantize_offers_every_method_of_the_api(capsys: pytest.CaptureFixture) -> None:
+    text = _help("quantize", capsys)
+    offered = re.search(r"--method \{([^}]*)\}", text).group(1).split(",")
+    assert sorted(offered) == sorted(METHODS)
+    assert re.search(r"usage: python -m zoo quantize .* model output", text), "required arguments in the usage"
+
+
+def test_readme_shell_commands_parse() -> None:
+    """Each command of the README's "From the shell" paragraph has its required arguments."""
+    text = README.read_text()
+    start = text.index("From the shell:")
+    paragraph = text[start:text.index("\n\n", start)].replace("\n", " ")
+    commands = re.findall(r"`(python -m zoo [^`]*)`", paragraph)
+    assert len(commands) >= 8, commands
+    parser = build_parser()
+    for command in commands:
+        if command.endswith("--help"):
+            continue
+        try:
+            parser.parse_args(shlex.split(command)[3:])
+        except SystemExit:
+            pytest.fail(f"README: {command!r} does not parse")
+    quantize_line = paragraph[paragraph.index("python -m zoo quantize"):]
+    assert all(method in quantize_line for method in METHODS), "the README names every --method"

@@ -6,9 +6,7 @@ built here. Each test checks numbers (weights, outputs), not only that nothing r
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,9 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 import zoo
-from weights_helpers import assert_same_model, assert_weights, random_sd, sd10, sd10_files, sd1000  # noqa: F401 (fixtures)
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+from weights_helpers import assert_same_model, assert_weights, put_in_hf_cache, random_sd
+from weights_helpers import hf_cache, sd10, sd10_files, sd1000  # noqa: F401 (fixtures)
 
 # ---------------------------------------------------------------------------- 1-2: state dicts and files
 
@@ -159,44 +156,13 @@ def test_folder_without_weights(tmp_path):
 # ------------------------------------------------------------------------------------- 4: hf-hub cache
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face hub cache, with the hub client offline."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf_cache"
-    cache.mkdir()
-    # hf_hub_download reads both at call time; HF_HUB_OFFLINE was fixed at import from the environment
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
-def _put_in_hf_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = COMMIT, ref: str = "main") -> Path:
-    """The layout huggingface_hub writes: blobs by hash, snapshot links per commit, refs/<branch>."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
-    for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        try:
-            (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-        except OSError:  # no symlinks (Windows without developer mode): the cache then holds copies
-            (snapshot / name).write_bytes(data)
-    return snapshot
-
-
 def _hub_files(saved_folder: Path) -> dict[str, bytes]:
     return {name: (saved_folder / name).read_bytes() for name in ("model.safetensors", "config.json")}
 
 
 def test_hf_hub_pretrained_string(hf_cache, saved):
     model, folder = saved
-    snapshot = _put_in_hf_cache(hf_cache, "org/repo", _hub_files(folder))
+    snapshot = put_in_hf_cache(hf_cache, "org/repo", _hub_files(folder))
     loaded = zoo.create("resnet18", pretrained="hf-hub:org/repo")
     assert loaded.fc.out_features == 10 and loaded.in_chans == 1  # from the hub config.json
     assert loaded.pretrained_cfg["file"] == "hf-hub:org/repo"
@@ -206,7 +172,7 @@ def test_hf_hub_pretrained_string(hf_cache, saved):
 
 def test_hf_hub_name(hf_cache, saved):
     model, folder = saved
-    _put_in_hf_cache(hf_cache, "org/repo", _hub_files(folder))
+    put_in_hf_cache(hf_cache, "org/repo", _hub_files(folder))
     loaded = zoo.create("hf-hub:org/repo", pretrained=True)
     assert loaded.fc.out_features == 10 and loaded.in_chans == 1
     assert_same_model(loaded, model, in_chans=1, forward=True)
@@ -214,9 +180,9 @@ def test_hf_hub_name(hf_cache, saved):
 
 def test_hf_hub_revision(hf_cache, saved, sd10, sd10_files):
     model, folder = saved
-    _put_in_hf_cache(hf_cache, "org/repo", _hub_files(folder))  # main
+    put_in_hf_cache(hf_cache, "org/repo", _hub_files(folder))  # main
     other = "f" * 40
-    _put_in_hf_cache(hf_cache, "org/repo", {"model.safetensors": sd10_files["safetensors"].read_bytes(),
+    put_in_hf_cache(hf_cache, "org/repo", {"model.safetensors": sd10_files["safetensors"].read_bytes(),
                                             "config.json": json.dumps({"architecture": "resnet18",
                                                                        "num_classes": 10}).encode()},
                      commit=other, ref="v2")
@@ -227,7 +193,7 @@ def test_hf_hub_revision(hf_cache, saved, sd10, sd10_files):
 
 def test_hf_hub_torch_bin_and_no_config(hf_cache, sd10, sd10_files):
     """A repository that has only pytorch_model.bin, and no config.json, still loads from the cache."""
-    _put_in_hf_cache(hf_cache, "org/binonly", {"pytorch_model.bin": sd10_files["zip"].read_bytes()})
+    put_in_hf_cache(hf_cache, "org/binonly", {"pytorch_model.bin": sd10_files["zip"].read_bytes()})
     assert_weights(zoo.create("resnet18", num_classes=10, pretrained="hf-hub:org/binonly"), sd10)
     # as a model name the config is needed (it names the architecture): the error says it is not cached
     with pytest.raises(FileNotFoundError, match=r"config\.json.*not in the Hugging Face cache"):
@@ -237,7 +203,7 @@ def test_hf_hub_torch_bin_and_no_config(hf_cache, sd10, sd10_files):
 def test_hf_hub_cfg_source(hf_cache, sd1000, tmp_path):
     """A registered cfg with hf_hub_id (timm's own releases) reads the same cache."""
     save_file(sd1000, str(tmp_path / "model.safetensors"))
-    _put_in_hf_cache(hf_cache, "timm/resnet18.test_in1k", {"model.safetensors": (tmp_path / "model.safetensors").read_bytes()})
+    put_in_hf_cache(hf_cache, "timm/resnet18.test_in1k", {"model.safetensors": (tmp_path / "model.safetensors").read_bytes()})
     model = zoo.create("resnet18", pretrained=True,
                        pretrained_cfg_overlay={"url": "", "hf_hub_id": "timm/resnet18.test_in1k"})
     assert_weights(model, sd1000)
@@ -364,18 +330,3 @@ def test_saved_preprocessing_survives_reload(tmp_path):
     assert loaded.pretrained_cfg["input_size"] == (3, 96, 96)
     assert loaded.pretrained_cfg["architecture"] == "resnet18"
 
-
-def test_zoo_offline_alone_stops_hub_downloads_at_once(hf_cache, monkeypatch):
-    """ZOO_OFFLINE=1 without HF_HUB_OFFLINE: the hub is not contacted (no retries), the cache is named."""
-    import time
-
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # huggingface_hub read it at import
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
-    start = time.perf_counter()
-    with pytest.raises(FileNotFoundError) as info:
-        zoo.create("resnet18", pretrained="hf-hub:org/not-cached")
-    assert time.perf_counter() - start < 5
-    assert "not in the Hugging Face cache" in str(info.value) and "hf download org/not-cached" in str(info.value)

@@ -1,28 +1,149 @@
-"""README blocks run as written (in a fresh folder, offline): the quantization, CPU and ONNX sections.
-A changed default or name that breaks one of these lines fails here."""
+"""README blocks run as written, in a fresh folder, on a machine whose network is down.
+
+Lines marked ``[network file]`` read a release file: a small random stand-in is placed where the error of
+the missing file says to put it (the error is part of what is tested). ``[run output]`` lines read what a
+training run writes; a random model is saved there. ``[network]`` is the hub upload, whose client gets a
+stand-in. A changed default or name that breaks one of these lines fails here.
+"""
 from __future__ import annotations
 
 import re
 import runpy
+import socket
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import torch
+from safetensors.torch import save_file
+
+import zoo
+from zoo import network
+from weights_helpers import put_in_hf_cache
+from weights_helpers import hf_cache  # noqa: F401 (fixture)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+MARKERS = ("[network file]", "[run output]", "[network]")
+
+# headings whose python block is not run here, and why
+NOT_RUN = {"## Scale-wise generation (VAR)": "its release files are 1.3 GB and sampling takes minutes on a CPU"}
 
 
-def python_block(heading: str) -> str:
-    """The first ```python block after the line ``heading``."""
-    text = README.read_text()
-    start = text.index("\n" + heading + "\n")
-    match = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
-    assert match, f"no python block after {heading!r}"
-    return match.group(1)
+def python_blocks() -> dict[str, str]:
+    """Each ```python block of the README under the heading above it (a fence's own lines are never headings)."""
+    blocks: dict[str, str] = {}
+    heading, fence, body = "", None, []
+    for line in README.read_text().splitlines():
+        if fence is None and line.startswith("```"):
+            fence, body = line[3:].strip(), []
+        elif fence is not None and line.startswith("```"):
+            if fence == "python":
+                assert heading not in blocks, f"two python blocks under {heading!r}: give each its own heading"
+                blocks[heading] = "\n".join(body) + "\n"
+            fence = None
+        elif fence is not None:
+            body.append(line)
+        elif line.startswith("#"):
+            heading = line
+    return blocks
 
 
-@pytest.mark.parametrize("heading", ["## Quantization", "### Fast on the CPU", "### Export to ONNX"])
-def test_readme_block_runs_as_written(heading, tmp_path, monkeypatch):
+def _hinted_path(arch: str, pretrained: str) -> Path:
+    """Where the error for a missing release file says to put it."""
+    with pytest.raises(FileNotFoundError) as info:
+        zoo.create(arch, pretrained=pretrained)
+    found = re.search(rf"place it at (\S*{re.escape(pretrained)})\b", str(info.value))
+    assert found, f"the error names no place for {pretrained}: {info.value}"
+    return Path(found.group(1))
+
+
+def _place_release(arch: str, release: str, **kwargs) -> str:
+    """A random ``arch`` saved as ``release`` where the missing-file error says; returns the file's name."""
+    path = _hinted_path(arch, release)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(zoo.create(arch, **kwargs).state_dict(), path)
+    return release
+
+
+def _quick_tour(hf_cache_dir: Path, workdir: Path) -> list[str]:
+    repo = "timm/seresnet50.a1_in1k"
+    with pytest.raises(FileNotFoundError) as info:
+        zoo.create("seresnet50.a1_in1k", pretrained=True)
+    folder = hf_cache_dir / ("models--" + repo.replace("/", "--"))
+    assert str(folder) in str(info.value), "the hub error names the cache folder"
+    save_file(zoo.create("seresnet50").state_dict(), str(workdir / "stand_in.safetensors"))
+    put_in_hf_cache(hf_cache_dir, repo, {"model.safetensors": (workdir / "stand_in.safetensors").read_bytes()})
+    (workdir / "stand_in.safetensors").unlink()
+    return ["seresnet50.a1_in1k", _place_release("fcanet50", "fca50.pth"),
+            _place_release("eca_resnet50", "eca_resnet50_k3557.pth.tar"), _place_release("rcan_x2", "RCAN_BIX2.pt"),
+            "push_to_hub"]
+
+
+def _language_models(hf_cache_dir: Path, workdir: Path) -> list[str]:
+    zoo.save_pretrained(zoo.create("moc_lm_tiny"), workdir / "runs" / "moc_lm_tiny" / "export")
+    return ["runs/moc_lm_tiny/export"]
+
+
+def _channelvit(hf_cache_dir: Path, workdir: Path) -> list[str]:
+    _place_release("channelvit_small_p8", "so2sat_channelvit_small_p8_with_hcs_random_split_supervised.pth",
+                   in_chans=18)  # So2Sat's bands
+    return ["channelvit_small_p8.hcs_sup_so2sat_random"]
+
+
+def _nothing(hf_cache_dir: Path, workdir: Path) -> list[str]:
+    return []
+
+
+# heading -> what to place before its block runs (returns a name found on each marked line)
+STAND_INS: dict[str, Callable[[Path, Path], list[str]]] = {
+    "## A quick tour": _quick_tour,
+    "## Language models (MoC)": _language_models,
+    "## Multi-channel images: ChannelViT": _channelvit,
+    "## Quantization": _nothing,
+    "### Fast on the CPU": _nothing,
+    "### Export to ONNX": _nothing,
+}
+
+
+def test_every_python_block_is_run_or_says_why_not():
+    assert set(python_blocks()) == set(STAND_INS) | set(NOT_RUN)
+
+
+@pytest.fixture
+def network_down(hf_cache, monkeypatch):  # noqa: F811 (fixture)
+    """No offline switch, but every connection fails: the zoo must notice at once and use its caches. The hub
+    upload's client is a stand-in that records what it was given."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+    monkeypatch.setattr(network, "_probes", {})
+    monkeypatch.delenv("ZOO_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    uploads: list[list[str]] = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
+                        lambda self, folder_path, **kwargs: uploads.append(sorted(p.name for p in Path(folder_path).iterdir())))
+    return uploads
+
+
+@pytest.mark.parametrize("heading", list(STAND_INS))
+def test_readme_block_runs_as_written(heading, tmp_path, monkeypatch, torch_home, hf_cache, network_down):  # noqa: F811
+    block = python_blocks()[heading]
     monkeypatch.chdir(tmp_path)  # files the block writes land here
+    placed = STAND_INS[heading](hf_cache, tmp_path)
+    marked = [line for line in block.splitlines() if any(m in line for m in MARKERS)]
+    for line in marked:  # each marked line has its stand-in, and each stand-in its marked line
+        assert any(name in line for name in placed), f"no stand-in for the marked line {line!r}"
+    for name in placed:
+        assert any(name in line for line in marked), f"the stand-in {name!r} has no marked line"
     script = tmp_path / "block.py"
-    script.write_text(python_block(heading))
+    script.write_text(block)
     runpy.run_path(str(script), run_name="__main__")
+    if "push_to_hub" in placed:
+        assert network_down == [["README.md", "config.json", "model.safetensors"]]

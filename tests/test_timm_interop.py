@@ -213,6 +213,15 @@ def test_timm_builds_the_families_it_lacks_through_zoo():
                                zoo.create("rcan_tiny_x2", pretrained=True).state_dict()["head.0.weight"])
 
 
+def test_timm_reads_a_saved_folder_of_a_family_it_lacks(tmp_path):
+    """timm merges the folder's model_args into the call and names the folder in pretrained_cfg: the bridge
+    loads that folder's weights, not the architecture's release file."""
+    ours = zoo.create("eca_resnet18", num_classes=4, in_chans=1)
+    folder = zoo.save_pretrained(ours, tmp_path / "eca")
+    assert_same_model(timm.create_model(f"local-dir:{folder}", pretrained=True), ours, in_chans=1)
+    assert timm.create_model(f"local-dir:{folder}").fc.out_features == 4  # the saved arguments, random weights
+
+
 def test_pretrained_cfg_as_a_tag_a_dict_or_timms_object():
     want = zoo.get_pretrained_cfg("seresnet50.a1_in1k")
     for given in ("a1_in1k", want.to_dict(), timm.models.get_pretrained_cfg("seresnet50.a1_in1k")):

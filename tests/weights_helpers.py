@@ -1,6 +1,8 @@
 """Shared by the weight-loading tests: random state dicts, their files, and weight comparisons."""
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from safetensors.torch import save_file
 
 import zoo
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the snapshot a hub cache written here points at
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -21,6 +24,24 @@ def random_sd(arch: str = "resnet18", seed: int = 1, **kwargs) -> dict[str, torc
     g = torch.Generator().manual_seed(seed)
     return {k: (torch.randn(v.shape, generator=g).abs() + 0.1 if "running_var" in k else torch.randn(v.shape, generator=g))
             if v.is_floating_point() else v.clone() for k, v in sd.items()}
+
+
+def put_in_hf_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = COMMIT, ref: str = "main") -> Path:
+    """The layout huggingface_hub writes: blobs by hash, snapshot links per commit, refs/<branch>."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        try:
+            (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+        except OSError:  # no symlinks (Windows without developer mode): the cache then holds copies
+            (snapshot / name).write_bytes(data)
+    return snapshot
 
 
 def assert_weights(model: torch.nn.Module, expected: dict, skip: tuple[str, ...] = ()) -> None:
@@ -50,6 +71,19 @@ class NotAWeight:
 
     def __init__(self) -> None:
         self.payload = 42
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face hub cache, with the hub client offline."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    # hf_hub_download reads both at call time; HF_HUB_OFFLINE was fixed at import from the environment
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
 
 
 @pytest.fixture(scope="module")

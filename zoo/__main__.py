@@ -206,7 +206,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command with its arguments; choices come from the registries the API reads."""
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="an architecture or arch.tag")
     p.add_argument("output", help="a .safetensors file, or a folder (save_pretrained layout)")
     p.add_argument("--spec", default="w8a8", help="w8a8, w4a8, w4a16, w8a16, fp8 (+ suffixes, e.g. w4a8-g128)")
-    p.add_argument("--method", default="rtn", choices=sorted(METHODS))
+    p.add_argument("--method", default="rtn", choices=sorted(METHODS),  # the API's registry: a new method shows here
+                   help="calibration method (every one but rtn needs --calib)")
     p.add_argument("--weights", default=None, help="float weights file/folder; default: the pretrained weights")
     p.add_argument("--calib", default=None, help="a data module name (sr_samples, digits, ...) or a folder of images")
     p.add_argument("--calib-args", default="{}", help="JSON arguments of the calibration data module")
@@ -285,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default="dense", choices=["dense", "kivi4", "kivi2", "none"], help="KV cache (none: recompute every scale)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=_cmd_sample)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if getattr(args, "tile", None) == 0:
         args.tile = None
     try:

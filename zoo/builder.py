@@ -2,6 +2,8 @@
 weights, quantized files included."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -21,11 +23,31 @@ BUILD_ONLY_ARGS = ("features_only", "out_indices", "feature_cls", "checkpoint_pa
 
 
 def resolve_tag(variant: str, pretrained: Any, cfg: PretrainedCfg | None) -> tuple[PretrainedCfg, Any]:
-    """``pretrained='a1_in1k'`` (a tag of ``variant``) -> that tag's cfg and ``True``; otherwise the given
-    cfg (or the variant's default) and ``pretrained`` unchanged."""
+    """``pretrained='a1_in1k'`` (a tag of ``variant``) -> that tag's cfg and ``True``; a release file's bare
+    name that is no file here (``'fca50.pth'``) -> that release's cfg and ``True``, so it is found in the
+    cache, fetched or hinted at as ``pretrained=True`` would be; otherwise the given cfg (or the variant's
+    default) and ``pretrained`` unchanged."""
     if isinstance(pretrained, str) and registry.has_tag(variant, pretrained):
         return registry.get_pretrained_cfg(f"{variant}.{pretrained}"), True
+    release = release_name_cfg(variant, pretrained)
+    if release is not None:
+        return release, True
     return cfg or registry.get_pretrained_cfg(variant), pretrained
+
+
+def release_name_cfg(variant: str, pretrained: Any) -> PretrainedCfg | None:
+    """The cfg of the release file ``pretrained`` names when it is a bare file name (no folder) that does
+    not exist here and that ``variant``'s family publishes; None otherwise. A cfg of another architecture
+    of the family is given ``variant``'s name, since it describes the model being built."""
+    if not isinstance(pretrained, (str, os.PathLike)):
+        return None
+    text = os.fspath(pretrained)
+    if not text or Path(text).name != text or Path(text).exists():
+        return None
+    cfg = registry.release_file_cfg(variant, text)
+    if cfg is None or cfg.architecture == variant:
+        return cfg
+    return cfg.replace(architecture=variant, tag="")
 
 
 def build_model(

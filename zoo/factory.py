@@ -13,7 +13,7 @@ from torch import nn
 from zoo.blocks.validation import closest
 
 from . import registry
-from .builder import BUILD_ONLY_ARGS, resolve_tag
+from .builder import BUILD_ONLY_ARGS, release_name_cfg, resolve_tag
 from .hub import Source, read_source_config, resolve_source
 from .pretrained import PretrainedCfg
 from .quant import QuantSpec, quantize
@@ -107,7 +107,10 @@ def _build_submodels(arch: str, model_args: dict, source: Source | None) -> dict
     built = {}
     for arg, sub in registry.submodel_args(arch).items():
         value, device = model_args.get(arg), model_args.get("device")
-        if isinstance(value, (str, os.PathLike)):
+        if isinstance(value, (str, os.PathLike)) and release_name_cfg(sub.default_arch, value) is not None:
+            # a release file's bare name (vae='vae_ch160v4096z32.pth'): the cache, a download or the hint
+            built[arg] = create(sub.default_arch, pretrained=os.fspath(value), device=device, **sub.kwargs)
+        elif isinstance(value, (str, os.PathLike)):
             path = Path(value).expanduser()
             if not path.exists():
                 raise FileNotFoundError(f"{arch}'s {arg}={str(value)!r} does not exist; "

@@ -19,6 +19,7 @@ from torch import nn
 from .checkpoint import DIGEST_KEY, content_digest, read_checkpoint
 from .files import atomic_write, cache_dir
 from .model_card import model_card
+from .network import offline, offline_reason, reachable
 from .pretrained import PretrainedCfg
 from .quant.io import read_quant_metadata, save_quantized
 
@@ -37,8 +38,12 @@ class Weights:
     config: dict | None = None
 
 
-def offline() -> bool:
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("ZOO_OFFLINE", "HF_HUB_OFFLINE"))
+def _unavailable(url: str) -> str:
+    """Why ``url`` cannot be fetched now ('' when it can be tried): an offline switch, or a server that
+    does not answer the connection probe (the client's own retries would take a minute to say so)."""
+    if offline():
+        return offline_reason()
+    return "" if reachable(url) else f"{urlparse(url).hostname} cannot be reached"
 
 
 def download_cached(url: str, filename: str | None = None) -> Path:
@@ -46,9 +51,9 @@ def download_cached(url: str, filename: str | None = None) -> Path:
     target = cache_dir() / (filename or Path(urlparse(url).path).name)
     if target.is_file():
         return target
-    place = f"place the file at {target} (or pass pretrained='<path to the file>')"
-    if offline():
-        raise FileNotFoundError(f"weights {url} are not cached and this machine is offline: {place}")
+    place = f"download it on a connected machine and place it at {target} (or pass pretrained='<path to the file>')"
+    if why := _unavailable(url):
+        raise FileNotFoundError(f"weights {url} are not cached and cannot be downloaded here ({why}); {place}")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         # torch writes to a temporary file and renames it, so an interrupted download leaves nothing
@@ -60,20 +65,35 @@ def download_cached(url: str, filename: str | None = None) -> Path:
 
 def _hf_download(repo_id: str, filename: str, revision: str | None) -> Path | None:
     """A file of a hub repository through the HF cache; None when the repository lacks it."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    try:  # ZOO_OFFLINE forbids downloads as HF_HUB_OFFLINE does: the cache only, no retries
-        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline()))
+    if why := _unavailable(constants.ENDPOINT):
+        # a lookup in the cache only: even with local_files_only, the client's download call contacts the
+        # hub once per process, and without a cached copy it retries for a minute
+        cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+        if cached is not None:  # the cache records that the repository lacks the file
+            return None
+        raise _not_in_hf_cache(repo_id, filename, why)
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
     except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: it must be caught first
-        from huggingface_hub import constants
-
-        raise FileNotFoundError(
-            f"hf-hub:{repo_id} ({filename}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be "
-            f"downloaded from here: run `hf download {repo_id}` on a connected machine and copy the "
-            f"cache, or download the folder and pass pretrained='local-dir:<folder>'") from None
+        raise _not_in_hf_cache(repo_id, filename, "the download failed") from None
     except EntryNotFoundError:
         return None
+
+
+def _not_in_hf_cache(repo_id: str, filename: str, why: str) -> FileNotFoundError:
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    return FileNotFoundError(
+        f"hf-hub:{repo_id} ({filename}) is not in the Hugging Face cache and cannot be downloaded here ({why}): "
+        f"run `hf download {repo_id}` on a connected machine and copy its cache folder to {folder}, or download "
+        f"the repository and pass pretrained='local-dir:<folder>'")
 
 
 def _read_config(path: Path | None) -> dict | None:
@@ -227,7 +247,8 @@ def _cfg_source(cfg: PretrainedCfg) -> Source:
         path = cache_dir() / cfg.filename
         if not path.is_file():
             raise FileNotFoundError(f"{cfg.name} weights have no direct download link: get {cfg.filename} from "
-                                    f"{cfg.origin_url or 'the authors'} and place it at {path}, or pass pretrained='<path>'")
+                                    f"{cfg.origin_url or 'the authors'} and place it at {path} (or pass "
+                                    f"pretrained='<path to the file>')")
         return Source(str(path), path, from_cfg=True)
     raise ValueError(f"{cfg.name} has no pretrained weights; pretrained tags: "
                      "see zoo.list_pretrained('" + cfg.architecture + "*')")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,6 +59,12 @@ class PretrainedCfg:
     @property
     def has_weights(self) -> bool:
         return self.source != "none"
+
+    @property
+    def release_file(self) -> str:
+        """The name the release gives its weights file (``fca50.pth``, ``RCAN_BIX2.pt``): the hand-placed
+        ``filename`` or the URL's last part; '' for hub repositories and local files."""
+        return self.filename or (posixpath.basename(urlparse(self.url).path) if self.url else "")
 
     def replace(self, **changes) -> PretrainedCfg:
         return dataclasses.replace(self, **changes)

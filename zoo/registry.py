@@ -73,6 +73,15 @@ def pretrained_cfgs(arch: str) -> list[PretrainedCfg]:
     return ([first] if first is not None and first.tag in tags else []) + [c for c in tags.values() if c is not first]
 
 
+def release_file_cfg(arch: str, filename: str) -> PretrainedCfg | None:
+    """The config whose release file is named ``filename``: one of ``arch``'s own, else one of its
+    family's (``rcan`` takes ``RCAN_BIX2.pt`` of ``rcan_x2``); None when no release has that name."""
+    family = _FAMILY.get(arch)
+    own = list(_CFGS.get(arch, {}).values())
+    kin = [c for a, tags in _CFGS.items() if a != arch and family and _FAMILY.get(a) == family for c in tags.values()]
+    return next((c for c in own + kin if c.release_file == filename), None)
+
+
 def split_name(name: str) -> tuple[str, str]:
     """``'seresnet50.a1_in1k'`` -> ``('seresnet50', 'a1_in1k')``; no tag gives ``''``."""
     arch, _, tag = name.partition(".")

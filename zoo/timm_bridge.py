@@ -27,9 +27,28 @@ def _tag_of(pretrained_cfg: Any) -> str:
     return getattr(pretrained_cfg, "tag", None) or ""
 
 
+def _saved_source(pretrained_cfg: Any) -> str:
+    """The folder or hub repository timm read a ``local-dir:`` / ``hf-hub:`` name's config.json from, as the
+    zoo's ``pretrained=`` spec; '' for a registered cfg."""
+    def field(key: str) -> str:
+        value = pretrained_cfg.get(key) if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, key, None)
+        return value or ""
+
+    if field("source") == "local-dir" and field("file"):
+        return "local-dir:" + field("file")
+    if field("source") == "hf-hub" and field("hf_hub_id"):
+        return "hf-hub:" + field("hf_hub_id")
+    return ""
+
+
 def _entrypoint(arch: str) -> Callable:
     def build(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: dict | None = None,
-              cache_dir: Any = None, **kwargs: Any):
+              cache_dir: Any = None, pretrained_model_args: dict | None = None, **kwargs: Any):
+        # timm has already merged a saved folder's model_args into kwargs; pretrained_model_args repeats them
+        saved = _saved_source(pretrained_cfg)
+        if saved:  # timm.create_model("local-dir:..." / "hf-hub:..."): the saved weights, not the release's
+            return create(arch, pretrained=saved if pretrained else False,
+                          pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)
         tag = _tag_of(pretrained_cfg)
         return create(f"{arch}.{tag}" if tag else arch, pretrained=pretrained,
                       pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)

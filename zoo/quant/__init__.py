@@ -1,4 +1,4 @@
-"""Quantization: specs, calibration (RTN, SmoothQuant, AWQ, Outlier Suppression+), conversion, files.
+"""Quantization: specs, calibration (RTN, SmoothQuant, AWQ, Outlier Suppression+, RepQ-ViT), conversion, files.
 
 >>> model = zoo.create("rcan_tiny_x2", pretrained=True)
 >>> zoo.quantize(model, "w4a8", calib=batches, method="awq")

@@ -161,8 +161,9 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
     Args:
         spec: a :class:`QuantSpec` or a spec string (``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``).
         calib: calibration data (a DataLoader or a list of input batches / (input, target) pairs);
-            needed by ``smoothquant``, ``awq``, ``os+`` and static activation scales.
-        method: ``rtn``, ``smoothquant``, ``awq`` or ``os+`` (see :mod:`zoo.quant.methods`).
+            needed by every method but ``rtn`` and by static activation scales.
+        method: a name of :data:`zoo.quant.METHODS` (``rtn``, ``smoothquant``, ``awq``, ``os+``, ``repq``;
+            see :mod:`zoo.quant.methods`).
         alpha: SmoothQuant's migration strength.
         fold: fold scales and shifts into the producing layer where the graph allows.
         num_batches: use at most this many calibration batches.

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo.blocks.validation import supplied_by_caller
+
 from .ema import ModelEma
 from .optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
 
@@ -32,6 +34,14 @@ class BaseTask(L.LightningModule):
             backend; a string names another backend, e.g. ``"aot_eager"``).
     """
 
+    CALLER_ARGS = ("model", "optimizer", "scheduler")  # train.py builds these from their own config sections
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # each task's own __init__, so its argument check leaves them out
+            supplied_by_caller(*cls.CALLER_ARGS)(cls.__init__)
+
+    @supplied_by_caller(*CALLER_ARGS)
     def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
                  scheduler: SchedulerConfig | None = None, ema_decay: float | None = None,
                  compile: bool | str = False) -> None:
