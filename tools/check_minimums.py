@@ -46,15 +46,18 @@ def minimum_pins(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="print the pins and stop")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -x, -k name)")
-    args = parser.parse_args(argv)
+    args, pytest_args = parser.parse_known_args(argv)  # the rest goes to pytest (e.g. -x, -k name)
     pins = minimum_pins()
     print("minimum versions:", " ".join(pins))
     if args.list:
         return 0
     with tempfile.TemporaryDirectory(prefix="zoo-minimums-") as target:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, *pins],
-                       check=True)
+        install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target,
+                                  *pins])
+        if install.returncode:
+            print("a declared minimum is not installable (above: pip's error); raise it to a released version in "
+                  "pyproject.toml", file=sys.stderr)
+            return 1
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [target, os.environ.get("PYTHONPATH")])))
         names = [pin.split("==")[0] for pin in pins]
         found = subprocess.run([sys.executable, "-c", VERSIONS_OF, *names], env=env, capture_output=True, text=True,
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the minimums did not take precedence over the environment: {wrong}", file=sys.stderr)
             return 1
         return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS,
-                               *args.pytest_args], cwd=ROOT, env=env).returncode
+                               *pytest_args], cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":
