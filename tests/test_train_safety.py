@@ -228,6 +228,34 @@ def test_full_disk_is_named(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # the temporary file is gone too
 
 
+def test_checkpoint_saves_to_and_reads_from_an_fsspec_path():
+    """Lightning's save writes fsspec paths (memory:// here, s3:// alike) with the zoo's digest; the read
+    checks it, takes a rewritten file rather than an earlier copy, and refuses a tampered one."""
+    import fsspec
+
+    from zoo.checkpoint import DIGEST_KEY, CheckpointError
+    from zoo.tasks.checkpointing import SafeCheckpointIO
+
+    io, path = SafeCheckpointIO(), "memory://zoo-tests/run/checkpoints/last.ckpt"
+    try:
+        for step in (1, 2):
+            state = {"state_dict": {"w": torch.full((3,), float(step))}, "global_step": step}
+            io.save_checkpoint(state, path)
+            with fsspec.open(path, "rb") as fh:
+                assert DIGEST_KEY in torch.load(fh, weights_only=True)
+            assert_equal_nested(io.load_checkpoint(path), state)
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 3}, path)
+        with fsspec.open(path, "rb") as fh:
+            tampered = torch.load(fh, weights_only=True)
+        tampered["state_dict"]["w"] += 1
+        with fsspec.open(path, "wb") as fh:
+            torch.save(tampered, fh)
+        with pytest.raises(CheckpointError):
+            io.load_checkpoint(path)
+    finally:
+        fsspec.filesystem("memory").rm("/zoo-tests", recursive=True)
+
+
 def test_batch_counts_keep_their_type(tmp_path):
     cfg = train.parse_config(["--config", str(DIGITS), "--trainer.limit_val_batches", "1",
                               "--trainer.limit_train_batches", "0.5"])
