@@ -256,6 +256,28 @@ def test_checkpoint_saves_to_and_reads_from_an_fsspec_path():
         fsspec.filesystem("memory").rm("/zoo-tests", recursive=True)
 
 
+def test_checkpoint_killed_while_moved_from_another_file_system_keeps_the_last_one(tmp_path, monkeypatch):
+    """Lightning's local write goes through the system temp folder; from a tmpfs /tmp its move is a copy over
+    the target. A kill during that copy must leave the previous checkpoint whole."""
+    from fsspec.implementations import local
+
+    from zoo.tasks.checkpointing import SafeCheckpointIO
+
+    io, path = SafeCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    first = {"state_dict": {"w": torch.ones(1000)}, "global_step": 1}
+    io.save_checkpoint(first, path)
+
+    def cross_device_move_killed(src, dst):  # shutil.move after EXDEV: a copy into dst, cut short
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local.shutil, "move", cross_device_move_killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "global_step": 2}, path)
+    assert_equal_nested(io.load_checkpoint(str(path)), first)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left beside it
+
+
 def test_batch_counts_keep_their_type(tmp_path):
     cfg = train.parse_config(["--config", str(DIGITS), "--trainer.limit_val_batches", "1",
                               "--trainer.limit_train_batches", "0.5"])

@@ -1,8 +1,9 @@
-"""Lightning checkpoints that are safe to read, carry a content hash, and are current.
+"""Lightning checkpoints that are safe to read, whole when written, and current.
 
-Saving is Lightning's own (``TorchCheckpointIO``: one fsspec transaction, so a local folder or a remote
-such as ``s3://`` alike), with the hash added. Every checkpoint the loop reads, wherever the path came from (``--ckpt_path`` local, ``last``,
-``best``, a URL, an fsspec remote; fit, validate, test or predict; SLURM's requeue), goes through
+Lightning's ``TorchCheckpointIO`` writes them (through fsspec, so to a local folder or a remote such as
+``s3://``), with a content hash added; a local file is written beside its target and renamed. Every
+checkpoint the loop reads, wherever the path came from (``--ckpt_path`` local, ``last``, ``best``, a URL,
+an fsspec remote; fit, validate, test or predict; SLURM's requeue), goes through
 :class:`SafeCheckpointIO`, which reads tensors and plain containers only
 (:func:`zoo.checkpoint.read_checkpoint`, ``weights_only=True`` whatever the environment says) and
 checks the content hash written with the file. Lightning's own loader would unpickle URLs with
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -38,7 +41,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._preloaded: dict[str, dict] = {}
 
     def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options: Any = None) -> None:
-        super().save_checkpoint({**checkpoint, DIGEST_KEY: content_digest(checkpoint)}, path, storage_options)
+        checkpoint = {**checkpoint, DIGEST_KEY: content_digest(checkpoint)}
+        lightning_save = super().save_checkpoint
+        fs, local = url_to_fs(str(path))
+        if not isinstance(fs, LocalFileSystem):
+            lightning_save(checkpoint, path, storage_options)
+            return
+        # Lightning's local transaction writes in the system temp folder and then moves the file, which is a
+        # copy over the old checkpoint, not a rename, where that folder is another file system (a tmpfs /tmp):
+        # a kill there would leave a cut last.ckpt. Written beside the target and renamed instead.
+        target = Path(local)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp: lightning_save(checkpoint, tmp, storage_options))
 
     def preload(self, path: str) -> None:
         self._preloaded[path] = self._read(path)
