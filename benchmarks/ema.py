@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads)
     try:
         rows = [row for name in args.models.split(",") for row in measure(name, device, args.repeats, args.steps)]
+        where = machine() if device.type == "cpu" else torch.cuda.get_device_name()  # with the threads it ran on
     finally:
         torch.set_num_threads(threads)  # the caller's (a test's) count
     header = ["model", "tensors", "params (M)", "update", "ms / update", "speed-up vs old"]
-    title = (f"EMA update, {device.type} ({machine() if device.type == 'cpu' else torch.cuda.get_device_name()}), "
-             f"median of {args.repeats} rounds of {args.steps} updates")
+    title = f"EMA update, {device.type} ({where}), median of {args.repeats} rounds of {args.steps} updates"
     print(title)
     text = title + "\n" + print_table(header, rows)
     if args.save:
