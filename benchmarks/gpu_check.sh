@@ -31,6 +31,7 @@ BENCH=(
   "40 benchmarks/han_csam.py"
   "30 benchmarks/kv_quant.py"
   "30 benchmarks/patch_embed.py"
+  "30 benchmarks/ema.py"
 )
 
 run_steps() {  # name, steps...

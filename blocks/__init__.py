@@ -12,9 +12,11 @@ if __name__ != "zoo.blocks":  # the repository's blocks/ folder installs as zoo.
     raise ImportError(f"import zoo.blocks, not {__name__}: the folder blocks/ is installed as zoo.blocks "
                       "(pip install -e . in the checkout)")
 
+from timm.layers import DropPath, make_divisible  # timm's, kept under these names for callers of zoo.blocks
+
 from .registry import create, get_block, list_blocks, register
 from .gate import ChannelGate
-from .layers import DropPath, create_act, make_divisible
+from .layers import create_act
 from .se import SqueezeExcite
 from .eca import EfficientChannelAttention
 from .fca import MultiSpectralAttention

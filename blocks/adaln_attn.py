@@ -29,7 +29,7 @@ from torch import nn
 from zoo import kernels
 
 from .kv_cache import ConcatKVCache, KVCache
-from .layers import DropPath
+from .layers import stochastic_depth
 from .registry import register
 
 __all__ = ["AdaLNSelfAttn", "AdaLNBeforeHead", "ScaleSelfAttention", "FFN", "adaln_modulate", "ATTN_IMPLS",
@@ -231,7 +231,7 @@ class AdaLNSelfAttn(nn.Module):
         factory = {"device": device, "dtype": dtype}
         cond_dim = dim if cond_dim is None else cond_dim
         self.C, self.D, self.norm_eps, self.shared_aln = dim, cond_dim, norm_eps, shared_aln
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = stochastic_depth(drop_path)
         self.attn = ScaleSelfAttention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop,
                                        attn_l2_norm=attn_l2_norm, **factory)
         self.ffn = FFN(dim, round(dim * mlp_ratio), drop=drop, **factory)

@@ -1,4 +1,4 @@
-"""Small shared layers: activations by name, channel rounding, stochastic depth."""
+"""Small shared layers: activations by name, stochastic depth, fused pointwise gates."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,7 @@ from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 from zoo import kernels
@@ -43,39 +44,19 @@ def is_sigmoid(layer: LayerType) -> bool:
     return layer in ("sigmoid", nn.Sigmoid)
 
 
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
-    """Round ``value`` to a multiple of ``divisor`` (as in timm and the MobileNet code)."""
-    min_value = min_value or divisor
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < round_limit * value:  # never round down by more than 10%
-        rounded += divisor
-    return rounded
-
-
 def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
     """ECA-Net's adaptive kernel size: k = |log2(C)/gamma + beta/gamma|, rounded to the odd below."""
     t = int(abs((math.log2(channels) + beta) / gamma))
     return t if t % 2 else t + 1
 
 
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al., ECCV 2016): drop whole residual branches per sample."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_path rate must be in [0, 1); got {drop_prob}")
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1, 1)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
+def stochastic_depth(rate: float) -> nn.Module:
+    """timm's ``DropPath`` (stochastic depth, Huang et al., ECCV 2016) for a residual branch, or identity
+    at rate 0. A rate outside [0, 1) is refused here: timm's layer takes 1 (the branch always dropped)
+    and fails inside ``bernoulli_`` past it."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path rate must be in [0, 1); got {rate}")
+    return DropPath(rate) if rate > 0 else nn.Identity()
 
 
 def check_channels(block: str, expected: int, x: torch.Tensor) -> None:

@@ -120,7 +120,9 @@ class MoCFFN(SwiGLU):
         tokens = x.reshape(-1, self.dim)  # (T, d)
         w_gate, w_up = self.gate_proj.weight.to(x.dtype), self.up_proj.weight.to(x.dtype)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if tokens.shape[0] <= DECODE_TOKENS and not needs_grad and not torch.compiler.is_compiling():
+        # the token count is compared last: under torch.export with a dynamic sequence length the comparison
+        # would otherwise become a guard that narrows the exported range to one side of DECODE_TOKENS
+        if not needs_grad and not torch.compiler.is_compiling() and tokens.shape[0] <= DECODE_TOKENS:
             # decode: K rows of Wu and of Wd^T per token
             y = kernels.moc_ffn_decode(tokens, w_gate, w_up, self._down_transposed(x.dtype), self.top_k)
         else:

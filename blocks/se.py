@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import torch
+from timm.layers import make_divisible
 from torch import nn
 
 from zoo import kernels
 
 from .gate import ChannelGate
-from .layers import LayerType, create_act, fused_mlp_gate, make_divisible, param_dtype, pointwise
+from .layers import LayerType, create_act, fused_mlp_gate, param_dtype, pointwise
 from .registry import register
 
 

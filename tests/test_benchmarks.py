@@ -48,6 +48,17 @@ def test_cpu_inference_quick_pass(monkeypatch):
     assert sqnr["onnxruntime fp32"] > 100 and 35 < sqnr["onnxruntime int8"] < 70, sqnr  # the same graph; its int8
 
 
+def test_ema_quick_pass(monkeypatch):
+    """One update per path on the tiny LM: the old and the new update leave the same average (checked before
+    timing), and the table has a row per path, the old one's ratio 1."""
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
+    module = runpy.run_path(str(BENCHMARKS / "ema.py"))
+    report = module["main"](["--cpu", "--models", "moc_lm_tiny", "--repeats", "1", "--steps", "1"])
+    rows = [line for line in report.splitlines() if line.startswith("moc_lm_tiny")]
+    assert [r.split("|")[3].strip() for r in rows] == ["old state_dict", "zoo ModelEma", "timm ModelEmaV3"]
+    assert rows[0].rstrip().endswith("1.00")
+
+
 def test_han_csam_quick_pass(monkeypatch):
     """The CSAM benchmark's CPU table on a tiny map: a row per path, the floor's ratio 1."""
     monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from zoo import blocks
 from zoo.blocks.fca import adaptive_pool_matrix, freq_indices
-from zoo.blocks.layers import eca_kernel_size, make_divisible
+from zoo.blocks.layers import eca_kernel_size, stochastic_depth
 
 # (block, vector file, constructor kwargs matching the official module)
 VECTOR_CASES = [
@@ -140,8 +140,14 @@ def test_eca_adaptive_kernel_sizes():
     assert blocks.create("eca", 256).conv.weight.shape == (1, 1, 5)
 
 
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_stochastic_depth_refuses_a_rate_outside_zero_to_one(rate):
+    with pytest.raises(ValueError, match=r"drop_path rate must be in \[0, 1\)"):
+        stochastic_depth(rate)
+    assert isinstance(stochastic_depth(0.0), torch.nn.Identity)
+
+
 def test_se_rounding_follows_timm():
-    assert make_divisible(64 / 16, 8, round_limit=0.0) == 8
     assert blocks.create("se", 64).fc1.out_channels == 8
     assert blocks.create("se", 64, rd_divisor=1).fc1.out_channels == 4
     assert blocks.create("se", 256, rd_channels=10).fc1.out_channels == 10

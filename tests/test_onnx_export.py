@@ -1,4 +1,5 @@
-"""zoo.export_onnx: each family's graph runs in onnxruntime with eager's numbers, batch kept dynamic."""
+"""torch.export and zoo.export_onnx: each family's graph runs with eager's numbers, batch (and a language
+model's sequence length) kept dynamic."""
 from __future__ import annotations
 
 import importlib.util
@@ -49,6 +50,21 @@ def test_exported_graph_matches_eager_at_another_batch(tmp_path, name, kwargs, m
     got = _run(path, batch)
     assert got.shape == expected.shape
     assert _sqnr_db(got, expected) > 80, name
+
+
+@pytest.mark.parametrize("name", ["moc_lm_tiny", "dense_lm_tiny"])
+def test_language_model_exports_with_a_dynamic_sequence_length(name):
+    """One program for every length from 2 to the context: no branch on the length may specialise it (a
+    causal flag computed from it, the MoC block's decode cut-off)."""
+    torch.manual_seed(0)
+    model = zoo.create(name).eval()
+    seq = torch.export.Dim("seq", min=2, max=model.max_seq_len)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    program = torch.export.export(model, (ids,), dynamic_shapes={"input_ids": {1: seq}}).module()
+    for length in (3, 37):  # below and above the decode cut-off (zoo.kernels.moc.DECODE_TOKENS)
+        x = torch.randint(0, model.config.vocab_size, (2, length))
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_default_example_comes_from_the_pretrained_cfg(tmp_path):

@@ -63,6 +63,52 @@ def test_ema_differs_from_raw_weights_and_is_saved(tmp_path):
     assert "test_ema/top1" in result["results"]
 
 
+def _conv_bn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(6, 2))
+
+
+def _train_step(model: torch.nn.Module) -> None:
+    """New weights and new BatchNorm statistics (and its integer step count)."""
+    model(torch.randn(2, 3, 8, 8, dtype=next(model.parameters()).dtype))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.1)
+
+
+def test_model_ema_equals_timm_model_ema_v3():
+    """Without warmup the average is timm's, bit for bit: parameters and float buffers lerped, the rest copied."""
+    from timm.utils import ModelEmaV3
+
+    from zoo.tasks import ModelEma
+
+    model = _conv_bn().train()
+    ours, timm_ema = ModelEma(model, 0.9, warmup=False), ModelEmaV3(model, decay=0.9)
+    for _ in range(3):
+        _train_step(model)
+        ours.update(model)
+        timm_ema.update(model)
+    assert_equal_nested(ours.module.state_dict(), timm_ema.module.state_dict())
+    assert int(ours.num_updates) == 3
+
+
+def test_model_ema_follows_the_task_through_a_cast():
+    """Casting the task puts new buffers in both models; the update then averages those, not the old ones."""
+    from zoo.tasks import ModelEma
+
+    task = torch.nn.Module()
+    task.model = _conv_bn().train()
+    task.ema = ModelEma(task.model, 0.5, warmup=False)
+    task.ema.update(task.model)
+    task.double()
+    before = task.ema.module[1].running_mean.clone()
+    _train_step(task.model)
+    task.ema.update(task.model)
+    expected = before.lerp(task.model[1].running_mean, 0.5)
+    assert task.ema.module[1].running_mean.dtype == torch.float64
+    torch.testing.assert_close(task.ema.module[1].running_mean, expected, rtol=0, atol=0)
+
+
 def test_resume_is_exact(tmp_path):
     """2 epochs straight == 1 epoch, stop, resume to 2: same weights, EMA and optimizer state."""
     common = {"max_steps": -1, "limit_train_batches": 3}

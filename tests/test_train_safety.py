@@ -228,6 +228,56 @@ def test_full_disk_is_named(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # the temporary file is gone too
 
 
+def test_checkpoint_saves_to_and_reads_from_an_fsspec_path():
+    """Lightning's save writes fsspec paths (memory:// here, s3:// alike) with the zoo's digest; the read
+    checks it, takes a rewritten file rather than an earlier copy, and refuses a tampered one."""
+    import fsspec
+
+    from zoo.checkpoint import DIGEST_KEY, CheckpointError
+    from zoo.tasks.checkpointing import SafeCheckpointIO
+
+    io, path = SafeCheckpointIO(), "memory://zoo-tests/run/checkpoints/last.ckpt"
+    try:
+        for step in (1, 2):
+            state = {"state_dict": {"w": torch.full((3,), float(step))}, "global_step": step}
+            io.save_checkpoint(state, path)
+            with fsspec.open(path, "rb") as fh:
+                assert DIGEST_KEY in torch.load(fh, weights_only=True)
+            assert_equal_nested(io.load_checkpoint(path), state)
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 3}, path)
+        with fsspec.open(path, "rb") as fh:
+            tampered = torch.load(fh, weights_only=True)
+        tampered["state_dict"]["w"] += 1
+        with fsspec.open(path, "wb") as fh:
+            torch.save(tampered, fh)
+        with pytest.raises(CheckpointError):
+            io.load_checkpoint(path)
+    finally:
+        fsspec.filesystem("memory").rm("/zoo-tests", recursive=True)
+
+
+def test_checkpoint_killed_while_moved_from_another_file_system_keeps_the_last_one(tmp_path, monkeypatch):
+    """Lightning's local write goes through the system temp folder; from a tmpfs /tmp its move is a copy over
+    the target. A kill during that copy must leave the previous checkpoint whole."""
+    from fsspec.implementations import local
+
+    from zoo.tasks.checkpointing import SafeCheckpointIO
+
+    io, path = SafeCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    first = {"state_dict": {"w": torch.ones(1000)}, "global_step": 1}
+    io.save_checkpoint(first, path)
+
+    def cross_device_move_killed(src, dst):  # shutil.move after EXDEV: a copy into dst, cut short
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local.shutil, "move", cross_device_move_killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "global_step": 2}, path)
+    assert_equal_nested(io.load_checkpoint(str(path)), first)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left beside it
+
+
 def test_batch_counts_keep_their_type(tmp_path):
     cfg = train.parse_config(["--config", str(DIGITS), "--trainer.limit_val_batches", "1",
                               "--trainer.limit_train_batches", "0.5"])

@@ -119,7 +119,9 @@ class Attention(nn.Module):
         past = k.shape[2] - t
         gqa = self.n_heads != self.n_kv_heads
         if past == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
+            # causal even for one token (its 1x1 mask is all true): a flag that depends on t would be a
+            # symbolic bool under torch.export with a dynamic sequence length, which SDPA refuses
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         elif t == 1:  # one new token sees everything cached
             out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         else:

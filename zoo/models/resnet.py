@@ -24,7 +24,7 @@ from zoo import blocks
 from zoo import kernels
 from zoo.blocks.validation import check_image, check_tensor, float_param, owner_name, symbolic_tracing
 from zoo.blocks.fusion import can_fuse
-from zoo.blocks.layers import DropPath
+from zoo.blocks.layers import stochastic_depth
 
 from ..builder import build_model
 from ..features import FeatureInfo
@@ -68,7 +68,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes, **factory)
         self.attn_name = attn_name
         self.add_module(attn_name, _attn(attn_layer, planes, attn_kwargs or {}, factory))
-        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
+        self.drop_path = stochastic_depth(drop_path)
         self.downsample = downsample
         self.act2 = nn.ReLU(inplace=True)
 
@@ -109,7 +109,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(outplanes, **factory)
         self.attn_name = attn_name
         self.add_module(attn_name, _attn(attn_layer, outplanes, attn_kwargs or {}, factory))
-        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
+        self.drop_path = stochastic_depth(drop_path)
         self.downsample = downsample
         self.act3 = nn.ReLU(inplace=True)
 

@@ -1,7 +1,9 @@
 """Lightning checkpoints that are safe to read, whole when written, and current.
 
-Every checkpoint the loop reads, wherever the path came from (``--ckpt_path`` local, ``last``,
-``best``, a URL, an fsspec remote; fit, validate, test or predict; SLURM's requeue), goes through
+Lightning's ``TorchCheckpointIO`` writes them (through fsspec, so to a local folder or a remote such as
+``s3://``), with a content hash added; a local file is written beside its target and renamed. Every
+checkpoint the loop reads, wherever the path came from (``--ckpt_path`` local, ``last``, ``best``, a URL,
+an fsspec remote; fit, validate, test or predict; SLURM's requeue), goes through
 :class:`SafeCheckpointIO`, which reads tensors and plain containers only
 (:func:`zoo.checkpoint.read_checkpoint`, ``weights_only=True`` whatever the environment says) and
 checks the content hash written with the file. Lightning's own loader would unpickle URLs with
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -27,7 +30,7 @@ URL_PREFIXES = ("http://", "https://")
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Atomic writes with a content hash; reads that never run pickled code.
+    """Lightning's writes with a content hash; reads that never run pickled code.
 
     :meth:`preload` reads and checks a checkpoint before any work starts; Lightning's later load of
     the same path takes that copy instead of reading the file twice.
@@ -38,10 +41,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self._preloaded: dict[str, dict] = {}
 
     def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint = {**checkpoint, DIGEST_KEY: content_digest(checkpoint)}
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        lightning_save = super().save_checkpoint
+        fs, local = url_to_fs(str(path))
+        if not isinstance(fs, LocalFileSystem):
+            lightning_save(checkpoint, path, storage_options)
+            return
+        # Lightning's local transaction writes in the system temp folder and then moves the file, which is a
+        # copy over the old checkpoint, not a rename, where that folder is another file system (a tmpfs /tmp):
+        # a kill there would leave a cut last.ckpt. Written beside the target and renamed instead.
+        target = Path(local)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp: lightning_save(checkpoint, tmp, storage_options))
 
     def preload(self, path: str) -> None:
         self._preloaded[path] = self._read(path)
@@ -60,8 +71,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
 
 def local_copy(path: str) -> Path:
-    """A local file for ``path``: itself, the zoo's cached download of a URL, or a cached copy of an
-    fsspec remote (``s3://``, ``gs://``, ...)."""
+    """A local file for ``path``: itself, the zoo's cached download of a URL, or a fresh copy of an
+    fsspec remote (``s3://``, ``gs://``, ``memory://``, ...)."""
     if path.startswith(URL_PREFIXES):
         try:
             return download_cached(path)
@@ -74,11 +85,11 @@ def local_copy(path: str) -> Path:
     if "://" in path:
         import fsspec
 
+        # fetched on every read: a run rewrites its remote last.ckpt, so an earlier copy may be stale
         target = cache_dir() / "remote" / path.replace("://", "/")
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with fsspec.open(path, "rb") as src:
-                atomic_write(target, lambda tmp: Path(tmp).write_bytes(src.read()))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fsspec.open(path, "rb") as src:
+            atomic_write(target, lambda tmp: Path(tmp).write_bytes(src.read()))
         return target
     return Path(path)
 
