@@ -31,7 +31,6 @@ from .onnx_export import default_example, export_onnx
 from .quant import QuantSpec, quantize, summary
 from .quant.io import save_quantized
 from .quant.methods import METHODS
-from .training import main as train_main
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -293,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("train_args", nargs=argparse.REMAINDER)  # listed in --help; main() hands them on
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # argparse would take train.py's own options (--help, -c) for its own
+        from .training import main as train_main  # Lightning's CLI only when training
+
         return train_main(argv[1:])
     args = parser.parse_args(argv)
     if getattr(args, "tile", None) == 0:
