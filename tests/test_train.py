@@ -51,7 +51,9 @@ def test_fit_subcommand_with_a_callback_by_class_path_and_the_resolved_config(tm
     out = tmp_path / "run"
     cfg = tiny_config(DIGITS, out, max_steps=3, max_epochs=2)  # 2 batches an epoch
     cli = run(["fit", "-c", str(cfg), "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/top1",
-               "--trainer.callbacks.mode=max", "--optimizer.lr", "0.004", "--scheduler.warmup_steps", "2"])
+               "--trainer.callbacks.mode=max", "--optimizer.lr", "0.004", "--scheduler.warmup_steps", "2",
+               "--data.args.batch_size", "8"])
+    assert cli.datamodule.batch_size == 8 and isinstance(cli.datamodule.batch_size, int)  # read as YAML
     stoppers = [c for c in cli.trainer.callbacks if type(c).__name__ == "EarlyStopping"]
     assert len(stoppers) == 1 and stoppers[0].monitor == "val/top1" and stoppers[0].mode == "max"
     val_top1 = [float(r["val/top1"]) for r in _csv_rows(out / "metrics.csv") if r.get("val/top1")][-1]

@@ -37,7 +37,7 @@ from ..tasks.run_folder import RunFolderBusy, RunLock, remove_stale_temporaries
 from .build import ConfigError, build_data_and_task, check_model_section, run_folder_parts
 from .config_file import RunConfigFile
 from .errors import explain
-from .sections import DataSection, ModelSection, TaskSection
+from .sections import DataSection, ModelSection, TaskSection, split_dict_overrides
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # an int counts batches, a float is a fraction: Lightning annotates them Union[int, float], which typing's
@@ -91,6 +91,7 @@ class ZooCLI(LightningCLI):
                                       default={"class_path": f"{TimmScheduler.__module__}.TimmScheduler"})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        args, overrides = split_dict_overrides(list(args or []))
         try:  # not Lightning's: it warns whenever sys.argv has arguments too (python -m zoo train, pytest)
             self.config = parser.parse_args(args)
         except SystemExit:
@@ -98,7 +99,10 @@ class ZooCLI(LightningCLI):
         except Exception as exc:  # jsonargparse reports every config problem as an ArgumentError
             sub = next((a for a in args or [] if a in SUBCOMMANDS), None)
             raise ConfigError(explain(self._subcommand_parsers[sub] if sub else parser, str(exc))) from None
-        _check_batch_counts(self.config[self.config.subcommand].trainer)
+        cfg = self.config[self.config.subcommand]
+        for section, key, value in overrides:
+            cfg[section][key] = value
+        _check_batch_counts(cfg.trainer)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning would read the checkpoint's hyperparameters here with ``torch.load``, which
