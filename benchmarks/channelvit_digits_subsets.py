@@ -76,13 +76,13 @@ def by_size(score, total: int) -> dict[int, float]:
 
 def train_model(config: str, args: argparse.Namespace) -> torch.nn.Module:
     """Train ``configs/<config>.yaml`` through train.py; the final weights (what the export holds)."""
-    import train
+    from zoo.training import run
 
-    argv = ["--config", str(ROOT / "configs" / f"{config}.yaml"), "--output_dir", str(Path(args.output_dir) / config),
+    argv = ["fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), "--output_dir", str(Path(args.output_dir) / config),
             "--trainer.enable_progress_bar", "false"]
     if args.max_epochs:
         argv += ["--trainer.max_epochs", str(args.max_epochs)]
-    return train.run(train.parse_config(argv))["task"].model
+    return run(argv).model.model
 
 
 def load_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:

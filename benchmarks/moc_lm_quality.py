@@ -36,7 +36,7 @@ import zoo  # noqa: E402
 from zoo.data import TextDataModule  # noqa: E402
 from zoo.hub import atomic_write  # noqa: E402
 from zoo.tasks.language_model import token_loss  # noqa: E402
-from zoo.tasks.optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler  # noqa: E402
+from zoo.tasks.optim import create_optimizer, create_scheduler, step_schedule  # noqa: E402
 
 MODELS = ("dense_lm_tiny", "moc_lm_tiny")
 
@@ -122,9 +122,9 @@ def main() -> None:
     for name in MODELS:
         torch.manual_seed(args.seed)  # the same initial weights: the two share every parameter's shape
         models[name] = zoo.create(name, max_seq_len=args.seq_len).train()
-        optimizers[name] = build_optimizer(models[name], OptimizerConfig(lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95)))
-        schedulers[name] = build_scheduler(optimizers[name], SchedulerConfig(warmup_steps=args.warmup, min_lr_ratio=0.1),
-                                           args.steps)
+        optimizers[name] = create_optimizer(models[name], {"lr": args.lr, "weight_decay": 0.1, "betas": (0.9, 0.95)})
+        schedulers[name] = create_scheduler(optimizers[name], {"warmup_steps": args.warmup, "min_lr_ratio": 0.1},
+                                            args.steps)
     same = all(torch.equal(a, b) for a, b in zip(*(m.state_dict().values() for m in models.values())))
     print(f"identical initial weights: {same}; moc top_k = {models['moc_lm_tiny'].config.top_k} of hidden "
           f"{models['moc_lm_tiny'].config.hidden_dim}", flush=True)
@@ -143,7 +143,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizers[name].step()
             optimizers[name].zero_grad(set_to_none=True)
-            schedulers[name].step()
+            step_schedule(schedulers[name], step)  # step optimizer steps done
             step_seconds[name].append(time.perf_counter() - tic)
             train_losses[name].append((step, loss.item()))
             if not math.isfinite(loss.item()):

@@ -229,7 +229,7 @@ def table_a(args) -> dict:
 # --------------------------------------------------------------------------------------------------
 def train_cached(name: str, config: str, epochs: int, retrain: bool, extra: Optional[list[str]] = None) -> dict:
     """Train ``config`` through train.py into benchmarks/out once; later calls reuse the export."""
-    import train as train_script
+    from zoo.training import run
 
     run_dir = OUT / name
     meta_path = run_dir / "benchmark.json"
@@ -239,15 +239,15 @@ def train_cached(name: str, config: str, epochs: int, retrain: bool, extra: Opti
             meta["cached"] = True
             return meta
     shutil.rmtree(run_dir, ignore_errors=True)
-    argv = ["--config", str(ROOT / config), "--output_dir", str(run_dir), "--trainer.max_epochs", str(epochs),
+    argv = ["fit", "--config", str(ROOT / config), "--output_dir", str(run_dir), "--trainer.max_epochs", str(epochs),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--run", "[fit]", *(extra or [])]
+            *(extra or [])]
     print(f"  training {config} for {epochs} epochs into {run_dir} ...", flush=True)
     start = time.perf_counter()
     with single_thread():  # the same weights whatever the thread count (2 threads train a different model)
-        quiet(train_script.run, train_script.parse_config(argv))
+        quiet(run, argv)
     meta = {"epochs": epochs, "wall_s": time.perf_counter() - start, "config": config,
-            "command": f"python train.py --config {config} --trainer.max_epochs {epochs}"}
+            "command": f"python train.py fit --config {config} --trainer.max_epochs {epochs}"}
     meta_path.write_text(json.dumps(meta, indent=1))
     meta["cached"] = False
     return meta

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import zoo  # noqa: E402
 from common import machine, print_table  # noqa: E402
 from zoo.data import DigitsDataModule  # noqa: E402
-from zoo.tasks import ClassificationTask, OptimizerConfig, SchedulerConfig  # noqa: E402
-from zoo.tasks.optim import build_optimizer, build_scheduler  # noqa: E402
+from zoo.tasks import ClassificationTask  # noqa: E402
+from zoo.tasks.optim import create_optimizer, create_scheduler, step_schedule  # noqa: E402
 
 
 def model() -> torch.nn.Module:
@@ -36,8 +36,8 @@ def model() -> torch.nn.Module:
 
 def bare_loop(data: DigitsDataModule, steps: int) -> float:
     net = model().train()
-    opt = build_optimizer(net, OptimizerConfig())
-    sched = build_scheduler(opt, SchedulerConfig(), steps)
+    opt = create_optimizer(net)  # the task's defaults: AdamW, cosine
+    sched = create_scheduler(opt, None, steps)
     loader = data.train_dataloader()
     done, start = 0, time.perf_counter()
     while done < steps:
@@ -48,8 +48,8 @@ def bare_loop(data: DigitsDataModule, steps: int) -> float:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             done += 1
+            step_schedule(sched, done)
             if done == steps:
                 break
     return steps / (time.perf_counter() - start)
@@ -64,7 +64,7 @@ class _Timer(L.Callback):
 
 
 def lightning_loop(data: DigitsDataModule, steps: int, out: Path) -> float:
-    task = ClassificationTask(model(), OptimizerConfig(), SchedulerConfig())
+    task = ClassificationTask(model())
     timer = _Timer()
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=L.pytorch.loggers.CSVLogger(out),
                         callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,

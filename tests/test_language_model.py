@@ -22,7 +22,7 @@ from zoo.tasks.language_model import LanguageModelTask
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from zoo.training import run  # noqa: E402
 
 
 class TinyLM(nn.Module):
@@ -375,12 +375,11 @@ def _config(tmp_path: Path, model: str, kwargs: dict) -> Path:
 def test_fit_three_steps_through_train_py(tmp_path):
     write_corpus(tmp_path / "corpus")
     kwargs = {"dim": 16, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "hidden_dim": 32, "top_k": 8}  # MoC, K = H/4
-    cfg = train.parse_config(["--config", str(_config(tmp_path, "moc_lm_tiny", kwargs)), "--run", "[fit, test]"])
-    result = train.run(cfg)
-    assert result["trainer"].global_step == 3
-    assert {"test/loss", "test/ppl", "test_ema/loss", "test_ema/ppl"} <= result["results"].keys()
-    assert result["results"]["test/ppl"] == pytest.approx(math.exp(result["results"]["test/loss"]), rel=1e-5)
-    assert 4.0 < result["results"]["test/loss"] < 7.0  # near log(257) = 5.55 after three steps
+    cli = run(["--config", str(_config(tmp_path, "moc_lm_tiny", kwargs))])  # fit, then test
+    assert cli.trainer.global_step == 3
+    assert {"test/loss", "test/ppl", "test_ema/loss", "test_ema/ppl"} <= cli.results.keys()
+    assert cli.results["test/ppl"] == pytest.approx(math.exp(cli.results["test/loss"]), rel=1e-5)
+    assert 4.0 < cli.results["test/loss"] < 7.0  # near log(257) = 5.55 after three steps
     out = tmp_path / "run"
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "metrics.csv").is_file()
     header = (out / "metrics.csv").read_text().splitlines()[0]

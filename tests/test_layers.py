@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("zoo.models", "zoo.deploy", "zoo.onnx_export", "zoo.metrics", "zoo.profiling")),
     ("data", ("zoo.data",)),
     ("tasks", ("zoo.tasks",)),
+    ("training", ("zoo.training",)),
     ("apps", ("zoo.generation", "zoo.inference", "zoo.timm_bridge", "zoo.__main__", "zoo")),
     ("scripts", ("train",)),
 ]

@@ -385,7 +385,7 @@ def test_fake_quant_layers_train_and_keep_state_dict():
 def test_quant_aware_rejects_static_activation_specs_up_front(tmp_path):
     """Static activation scales need calibration data, which the QAT export does not have: refused when
     the fake-quant layers are put in (before any training), with the dynamic spec to use instead."""
-    import train
+    from zoo.training import run
 
     net, _ = _net_and_data()
     with pytest.raises(ValueError, match=r"quant_aware='w4a8-static'.*use the dynamic spec 'w4a8'|"
@@ -394,33 +394,28 @@ def test_quant_aware_rejects_static_activation_specs_up_front(tmp_path):
     assert isinstance(net.conv1, nn.Conv2d) and not isinstance(net.conv1, FakeQuantConv2d)  # nothing swapped
     with pytest.raises(ValueError, match="per_channel"):
         zoo.quant_aware(net, "w8a8-pc")
-    cfg = train.parse_config(["--config", "configs/quickstart_qat.yaml", "--output_dir", str(tmp_path),
-                              "--model.quant_aware", "w4a8-g8-static"])
     with pytest.raises(ValueError, match="train with the dynamic spec 'w4a8-g8'"):
-        train.build(cfg)
+        run(["fit", "--config", "configs/quickstart_qat.yaml", "--output_dir", str(tmp_path),
+             "--model.quant_aware", "w4a8-g8-static"])
     assert not (tmp_path / "export").exists()
 
 
 def test_quant_aware_config_trains_and_exports(tmp_path):
-    import train
+    from zoo.training import run
 
-    cfg = train.parse_config(["--config", "configs/quickstart_qat.yaml", "--output_dir", str(tmp_path),
-                              "--trainer.max_steps", "2", "--trainer.max_epochs", "1",
-                              "--trainer.enable_progress_bar", "false", "--data.args.repeat", "1",
-                              "--data.args.val_crop", "48", "--data.args.batch_size", "2", "--run", "[fit]"])
-    train.run(cfg)
+    run(["fit", "--config", "configs/quickstart_qat.yaml", "--output_dir", str(tmp_path),
+         "--trainer.max_steps", "2", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+         "--data.args.repeat", "1", "--data.args.val_crop", "48", "--data.args.batch_size", "2"])
     quantized = zoo.create("rcan_tiny_x2", pretrained=str(tmp_path / "export" / "quantized"))
     assert quantized.quant_spec.name == "w4a8"
     assert math.isfinite(float(quantized(torch.rand(1, 3, 12, 12)).mean()))
 
 
 def test_train_rejects_training_an_integer_model(tmp_path):
-    import train
+    from zoo.training import ConfigError, run
 
-    cfg = train.parse_config(["--config", "configs/quickstart.yaml", "--output_dir", str(tmp_path),
-                              "--model.quant", "w8a8"])
-    with pytest.raises(train.ConfigError, match="quant_aware"):
-        train.build(cfg)
+    with pytest.raises(ConfigError, match="quant_aware"):
+        run(["fit", "--config", "configs/quickstart.yaml", "--output_dir", str(tmp_path), "--model.quant", "w8a8"])
 
 
 def test_cli_quantize_writes_a_loadable_file(tmp_path, capsys):

@@ -14,7 +14,7 @@ from zoo.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from zoo.training import main, run  # noqa: E402
 
 FAST = {"max_steps": 2, "max_epochs": 1, "limit_val_batches": 1, "limit_test_batches": 1, "num_sanity_val_steps": 0,
         "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
@@ -40,17 +40,17 @@ def _config(name: str, out: Path, model_kwargs: dict, task_args: dict | None = N
 @pytest.fixture(scope="module")
 def vqvae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vq") / "run"
-    return train.run(train.parse_config(["--config", str(_config("vqvae_digits.yaml", out, TINY_VQVAE))])), out
+    return run(["--config", str(_config("vqvae_digits.yaml", out, TINY_VQVAE))]), out
 
 
 def test_vqvae_task_fits_logs_psnr_writes_grid_and_exports(vqvae_run):
     result, out = vqvae_run
-    assert result["trainer"].global_step == 2
-    psnr = result["results"]["test/psnr"]
+    assert result.trainer.global_step == 2
+    psnr = result.results["test/psnr"]
     assert 0 < psnr < 40  # dB of a two-step tokenizer: finite, positive, far from perfect
     assert (out / "samples" / "recon_epoch000.png").stat().st_size > 100
     loaded = zoo.create("vqvae", pretrained=str(out / "export"))
-    trained = result["task"].model.state_dict()
+    trained = result.model.model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
 
 
@@ -59,8 +59,8 @@ def test_scalewise_task_fits_logs_per_scale_accuracy_samples_and_exports(vqvae_r
     out = tmp_path / "var"
     tiny_var = {"vae": str(vq_out / "export"), "depth": 2, "embed_dim": 32, "num_heads": 2}
     cfg = _config("var_digits.yaml", out, tiny_var, {"sample_per_class": 2, "sample_classes": 3})
-    result = train.run(train.parse_config(["--config", str(cfg)]))
-    assert result["trainer"].global_step == 2
+    result = run(["--config", str(cfg)])
+    assert result.trainer.global_step == 2
     import csv
 
     with open(out / "metrics.csv", newline="") as fh:
@@ -68,15 +68,15 @@ def test_scalewise_task_fits_logs_per_scale_accuracy_samples_and_exports(vqvae_r
     assert len(val_rows) == 1
     for pn in (1, 2, 4):  # one accuracy and loss per scale
         assert 0 <= float(val_rows[0][f"val/acc_{pn}x{pn}"]) <= 1
-        assert 0 <= result["results"][f"test/acc_{pn}x{pn}"] <= 1
-        assert result["results"][f"test/loss_{pn}x{pn}"] > 0
-    assert result["results"]["test/acc_tail"] == result["results"]["test/acc_4x4"]
+        assert 0 <= result.results[f"test/acc_{pn}x{pn}"] <= 1
+        assert result.results[f"test/loss_{pn}x{pn}"] > 0
+    assert result.results["test/acc_tail"] == result.results["test/acc_4x4"]
     from PIL import Image
 
     grid = Image.open(out / "samples" / "epoch000.png")
     assert grid.size[1] > 3 * 16 and grid.size[0] > 2 * 16 and grid.size[1] < 4 * 16 + 10  # 3 rows of 2
     # the export records the tokenizer's path and also carries a copy of it: both load alone
-    trained = result["task"].model.state_dict()
+    trained = result.model.model.state_dict()
     for vae in (None, str(out / "export" / "vae")):
         kwargs = {} if vae is None else {"vae": zoo.create("vqvae", pretrained=vae, test_mode=True)}
         loaded = zoo.create("var", pretrained=str(out / "export"), **kwargs)
@@ -111,11 +111,11 @@ def test_bad_input_is_named(vqvae_run, tmp_path, capsys):
     _, vq_out = vqvae_run
     missing = tmp_path / "no_tokenizer_here"
     cfg = _config("var_digits.yaml", tmp_path / "bad", {"vae": str(missing)})
-    assert train.main(["--config", str(cfg)]) == 2
+    assert main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "configs/vqvae_digits.yaml" in err
     frozen = _config("vqvae_digits.yaml", tmp_path / "frozen", {**TINY_VQVAE, "test_mode": True})
-    assert train.main(["--config", str(frozen)]) == 2
+    assert main(["--config", str(frozen)]) == 2
     assert "test_mode: false" in capsys.readouterr().err
     with pytest.raises(TypeError, match="trains a VAR"):
         TASKS["scalewise_gen"](zoo.create("vqvae", pretrained=str(vq_out / "export")))
@@ -140,11 +140,11 @@ def test_digits_symmetric_range_and_standard_default():
 def test_imagenet_configs_parse_and_name_a_missing_data_root(name, tmp_path, capsys):
     config = str(ROOT / "configs" / "imagenet" / f"{name}.yaml")
     with pytest.raises(SystemExit) as stop:
-        train.parse_config(["--config", config, "--print_config"])
+        main(["fit", "--config", config, "--print_config"])
     assert stop.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["args"]["img_size"] == 256
     assert printed["model"]["kwargs"]["patch_nums"] == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
     missing = tmp_path / "imagenet"
-    assert train.main(["--config", config, "--data.args.root", str(missing), "--run", "[fit]"]) == 2
+    assert main(["fit", "--config", config, "--data.args.root", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err  # the data module fails before any model is built

@@ -184,12 +184,11 @@ def test_quickstart_short_run_beats_bicubic(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
-    import train
+    from zoo.training import run
 
-    cfg = train.parse_config([
-        "--config", str(root / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path / "qs"),
-        "--run", "[fit, validate]", "--trainer.max_steps", "300", "--trainer.max_epochs", "100",
-        "--trainer.check_val_every_n_epoch", "100", "--trainer.enable_progress_bar", "false",
-        "--data.args.val_crop", "128"])
-    results = train.run(cfg)["results"]
+    args = ["--config", str(root / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path / "qs"),
+            "--trainer.max_steps", "300", "--trainer.max_epochs", "100", "--trainer.check_val_every_n_epoch", "100",
+            "--trainer.enable_progress_bar", "false", "--data.args.val_crop", "128"]
+    run(["fit", *args])
+    results = run(["validate", *args, "--ckpt_path", "best"]).results
     assert results["val/psnr"] > results["val/psnr_bicubic"] + 0.3, results

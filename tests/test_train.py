@@ -13,36 +13,105 @@ from safetensors.torch import load_file
 
 import zoo
 from zoo.data import DATAMODULES, DigitsDataModule
-from zoo.tasks import NonFiniteLossError, OptimizerConfig, SchedulerConfig
-from zoo.tasks.optim import Lion, build_optimizer, lr_factor, param_groups
+from zoo.tasks import NonFiniteLossError
+from zoo.training import main, run
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
 from run_helpers import CONFIGS, assert_equal_nested, checkpoint_state, tiny_config  # noqa: E402
+
+DIGITS = ROOT / "configs" / "digits_seresnet.yaml"
+
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_fits_two_steps_and_exports(config, tmp_path):
+    """The subcommand-less form: fit, test the best checkpoint, export."""
     out = tmp_path / "run"
-    result = train.run(train.parse_config(["--config", str(tiny_config(config, out))]))
-    assert result["trainer"].global_step == 2
+    cli = run(["--config", str(tiny_config(config, out))])
+    assert cli.trainer.global_step == 2
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "metrics.csv").is_file()
-    assert any(k.startswith("test/") for k in result["results"])
+    assert any(k.startswith("test/") for k in cli.results)
     # the export loads through zoo.create and equals the trained weights
     cfg = yaml.safe_load(config.read_text())
     loaded = zoo.create(cfg["model"]["name"], pretrained=str(out / "export"))
-    trained = result["task"].model.state_dict()
+    trained = cli.model.model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fit_subcommand_with_a_callback_by_class_path_and_the_resolved_config(tmp_path):
+    """``fit -c X --trainer.callbacks+=EarlyStopping --trainer.callbacks.monitor=val/top1``: the callback runs
+    beside the loop's own, config.yaml in the run folder holds every resolved key, and the warmup the
+    scheduler section asks for is the lr of each step (timm's warmup from lr / warmup_steps)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(DIGITS, out, max_steps=3, max_epochs=2)  # 2 batches an epoch
+    cli = run(["fit", "-c", str(cfg), "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/top1",
+               "--trainer.callbacks.mode=max", "--optimizer.lr", "0.004", "--scheduler.warmup_steps", "2",
+               "--data.args.batch_size", "8"])
+    assert cli.datamodule.batch_size == 8 and isinstance(cli.datamodule.batch_size, int)  # read as YAML
+    stoppers = [c for c in cli.trainer.callbacks if type(c).__name__ == "EarlyStopping"]
+    assert len(stoppers) == 1 and stoppers[0].monitor == "val/top1" and stoppers[0].mode == "max"
+    val_top1 = [float(r["val/top1"]) for r in _csv_rows(out / "metrics.csv") if r.get("val/top1")][-1]
+    assert float(stoppers[0].best_score) == pytest.approx(val_top1)  # it watched the loop's metric
+    assert cli.results == {}  # fit alone tests nothing
+    # lr per step: warmup over 2 steps from 0.004 / 2, then the cosine's first value (the peak)
+    lrs = [float(r["lr"]) for r in _csv_rows(out / "metrics.csv") if r.get("lr")]
+    assert lrs == pytest.approx([0.002, 0.003, 0.004])
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["trainer"]["callbacks"][0]["class_path"] == "lightning.pytorch.callbacks.EarlyStopping"
+    assert saved["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/top1"
+    assert saved["optimizer"]["init_args"]["lr"] == 0.004 and saved["scheduler"]["init_args"]["warmup_steps"] == 2
+    assert saved["trainer"]["max_steps"] == 3 and saved["seed_everything"] == 0
+    assert saved["model"]["name"] == "seresnet18" and saved["output_dir"] == str(out)
+    assert not list(out.glob(".config.yaml.*.tmp"))  # written through atomic_write, nothing left over
+
+
+def test_csv_and_tensorboard_loggers_by_class_path(tmp_path):
+    """Loggers given by class_path log beside the run folder's metrics.csv, the same numbers."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    cfg = tiny_config(DIGITS, out)
+    logger = ('[{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s", "name": "csv"}}, '
+              '{"class_path": "TensorBoardLogger", "init_args": {"save_dir": "%s", "name": "tb"}}]'
+              % (tmp_path / "extra", tmp_path / "extra"))
+    cli = run(["fit", "-c", str(cfg), "--trainer.logger", logger])
+    assert [type(lg).__name__ for lg in cli.trainer.loggers] == ["RunCSVLogger", "CSVLogger", "TensorBoardLogger"]
+    ours = {r["step"]: float(r["train/loss_step"]) for r in _csv_rows(out / "metrics.csv") if r.get("train/loss_step")}
+    theirs = {r["step"]: float(r["train/loss_step"]) for r in
+              _csv_rows(tmp_path / "extra" / "csv" / "version_0" / "metrics.csv") if r.get("train/loss_step")}
+    assert len(ours) == 2 and ours == theirs
+    events = EventAccumulator(str(next((tmp_path / "extra" / "tb").glob("version_*"))))
+    events.Reload()
+    board = {str(e.step): e.value for e in events.Scalars("train/loss_step")}
+    assert board.keys() == ours.keys() and all(board[k] == pytest.approx(v, rel=1e-6) for k, v in ours.items())
+    assert not (out / "tensorboard").exists()  # a logger given replaces the default TensorBoard one
+
+
+def test_console_script_and_module_command_show_the_subcommands():
+    script = Path(sys.executable).parent / "zoo-train"
+    for cmd in ([str(script), "--help"], [sys.executable, "-m", "zoo", "train", "--help"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")  # not the checkout
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "{fit,validate,test,predict}" in proc.stdout and "--config" in proc.stdout
+    proc = subprocess.run([str(script), "fit", "--help"], capture_output=True, text=True, timeout=120, cwd="/")
+    assert "--optimizer" in proc.stdout and "--trainer.callbacks" in proc.stdout and "--ckpt_path" in proc.stdout
 
 
 def test_bf16_mixup_compile_and_predict(tmp_path):
     """The options a config can switch on run together: bf16 autocast on CPU, mixup + cutmix,
     torch.compile (aot_eager keeps it fast here), and the predict step."""
     out = tmp_path / "run"
-    cfg = tiny_config(ROOT / "configs" / "digits_seresnet.yaml", out, precision="bf16-mixed")
+    cfg = tiny_config(DIGITS, out, precision="bf16-mixed")
     args = '{"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "label_smoothing": 0.1, "compile": "aot_eager"}'
-    result = train.run(train.parse_config(["--config", str(cfg), "--task.args", args, "--run", "[fit, predict]"]))
-    assert result["trainer"].global_step == 2 and result["task"]._compiled_forward is not None
+    cli = run(["fit", "--config", str(cfg), "--task.args", args])
+    assert cli.trainer.global_step == 2 and cli.model._compiled_forward is not None
+    run(["predict", "--config", str(cfg), "--task.args", args, "--ckpt_path", "last"])
     preds = load_file(str(out / "predictions.safetensors"))["predictions"]
     assert preds.shape == (16, 10)
     torch.testing.assert_close(preds.float().sum(-1), torch.ones(16), atol=1e-2, rtol=0)
@@ -50,8 +119,8 @@ def test_bf16_mixup_compile_and_predict(tmp_path):
 
 def test_ema_differs_from_raw_weights_and_is_saved(tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(ROOT / "configs" / "digits_seresnet.yaml", out, max_steps=4, max_epochs=2)
-    result = train.run(train.parse_config(["--config", str(cfg), "--task.args", '{"ema_decay": 0.9}']))
+    cfg = tiny_config(DIGITS, out, max_steps=4, max_epochs=2)
+    cli = run(["--config", str(cfg), "--task.args", '{"ema_decay": 0.9}'])
     raw = load_file(str(out / "export" / "model.safetensors"))
     ema = load_file(str(out / "export" / "ema" / "model.safetensors"))
     assert raw.keys() == ema.keys()
@@ -60,7 +129,7 @@ def test_ema_differs_from_raw_weights_and_is_saved(tmp_path):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
     assert int(ckpt["state_dict"]["ema.num_updates"]) == 4
-    assert "test_ema/top1" in result["results"]
+    assert "test_ema/top1" in cli.results
 
 
 def _conv_bn() -> torch.nn.Module:
@@ -113,13 +182,11 @@ def test_resume_is_exact(tmp_path):
     """2 epochs straight == 1 epoch, stop, resume to 2: same weights, EMA and optimizer state."""
     common = {"max_steps": -1, "limit_train_batches": 3}
     straight = tmp_path / "straight"
-    train.run(train.parse_config(["--config", str(tiny_config(ROOT / "configs" / "digits_seresnet.yaml", straight,
-                                                                 max_epochs=2, **common)), "--run", "[fit]"]))
+    run(["fit", "--config", str(tiny_config(DIGITS, straight, max_epochs=2, **common))])
     resumed = tmp_path / "resumed"
-    first = tiny_config(ROOT / "configs" / "digits_seresnet.yaml", resumed, max_epochs=1, **common)
-    train.run(train.parse_config(["--config", str(first), "--run", "[fit]"]))
-    train.run(train.parse_config(["--config", str(first), "--run", "[fit]", "--trainer.max_epochs", "2",
-                                  "--ckpt_path", "last"]))
+    first = tiny_config(DIGITS, resumed, max_epochs=1, **common)
+    run(["fit", "--config", str(first)])
+    run(["fit", "--config", str(first), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
     sd_a, opt_a = checkpoint_state(straight / "checkpoints" / "last.ckpt")
     sd_b, opt_b = checkpoint_state(resumed / "checkpoints" / "last.ckpt")
     assert_equal_nested(sd_a, sd_b, "state_dict")
@@ -129,10 +196,10 @@ def test_resume_is_exact(tmp_path):
 
 def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
-    cfg = tiny_config(ROOT / "configs" / "digits_seresnet.yaml", out)
+    cfg = tiny_config(DIGITS, out)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(cfg), "--trainer.strategy", "ddp",
-                           "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--run", "[fit]"],
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config", str(cfg), "--trainer.strategy",
+                           "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
                           capture_output=True, text=True, env=env, timeout=280, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
@@ -140,31 +207,56 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert (out / "export" / "model.safetensors").is_file()
 
 
-def test_unknown_config_keys_name_the_nearest(tmp_path, capsys):
-    assert train.main(["--config", str(ROOT / "configs" / "digits_seresnet.yaml"), "--optimizer.lrr", "3"]) == 2
-    err = capsys.readouterr().err
-    assert "optimizer.lrr" in err and "optimizer.lr" in err
-    bad = yaml.safe_load((ROOT / "configs" / "digits_seresnet.yaml").read_text())
+def _one_sentence(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--optimizer.lrr", "3"], "unknown config key 'optimizer.lrr'; did you mean 'optimizer.lr'?"),
+    (["fit", "--trainer.max_epoch", "3"], "unknown config key 'trainer.max_epoch'; did you mean 'trainer.max_epochs'?"),
+    (["--optimizer", "torch.optim.SGD", "--optimizer.momentun", "0.9"],
+     "unknown config key 'optimizer.momentun'; did you mean 'optimizer.momentum'?"),
+    (["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitr=val/top1"],
+     "unknown config key 'trainer.callbacks.monitr'; did you mean 'trainer.callbacks.monitor'?"),
+    (["--trainer.callbacks+=EarlyStoping"], "trainer.callbacks: no class 'EarlyStoping'; did you mean 'EarlyStopping'?"),
+    (["--trainer.logger", "CSVLogger"], "trainer.logger: CSVLogger needs save_dir; give --trainer.logger.save_dir VALUE"),
+    (["--optimizer.name", "lino"], "optimizer.name 'lino' is not one of timm's optimizers; did you mean 'lion'?"),
+    (["--scheduler.name", "cosin"], "did you mean 'cosine'?"),
+    (["--run", "[test]"], "unknown config key 'run': give the step as a subcommand"),
+    (["--task.args", '{"label_smothing": 0.1}'], "'label_smothing' (did you mean 'label_smoothing'?)"),
+    (["--data.args.bach_size", "3"], "'bach_size' (did you mean 'batch_size'?)"),
+])
+def test_misspelt_keys_name_the_nearest_before_any_work(argv, expect, tmp_path, capsys):
+    out = tmp_path / "run"
+    subcommand = argv[:1] if argv[0] == "fit" else []
+    assert main(subcommand + ["--config", str(DIGITS), "--output_dir", str(out)] + argv[len(subcommand):]) == 2
+    assert expect in _one_sentence(capsys)
+    assert not (out / "checkpoints").exists() and not (out / "metrics.csv").exists()  # no work was done
+
+
+def test_renamed_and_misspelt_sections_in_a_config_file(tmp_path, capsys):
+    bad = yaml.safe_load(DIGITS.read_text())
     bad["optimiser"] = bad.pop("optimizer")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    assert train.main(["--config", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "optimiser" in err and "did you mean 'optimizer." in err
-    assert train.main(["--config", str(ROOT / "configs" / "digits_seresnet.yaml"),
-                       "--task.args", '{"label_smothing": 0.1}']) == 2
-    assert "label_smoothing" in capsys.readouterr().err
+    assert main(["--config", str(path)]) == 2
+    assert "unknown config key 'optimiser.lr'; did you mean 'optimizer.lr'?" in _one_sentence(capsys)
+    old = yaml.safe_load(DIGITS.read_text())
+    old["seed"] = old.pop("seed_everything")  # the key before Lightning's CLI
+    path.write_text(yaml.safe_dump(old))
+    assert main(["--config", str(path)]) == 2
+    assert "'seed': the key is seed_everything" in _one_sentence(capsys)
 
 
-def test_bad_model_data_and_run_names(tmp_path, capsys):
-    base = ["--config", str(ROOT / "configs" / "digits_seresnet.yaml"), "--output_dir", str(tmp_path / "x")]
-    assert train.main(base + ["--model.name", "seresnet5"]) == 2
+def test_bad_model_and_data_names(tmp_path, capsys):
+    base = ["--config", str(DIGITS), "--output_dir", str(tmp_path / "x")]
+    assert main(base + ["--model.name", "seresnet5"]) == 2
     assert "seresnet50" in capsys.readouterr().err
-    assert train.main(base + ["--data.name", "image_folder", "--data.args", '{"root": "/no/such/folder"}']) == 2
+    assert main(base + ["--data.name", "image_folder", "--data.args", '{"root": "/no/such/folder"}']) == 2
     assert "/no/such/folder" in capsys.readouterr().err
-    assert train.main(base + ["--run", "[fit, tset]"]) == 2
-    assert "tset" in capsys.readouterr().err
-    assert train.main(base + ["--model.kwargs", '{"num_classes": 7, "in_chans": 1}']) == 2
+    assert main(base + ["--model.kwargs", '{"num_classes": 7, "in_chans": 1}']) == 2
     assert "10 classes" in capsys.readouterr().err
 
 
@@ -177,30 +269,11 @@ class _NanDigits(DigitsDataModule):
 def test_nan_loss_stops_the_run_without_a_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(DATAMODULES, "nan_digits", _NanDigits)
     out = tmp_path / "nan"
-    cfg = tiny_config(ROOT / "configs" / "digits_seresnet.yaml", out)
-    assert train.main(["--config", str(cfg), "--data.name", "nan_digits"]) == 1
+    cfg = tiny_config(DIGITS, out)
+    assert main(["--config", str(cfg), "--data.name", "nan_digits"]) == 1
     err = capsys.readouterr().err
     assert "loss is nan" in err and "optimizer.lr" in err
     assert not list((out / "checkpoints").glob("*.ckpt")) if (out / "checkpoints").exists() else True
-
-
-def test_optimizers_and_schedules():
-    model = zoo.create("resnet18", num_classes=3)
-    decay, no_decay = param_groups(model, 0.05)
-    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    for name in ("adamw", "adam", "sgd", "lion"):
-        assert build_optimizer(model, OptimizerConfig(name=name)).param_groups[1]["weight_decay"] == 0.0
-    cos = SchedulerConfig(name="cosine", warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_factor(0, 110, cos) == pytest.approx(0.1) and lr_factor(9, 110, cos) == pytest.approx(1.0)
-    assert lr_factor(60, 110, cos) == pytest.approx(0.55) and lr_factor(110, 110, cos) == pytest.approx(0.1)
-    step = SchedulerConfig(name="step", step_size=5, gamma=0.5)
-    assert [lr_factor(s, 100, step) for s in (0, 4, 5, 10)] == [1.0, 1.0, 0.5, 0.25]
-    # Lion moves every weight by exactly lr in the direction opposite the gradient's sign
-    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
-    w.grad = torch.tensor([0.5, -0.1, 0.0])
-    Lion([w], lr=0.1).step()
-    torch.testing.assert_close(w.detach(), torch.tensor([0.9, -1.9, 3.0]))
 
 
 def test_nonfinite_guard_message():

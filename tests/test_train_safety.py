@@ -21,9 +21,8 @@ import yaml
 from run_helpers import ROOT, assert_equal_nested, checkpoint_state, tiny_config
 from weights_helpers import payload_checkpoint
 
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
 from zoo.tasks.run_folder import LOCK_NAME  # noqa: E402
+from zoo.training import main, run  # noqa: E402
 
 DIGITS = ROOT / "configs" / "digits_seresnet.yaml"
 # 40 digits in batches of 8: 5 training batches an epoch, so a checkpoint can fall mid-epoch
@@ -79,8 +78,8 @@ def test_no_checkpoint_path_runs_pickled_code(tmp_path, monkeypatch, capsys, htt
     _evil_checkpoint(out / "checkpoints" / "last.ckpt", marker)
     cases["last"] = "last"
     for case, ckpt in cases.items():
-        for steps in ("[fit]", "[test]"):
-            assert train.main(["--config", str(cfg), "--run", steps, "--ckpt_path", ckpt]) == 2, case
+        for steps in ("fit", "test"):
+            assert main([steps, "--config", str(cfg), "--ckpt_path", ckpt]) == 2, case
             err = capsys.readouterr().err
             assert "refusing to load" in err and "arbitrary code" in err, (case, err)
             assert "Traceback" not in err
@@ -106,7 +105,7 @@ def test_bad_ckpt_path_is_one_sentence(kind, tmp_path, capsys):
         "weights only": (str(tmp_path / "weights.pth"), "model.pretrained"),
         "no last yet": ("last", "leave --ckpt_path out"),
     }[kind]
-    assert train.main(["--config", str(cfg), "--ckpt_path", value]) == 2
+    assert main(["--config", str(cfg), "--ckpt_path", value]) == 2
     err = capsys.readouterr().err
     assert expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
@@ -114,8 +113,8 @@ def test_bad_ckpt_path_is_one_sentence(kind, tmp_path, capsys):
 def test_last_ckpt_is_the_final_state_and_metrics_have_every_step_once(tmp_path):
     """7 steps (an epoch and two batches): last.ckpt at step 7 whatever the monitored metric did."""
     out = tmp_path / "run"
-    result = train.run(train.parse_config(["--config", str(_config(out, max_steps=7, max_epochs=3)), "--run", "[fit]"]))
-    assert result["trainer"].global_step == 7
+    cli = run(["fit", "--config", str(_config(out, max_steps=7, max_epochs=3))])
+    assert cli.trainer.global_step == 7
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 7
     steps = [r["step"] for r in _metrics_rows(out) if r.get("train/loss_step")]
     assert len(steps) == len(set(steps)) == 7
@@ -131,9 +130,9 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     weights, optimizer, EMA and metrics.csv row for row. Checkpoints every 3 steps and at epoch ends."""
     from zoo.tasks import ClassificationTask
 
-    args = ["--run", "[fit]", "--checkpoint_every_n_steps", "3", "--task.args", '{"ema_decay": 0.9}']
+    args = ["--checkpoint_every_n_steps", "3", "--task.args", '{"ema_decay": 0.9}']
     straight = tmp_path / "straight"
-    train.run(train.parse_config(["--config", str(_config(straight, max_epochs=2))] + args))
+    run(["fit", "--config", str(_config(straight, max_epochs=2))] + args)
 
     resumed = tmp_path / "resumed"
     cfg = _config(resumed, max_epochs=2)
@@ -146,11 +145,11 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch):
 
         monkeypatch.setattr(ClassificationTask, "training_step", crashing)
         with pytest.raises(_Crash):
-            train.run(train.parse_config(["--config", str(cfg)] + args + (["--ckpt_path", resume_from] if resume_from else [])))
+            run(["fit", "--config", str(cfg)] + args + (["--ckpt_path", resume_from] if resume_from else []))
         assert not (resumed / LOCK_NAME).exists()  # released on the way out
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     monkeypatch.setattr(ClassificationTask, "training_step", real_step)
-    train.run(train.parse_config(["--config", str(cfg), "--ckpt_path", "last"] + args))
+    run(["fit", "--config", str(cfg), "--ckpt_path", "last"] + args)
 
     sd_a, opt_a = checkpoint_state(straight / "checkpoints" / "last.ckpt")
     sd_b, opt_b = checkpoint_state(resumed / "checkpoints" / "last.ckpt")
@@ -197,7 +196,7 @@ def test_second_live_run_in_the_folder_is_refused(tmp_path, capsys):
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / LOCK_NAME).write_text(f'{{"pid": {holder.pid}, "host": "{os.uname().nodename}", "started": "now"}}')
-        assert train.main(["--config", str(cfg)]) == 2
+        assert main(["--config", str(cfg)]) == 2
         err = capsys.readouterr().err
         assert f"pid {holder.pid}" in err and "another output_dir" in err
     finally:
@@ -207,7 +206,7 @@ def test_second_live_run_in_the_folder_is_refused(tmp_path, capsys):
     stale_tmp = out / "checkpoints" / ".last.ckpt.abc123.tmp"
     stale_tmp.parent.mkdir(parents=True, exist_ok=True)
     stale_tmp.write_bytes(b"x" * 100)
-    assert train.main(["--config", str(cfg), "--run", "[fit]"]) == 0
+    assert main(["fit", "--config", str(cfg)]) == 0
     assert not stale_tmp.exists() and not (out / LOCK_NAME).exists()
 
 
@@ -278,22 +277,24 @@ def test_checkpoint_killed_while_moved_from_another_file_system_keeps_the_last_o
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left beside it
 
 
-def test_batch_counts_keep_their_type(tmp_path):
-    cfg = train.parse_config(["--config", str(DIGITS), "--trainer.limit_val_batches", "1",
-                              "--trainer.limit_train_batches", "0.5"])
-    assert cfg.trainer.limit_val_batches == 1 and isinstance(cfg.trainer.limit_val_batches, int)
-    assert cfg.trainer.limit_train_batches == 0.5
+def test_batch_counts_keep_their_type(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(DIGITS), "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "0.5",
+              "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["limit_val_batches"] == 1 and isinstance(trainer["limit_val_batches"], int)
+    assert trainer["limit_train_batches"] == 0.5
 
 
 def test_ddp_kill_and_resume_equals_straight(tmp_path):
     """2 gloo processes: a SIGKILL at whatever step the run has reached, then --ckpt_path last, ends
     with the straight run's weights and optimizer state, bit for bit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--run", "[fit]",
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
            "--checkpoint_every_n_steps", "1", "--data.args.limit", "80"]
 
     def launch(out: Path, *extra: str) -> subprocess.Popen:
-        cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(_config(out, max_epochs=2))] + ddp + list(extra)
+        cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(_config(out, max_epochs=2))] + ddp + list(extra)
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 cwd=tmp_path, start_new_session=True)
 

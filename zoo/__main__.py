@@ -1,4 +1,4 @@
-"""Command line: ``python -m zoo list|info|check|upscale|quantize|export-onnx|generate|sample``.
+"""Command line: ``python -m zoo list|info|check|upscale|quantize|export-onnx|generate|sample|train``.
 
     python -m zoo list "*eca*" --pretrained     # architectures, or arch.tag with weights
     python -m zoo info fcanet50                 # pretrained config, parameters, feature stages
@@ -8,6 +8,7 @@
     python -m zoo export-onnx seresnet50 seresnet50.onnx --size 224     # checked in onnxruntime
     python -m zoo generate --model moc_lm_tiny --weights lm.safetensors --prompt "def " --temperature 0
     python -m zoo sample --model var_d16 --weights var_d16.pth --vae vae_ch160v4096z32.pth --class 3 --n 16 out.png
+    python -m zoo train fit -c configs/digits_seresnet.yaml          # train.py (zoo-train), installed
 """
 from __future__ import annotations
 
@@ -287,10 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default="dense", choices=["dense", "kivi4", "kivi2", "none"], help="KV cache (none: recompute every scale)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=_cmd_sample)
+    # everything after "train" is the training CLI's command line (its own --help, subcommands and errors)
+    p = sub.add_parser("train", help="train a model: fit|validate|test|predict -c CONFIG (train.py, zoo-train)",
+                       add_help=False)
+    p.add_argument("train_args", nargs=argparse.REMAINDER)  # listed in --help; main() hands them on
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # argparse would take the training CLI's own options (--help, -c) for its own
+        from .training import main as train_main  # Lightning's CLI only when training
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "tile", None) == 0:
         args.tile = None

@@ -6,13 +6,13 @@ from .language_model import LanguageModelTask
 from .vqvae import VQVAETask
 from .scalewise_gen import ScalewiseGenerationTask
 from .ema import ModelEma
-from .optim import Lion, OptimizerConfig, SchedulerConfig
+from .optim import TimmOptimizer, TimmScheduler, create_optimizer, create_scheduler
 
 TASKS = {"classification": ClassificationTask, "super_resolution": SuperResolutionTask,
          "language_model": LanguageModelTask}
 TASKS["vqvae"] = VQVAETask
 TASKS["scalewise_gen"] = ScalewiseGenerationTask
 
-__all__ = ["BaseTask", "ClassificationTask", "Lion", "ModelEma", "NonFiniteLossError", "OptimizerConfig",
-           "SchedulerConfig", "SuperResolutionTask", "TASKS", "LanguageModelTask"]
+__all__ = ["BaseTask", "ClassificationTask", "ModelEma", "NonFiniteLossError", "SuperResolutionTask", "TASKS",
+           "LanguageModelTask", "TimmOptimizer", "TimmScheduler", "create_optimizer", "create_scheduler"]
 __all__ += ["ScalewiseGenerationTask", "VQVAETask"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -14,7 +13,7 @@ from torch import nn
 from zoo.blocks.validation import supplied_by_caller
 
 from .ema import ModelEma
-from .optim import OptimizerConfig, SchedulerConfig, build_optimizer, build_scheduler
+from .optim import Spec, check_optimizer, check_scheduler, create_optimizer, create_scheduler, step_schedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -26,15 +25,18 @@ class BaseTask(L.LightningModule):
 
     Args:
         model: the network (usually from ``zoo.create``).
-        optimizer: optimizer settings (AdamW/Adam/SGD/Lion, weight decay that skips norms and biases).
-        scheduler: per-step LR schedule with linear warmup (cosine, step or constant).
+        optimizer: a spec (``zoo.tasks.optim``): timm's optimizer by name (``{"name": "lion", "lr": 1e-4}``)
+            or a class (``{"class_path": "torch.optim.SGD", "init_args": {...}}``); weight decay skips
+            norms and biases. None: AdamW, lr 1e-3, weight decay 0.05.
+        scheduler: a spec of the per-step schedule: timm's by name (cosine, step, constant, ... with
+            linear warmup, in steps) or a torch ``LRScheduler`` class. None: cosine, no warmup.
         ema_decay: keep an exponential moving average of the weights with this decay (None: off);
             it is evaluated beside the raw weights and saved with them.
         compile: run the model's forward through ``torch.compile`` (True: the default inductor
             backend; a string names another backend, e.g. ``"aot_eager"``).
     """
 
-    CALLER_ARGS = ("model", "optimizer", "scheduler")  # train.py builds these from their own config sections
+    CALLER_ARGS = ("model", "optimizer", "scheduler")  # the training CLI builds these from their own config sections
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -42,17 +44,17 @@ class BaseTask(L.LightningModule):
             supplied_by_caller(*cls.CALLER_ARGS)(cls.__init__)
 
     @supplied_by_caller(*CALLER_ARGS)
-    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
-                 scheduler: SchedulerConfig | None = None, ema_decay: float | None = None,
-                 compile: bool | str = False) -> None:
+    def __init__(self, model: nn.Module, optimizer: Spec | None = None, scheduler: Spec | None = None,
+                 ema_decay: float | None = None, compile: bool | str = False) -> None:
         super().__init__()
+        check_optimizer(optimizer)  # a bad name or argument fails here, before any training work
+        check_scheduler(scheduler)
         self.model = model
-        self.optim_cfg = optimizer or OptimizerConfig()
-        self.sched_cfg = scheduler or SchedulerConfig()
+        self.optim_spec, self.sched_spec = dict(optimizer or {}), dict(scheduler or {})
         self.ema = ModelEma(model, ema_decay) if ema_decay else None
         self.compile_model = compile
         self._compiled_forward = None  # a compiled bound method, not a module: no duplicate state keys
-        self.save_hyperparameters({"optimizer": asdict(self.optim_cfg), "scheduler": asdict(self.sched_cfg),
+        self.save_hyperparameters({"optimizer": self.optim_spec, "scheduler": self.sched_spec,
                                    "ema_decay": ema_decay, "compile": compile})
 
     def setup(self, stage: str) -> None:
@@ -64,12 +66,19 @@ class BaseTask(L.LightningModule):
         return (self._compiled_forward or self.model)(x)
 
     def configure_optimizers(self) -> dict:
-        optimizer = build_optimizer(self.model, self.optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        if not math.isfinite(total) or total <= 0:
-            total = max(self.sched_cfg.step_size, 1)
-        scheduler = build_scheduler(optimizer, self.sched_cfg, total)
+        optimizer = create_optimizer(self.model, self.optim_spec)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        if not math.isfinite(total) or total <= 0:  # an endless run: no decay to plan
+            raise ValueError("the learning-rate schedule needs a finite run: set trainer.max_steps or "
+                             "trainer.max_epochs")
+        scheduler = create_scheduler(optimizer, self.sched_spec, int(total))
+        if scheduler is None:  # timm's "none"
+            return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        # Lightning calls this after each optimizer step, global_step already counting it
+        step_schedule(scheduler, self.global_step)
 
     def on_fit_start(self) -> None:
         # configure_optimizers asked for estimated_stepping_batches, which made Lightning build the

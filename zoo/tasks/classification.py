@@ -9,7 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .base import BaseTask
-from .optim import OptimizerConfig, SchedulerConfig
+from .optim import Spec
 
 
 class ClassificationTask(BaseTask):
@@ -28,8 +28,8 @@ class ClassificationTask(BaseTask):
     the same under ``test/``.
     """
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
-                 scheduler: SchedulerConfig | None = None, ema_decay: float | None = None, compile: bool | str = False,
+    def __init__(self, model: nn.Module, optimizer: Spec | None = None,
+                 scheduler: Spec | None = None, ema_decay: float | None = None, compile: bool | str = False,
                  num_classes: int | None = None, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, mix_prob: float = 1.0) -> None:
         super().__init__(model, optimizer, scheduler, ema_decay, compile)

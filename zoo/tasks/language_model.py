@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from ..files import atomic_write
 from .base import BaseTask
-from .optim import OptimizerConfig, SchedulerConfig
+from .optim import Spec
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,8 +41,8 @@ class LanguageModelTask(BaseTask):
 
     monitor = ("val/loss", "min")
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
-                 scheduler: SchedulerConfig | None = None, ema_decay: float | None = None, compile: bool | str = False,
+    def __init__(self, model: nn.Module, optimizer: Spec | None = None,
+                 scheduler: Spec | None = None, ema_decay: float | None = None, compile: bool | str = False,
                  ignore_index: int = -100, sample_prompt: str | None = "def ", sample_tokens: int = 64) -> None:
         super().__init__(model, optimizer, scheduler, ema_decay, compile)
         if sample_tokens < 0:

@@ -12,7 +12,7 @@ from ..hub import save_pretrained
 from ..models.var import VAR
 from .base import BaseTask
 from .callbacks import ExportModel
-from .optim import OptimizerConfig, SchedulerConfig
+from .optim import Spec
 from .vqvae import save_grid_png
 
 
@@ -42,8 +42,8 @@ class ScalewiseGenerationTask(BaseTask):
 
     monitor = ("val/loss", "min")
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
-                 scheduler: SchedulerConfig | None = None, ema_decay: float | None = None, compile: bool | str = False,
+    def __init__(self, model: nn.Module, optimizer: Spec | None = None,
+                 scheduler: Spec | None = None, ema_decay: float | None = None, compile: bool | str = False,
                  label_smoothing: float = 0.0, sample_classes: int = 10, sample_per_class: int = 8,
                  sample_cfg: float = 2.0, sample_top_k: int = 0, sample_top_p: float = 0.0, sample_seed: int = 0) -> None:
 

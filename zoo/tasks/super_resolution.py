@@ -12,7 +12,7 @@ from ..data.images import write_image
 from ..data.imresize import imresize
 from ..metrics import psnr, ssim
 from .base import BaseTask
-from .optim import OptimizerConfig, SchedulerConfig
+from .optim import Spec
 
 
 class SuperResolutionTask(BaseTask):
@@ -26,8 +26,8 @@ class SuperResolutionTask(BaseTask):
 
     monitor = ("val/psnr", "max")
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
-                 scheduler: SchedulerConfig | None = None, ema_decay: float | None = None, compile: bool | str = False,
+    def __init__(self, model: nn.Module, optimizer: Spec | None = None,
+                 scheduler: Spec | None = None, ema_decay: float | None = None, compile: bool | str = False,
                  scale: int | None = None, loss: Literal["l1", "l2"] = "l1", comparison_size: int = 160) -> None:
         super().__init__(model, optimizer, scheduler, ema_decay, compile)
         self.scale = int(scale or getattr(model, "scale", 0))

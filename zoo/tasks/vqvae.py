@@ -11,7 +11,7 @@ from torch import nn
 from ..data.images import image_grid, write_image
 from ..models.vqvae import VQVAE
 from .base import BaseTask
-from .optim import OptimizerConfig, SchedulerConfig
+from .optim import Spec
 
 
 def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,8 @@ class VQVAETask(BaseTask):
 
     monitor = ("val/psnr", "max")
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None,
-                 scheduler: SchedulerConfig | None = None, ema_decay: float | None = None, compile: bool | str = False,
+    def __init__(self, model: nn.Module, optimizer: Spec | None = None,
+                 scheduler: Spec | None = None, ema_decay: float | None = None, compile: bool | str = False,
                  l2_weight: float = 1.0, l1_weight: float = 0.2, vq_weight: float = 1.0, grid_images: int = 8) -> None:
 
         if not isinstance(model, VQVAE):

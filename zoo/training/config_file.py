@@ -1,0 +1,23 @@
+"""The resolved config of a run, written into its folder as ``config.yaml``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import SaveConfigCallback
+
+from ..files import atomic_write
+
+
+class RunConfigFile(SaveConfigCallback):
+    """``output_dir/config.yaml``: every key with its value (defaults included), the file a later
+    ``-c`` reproduces the run from. Written whole or not at all; each run in the folder replaces it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        text = self.parser.dump(self.config)  # every key, the unset ones as their defaults
+        path = Path(trainer.default_root_dir) / self.config_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
