@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.images import write_image
 from ..data.imresize import imresize
 from ..metrics import psnr, ssim
 from .base import BaseTask
 from .optim import Spec
+from .sr_figure import ComparisonRow, comparison_row, draw_comparison, figure_title
 
 
 class SuperResolutionTask(BaseTask):
@@ -21,14 +21,17 @@ class SuperResolutionTask(BaseTask):
 
     Logged: ``train/loss``; ``val/psnr``, ``val/ssim``, ``val/psnr_bicubic``, ``val/ssim_bicubic`` (and
     ``val_ema/*`` with EMA); the same under ``test/``. The test also prints a per-image table and
-    writes ``comparison.png`` (bicubic | model | ground truth) to the run folder.
+    writes ``comparison.png`` to the run folder (``zoo.tasks.sr_figure``): per test image, up to
+    ``comparison_images``, a ``comparison_size``-pixel crop where the model and bicubic differ most,
+    bicubic | model | ground truth, with PSNRs of the whole image and of the crop.
     """
 
     monitor = ("val/psnr", "max")
 
     def __init__(self, model: nn.Module, optimizer: Spec | None = None,
                  scheduler: Spec | None = None, ema_decay: float | None = None, compile: bool | str = False,
-                 scale: int | None = None, loss: Literal["l1", "l2"] = "l1", comparison_size: int = 160) -> None:
+                 scale: int | None = None, loss: Literal["l1", "l2"] = "l1", comparison_size: int = 64,
+                 comparison_images: int = 8) -> None:
         super().__init__(model, optimizer, scheduler, ema_decay, compile)
         self.scale = int(scale or getattr(model, "scale", 0))
         if self.scale < 2:
@@ -38,9 +41,9 @@ class SuperResolutionTask(BaseTask):
         if loss not in ("l1", "l2"):
             raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}")
         self.loss_fn = F.l1_loss if loss == "l1" else F.mse_loss
-        self.comparison_size = comparison_size
+        self.comparison_size, self.comparison_images = comparison_size, comparison_images
         self._test_rows: list[tuple[float, float, float, float]] = []
-        self._comparison: list[torch.Tensor] | None = None
+        self._comparison: list[ComparisonRow] = []  # crops only: a large test set's images are not kept
         self.save_hyperparameters({"scale": self.scale, "loss": loss})
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -66,8 +69,9 @@ class SuperResolutionTask(BaseTask):
             self.log(f"{prefix}/ssim", scores[1], batch_size=len(lr), sync_dist=True)
             if prefix == stage == "test":
                 self._test_rows.append((base[0].item(), scores[0].item(), base[1].item(), scores[1].item()))
-                if self._comparison is None:
-                    self._comparison = [bicubic[0], sr[0], hr[0]]
+                for i in range(min(len(lr), self.comparison_images - len(self._comparison))):
+                    name = f"image {len(self._comparison)}"  # the data module's names come at the end
+                    self._comparison.append(comparison_row(name, bicubic[i], sr[i], hr[i], self.scale, self.comparison_size))
         self.log(f"{stage}/psnr_bicubic", base[0], batch_size=len(lr), sync_dist=True)
         self.log(f"{stage}/ssim_bicubic", base[1], batch_size=len(lr), sync_dist=True)
 
@@ -75,7 +79,7 @@ class SuperResolutionTask(BaseTask):
         self._evaluate(batch, "val")
 
     def on_test_epoch_start(self) -> None:
-        self._test_rows, self._comparison = [], None
+        self._test_rows, self._comparison = [], []
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test")
@@ -93,22 +97,14 @@ class SuperResolutionTask(BaseTask):
         mean = [sum(r[i] for r in self._test_rows) / n for i in range(4)]
         lines.append(f"{'mean':<22} {mean[0]:>13.2f} {mean[1]:>11.2f} {mean[1] - mean[0]:>+7.2f} {mean[2]:>13.4f} {mean[3]:>11.4f}")
         self.print("\n".join(lines))
-        if self._comparison is not None:
+        if self._comparison:
+            for row, name in zip(self._comparison, names):
+                row.name = name
             path = Path(self.trainer.default_root_dir) / "comparison.png"
-            write_image(side_by_side(self._comparison, self.comparison_size), path)
-            self.print(f"side-by-side (bicubic | model | ground truth): {path}")
+            draw_comparison(self._comparison, path, figure_title(self.model, self.scale))
+            self.print(f"comparison (bicubic | model | ground truth, crops where they differ most): {path}")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         lr = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(lr).clamp(0, 1)
 
-
-def side_by_side(images: list[torch.Tensor], crop: int, gap: int = 4) -> torch.Tensor:
-    """Centre crops of equally sized (3, H, W) images, left to right, with white gaps."""
-    h, w = images[0].shape[-2:]
-    size_h, size_w = min(crop, h), min(crop, w)
-    top, left = (h - size_h) // 2, (w - size_w) // 2
-    tiles = [img[:, top:top + size_h, left:left + size_w].float().cpu() for img in images]
-    spacer = torch.ones(3, size_h, gap)
-    row = [t for tile in tiles for t in (tile, spacer)][:-1]
-    return torch.cat(row, dim=-1)  # (3, crop, n * crop + gaps)
