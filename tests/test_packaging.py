@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -101,3 +102,15 @@ def test_a_broken_installed_package_is_not_called_missing(monkeypatch, tmp_path)
     with pytest.raises(ModuleNotFoundError) as info:
         require("zoo_test_broken", "train", "x")
     assert not isinstance(info.value, MissingExtraError) and info.value.name == "zoo_test_absent_dependency"
+
+
+def test_the_minimums_check_pins_every_lower_bound():
+    spec = importlib.util.spec_from_file_location("check_minimums", ROOT / "tools" / "check_minimums.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    pins = dict(pin.split("==") for pin in tool.minimum_pins())
+    assert pins["jsonargparse"] == "4.48"  # a requirement with extras keeps its bound
+    assert pins["lightning"] == "2.5.2" and pins["timm"] == "1.0.21"  # LightningCLI(load_from_checkpoint_support=)
+    assert "torch" not in pins and "torchvision" not in pins  # gigabytes: bounds from the APIs called
+    bounded = [req for req in PYPROJECT["project"]["dependencies"] if ">=" in req]
+    assert len(pins) == len(bounded) - 2, (pins, bounded)
