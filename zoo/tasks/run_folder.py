@@ -27,9 +27,11 @@ RUN_FOLDERS = ("checkpoints", "export")
 
 
 def holds_run(folder: Path) -> bool:
-    """Whether an earlier run wrote into ``folder`` (a file of its own, a checkpoint or an export)."""
+    """Whether an earlier run wrote into ``folder`` (a file of its own, a checkpoint or an export; not the
+    hidden temporaries a killed write leaves, which the next run in the folder clears)."""
     return any((folder / name).is_file() for name in RUN_FILES) or \
-        any(any((folder / name).glob("*")) for name in RUN_FOLDERS if (folder / name).is_dir())
+        any(not entry.name.startswith(".") for name in RUN_FOLDERS if (folder / name).is_dir()
+            for entry in (folder / name).iterdir())
 
 
 def _numbered(folder: Path) -> Optional[tuple[Path, int]]:

@@ -10,8 +10,10 @@
 name, kwargs, pretrained, ``quant_aware: w4a8`` for quantization-aware training), ``task`` and ``data``
 (a name and its arguments), ``optimizer`` and ``scheduler`` (timm's by name, or a ``class_path``),
 ``trainer`` (Lightning's: callbacks and loggers by class_path too), ``seed_everything``, ``output_dir``
-(the run folder), ``checkpoint_every_n_steps``; ``ckpt_path`` of each subcommand. Unknown or misspelt
-keys stop before any work, naming the nearest valid key.
+(the run folder; a fresh fit goes to ``OUTPUT_DIR-2``, ``-3``, ... when it holds a run), ``checkpoint_every_n_steps``;
+``ckpt_path`` of each subcommand (without it, validate / test / predict take the latest run's best checkpoint).
+Any key can come from the environment too (``PL_FIT__TRAINER__MAX_STEPS=2``). Unknown or misspelt keys stop
+before any work, naming the nearest valid key.
 """
 from __future__ import annotations
 
