@@ -1,4 +1,5 @@
-"""README blocks run as written, in a fresh folder, on a machine whose network is down.
+"""README blocks run as written, in a fresh folder, on a machine whose network is down; so do its training
+commands, shortened to a step by environment defaults (below the config file and the command line).
 
 Lines marked ``[network file]`` read a release file: a small random stand-in is placed where the error of
 the missing file says to put it (the error is part of what is tested). ``[run output]`` lines read what a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 import runpy
+import shlex
 import socket
 from pathlib import Path
 from typing import Callable
@@ -19,10 +21,12 @@ from safetensors.torch import save_file
 
 import zoo
 from zoo import network
+from zoo.training import main
 from weights_helpers import put_in_hf_cache
 from weights_helpers import hf_cache  # noqa: F401 (fixture)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 MARKERS = ("[network file]", "[run output]", "[network]")
 
 # headings whose python block is not run here, and why
@@ -147,3 +151,57 @@ def test_readme_block_runs_as_written(heading, tmp_path, monkeypatch, torch_home
     runpy.run_path(str(script), run_name="__main__")
     if "push_to_hub" in placed:
         assert network_down == [["README.md", "config.json", "model.safetensors"]]
+
+
+def shell_commands(heading: str) -> list[str]:
+    """The commands of the ```sh blocks right under ``heading``: continued lines joined, comments dropped."""
+    commands, current, fence = [], "", None
+    for line in README.read_text().split(heading + "\n", 1)[1].splitlines():
+        if fence is None and line.startswith("#"):
+            break  # the next heading
+        if line.startswith("```"):
+            fence = None if fence is not None else line[3:].strip()
+        elif fence == "sh":
+            current += line.rstrip("\\").strip() + " "
+            if not line.endswith("\\"):
+                if shlex.split(current, comments=True):  # not a comment line
+                    commands.append(current.strip())
+                current = ""
+    return commands
+
+
+# every README training command for one step: what a user sets the same way (PL_<SUBCOMMAND>__KEY)
+ONE_STEP = {"PL_FIT__TRAINER__MAX_STEPS": "1", "PL_FIT__TRAINER__LIMIT_TRAIN_BATCHES": "1",
+            "PL_FIT__TRAINER__LIMIT_VAL_BATCHES": "1", "PL_FIT__TRAINER__NUM_SANITY_VAL_STEPS": "0",
+            "PL_FIT__TRAINER__LIMIT_TEST_BATCHES": "1", "PL_TEST__TRAINER__LIMIT_TEST_BATCHES": "1",
+            "PL_FIT__TRAINER__LOGGER": "false"}  # metrics.csv only, where no command names a logger
+
+
+def _run_as_written(command: str) -> int:
+    """``python train.py ARGS`` in this process: train.py is ``sys.exit(zoo.training.main())``."""
+    argv = shlex.split(command, comments=True)
+    assert argv[:2] == ["python", "train.py"], command
+    try:
+        return main(argv[2:])
+    except SystemExit as done:  # --print_config and --help end in an exit
+        return done.code or 0
+
+
+def test_readme_training_commands_run_as_written(tmp_path, monkeypatch):
+    setup = shell_commands("## Set-up")[0].split(" && ")
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = setup[2].split("pip install ")[1]
+    assert setup[0] in ci and install.replace('".[train]"', '".[test]"') in ci  # CI's install has the train extra
+    training = shell_commands("## Training")
+    assert len(training) == 9, training
+    monkeypatch.chdir(tmp_path)  # the runs/ folders land here
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    for key, value in ONE_STEP.items():
+        monkeypatch.setenv(key, value)
+    for command in [setup[-1]] + training:
+        assert _run_as_written(command) == 0, command
+    # a fresh fit per command in its own numbered folder; the resume and the test ran in the latest
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["csv", "digits_seresnet"] + [f"digits_seresnet-{n}" for n in range(2, 7)] + ["quickstart"], runs
+    metrics = (tmp_path / "runs" / "digits_seresnet-2" / "metrics.csv").read_text()
+    assert "test/top1" in metrics.splitlines()[0]

@@ -22,6 +22,11 @@ def to_rgb_tensor(array: np.ndarray, name: str = "image") -> torch.Tensor:
     Grey images are repeated to three channels; RGBA is composited on white. Both emit a warning that
     names the image, so a wrong input is visible.
     """
+    return _rgb(array, name)
+
+
+def _rgb(array: np.ndarray, name: str) -> torch.Tensor:
+    """``to_rgb_tensor`` for both public readers; its warnings name the line that called them (two frames up)."""
     if array.dtype == np.uint8:
         img = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
@@ -33,10 +38,10 @@ def to_rgb_tensor(array: np.ndarray, name: str = "image") -> torch.Tensor:
     if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
         raise ValueError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
     if img.shape[2] == 1:
-        warnings.warn(f"{name} is greyscale; repeating it to RGB", stacklevel=2)
+        warnings.warn(f"{name} is greyscale; repeating it to RGB", stacklevel=3)
         img = np.repeat(img, 3, axis=2)
     elif img.shape[2] == 4:
-        warnings.warn(f"{name} has an alpha channel; compositing it on white", stacklevel=2)
+        warnings.warn(f"{name} has an alpha channel; compositing it on white", stacklevel=3)
         alpha = img[..., 3:]
         img = img[..., :3] * alpha + (1.0 - alpha)
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # (3, H, W)
@@ -61,7 +66,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     except (OSError, SyntaxError, ValueError) as exc:
         what = "is empty" if path.stat().st_size == 0 else f"is not a readable image ({exc})"
         raise ValueError(f"image {str(path)!r} {what}; re-export or re-download it as PNG or JPEG") from None
-    return to_rgb_tensor(array, path.name)
+    return _rgb(array, path.name)
 
 
 def write_image(img: torch.Tensor, path: str | Path) -> None:

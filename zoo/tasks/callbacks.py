@@ -47,6 +47,8 @@ class RunSummary(L.Callback):
 
     def __init__(self, monitor: str, mode: str = "max") -> None:
         self.monitor, self.mode = monitor, mode
+        self.place = ""  # the run folder and why it was chosen, one line
+        self.evaluated = ""  # the checkpoint (or weights) the evaluation metrics are of
         self.samples = 0
         self.fit_seconds = 0.0
         self._start = 0.0
@@ -67,13 +69,17 @@ class RunSummary(L.Callback):
 
     def report(self, trainer: L.Trainer, export: ExportModel, test_metrics: dict) -> str:
         best_score, best_path = getattr(self, "best", (None, ""))
-        lines = ["", "=" * 64, "run summary"]
+        lines = ["", "=" * 64, "run summary"] + ([f"  {self.place}"] if self.place else [])
         if self.fit_seconds:
             rate = self.samples / self.fit_seconds
             lines.append(f"  trained {trainer.global_step} steps, {trainer.current_epoch} epochs in "
                          f"{self.fit_seconds:.1f} s ({rate:.1f} samples/s per process)")
         if best_score is not None:
             lines.append(f"  best {self.monitor}: {float(best_score):.4f}  ({best_path})")
+        elif self.fit_seconds:  # Lightning's warning about the missing key, said once in our words
+            lines.append(f"  no best checkpoint: no validation ran before the fit ended (no {self.monitor})")
+        if test_metrics and self.evaluated:
+            lines.append(f"  metrics of: {self.evaluated}")
         for key, value in sorted(test_metrics.items()):
             lines.append(f"  {key}: {float(value):.4f}")
         if getattr(self, "last_path", ""):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from ..blocks.validation import check_kwargs, closest
@@ -17,6 +17,7 @@ from ..quant import QuantSpec, quant_aware
 from ..tasks import TASKS
 from ..tasks.callbacks import ExportModel, RunSummary
 from ..tasks.checkpointing import LastCheckpoint, MetricsRows, SafeCheckpointIO
+from ..tasks.progress import RunProgressBar
 from ..tasks.run_folder import RunCSVLogger
 from .sections import DataSection, ModelSection, TaskSection
 
@@ -80,7 +81,7 @@ class RunFolderParts:
 
     def callbacks(self, progress_bar: bool) -> list[Callback]:
         managed: list[Callback] = [self.checkpoint, self.last, self.export, self.summary, MetricsRows(self.metrics)]
-        return managed + ([TQDMProgressBar(leave=True)] if progress_bar else [])  # each epoch's bar stays on screen
+        return managed + ([RunProgressBar()] if progress_bar else [])
 
     def loggers(self, given: Any) -> list[Logger]:
         """metrics.csv always (resume, plots, summary read it); then the loggers given by ``trainer.logger``,
@@ -92,7 +93,7 @@ class RunFolderParts:
         return [self.metrics] + (list(given) if isinstance(given, (list, tuple)) else [given])
 
 
-def run_folder_parts(out: Path, task: L.LightningModule, resume: bool, every_n_steps: Optional[int]) -> RunFolderParts:
+def run_folder_parts(out: Path, task: L.LightningModule, every_n_steps: Optional[int]) -> RunFolderParts:
     monitor, mode = getattr(type(task), "monitor", ("val/top1", "max"))
     return RunFolderParts(
         out=out,
@@ -101,6 +102,5 @@ def run_folder_parts(out: Path, task: L.LightningModule, resume: bool, every_n_s
         last=LastCheckpoint(out / "checkpoints", every_n_train_steps=every_n_steps),
         export=ExportModel(out / "export"),
         summary=RunSummary(monitor, mode),
-        # a resumed fit, or an evaluation of a saved checkpoint, continues metrics.csv; a fresh fit starts it anew
-        metrics=RunCSVLogger(out, resume=resume),
+        metrics=RunCSVLogger(out),
         checkpoint_io=SafeCheckpointIO())

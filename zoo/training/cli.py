@@ -10,12 +10,15 @@
 name, kwargs, pretrained, ``quant_aware: w4a8`` for quantization-aware training), ``task`` and ``data``
 (a name and its arguments), ``optimizer`` and ``scheduler`` (timm's by name, or a ``class_path``),
 ``trainer`` (Lightning's: callbacks and loggers by class_path too), ``seed_everything``, ``output_dir``
-(the run folder), ``checkpoint_every_n_steps``; ``ckpt_path`` of each subcommand. Unknown or misspelt
-keys stop before any work, naming the nearest valid key.
+(the run folder; a fresh fit goes to ``OUTPUT_DIR-2``, ``-3``, ... when it holds a run), ``checkpoint_every_n_steps``;
+``ckpt_path`` of each subcommand (without it, validate / test / predict take the latest run's best checkpoint).
+Any key can come from the environment too (``PL_FIT__TRAINER__MAX_STEPS=2``). Unknown or misspelt keys stop
+before any work, naming the nearest valid key.
 """
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -31,12 +34,13 @@ from ..checkpoint import CheckpointError
 from ..files import atomic_write
 from ..tasks import NonFiniteLossError
 from ..tasks.callbacks import plot_metrics
-from ..tasks.checkpointing import resolve_ckpt_path
 from ..tasks.optim import TimmOptimizer, TimmScheduler
 from ..tasks.run_folder import RunFolderBusy, RunLock, remove_stale_temporaries
 from .build import ConfigError, build_data_and_task, check_model_section, run_folder_parts
 from .config_file import RunConfigFile
 from .errors import explain
+from .quiet import quiet_console
+from .run_place import RUN_FOLDER_ENV, place_run
 from .sections import DataSection, ModelSection, TaskSection, split_dict_overrides
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -58,13 +62,14 @@ class ZooCLI(LightningCLI):
         self.resources, self.then_test = resources, then_test
         self.results: dict[str, float] = {}
         # errors reach main() as exceptions, to be explained in one sentence; no abbreviated keys
-        # (--trainer.max_epoch would silently set max_epochs)
-        quiet = {"exit_on_error": False, "allow_abbrev": False}
+        # (--trainer.max_epoch would silently set max_epochs); every key also read from the environment
+        # (PL_FIT__TRAINER__MAX_STEPS=2), below the config file and the command line
+        common = {"exit_on_error": False, "allow_abbrev": False, "default_env": True}
         super().__init__(args=args, save_config_callback=RunConfigFile, save_config_kwargs={"overwrite": True},
                          seed_everything_default=0, auto_configure_optimizers=False,
                          load_from_checkpoint_support=False,
-                         parser_kwargs={"prog": "train.py", "description": __doc__.split("\n\n")[0], **quiet,
-                                        **{s: dict(quiet) for s in SUBCOMMANDS}})
+                         parser_kwargs={"prog": "train.py", "description": __doc__.split("\n\n")[0], **common,
+                                        **{s: dict(common) for s in SUBCOMMANDS}})
 
     # ---- the parser
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -79,7 +84,8 @@ class ZooCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--output_dir", type=str, default="runs/default",
-                            help="the run folder: checkpoints, export, metrics.csv, config.yaml, plots")
+                            help="the run folder: checkpoints, export, metrics.csv, config.yaml, plots (a fresh fit "
+                                 "goes to OUTPUT_DIR-2, -3, ... when it holds a run)")
         parser.add_argument("--checkpoint_every_n_steps", type=Optional[int], default=None,
                             help="also write last.ckpt every N training steps (default: at validation / epoch ends)")
         # not instantiated: the task builds them from the spec in configure_optimizers
@@ -103,20 +109,25 @@ class ZooCLI(LightningCLI):
         for section, key, value in overrides:
             cfg[section][key] = value
         _check_batch_counts(cfg.trainer)
+        self._place_run(cfg)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning would read the checkpoint's hyperparameters here with ``torch.load``, which
         TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns into unpickling. The config is the whole config here,
         and the checkpoint is read once, by SafeCheckpointIO."""
 
-    # ---- before any work: checks, the run folder, the checkpoint to start from
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand]
-        check_model_section(cfg.model, self.subcommand)
-        self.out = Path(cfg.output_dir)
+    # ---- before any work (and before Lightning's first line): checks, the run folder, the checkpoint to start from
+    def _place_run(self, cfg: Any) -> None:
+        subcommand = self.config.subcommand
+        check_model_section(cfg.model, subcommand)
+        self.place = place_run(Path(cfg.output_dir), subcommand, cfg.ckpt_path)
+        self.out, self.ckpt_path = self.place.folder, self.place.ckpt_path
         if self.resources.enter_context(RunLock(self.out)).held:  # not in the processes of the other ranks
             remove_stale_temporaries(self.out)
-        self.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, self.out)
+            print(self.place.line(), flush=True)
+            os.environ[RUN_FOLDER_ENV] = str(self.out)  # for the ranks Lightning's launcher starts
+            self.resources.callback(os.environ.pop, RUN_FOLDER_ENV, None)
+        cfg.output_dir = str(self.out)  # config.yaml names the folder it is in
 
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)  # the trainer's callbacks and loggers
@@ -124,8 +135,8 @@ class ZooCLI(LightningCLI):
         spec = lambda ns: ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)  # noqa: E731
         self.datamodule, self.model = build_data_and_task(cfg.model, cfg.task, cfg.data, spec(cfg.optimizer),
                                                           spec(cfg.scheduler))
-        resume = self.ckpt_path is not None or self.subcommand != "fit"
-        self.parts = run_folder_parts(self.out, self.model, resume, cfg.checkpoint_every_n_steps)
+        self.parts = run_folder_parts(self.out, self.model, cfg.checkpoint_every_n_steps)
+        self.parts.summary.place = self.place.line()
         trainer_cfg = cfg.trainer
         self.trainer = self.instantiate_trainer(
             callbacks=list(_as_list(trainer_cfg.callbacks)) + self.parts.callbacks(trainer_cfg.enable_progress_bar
@@ -134,40 +145,48 @@ class ZooCLI(LightningCLI):
             plugins=list(_as_list(trainer_cfg.plugins)) + [self.parts.checkpoint_io],
             default_root_dir=str(self.out))
         cfg["ckpt_path"] = self.ckpt_path  # what the subcommand is called with
+        if "verbose" in cfg:  # Lightning's table of results: the summary is the one place metrics are printed
+            cfg["verbose"] = False
         if self.ckpt_path is not None:
             self.parts.checkpoint_io.preload(self.ckpt_path)  # a bad or unsafe file fails now, not after setup
 
     # ---- after each subcommand
     def after_fit(self) -> None:
         self.parts.summary.record_checkpoints(self.parts.checkpoint, self.parts.last)
-        if self.then_test:  # the subcommand-less run: the best checkpoint's test metrics
-            self.trainer.test(self.model, datamodule=self.datamodule,
-                              ckpt_path=self.parts.checkpoint.best_model_path or None)
+        if self.then_test:  # the subcommand-less run: the best checkpoint's test metrics (the final weights without one)
+            best = self.parts.checkpoint.best_model_path or None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
             self.results = _stage_metrics(self.trainer, "test")
-        self._report()
+            self.parts.summary.evaluated = best or "the final weights (no best checkpoint)"
+        self._report(plots=True)
 
     def after_validate(self) -> None:
         self.results = _stage_metrics(self.trainer, "validate")
-        self._report()
+        self._report_evaluation()
 
     def after_test(self) -> None:
         self.results = _stage_metrics(self.trainer, "test")
-        self._report()
+        self._report_evaluation()
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
         if self.trainer.is_global_zero and predictions:
             tensors = {"predictions": torch.cat(predictions)}
             atomic_write(self.out / "predictions.safetensors", lambda tmp: save_file(tensors, tmp))
+        self._report_evaluation()
+
+    def _report_evaluation(self) -> None:
+        self.parts.summary.evaluated = self.ckpt_path or "the model as built (no checkpoint)"
         self._report()
 
-    def _report(self) -> None:
+    def _report(self, plots: bool = False) -> None:
+        """The end-of-run summary; the plots only after a fit (an evaluation keeps the training curves)."""
         if not self.trainer.is_global_zero:
             return
-        plots = plot_metrics(self.out / "metrics.csv", self.out)
+        written = plot_metrics(self.out / "metrics.csv", self.out) if plots else []
         print(self.parts.summary.report(self.trainer, self.parts.export, self.results))
-        if plots:
-            print(f"  plots: {', '.join(str(p) for p in plots)}")
+        if written:
+            print(f"  plots: {', '.join(str(p) for p in written)}")
 
 
 def _as_list(value: Any) -> list:
@@ -203,7 +222,8 @@ def run(argv: Optional[list[str]] = None) -> ZooCLI:
     """Run one command line (without the program name); the CLI object holds the trainer, the task
     (``model``), the data, the run folder's parts and the evaluation ``results``. Errors propagate."""
     args, then_test = with_subcommand(list(sys.argv[1:] if argv is None else argv))
-    with ExitStack() as resources:  # the run folder's lock, released however the run ends
+    with ExitStack() as resources:  # the run folder's lock and the console filters, released however the run ends
+        resources.enter_context(quiet_console())
         return ZooCLI(args, resources, then_test=then_test)
 
 
