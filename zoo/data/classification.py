@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +32,14 @@ class _ShiftAugment(Dataset):
         return img, self.labels[i]
 
 
+def _sklearn_datasets() -> ModuleType:
+    """scikit-learn's bundled data sets, or one sentence naming the extra that installs them."""
+    return require("sklearn.datasets", "train", "the built-in digits (data: digits)")
+
+
 def digit_images(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 digits scaled to [0, 1] and resized (bilinear) to ``img_size``: (N, 1, S, S), (N,)."""
-    datasets = require("sklearn.datasets", "train", "the built-in digits (data: digits)")
-    digits = datasets.load_digits()
+    digits = _sklearn_datasets().load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
     labels = torch.tensor(digits.target, dtype=torch.long)
     return F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False), labels
@@ -57,7 +62,7 @@ class DigitsDataModule(SplitDataModule):
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  max_shift: int = 2, limit: int | None = None, normalize: str = "standard") -> None:
         super().__init__()
-        require("sklearn.datasets", "train", "the built-in digits (data: digits)")  # before any work
+        _sklearn_datasets()  # a missing extra is named before any work
         if not 0 < val_fraction + test_fraction < 1:
             raise ValueError(f"val_fraction + test_fraction must be in (0, 1); got {val_fraction + test_fraction}")
         if normalize not in ("standard", "symmetric"):

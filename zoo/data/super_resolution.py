@@ -6,6 +6,7 @@ that ship inside scikit-image, so it runs offline anywhere.
 """
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Sequence
 
 import lightning as L
@@ -34,9 +35,14 @@ def mod_crop(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return hr[..., :h, :w]
 
 
+def _skimage_data() -> ModuleType:
+    """scikit-image's bundled photographs, or one sentence naming the extra that installs them."""
+    return require("skimage.data", "train", "the built-in photographs (data: sr_samples)")
+
+
 def sample_image(name: str) -> torch.Tensor:
     """One of scikit-image's bundled photographs as (3, H, W) in [0, 1]."""
-    skimage_data = require("skimage.data", "train", "the built-in photographs (data: sr_samples)")
+    skimage_data = _skimage_data()
     if name not in SAMPLE_IMAGES:
         raise ValueError(f"unknown sample image {name!r}; choose from {', '.join(SAMPLE_IMAGES)}")
     array = getattr(skimage_data, name)()
@@ -143,7 +149,7 @@ class SRSampleDataModule(_SRDataModule):
                  val_images: Sequence[str] = ("stereo_motorcycle", "hubble_deep_field"),
                  test_images: Sequence[str] | None = None) -> None:
         super().__init__(scale, patch_size, batch_size, repeat, num_workers, val_crop)
-        require("skimage.data", "train", "the built-in photographs (data: sr_samples)")  # before any work
+        _skimage_data()  # a missing extra is named before any work
         overlap = set(train_images) & set(val_images)
         if overlap:
             raise ValueError(f"images {sorted(overlap)} are in both train_images and val_images; keep them held out")
