@@ -12,6 +12,7 @@ import re
 import runpy
 import shlex
 import socket
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,7 @@ from safetensors.torch import save_file
 
 import zoo
 from zoo import network
+from zoo.__main__ import main as zoo_cli
 from zoo.training import main
 from weights_helpers import put_in_hf_cache
 from weights_helpers import hf_cache  # noqa: F401 (fixture)
@@ -205,3 +207,74 @@ def test_readme_training_commands_run_as_written(tmp_path, monkeypatch):
     assert runs == ["csv", "digits_seresnet"] + [f"digits_seresnet-{n}" for n in range(2, 7)] + ["quickstart"], runs
     metrics = (tmp_path / "runs" / "digits_seresnet-2" / "metrics.csv").read_text()
     assert "test/top1" in metrics.splitlines()[0]
+
+
+# generation as written streams 200 tokens (the default too); here 8, the last --max-new-tokens winning
+GENERATE_SHORT = ["--max-new-tokens", "8"]
+
+
+def _run_module_cli(command: str) -> int:
+    """``python -m zoo ARGS`` in this process."""
+    argv = shlex.split(command, comments=True)
+    assert argv[:3] == ["python", "-m", "zoo"], command
+    return zoo_cli(argv[3:] + (GENERATE_SHORT if argv[3] == "generate" else []))
+
+
+# the sampling benchmark as written draws 200 samples seven times; here one per class, once
+VAR_SAMPLING_SHORT = ["--per-class", "1", "--repeats", "1", "--batch", "2", "--json", "var_sampling.json"]
+
+
+def _run_benchmark(command: str, monkeypatch) -> None:
+    argv = shlex.split(command, comments=True)
+    assert argv[:2] == ["python", "benchmarks/var_sampling.py"], command
+    monkeypatch.setattr(sys, "argv", [str(ROOT / argv[1])] + argv[2:] + VAR_SAMPLING_SHORT)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script prepends its folders
+    runpy.run_path(str(ROOT / argv[1]), run_name="__main__")
+
+
+def _run_command(command: str, monkeypatch) -> None:
+    if command.startswith("python train.py"):
+        assert _run_as_written(command) == 0, command
+    elif command.startswith("python -m zoo"):
+        assert _run_module_cli(command) == 0, command
+    else:
+        _run_benchmark(command, monkeypatch)
+
+
+def test_readme_shell_blocks_run_as_written(tmp_path, monkeypatch, capsys):
+    """The language model's, VAR's and the ONNX commands in order, shortened (training to one step,
+    generation to 8 tokens, the sampling benchmark to one sample per class): what one command writes (an
+    export folder, a tokenizer) is what the next one reads, as the README says."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "docs").mkdir()  # the sampling benchmark writes its grid there
+    corpus = tmp_path / "my_corpus"  # the README's "your text files"
+    corpus.mkdir()
+    for name in ("shlex.py", "textwrap.py", "fnmatch.py"):
+        (corpus / name).write_text((Path(shlex.__file__).parent / name).read_text())
+    for key, value in ONE_STEP.items():
+        monkeypatch.setenv(key, value)
+    language = shell_commands("## Language models (MoC)")
+    var = shell_commands("## Scale-wise generation (VAR)")
+    onnx = shell_commands("### Export to ONNX")
+    assert (len(language), len(var), len(onnx)) == (5, 5, 1), (language, var, onnx)
+    for command in language + var + onnx:
+        _run_command(command, monkeypatch)
+    assert (tmp_path / "three.png").stat().st_size > 0 and (tmp_path / "docs" / "var_digits_samples.png").exists()
+    assert (tmp_path / "seresnet18.onnx").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "def " in out  # the generated continuations start with the prompt
+
+
+def test_readme_cluster_launch_arguments_parse(tmp_path, monkeypatch, capsys):
+    """torchrun and srun need a cluster; the train.py arguments they pass are parsed and resolved here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    commands = shell_commands("### Scaling out")
+    assert [c.split()[0] for c in commands] == ["torchrun", "srun"], commands
+    for command in commands:
+        argv = shlex.split(command.replace("NAME.yaml", "digits_seresnet.yaml"), comments=True)
+        args = argv[argv.index("train.py") + 1:]
+        assert _run_as_written(" ".join(["python", "train.py", "fit"] + args + ["--print_config"])) == 0, command
+        printed = capsys.readouterr().out
+        assert re.search(r"\n  num_nodes: 2\n", printed) and re.search(r"\n  devices: '?8'?\n", printed), printed[:600]
