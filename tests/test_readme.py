@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 import zoo
 from zoo import network
+from zoo.data import write_image
 from zoo.__main__ import main as zoo_cli
 from zoo.training import main
 from weights_helpers import put_in_hf_cache
@@ -278,3 +279,42 @@ def test_readme_cluster_launch_arguments_parse(tmp_path, monkeypatch, capsys):
         assert _run_as_written(" ".join(["python", "train.py", "fit"] + args + ["--print_config"])) == 0, command
         printed = capsys.readouterr().out
         assert re.search(r"\n  num_nodes: 2\n", printed) and re.search(r"\n  devices: '?8'?\n", printed), printed[:600]
+
+
+def prose_commands(heading: str) -> list[str]:
+    """The `python -m zoo ...` commands quoted in the paragraphs (not the code blocks) under ``heading``."""
+    text, fence, inside = [], False, False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and line.startswith("#"):
+            inside = line == heading
+        elif inside and not fence:
+            text.append(line)
+    quoted = re.findall(r"`(python -m zoo [^`]*)`", " ".join(text))
+    return [q for q in quoted if "COMMAND" not in q]  # `python -m zoo COMMAND --help` names the form
+
+
+# what the tour's commands read or make, placed first; `check` at 32x32 instead of 128 (five ResNets)
+TOUR_SHORT = {"check": ["--size", "32", "--batch", "1"], "generate": GENERATE_SHORT}
+
+
+def test_readme_tour_commands_run_as_written(tmp_path, monkeypatch, capsys, torch_home, hf_cache, network_down):  # noqa: F811
+    """Every command of the tour's "From the shell" paragraph; `sample` needs the release's files, and its
+    error says which and where (the machine is offline here)."""
+    monkeypatch.chdir(tmp_path)
+    write_image(torch.rand(3, 24, 24), tmp_path / "in.png")
+    zoo.save_pretrained(zoo.create("moc_lm_tiny"), tmp_path / "runs" / "moc_lm_tiny" / "export")  # a run's export
+    commands = prose_commands("## A quick tour")
+    assert [shlex.split(c)[3] for c in commands] == ["list", "info", "check", "generate", "sample", "quantize",
+                                                     "export-onnx", "upscale"], commands
+    for command in commands:
+        argv = shlex.split(command)[3:]
+        rc = zoo_cli(argv + TOUR_SHORT.get(argv[0], []))
+        out = capsys.readouterr()
+        if argv[0] == "sample":
+            assert rc == 2 and re.search(r"place it at \S+\.pth", out.err), out.err
+        else:
+            assert rc == 0, (command, out.err[-2000:])
+    for name in ("rcan_w4a8.safetensors", "seresnet18.onnx", "out.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
