@@ -1,0 +1,192 @@
+"""``zoo.prune``: structured channel pruning of the zoo's families.
+
+The family declares its dependency groups (``model.pruning_groups()``); a criterion of
+:data:`~zoo.pruning.importance.IMPORTANCE` scores each group's channels; the per-group rates come from
+one global ranking under the target (the automated per-layer rates of Liu et al., "Conditional
+Automated Channel Pruning", 2021, in its simplest form: scores normalized by their group's mean,
+one threshold over all groups, found by bisection on the estimated cost); then every member of a
+group loses the same channels. The result is a smaller dense model of the same class, which
+``save_pretrained`` records and ``zoo.create(name, pretrained=folder)`` rebuilds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import islice
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from zoo.blocks.validation import closest, owner_name, unknown_name_error
+
+from ..quant.calibrate import input_of
+from .cost import CostModel, count_params, layer_macs
+from .groups import Group
+from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_groups
+from .replay import check_record, cut_of, dim_size, shrink
+from .target import PruneTarget
+
+__all__ = ["prune", "PruneReport", "format_report"]
+
+
+@dataclass
+class PruneReport:
+    """What a prune did: the cost before and after, and each group's width."""
+
+    target: PruneTarget
+    importance: str
+    macs: tuple[float, float]
+    params: tuple[int, int]
+    widths: dict[str, tuple[int, int]]  # group -> (before, after)
+
+
+def prune(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+          num_batches: int | None = None, min_keep: float = 0.1, example_input: torch.Tensor | None = None,
+          verbose: bool = False) -> nn.Module:
+    """Remove whole channels from ``model`` in place and return it, a smaller dense model of its family.
+
+    Args:
+        model: a zoo model whose family declares ``pruning_groups()`` (ResNet / SE / ECA / FcaNet, RCAN, HAN).
+        target: ``"flops=0.5"`` (remove half the conv/linear MACs), ``"params=0.3"``, a number (a FLOPs
+            fraction) or ``{group name: rate}``; 0 leaves the model as it is.
+        importance: a name of :data:`zoo.pruning.IMPORTANCE` (``gate``, ``l1``, ``bn``, ``taylor``).
+        calib: batches (inputs, or (input, target) pairs) for ``gate`` and ``taylor``, and for costing
+            the model at its input size.
+        loss_fn: the loss ``taylor`` differentiates (default: the output's mean square).
+        num_batches: use at most this many calibration batches.
+        min_keep: every group keeps at least this fraction of its channels (and its own ``min_keep``).
+        example_input: one input batch for costing when ``calib`` is None (default: the model's
+            ``example_inputs`` or its pretrained cfg's input size).
+        verbose: print the report.
+
+    The model gets ``prune_record`` (module -> new widths: what ``save_pretrained`` writes) and
+    ``prune_report`` (a :class:`PruneReport`).
+    """
+    arch = owner_name(model)
+    spec = PruneTarget.parse(target)
+    if importance not in IMPORTANCE:
+        raise unknown_name_error("pruning importance", importance, IMPORTANCE) from None
+    if not 0 < min_keep <= 1:
+        raise ValueError(f"min_keep must be the fraction of each group kept at least, in (0, 1]; got {min_keep!r}")
+    if getattr(model, "quant_spec", None) is not None:
+        raise ValueError(f"{arch} is quantized; prune the float model, then quantize it (zoo.quantize)")
+    if not callable(getattr(model, "pruning_groups", None)):
+        raise TypeError(f"{arch} ({type(model).__name__}) declares no pruning groups: zoo.prune supports the ResNet "
+                        f"families (SE / ECA / FcaNet), RCAN and HAN")
+    batches = list(islice(iter(calib), num_batches)) if calib is not None else []
+    if importance in NEEDS_DATA and not batches:
+        raise ValueError(f"importance={importance!r} runs the model: pass calib=<a DataLoader or a list of input "
+                         f"batches>, or use importance='l1' or 'bn', which read the weights only")
+    groups = model.pruning_groups()
+    modules = dict(model.named_modules())
+    for group in groups:  # an unknown layer kind is refused before anything is scored or cut
+        for member in group.members:
+            cut_of(modules[member.module], member.dim, member.module)
+    names = [g.name for g in groups]
+    for name in spec.rates:
+        if name not in names:
+            near = closest(name, names)
+            raise ValueError(f"target names group {name!r}, which {arch} lacks" +
+                             (f"; did you mean {', '.join(map(repr, near))}?" if near else f"; its groups: {names[:8]}"))
+
+    example = input_of(batches[0]) if batches else example_input if example_input is not None else _example(model)
+    was_training = model.training
+    model.eval()
+    macs = layer_macs(model, example)
+    model.train(was_training)
+    params_before = count_params(model)
+    widths = [group_width(model, g) for g in groups]
+    if spec.kind != "rates" and spec.amount == 0:
+        removed = [0] * len(groups)
+        scores = [torch.zeros(w) for w in widths]
+    else:
+        scores = score_groups(model, groups, importance, Calibration(batches, loss_fn))
+        floors = [min(w, max(g.min_keep, math.ceil(min_keep * w))) for g, w in zip(groups, widths)]
+        if spec.kind == "rates":
+            removed = [min(round(spec.rates.get(g.name, 0.0) * w), w - f) for g, w, f in zip(groups, widths, floors)]
+        else:
+            costs = macs if spec.kind == "flops" else {n: float(p.numel()) for n, p in model.named_parameters()}
+            removed = _global_threshold(CostModel(model, groups, costs), scores, floors, spec, arch)
+    _cut(model, groups, scores, removed, widths)
+    model.eval()
+    macs_after = sum(layer_macs(model, example).values())
+    model.train(was_training)
+    model.prune_report = PruneReport(spec, importance, (float(sum(macs.values())), float(macs_after)),
+                                     (params_before, count_params(model)),
+                                     {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)})
+    if verbose:
+        print(format_report(model.prune_report))
+    return model
+
+
+def _example(model: nn.Module) -> torch.Tensor:
+    if callable(getattr(model, "example_inputs", None)):
+        return model.example_inputs(1, 48)[0]
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224))
+    param = next(model.parameters())
+    return torch.rand(1, *size, device=param.device, dtype=param.dtype)  # (1, C, H, W)
+
+
+def _global_threshold(cost: CostModel, scores: list[torch.Tensor], floors: list[int], spec: PruneTarget,
+                      arch: str) -> list[int]:
+    """The fewest channels to remove, lowest normalized score first across all groups (ties in group order),
+    for the estimated cost to fall to ``1 - amount`` of the full model's; no group goes below its floor."""
+    normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
+    owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
+    order = owner[torch.argsort(normalized, stable=True)]  # the group of each channel, lowest score first
+    caps = torch.tensor([len(s) - f for s, f in zip(scores, floors)])
+    budget = cost.full * (1 - spec.amount)
+
+    def removed_at(count: int) -> list[int]:  # the first ``count`` channels of the global order go
+        return torch.minimum(torch.bincount(order[:count], minlength=len(scores)), caps).tolist()
+
+    if cost.estimate(removed_at(len(order))) > budget:
+        most = 1 - cost.estimate(removed_at(len(order))) / cost.full
+        raise ValueError(f"target {spec.kind}={spec.amount} is out of reach for {arch}: keeping each group's floor "
+                         f"(min_keep) removes at most {most:.3f}; lower the target or min_keep")
+    low, high = 0, len(order)  # the shortest prefix that meets the budget, by bisection
+    while low < high:
+        mid = (low + high) // 2
+        if cost.estimate(removed_at(mid)) <= budget:
+            high = mid
+        else:
+            low = mid + 1
+    return removed_at(low)
+
+
+def _cut(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], removed: list[int],
+         widths: list[int]) -> None:
+    """Remove each group's ``removed`` lowest-scored channels from every member, and record the widths."""
+    modules = dict(model.named_modules())
+    dropped: dict[tuple[str, str], list[torch.Tensor]] = {}
+    for group, score, count, width in zip(groups, scores, removed, widths):
+        if count == 0:
+            continue
+        gone = torch.sort(torch.argsort(score, stable=True)[:count]).values  # the group's channel indices
+        for member in group.members:
+            indices = torch.cat([member.offset + b * width + gone for b in range(member.blocks)])
+            dropped.setdefault((member.module, member.dim), []).append(indices)
+    record = {name: dict(dims) for name, dims in (getattr(model, "prune_record", None) or {}).items()}
+    for (name, dim), parts in dropped.items():
+        full = dim_size(modules[name], dim, name)
+        keep = torch.ones(full, dtype=torch.bool)
+        keep[torch.cat(parts)] = False
+        shrink(modules[name], dim, keep.nonzero().flatten(), name)
+        record.setdefault(name, {})[dim] = int(keep.sum())
+    check_record(model, record)
+    model.prune_record = record
+
+
+def format_report(report: PruneReport) -> str:
+    """A few readable lines: cost before and after, and the groups that lost most."""
+    (m0, m1), (p0, p1) = report.macs, report.params
+    lines = [f"pruned with importance={report.importance!r}: MACs {m0 / 1e6:.1f}M -> {m1 / 1e6:.1f}M "
+             f"({1 - m1 / m0:.1%} removed), params {p0 / 1e6:.3f}M -> {p1 / 1e6:.3f}M ({1 - p1 / p0:.1%} removed)"]
+    cut = sorted(((1 - after / before, name, before, after) for name, (before, after) in report.widths.items()),
+                 reverse=True)
+    for share, name, before, after in cut[:8]:
+        if share > 0:
+            lines.append(f"  {name:<28} {before:>5} -> {after:<5} ({share:.0%})")
+    return "\n".join(lines)
