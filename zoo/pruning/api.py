@@ -48,7 +48,8 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
     """Remove whole channels from ``model`` in place and return it, a smaller dense model of its family.
 
     Args:
-        model: a zoo model whose family declares ``pruning_groups()`` (ResNet / SE / ECA / FcaNet, RCAN, HAN).
+        model: a zoo model whose family declares ``pruning_groups()`` (ResNet / SE / ECA / FcaNet, RCAN, HAN,
+            ChannelViT, the MoC LM).
         target: ``"flops=0.5"`` (remove half the conv/linear MACs), ``"params=0.3"``, a number (a FLOPs
             fraction) or ``{group name: rate}``; 0 leaves the model as it is.
         importance: a name of :data:`zoo.pruning.IMPORTANCE` (``gate``, ``l1``, ``bn``, ``taylor``).
@@ -74,7 +75,7 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
         raise ValueError(f"{arch} is quantized; prune the float model, then quantize it (zoo.quantize)")
     if not callable(getattr(model, "pruning_groups", None)):
         raise TypeError(f"{arch} ({type(model).__name__}) declares no pruning groups: zoo.prune supports the ResNet "
-                        f"families (SE / ECA / FcaNet), RCAN and HAN")
+                        f"families (SE / ECA / FcaNet), RCAN, HAN, ChannelViT and the MoC LM")
     batches = list(islice(iter(calib), num_batches)) if calib is not None else []
     if importance in NEEDS_DATA and not batches:
         raise ValueError(f"importance={importance!r} runs the model: pass calib=<a DataLoader or a list of input "
@@ -166,7 +167,8 @@ def _cut(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], remo
             continue
         gone = torch.sort(torch.argsort(score, stable=True)[:count]).values  # the group's channel indices
         for member in group.members:
-            indices = torch.cat([member.offset + b * width + gone for b in range(member.blocks)])
+            units = (gone[:, None] * member.unit + torch.arange(member.unit)).flatten()  # (count * unit,)
+            indices = torch.cat([member.offset + b * width * member.unit + units for b in range(member.blocks)])
             dropped.setdefault((member.module, member.dim), []).append(indices)
     record = {name: dict(dims) for name, dims in (getattr(model, "prune_record", None) or {}).items()}
     for (name, dim), parts in dropped.items():

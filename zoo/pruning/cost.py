@@ -59,7 +59,7 @@ def count_params(model: nn.Module) -> int:
 @dataclass
 class _Axis:
     full: int
-    shares: list[tuple[int, int]]  # (group index, copies of the group's channels along this axis)
+    shares: list[tuple[int, int]]  # (group index, indices one of the group's channels takes along this axis)
 
 
 class CostModel:
@@ -81,7 +81,7 @@ class CostModel:
                     if name not in params:  # buffers carry no cost; a missing bias neither
                         continue
                     entry = axes.setdefault((name, axis), _Axis(params[name].shape[axis], []))
-                    entry.shares.append((index, member.blocks))
+                    entry.shares.append((index, member.blocks * member.unit))
         self.costs = costs
         self.tensor_axes: dict[str, list[_Axis]] = defaultdict(list)
         for (name, _), entry in axes.items():

@@ -18,9 +18,10 @@ __all__ = ["Member", "Group"]
 class Member:
     """One dimension of one module that a group's channels index.
 
-    Channel ``c`` of the group is index ``offset + b * width + c`` of ``dim`` for every ``b`` below
-    ``blocks``, where ``width`` is the group's unpruned size: ``blocks=2`` is a classifier reading a
-    concatenation of average and max pools, ``offset=C`` the second half of a concatenation.
+    Channel ``c`` of the group is indices ``offset + (b * width + c) * unit + j`` of ``dim`` for every
+    ``b`` below ``blocks`` and ``j`` below ``unit``, where ``width`` is the group's current size:
+    ``blocks=2`` is a classifier reading a concatenation of average and max pools, ``offset=C`` the
+    second half of a concatenation, ``unit=head_dim`` an attention head (``blocks=3``: q, k and v).
 
     Args:
         module: the module's name in ``model.named_modules()`` (``""`` is the model itself).
@@ -28,12 +29,14 @@ class Member:
             ``attr:<name>``, an int attribute set to the new width (``num_features``).
         offset: where the group's channels start along ``dim``.
         blocks: how many copies of the group's channels ``dim`` holds, ``width`` apart.
+        unit: how many consecutive indices one channel of the group is (a head's ``head_dim``).
     """
 
     module: str
     dim: str
     offset: int = 0
     blocks: int = 1
+    unit: int = 1
 
 
 @dataclass
@@ -54,6 +57,6 @@ class Group:
     gates: list[str] = field(default_factory=list)
     min_keep: int = 1
 
-    def add(self, module: str, dim: str, offset: int = 0, blocks: int = 1) -> "Group":
-        self.members.append(Member(module, dim, offset, blocks))
+    def add(self, module: str, dim: str, offset: int = 0, blocks: int = 1, unit: int = 1) -> "Group":
+        self.members.append(Member(module, dim, offset, blocks, unit))
         return self

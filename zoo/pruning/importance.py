@@ -7,7 +7,8 @@
   get a *gate-weighted downstream* score: the L1 norm of the weights that read the channel, each
   output row weighted by the gate of the channel it writes (1 where that channel has no gate).
 - ``l1``: the L1 norm of the filters that write the channel (Li et al., "Pruning Filters for
-  Efficient ConvNets", ICLR 2017), each producing layer normalized by its mean.
+  Efficient ConvNets", ICLR 2017), each producing layer normalized by its mean; for a block's own
+  dimension (a SwiGLU's hidden channels) the L1 norm of every weight slice the channel owns.
 - ``bn``: |gamma| of the BatchNorms on the channel (Liu et al., "Network Slimming", ICCV 2017);
   ``l1`` for groups without a BatchNorm (RCAN has none).
 - ``taylor``: sum of |w * dL/dw| over the channel's weights, accumulated over calibration batches
@@ -53,10 +54,11 @@ class Calibration:
 def _plain_width(model: nn.Module, group: Group) -> int:
     # a member with an offset shares its dimension; the width is what a member without one holds
     for member in group.members:
-        if member.offset == 0 and member.blocks == 1:
+        if member.offset == 0 and member.blocks == 1 and member.unit == 1:
             return dim_size(model.get_submodule(member.module), member.dim, member.module)
     member = group.members[0]
-    return dim_size(model.get_submodule(member.module), member.dim, member.module) - member.offset
+    size = dim_size(model.get_submodule(member.module), member.dim, member.module)
+    return (size - member.offset) // (member.blocks * member.unit)
 
 
 def group_width(model: nn.Module, group: Group) -> int:
@@ -65,11 +67,12 @@ def group_width(model: nn.Module, group: Group) -> int:
 
 
 def per_channel(tensor: torch.Tensor, axis: int, member: Member, width: int) -> torch.Tensor:
-    """(width, rest): the slices of ``tensor`` along ``axis`` that the group's channels own, the
-    member's ``blocks`` copies summed."""
+    """(width, rest): the slices of ``tensor`` along ``axis`` that the group's channels own (``unit``
+    indices each), the member's ``blocks`` copies summed."""
     moved = tensor.detach().movedim(axis, 0)
-    rows = sum(moved[member.offset + b * width: member.offset + (b + 1) * width] for b in range(member.blocks))
-    return rows.reshape(width, -1).float()  # (width, everything else)
+    span = width * member.unit
+    rows = sum(moved[member.offset + b * span: member.offset + (b + 1) * span] for b in range(member.blocks))
+    return rows.reshape(width, -1).float()  # (width, unit * everything else)
 
 
 def _tensor(module: nn.Module, path: str) -> torch.Tensor | None:
@@ -91,6 +94,14 @@ def l1_importance(model: nn.Module, groups: list[Group], calib: Calibration | No
         for member, module in _producers(model, group):
             norms = per_channel(module.weight, 0, member, width).abs().sum(1)
             score += norms / norms.mean().clamp_min(1e-12)
+        if not score.any():  # no conv or linear writes the channels by name (a block's own 'hidden'): all they own
+            for member in group.members:
+                module = model.get_submodule(member.module)
+                for path, axis in cut_of(module, member.dim, member.module).axes:
+                    tensor = _tensor(module, path)
+                    if isinstance(tensor, nn.Parameter):
+                        norms = per_channel(tensor, axis, member, width).abs().sum(1)
+                        score += norms / norms.mean().clamp_min(1e-12)
         scores.append(score if score.any() else torch.ones(width))
     return scores
 
@@ -191,6 +202,8 @@ def gate_importance(model: nn.Module, groups: list[Group], calib: Calibration | 
         for member in group.members:
             module = model.get_submodule(member.module)
             if member.dim != "in" or not isinstance(module, (nn.Conv2d, nn.Linear)):
+                continue
+            if member.unit != 1:
                 continue
             reads = per_channel(module.weight, 1, member, width)  # (width, out * kernel)
             rows = module.weight.shape[0]

@@ -19,6 +19,7 @@ from zoo.blocks.ca import ChannelAttention
 from zoo.blocks.eca import EfficientChannelAttention
 from zoo.blocks.fca import MultiSpectralAttention, shared_filter_groups
 from zoo.blocks.han import ChannelSpatialAttention, LayerAttention
+from zoo.blocks.moc_ffn import MoCFFN, SwiGLU
 from zoo.blocks.se import SqueezeExcite
 
 __all__ = ["Cut", "SHRINKERS", "register_shrinker", "cut_of", "dim_size", "shrink", "apply_record",
@@ -123,6 +124,22 @@ register_shrinker(
     channels=lambda m: Cut((("dct_layer.weight", 0), ("fc.0.weight", 1), ("fc.2.weight", 0)),
                            ("channels", "fc.0.in_features", "fc.2.out_features"), _fca_regroup),
     hidden=lambda m: Cut((("fc.0.weight", 0), ("fc.2.weight", 1)), ("fc.0.out_features", "fc.2.in_features")))
+_SWIGLU_HIDDEN = Cut((("gate_proj.weight", 0), ("up_proj.weight", 0), ("down_proj.weight", 1)),
+                     ("hidden_dim", "gate_proj.out_features", "up_proj.out_features", "down_proj.in_features"))
+
+
+def _moc_hidden(m: MoCFFN) -> Cut:
+    dense, top_k = m.is_dense, m.top_k
+
+    def after(m: MoCFFN) -> None:
+        # a dense FFN stays dense; a sparse one keeps its K unless fewer channels are left
+        m.top_k = m.hidden_dim if dense else min(top_k, m.hidden_dim)
+        m._down_t = m._down_t_int = None  # the transposed copies of the old down projection
+    return Cut(_SWIGLU_HIDDEN.axes, _SWIGLU_HIDDEN.attrs, after)
+
+
+register_shrinker(SwiGLU, hidden=lambda m: _SWIGLU_HIDDEN)
+register_shrinker(MoCFFN, hidden=_moc_hidden)
 # blocks whose weights do not depend on the channel count: only the count they check inputs against
 for _kind in (EfficientChannelAttention, ChannelSpatialAttention, LayerAttention):
     register_shrinker(_kind, channels=lambda m: Cut((), ("channels",)))
