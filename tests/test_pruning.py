@@ -162,3 +162,45 @@ def test_target_parsing():
     assert PruneTarget.parse("params=0.3") == PruneTarget("params", 0.3)
     assert PruneTarget.parse(0.5) == PruneTarget("flops", 0.5)
     assert PruneTarget.parse({"trunk": 0.25}).rates == {"trunk": 0.25}
+
+
+def _digits_config(tmp_path, prune: dict):
+    import yaml
+    from run_helpers import ROOT, tiny_config
+
+    cfg = tiny_config(ROOT / "configs" / "digits_seresnet.yaml", tmp_path / "run")
+    config = yaml.safe_load(cfg.read_text())
+    config["prune"] = prune
+    cfg.write_text(yaml.safe_dump(config))
+    return cfg
+
+
+def test_soft_masking_in_train_py_fades_then_cuts_and_exports_the_pruned_model(tmp_path):
+    import json
+    from zoo.training import run
+
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "calib_batches": 1, "end_step": 1})
+    cli = run(["--config", str(cfg)])  # 2 steps: the mask is 0 from step 1, the cut at the end
+    net = cli.model.model
+    before, after = net.prune_report.macs
+    assert 0.5 <= 1 - after / before < 0.56
+    assert cli.model.ema.module.layer1[0].conv1.out_channels == net.layer1[0].conv1.out_channels < 64
+    export = tmp_path / "run" / "export"
+    assert json.loads((export / "config.json").read_text())["pruned"] == net.prune_record
+    loaded = zoo.create("seresnet18", pretrained=str(export)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), net.eval()(x), atol=1e-5, rtol=0)
+    assert "test/top1" in cli.results  # the best checkpoint (full width, written before the cut) was cut to load
+
+
+def test_a_bad_prune_section_stops_before_any_work(tmp_path):
+    from zoo.training import run
+    from zoo.training.build import ConfigError
+
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "gradual"})
+    with pytest.raises(ConfigError, match="prune.mode must be one of soft, oneshot; got 'gradual'"):
+        run(["--config", str(cfg)])
+    cfg = _digits_config(tmp_path, {"target": "flops=2"})
+    with pytest.raises(ConfigError, match=r"prune: target flops must be the fraction to remove, in \[0, 1\)"):
+        run(["--config", str(cfg)])
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -24,10 +24,11 @@ from ..quant.calibrate import input_of
 from .cost import CostModel, count_params, layer_macs
 from .groups import Group
 from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_groups
-from .replay import check_record, cut_of, dim_size, shrink
+from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
 from .target import PruneTarget
 
-__all__ = ["prune", "PruneReport", "format_report"]
+__all__ = ["prune", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan", "PruneReport",
+           "format_report", "check_importance"]
 
 
 @dataclass
@@ -39,6 +40,16 @@ class PruneReport:
     macs: tuple[float, float]
     params: tuple[int, int]
     widths: dict[str, tuple[int, int]]  # group -> (before, after)
+
+
+@dataclass
+class PrunePlan:
+    """Which indices of each pruned module dimension stay (sorted), and the report of the choice. A plan is
+    applied at once (:func:`apply_plan`), or first faded in during training (:func:`soft_mask`)."""
+
+    keep: dict[tuple[str, str], torch.Tensor]  # (module name, dimension) -> kept indices
+    report: PruneReport
+    example: torch.Tensor  # the input the costs were measured on
 
 
 def prune(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
@@ -65,10 +76,22 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
     The model gets ``prune_record`` (module -> new widths: what ``save_pretrained`` writes) and
     ``prune_report`` (a :class:`PruneReport`).
     """
+    plan = plan_pruning(model, target, importance, calib, loss_fn=loss_fn, num_batches=num_batches,
+                        min_keep=min_keep, example_input=example_input)
+    apply_plan(model, plan)
+    if verbose:
+        print(format_report(model.prune_report))
+    return model
+
+
+def plan_pruning(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 num_batches: int | None = None, min_keep: float = 0.1,
+                 example_input: torch.Tensor | None = None) -> PrunePlan:
+    """Choose the channels :func:`prune` removes (same arguments), without changing the model."""
     arch = owner_name(model)
     spec = PruneTarget.parse(target)
-    if importance not in IMPORTANCE:
-        raise unknown_name_error("pruning importance", importance, IMPORTANCE) from None
+    check_importance(importance)
     if not 0 < min_keep <= 1:
         raise ValueError(f"min_keep must be the fraction of each group kept at least, in (0, 1]; got {min_keep!r}")
     if getattr(model, "quant_spec", None) is not None:
@@ -97,7 +120,6 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
     model.eval()
     macs = layer_macs(model, example)
     model.train(was_training)
-    params_before = count_params(model)
     widths = [group_width(model, g) for g in groups]
     if spec.kind != "rates" and spec.amount == 0:
         removed = [0] * len(groups)
@@ -110,16 +132,70 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
         else:
             costs = macs if spec.kind == "flops" else {n: float(p.numel()) for n, p in model.named_parameters()}
             removed = _global_threshold(CostModel(model, groups, costs), scores, floors, spec, arch)
-    _cut(model, groups, scores, removed, widths)
+    report = PruneReport(spec, importance, (float(sum(macs.values())), float("nan")), (count_params(model), 0),
+                         {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)})
+    return PrunePlan(_kept_indices(model, groups, scores, removed, widths), report, example)
+
+
+def check_importance(importance: str) -> None:
+    if importance not in IMPORTANCE:
+        raise unknown_name_error("pruning importance", importance, IMPORTANCE) from None
+
+
+def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """Shrink every planned module dimension of ``model`` (the planned model, or a copy of it such as an EMA)
+    to its kept indices, and record the widths in ``model.prune_record``."""
+    modules = dict(model.named_modules())
+    record = {name: dict(dims) for name, dims in (getattr(model, "prune_record", None) or {}).items()}
+    for (name, dim), keep in plan.keep.items():
+        shrink(modules[name], dim, keep, name)
+        record.setdefault(name, {})[dim] = int(keep.numel())
+    check_record(model, record)
+    model.prune_record = record
+    was_training = model.training
     model.eval()
-    macs_after = sum(layer_macs(model, example).values())
+    macs_after = sum(layer_macs(model, plan.example.to(next(model.parameters()).device)).values())
     model.train(was_training)
-    model.prune_report = PruneReport(spec, importance, (float(sum(macs.values())), float(macs_after)),
-                                     (params_before, count_params(model)),
-                                     {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)})
-    if verbose:
-        print(format_report(model.prune_report))
+    report = plan.report
+    model.prune_report = PruneReport(report.target, report.importance, (report.macs[0], float(macs_after)),
+                                     (report.params[0], count_params(model)), report.widths)
     return model
+
+
+def _removed_indices(module: nn.Module, dim: str, keep: torch.Tensor, name: str) -> torch.Tensor:
+    gone = torch.ones(dim_size(module, dim, name), dtype=torch.bool)
+    gone[keep] = False
+    return gone.nonzero().flatten()
+
+
+@torch.no_grad()
+def soft_mask(model: nn.Module, plan: PrunePlan, factor: float) -> None:
+    """Multiply the weights of the channels ``plan`` removes by ``factor`` (soft masking: Kang and Han, "Soft
+    Masking for Cost-Constrained Channel Pruning", ECCV 2022, decay the mask of the removed channels to zero
+    while the rest train, so the final cut loses nothing the network still uses)."""
+    modules = dict(model.named_modules())
+    for (name, dim), keep in plan.keep.items():
+        module = modules[name]
+        gone = _removed_indices(module, dim, keep, name)
+        for path, axis in cut_of(module, dim, name).axes:
+            owner_path, _, leaf = path.rpartition(".")
+            tensor = getattr(module.get_submodule(owner_path) if owner_path else module, leaf, None)
+            if isinstance(tensor, nn.Parameter):
+                tensor.index_copy_(axis, gone.to(tensor.device), tensor.index_select(axis, gone.to(tensor.device)) * factor)
+
+
+def slice_state_dict(state_dict: dict, model: nn.Module, plan: PrunePlan, prefix: str = "") -> None:
+    """Cut a full-width state dict (``prefix`` + ``model``'s keys; a checkpoint written before the plan was
+    applied) to the plan's kept indices, in place, so it loads into the pruned model."""
+    for (name, dim), keep in plan.keep.items():
+        if dim.startswith(ATTR_PREFIX):
+            continue
+        module = model.get_submodule(name)
+        for path, axis in cut_of(module, dim, name).axes:
+            key = prefix + (f"{name}.{path}" if name else path)
+            tensor = state_dict.get(key)
+            if tensor is not None and tensor.shape[axis] != keep.numel():
+                state_dict[key] = tensor.index_select(axis, keep.to(tensor.device))
 
 
 def _example(model: nn.Module) -> torch.Tensor:
@@ -157,9 +233,10 @@ def _global_threshold(cost: CostModel, scores: list[torch.Tensor], floors: list[
     return removed_at(low)
 
 
-def _cut(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], removed: list[int],
-         widths: list[int]) -> None:
-    """Remove each group's ``removed`` lowest-scored channels from every member, and record the widths."""
+def _kept_indices(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], removed: list[int],
+                  widths: list[int]) -> dict[tuple[str, str], torch.Tensor]:
+    """Each group's ``removed`` lowest-scored channels, turned into the kept indices of every member dimension
+    (a dimension several groups share, such as a concatenation's input, loses what each group removes)."""
     modules = dict(model.named_modules())
     dropped: dict[tuple[str, str], list[torch.Tensor]] = {}
     for group, score, count, width in zip(groups, scores, removed, widths):
@@ -170,15 +247,12 @@ def _cut(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], remo
             units = (gone[:, None] * member.unit + torch.arange(member.unit)).flatten()  # (count * unit,)
             indices = torch.cat([member.offset + b * width * member.unit + units for b in range(member.blocks)])
             dropped.setdefault((member.module, member.dim), []).append(indices)
-    record = {name: dict(dims) for name, dims in (getattr(model, "prune_record", None) or {}).items()}
+    kept = {}
     for (name, dim), parts in dropped.items():
-        full = dim_size(modules[name], dim, name)
-        keep = torch.ones(full, dtype=torch.bool)
+        keep = torch.ones(dim_size(modules[name], dim, name), dtype=torch.bool)
         keep[torch.cat(parts)] = False
-        shrink(modules[name], dim, keep.nonzero().flatten(), name)
-        record.setdefault(name, {})[dim] = int(keep.sum())
-    check_record(model, record)
-    model.prune_record = record
+        kept[(name, dim)] = keep.nonzero().flatten()
+    return kept
 
 
 def format_report(report: PruneReport) -> str:
