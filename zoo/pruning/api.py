@@ -27,7 +27,7 @@ from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_
 from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
 from .target import PruneTarget
 
-__all__ = ["prune", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan", "PruneReport",
+__all__ = ["prune", "record_widths", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan", "PruneReport",
            "format_report", "check_importance"]
 
 
@@ -160,6 +160,18 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     model.prune_report = PruneReport(report.target, report.importance, (report.macs[0], float(macs_after)),
                                      (report.params[0], count_params(model)), report.widths)
     return model
+
+
+def record_widths(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The present width of every module dimension the family's groups touch, as a ``prune_record``: what lets
+    a model pruned by another tool (Torch-Pruning) be saved with ``save_pretrained`` and rebuilt by
+    ``zoo.create``. Only dimensions narrower than a fresh build's need recording, but recording all is harmless."""
+    modules = dict(model.named_modules())
+    record: dict[str, dict[str, int]] = {}
+    for group in model.pruning_groups():
+        for member in group.members:
+            record.setdefault(member.module, {})[member.dim] = dim_size(modules[member.module], member.dim, member.module)
+    return record
 
 
 def _removed_indices(module: nn.Module, dim: str, keep: torch.Tensor, name: str) -> torch.Tensor:
