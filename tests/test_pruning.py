@@ -118,6 +118,19 @@ def test_a_pruned_model_round_trips_through_save_pretrained_and_quantizes(tmp_pa
     torch.testing.assert_close(zoo.create(arch, pretrained=str(tmp_path / "w8a8")).eval()(x), out, atol=1e-6, rtol=0)
 
 
+def test_a_model_pruned_elsewhere_saves_through_the_widths_its_groups_read(tmp_path):
+    """What Torch-Pruning's output needs (benchmarks/pruning.py): no record, only the shrunk layers."""
+    from zoo.pruning import record_widths
+
+    model, x = _make("rcan")
+    zoo.prune(model, "flops=0.3", importance="l1")
+    del model.prune_record
+    model.prune_record = record_widths(model)
+    assert model.prune_record["head.0"] == {"out": model.head[0].out_channels} and model.head[0].out_channels < 16
+    zoo.save_pretrained(model, tmp_path)
+    torch.testing.assert_close(zoo.create("rcan", pretrained=str(tmp_path)).eval()(x), model(x), atol=1e-6, rtol=0)
+
+
 def test_replay_refuses_a_record_of_another_model():
     model, _ = _make("rcan")
     with pytest.raises(ValueError, match="names module 'layer1.0.conv1', which RCAN lacks"):
