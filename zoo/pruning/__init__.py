@@ -8,6 +8,6 @@ from .importance import IMPORTANCE, register_importance
 from .replay import SHRINKERS, apply_record, register_shrinker
 from .target import PruneTarget
 
-__all__ = ["prune", "record_widths", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan", "PruneReport",
-           "format_report", "PruneTarget", "Group", "Member", "IMPORTANCE",
-           "register_importance", "SHRINKERS", "register_shrinker", "apply_record", "count_macs", "count_params"]
+__all__ = ["prune", "record_widths", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan",
+           "PruneReport", "format_report", "PruneTarget", "Group", "Member", "IMPORTANCE", "register_importance",
+           "SHRINKERS", "register_shrinker", "apply_record", "count_macs", "count_params"]

@@ -27,8 +27,8 @@ from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_
 from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
 from .target import PruneTarget
 
-__all__ = ["prune", "record_widths", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan", "PruneReport",
-           "format_report", "check_importance"]
+__all__ = ["prune", "record_widths", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan",
+           "PruneReport", "format_report", "check_importance"]
 
 
 @dataclass
@@ -170,7 +170,8 @@ def record_widths(model: nn.Module) -> dict[str, dict[str, int]]:
     record: dict[str, dict[str, int]] = {}
     for group in model.pruning_groups():
         for member in group.members:
-            record.setdefault(member.module, {})[member.dim] = dim_size(modules[member.module], member.dim, member.module)
+            module = modules[member.module]
+            record.setdefault(member.module, {})[member.dim] = dim_size(module, member.dim, member.module)
     return record
 
 
@@ -193,7 +194,8 @@ def soft_mask(model: nn.Module, plan: PrunePlan, factor: float) -> None:
             owner_path, _, leaf = path.rpartition(".")
             tensor = getattr(module.get_submodule(owner_path) if owner_path else module, leaf, None)
             if isinstance(tensor, nn.Parameter):
-                tensor.index_copy_(axis, gone.to(tensor.device), tensor.index_select(axis, gone.to(tensor.device)) * factor)
+                rows = gone.to(tensor.device)
+                tensor.index_copy_(axis, rows, tensor.index_select(axis, rows) * factor)
 
 
 def slice_state_dict(state_dict: dict, model: nn.Module, plan: PrunePlan, prefix: str = "") -> None:
