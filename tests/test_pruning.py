@@ -14,7 +14,7 @@ FAMILIES = {
     "seresnet18": (dict(num_classes=5, layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
     "eca_resnet18": (dict(num_classes=5, layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
     "fcanet34": (dict(num_classes=5, layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
-    "ecaresnet50d": (dict(num_classes=5, layers=(1, 1, 1, 1), global_pool="catavgmax"), (2, 3, 32, 32)),
+    "ecaresnet50d": (dict(num_classes=5, layers=(1, 1, 1, 1), global_pool="catavgmax"), (2, 3, 16, 16)),
     "rcan": (dict(scale=2, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4), (2, 3, 12, 12)),
     "han": (dict(n_resblocks=1, n_feats=16, reduction=4), (1, 3, 8, 8)),
     "channelvit": (dict(img_size=16, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=4, num_classes=3),
@@ -64,6 +64,16 @@ def test_every_criterion_meets_a_flops_and_a_params_target(importance):
         before, after = getattr(model.prune_report, field)
         assert 0.3 <= 1 - after / before < 0.36, (target, 1 - after / before)
         assert model(x).shape == (2, 5)
+
+
+def test_round_to_keeps_whole_multiples_and_still_meets_the_target():
+    model, x = _make("seresnet18")
+    zoo.prune(model, "flops=0.5", importance="l1", round_to=8)
+    kept = {name: after for name, (before, after) in model.prune_report.widths.items() if after != before}
+    assert kept and all(after % 8 == 0 for after in kept.values()), kept
+    assert 1 - model.prune_report.macs[1] / model.prune_report.macs[0] >= 0.5
+    with pytest.raises(ValueError, match="round_to must be a whole number of channels >= 1"):
+        zoo.prune(model, "flops=0.1", importance="l1", round_to=0)
 
 
 @pytest.mark.parametrize("arch", ["fcanet34", "rcan"])

@@ -54,8 +54,8 @@ class PrunePlan:
 
 def prune(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-          num_batches: int | None = None, min_keep: float = 0.1, example_input: torch.Tensor | None = None,
-          verbose: bool = False) -> nn.Module:
+          num_batches: int | None = None, min_keep: float = 0.1, round_to: int = 1,
+          example_input: torch.Tensor | None = None, verbose: bool = False) -> nn.Module:
     """Remove whole channels from ``model`` in place and return it, a smaller dense model of its family.
 
     Args:
@@ -69,6 +69,8 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
         loss_fn: the loss ``taylor`` differentiates (default: the output's mean square).
         num_batches: use at most this many calibration batches.
         min_keep: every group keeps at least this fraction of its channels (and its own ``min_keep``).
+        round_to: every group keeps a multiple of this many channels (or all of them): CPU and GPU conv
+            kernels run a width such as 23 no faster than 32, so 8 turns saved MACs into saved time.
         example_input: one input batch for costing when ``calib`` is None (default: the model's
             ``example_inputs`` or its pretrained cfg's input size).
         verbose: print the report.
@@ -77,7 +79,7 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
     ``prune_report`` (a :class:`PruneReport`).
     """
     plan = plan_pruning(model, target, importance, calib, loss_fn=loss_fn, num_batches=num_batches,
-                        min_keep=min_keep, example_input=example_input)
+                        min_keep=min_keep, round_to=round_to, example_input=example_input)
     apply_plan(model, plan)
     if verbose:
         print(format_report(model.prune_report))
@@ -86,7 +88,7 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
 
 def plan_pruning(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 num_batches: int | None = None, min_keep: float = 0.1,
+                 num_batches: int | None = None, min_keep: float = 0.1, round_to: int = 1,
                  example_input: torch.Tensor | None = None) -> PrunePlan:
     """Choose the channels :func:`prune` removes (same arguments), without changing the model."""
     arch = owner_name(model)
@@ -94,6 +96,9 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
     check_importance(importance)
     if not 0 < min_keep <= 1:
         raise ValueError(f"min_keep must be the fraction of each group kept at least, in (0, 1]; got {min_keep!r}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a whole number of channels >= 1 (1: no rounding, 8: multiples of 8); "
+                         f"got {round_to!r}")
     if getattr(model, "quant_spec", None) is not None:
         raise ValueError(f"{arch} is quantized; prune the float model, then quantize it (zoo.quantize)")
     if not callable(getattr(model, "pruning_groups", None)):
@@ -129,9 +134,10 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
         floors = [min(w, max(g.min_keep, math.ceil(min_keep * w))) for g, w in zip(groups, widths)]
         if spec.kind == "rates":
             removed = [min(round(spec.rates.get(g.name, 0.0) * w), w - f) for g, w, f in zip(groups, widths, floors)]
+            removed = _rounded(removed, widths, round_to)
         else:
             costs = macs if spec.kind == "flops" else {n: float(p.numel()) for n, p in model.named_parameters()}
-            removed = _global_threshold(CostModel(model, groups, costs), scores, floors, spec, arch)
+            removed = _global_threshold(CostModel(model, groups, costs), scores, floors, spec, arch, round_to)
     report = PruneReport(spec, importance, (float(sum(macs.values())), float("nan")), (count_params(model), 0),
                          {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)})
     return PrunePlan(_kept_indices(model, groups, scores, removed, widths), report, example)
@@ -220,8 +226,16 @@ def _example(model: nn.Module) -> torch.Tensor:
     return torch.rand(1, *size, device=param.device, dtype=param.dtype)  # (1, C, H, W)
 
 
+def _rounded(removed: list[int], widths: list[int], round_to: int) -> list[int]:
+    """Remove fewer channels where needed for each group to keep a multiple of ``round_to`` (or all it has)."""
+    if round_to == 1:
+        return removed
+    kept = [min(w, -(-(w - r) // round_to) * round_to) for r, w in zip(removed, widths)]  # rounded up
+    return [w - k for w, k in zip(widths, kept)]
+
+
 def _global_threshold(cost: CostModel, scores: list[torch.Tensor], floors: list[int], spec: PruneTarget,
-                      arch: str) -> list[int]:
+                      arch: str, round_to: int = 1) -> list[int]:
     """The fewest channels to remove, lowest normalized score first across all groups (ties in group order),
     for the estimated cost to fall to ``1 - amount`` of the full model's; no group goes below its floor."""
     normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
@@ -230,8 +244,11 @@ def _global_threshold(cost: CostModel, scores: list[torch.Tensor], floors: list[
     caps = torch.tensor([len(s) - f for s, f in zip(scores, floors)])
     budget = cost.full * (1 - spec.amount)
 
+    widths = [len(s) for s in scores]
+
     def removed_at(count: int) -> list[int]:  # the first ``count`` channels of the global order go
-        return torch.minimum(torch.bincount(order[:count], minlength=len(scores)), caps).tolist()
+        removed = torch.minimum(torch.bincount(order[:count], minlength=len(scores)), caps).tolist()
+        return _rounded(removed, widths, round_to)
 
     if cost.estimate(removed_at(len(order))) > budget:
         most = 1 - cost.estimate(removed_at(len(order))) / cost.full

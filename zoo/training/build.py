@@ -77,7 +77,7 @@ def soft_pruning(prune: PruneSection, subcommand: str) -> list[Callback]:
     if prune.target is None or prune.mode != "soft" or subcommand != "fit":
         return []
     return [SoftPruning(prune.target, prune.importance, prune.start_step, prune.end_step, prune.calib_batches,
-                        prune.min_keep)]
+                        prune.min_keep, prune.round_to)]
 
 
 def build_data_and_task(model: ModelSection, task: TaskSection, data: DataSection, optimizer: dict,
@@ -100,7 +100,8 @@ def build_data_and_task(model: ModelSection, task: TaskSection, data: DataSectio
         raise ConfigError(f"the data has {data_classes} classes but the model has {net_classes}; "
                           f"set model.kwargs.num_classes: {data_classes}")
     if prune is not None and prune.target is not None and prune.mode == "oneshot":  # before the task copies it (EMA)
-        prune_before_training(net, datamodule, prune.target, prune.importance, prune.calib_batches, prune.min_keep)
+        prune_before_training(net, datamodule, prune.target, prune.importance, prune.calib_batches, prune.min_keep,
+                              prune.round_to)
     return datamodule, task_cls(net, optimizer=optimizer, scheduler=scheduler, **task.args)
 
 

@@ -52,6 +52,7 @@ class PruneSection:
     end_step: Optional[int] = None
     calib_batches: int = 4
     min_keep: float = 0.1
+    round_to: int = 1  # keep multiples of this many channels per group (8: widths the conv kernels like)
 
 
 PRUNE_MODES = ("soft", "oneshot")
