@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("files", ("zoo.files", "zoo.extras")),
     ("weights", ("zoo.pretrained", "zoo.checkpoint")),
     ("quantization", ("zoo.quant",)),
+    ("pruning", ("zoo.pruning",)),
     ("hub", ("zoo.model_card", "zoo.network", "zoo.hub")),
     ("building", ("zoo.registry", "zoo.features", "zoo.builder", "zoo.factory")),
     ("models", ("zoo.models", "zoo.deploy", "zoo.onnx_export", "zoo.metrics", "zoo.profiling")),

@@ -106,6 +106,7 @@ STAND_INS: dict[str, Callable[[Path, Path], list[str]]] = {
     "## A quick tour": _quick_tour,
     "## Language models (MoC)": _language_models,
     "## Multi-channel images: ChannelViT": _channelvit,
+    "## Pruning": _nothing,
     "## Quantization": _nothing,
     "### Fast on the CPU": _nothing,
     "### Export to ONNX": _nothing,

@@ -15,6 +15,7 @@ from .registry import get_pretrained_cfg, list_models, list_pretrained, register
 from . import models  # noqa: F401  (registers the families)
 from .quant import QuantSpec, quant_aware, quantize
 from .quant.io import save_quantized
+from .pruning import prune
 from .deploy import optimize
 from .onnx_export import export_onnx
 from .timm_bridge import register_with_timm
@@ -27,6 +28,7 @@ __all__ = [
     "QuantSpec",
     "quant_aware",
     "quantize",
+    "prune",
     "optimize",
     "export_onnx",
     "save_quantized",

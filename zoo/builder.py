@@ -16,6 +16,7 @@ from .checkpoint import FilterFn, load_into, read_checkpoint
 from .features import FEATURE_CLASSES, FeatureGetterNet, FeatureListNet
 from .hub import Source, Weights, check_num_classes, resolve_source
 from .pretrained import PretrainedCfg
+from .pruning.replay import apply_record
 from .quant.io import load_quantized_into
 
 BUILD_ONLY_ARGS = ("features_only", "out_indices", "feature_cls", "checkpoint_path", "pretrained_cfg",
@@ -86,10 +87,14 @@ def build_model(
     # read the weights before building: a bad file fails before any work
     weights = source.read() if source is not None else None
 
+    # a pruned model's folder records each shrunk layer's width: replayed on the fresh model before the strict load
+    pruned = (source.config or {}).get("pruned") if source is not None else None
     if source is not None and source.quant is not None:
-        model = _load_quantized(model_cls, kwargs, weights, source.quant, cfg)
+        model = _load_quantized(model_cls, kwargs, weights, source.quant, cfg, pruned)
     else:
         model = model_cls(**kwargs)
+        if pruned:
+            apply_record(model, pruned)
         if weights is not None:
             load_into(model, weights.state_dict, source=weights.source, filter_fn=filter_fn,
                       first_conv=cfg.first_conv, classifier=cfg.classifier)
@@ -114,7 +119,7 @@ def build_model(
 
 
 def _load_quantized(model_cls: Callable[..., nn.Module], kwargs: dict, weights: Weights, record: dict,
-                    cfg: PretrainedCfg) -> nn.Module:
+                    cfg: PretrainedCfg, pruned: dict | None = None) -> nn.Module:
     """The file's quantized model: built on the meta device where the model allows (no float weights are
     ever allocated), its layers swapped for the recorded quantized ones, then loaded through the same
     strict fit check as float weights. A classifier sized for other classes stays float at its init."""
@@ -123,4 +128,6 @@ def _load_quantized(model_cls: Callable[..., nn.Module], kwargs: dict, weights: 
             model = model_cls(**kwargs)
     except (RuntimeError, NotImplementedError):  # model code that computes on its tensors at build time
         model = model_cls(**kwargs)
+    if pruned:  # pruned first: the quantized layers are swapped in at the pruned widths
+        apply_record(model, pruned)
     return load_quantized_into(model, record, weights.state_dict, classifier=cfg.classifier, source=weights.source)

@@ -126,7 +126,7 @@ def check_config(config: object, where: str) -> None:
     arch = config.get("architecture")
     if "architecture" in config and (not isinstance(arch, str) or not arch):
         raise ValueError(f"{where}: 'architecture' must be the name of a model, such as \"resnet50\"; got {arch!r}")
-    for key in ("model_args", "pretrained_cfg", "zoo"):
+    for key in ("model_args", "pretrained_cfg", "zoo", "pruned"):
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise ValueError(f"{where}: {key!r} must be a JSON object of names and values; got a "
                              f"{type(config[key]).__name__} ({config[key]!r:.60})")
@@ -286,6 +286,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, model_args: 
     config.update(num_features=getattr(model, "num_features", None), model_args=args, pretrained_cfg=timm_cfg)
     if own:
         config["zoo"] = {"pretrained_cfg": own}
+    if getattr(model, "prune_record", None):  # each pruned layer's widths: zoo.create replays them before loading
+        config["pruned"] = model.prune_record
     if getattr(model, "quant_spec", None) is not None:  # packed weights, scales and the spec in the header
         config["quant"] = model.quant_spec.name
         save_quantized(model, directory / "model.safetensors")

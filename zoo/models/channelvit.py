@@ -39,6 +39,7 @@ from ..builder import build_model
 from ..checkpoint import CheckpointError
 from ..features import FeatureInfo
 from ..pretrained import PretrainedCfg
+from ..pruning.groups import Group
 from ..registry import register_model, register_pretrained_cfgs
 
 __all__ = ["ChannelViT", "VisionTransformer", "checkpoint_filter_fn", "resample_pos_table"]
@@ -284,6 +285,21 @@ class VisionTransformer(nn.Module):
         ref = self.cls_token
         self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
                      if num_classes > 0 else nn.Identity()).train(self.training)
+
+    def pruning_groups(self) -> list[Group]:
+        """What :func:`zoo.prune` removes: each block's attention heads (a head is ``head_dim`` rows of q, k
+        and v in ``qkv`` and as many columns of ``proj``) and its MLP hidden channels (``fc1`` rows, ``fc2``
+        columns). The embedding width, which every residual add ties to the patch embedding, the position
+        table and the CLS token, stays."""
+        groups = []
+        for i, block in enumerate(self.blocks):
+            attn, name = block.attn, f"blocks.{i}.attn"
+            head_dim = attn.head_dim
+            groups.append(Group(f"blocks.{i}.heads").add(name, "attr:num_heads")
+                          .add(f"{name}.qkv", "out", blocks=3, unit=head_dim).add(f"{name}.proj", "in", unit=head_dim)
+                          .add(name, "attr:attn_dim", unit=head_dim))
+            groups.append(Group(f"blocks.{i}.mlp").add(f"blocks.{i}.mlp.fc1", "out").add(f"blocks.{i}.mlp.fc2", "in"))
+        return groups
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

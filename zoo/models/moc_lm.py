@@ -34,6 +34,7 @@ from zoo.blocks.validation import check_tensor, owner_name, values_readable
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg
+from ..pruning.groups import Group
 from ..registry import register_model, register_pretrained_cfgs
 from .decoding import generate
 from .kv_cache import KVCache, make_cache
@@ -225,6 +226,13 @@ class MoCLM(nn.Module):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, dim) hidden states -> (B, T, vocab_size) logits."""
         return F.linear(x, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(x)
+
+    def pruning_groups(self) -> list[Group]:
+        """What :func:`zoo.prune` removes: each layer's FFN hidden channels (rows of ``gate_proj`` and
+        ``up_proj``, columns of ``down_proj``; a Mixture-of-Channels FFN keeps its ``top_k`` unless fewer
+        channels are left). The heads stay: the KV caches and grouped-query attention are sized from the
+        config's head counts, and the model width is tied to the embedding and every residual add."""
+        return [Group(f"layers.{i}.ffn").add(f"layers.{i}.ffn", "hidden") for i in range(len(self.layers))]
 
     def example_inputs(self, batch: int, size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
         """A forward's arguments for smoke runs (``python -m zoo check``): up to 64 random token ids."""

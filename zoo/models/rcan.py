@@ -25,6 +25,7 @@ from zoo.blocks.validation import check_image, check_tensor, float_param, owner_
 
 from ..builder import build_model
 from ..pretrained import PretrainedCfg
+from ..pruning.groups import Group, Member
 from ..registry import register_model, register_pretrained_cfgs
 
 __all__ = ["RCAN", "RCAB", "ResidualGroup", "Upsampler", "MeanShift"]
@@ -98,6 +99,32 @@ class Upsampler(nn.Sequential):
         super().__init__(*layers)
 
 
+def residual_trunk_groups(body: nn.Sequential, prefix: str = "body") -> tuple[Group, list[Group]]:
+    """The residual-in-residual trunk of RCAN / HAN as pruning groups (see :mod:`zoo.pruning.groups`).
+
+    Every residual add (inside each RCAB, each group's short skip, the long skip) ties the feature
+    channels of the whole body to one index, so they form one ``trunk`` group: every conv that reads
+    or writes the trunk, and every CA block (which gates it). Each RCAB's middle channels (after its
+    first conv) and each CA's squeeze width are groups of their own. Returns (trunk, the others); the
+    caller adds the head, the tail and anything else that touches the trunk.
+    """
+    trunk, inner = Group("trunk"), []
+    for g, group in enumerate(body):
+        if isinstance(group, nn.Conv2d):  # the body's last conv
+            trunk.add(f"{prefix}.{g}", "in").add(f"{prefix}.{g}", "out")
+            continue
+        for b, block in enumerate(group.body):
+            name = f"{prefix}.{g}.body.{b}"
+            if isinstance(block, nn.Conv2d):  # the group's last conv
+                trunk.add(name, "in").add(name, "out")
+                continue
+            trunk.add(f"{name}.body.0", "in").add(f"{name}.body.2", "out").add(f"{name}.body.3", "channels")
+            trunk.gates.append(f"{name}.body.3")
+            inner.append(Group(f"{name}.mid").add(f"{name}.body.0", "out").add(f"{name}.body.2", "in"))
+            inner.append(Group(f"{name}.ca.hidden").add(f"{name}.body.3", "hidden"))
+    return trunk, inner
+
+
 class RCAN(nn.Module):
     """Residual channel attention network for single-image super-resolution.
 
@@ -156,6 +183,15 @@ class RCAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+
+    def pruning_groups(self) -> list[Group]:
+        """The trunk (head's output through the body to the upsampler's first conv) and each block's inner
+        channels (:func:`residual_trunk_groups`). The upsampler's own channels stay: PixelShuffle ties them
+        to the output pixels."""
+        trunk, inner = residual_trunk_groups(self.body)
+        trunk.members.insert(0, Member("head.0", "out"))
+        trunk.add("tail.0.0", "in").add("", "attr:num_features")
+        return inner + [trunk]
 
 def _basicsr_to_release(state_dict: dict, n_resblocks: int, n_resgroups: int, rgb_mean=DIV2K_MEAN) -> dict:
     """BasicSR's RCAN keys -> the release's; BasicSR keeps the mean as a constant, so the mean shifts

@@ -29,6 +29,7 @@ from zoo.blocks.layers import stochastic_depth
 from ..builder import build_model
 from ..features import FeatureInfo
 from ..pretrained import PretrainedCfg
+from ..pruning.groups import Group
 from ..registry import register_model, register_pretrained_cfgs
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck"]
@@ -344,6 +345,56 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+
+    def pruning_groups(self) -> list[Group]:
+        """The channels :func:`zoo.prune` removes together (see :mod:`zoo.pruning.groups`).
+
+        - One residual *stream* per run of blocks without a projection: every branch's last conv and
+          BN write it, the attention block on that branch gates it, the next blocks' first convs (and
+          a projection shortcut) read it; the stem's output is the first stream, the classifier reads
+          the last. A projection shortcut starts a new stream.
+        - Each block's inner channels (after conv1, and after conv2 in a bottleneck), and each SE /
+          FcaNet squeeze width: groups of their own, gated by nothing.
+        """
+        groups: list[Group] = []
+        if isinstance(self.conv1, nn.Sequential):  # deep stem: two inner widths, then the stem's output
+            groups.append(Group("stem.0").add("conv1.0", "out").add("conv1.1", "channels").add("conv1.3", "in"))
+            groups.append(Group("stem.1").add("conv1.3", "out").add("conv1.4", "channels").add("conv1.6", "in"))
+            stream = Group("stem").add("conv1.6", "out")
+        else:
+            stream = Group("stem").add("conv1", "out")
+        stream.add("bn1", "channels")
+        for stage in range(1, 5):
+            layer = getattr(self, f"layer{stage}")
+            if not isinstance(layer, nn.Sequential):  # cut off by prune_intermediate_layers
+                return groups + [stream]
+            for index, block in enumerate(layer):
+                prefix = f"layer{stage}.{index}"
+                stream.add(f"{prefix}.conv1", "in")
+                if block.downsample is not None:
+                    conv = len(block.downsample) - 2  # (pool,) conv, bn
+                    stream.add(f"{prefix}.downsample.{conv}", "in")
+                    groups.append(stream)
+                    stream = Group(f"layer{stage}").add(f"{prefix}.downsample.{conv}", "out")
+                    stream.add(f"{prefix}.downsample.{conv + 1}", "channels")
+                convs = 3 if isinstance(block, Bottleneck) else 2
+                for inner in range(1, convs):
+                    groups.append(Group(f"{prefix}.inner{inner}").add(f"{prefix}.conv{inner}", "out")
+                                  .add(f"{prefix}.bn{inner}", "channels").add(f"{prefix}.conv{inner + 1}", "in"))
+                stream.add(f"{prefix}.conv{convs}", "out").add(f"{prefix}.bn{convs}", "channels")
+                attn = block._modules[block.attn_name]
+                if isinstance(attn, blocks.ChannelGate):
+                    stream.add(f"{prefix}.{block.attn_name}", "channels")
+                    stream.gates.append(f"{prefix}.{block.attn_name}")
+                    if not isinstance(attn, blocks.EfficientChannelAttention):  # ECA has no squeeze width
+                        groups.append(Group(f"{prefix}.{block.attn_name}.hidden").add(f"{prefix}.{block.attn_name}", "hidden"))
+                elif not isinstance(attn, nn.Identity):
+                    raise TypeError(f"pruning cannot shrink the attention block {type(attn).__name__} of {prefix}: only "
+                                    f"channel gates (se, eca, fca, ca) are supported")
+        if isinstance(self.fc, nn.Linear):
+            stream.add("fc", "in", blocks=self.global_pool.feat_mult())
+        stream.add("", "attr:num_features")
+        return groups + [stream]
 
 _ATTN_KEYS = ("se", "eca", "att", "se_module", "attn")
 

@@ -13,6 +13,7 @@ from torch import nn
 from zoo.blocks.validation import supplied_by_caller
 
 from .ema import ModelEma
+from .soft_pruning import cut_checkpoint, record_in_checkpoint
 from .optim import Spec, check_optimizer, check_scheduler, create_optimizer, create_scheduler, step_schedule
 
 
@@ -114,8 +115,10 @@ class BaseTask(L.LightningModule):
         else:
             states = [state]
         checkpoint["rng_states"] = states
+        record_in_checkpoint(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        cut_checkpoint(self, checkpoint)  # pruned widths: the model and the checkpoint fitted to each other
         states = checkpoint.get("rng_states")
         if isinstance(states, dict):  # a checkpoint from before the per-rank list
             states = [states]

@@ -19,7 +19,10 @@ from ..tasks.callbacks import ExportModel, RunSummary
 from ..tasks.checkpointing import LastCheckpoint, MetricsRows, SafeCheckpointIO
 from ..tasks.progress import RunProgressBar
 from ..tasks.run_folder import RunCSVLogger
-from .sections import DataSection, ModelSection, TaskSection
+from ..tasks.soft_pruning import SoftPruning, prune_before_training
+from ..pruning import PruneTarget
+from ..pruning.api import check_importance
+from .sections import PRUNE_MODES, DataSection, ModelSection, PruneSection, TaskSection
 
 
 class ConfigError(ValueError):
@@ -46,8 +49,40 @@ def check_model_section(model: ModelSection, subcommand: str) -> None:
         QuantSpec.parse(model.quant_aware)  # a bad spec fails before any work
 
 
+def check_prune_section(prune: PruneSection, model: ModelSection, subcommand: str) -> None:
+    """A ``prune:`` section that cannot run fails before any work, in one sentence."""
+    if prune.target is None:
+        return
+    try:
+        PruneTarget.parse(prune.target)
+        check_importance(prune.importance)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"prune: {exc.args[0]}") from None
+    if prune.mode not in PRUNE_MODES:
+        near = closest(prune.mode, PRUNE_MODES, n=1)
+        raise ConfigError(f"prune.mode must be one of {', '.join(PRUNE_MODES)}; got {prune.mode!r}"
+                          + (f" (did you mean {near[0]!r}?)" if near else ""))
+    if model.quant or model.quant_aware:
+        raise ConfigError("prune and model.quant / model.quant_aware exclude each other in one run: prune (and "
+                          "fine-tune) first, then quantize the exported model")
+    if prune.start_step < 0 or (prune.end_step is not None and prune.end_step <= prune.start_step):
+        raise ConfigError(f"prune.start_step must be >= 0 and prune.end_step after it; got {prune.start_step} and "
+                          f"{prune.end_step}")
+    if not 1 <= prune.calib_batches:
+        raise ConfigError(f"prune.calib_batches must be at least 1; got {prune.calib_batches}")
+
+
+def soft_pruning(prune: PruneSection, subcommand: str) -> list[Callback]:
+    """The soft-masking callback a fit with ``prune.mode: soft`` runs (none otherwise)."""
+    if prune.target is None or prune.mode != "soft" or subcommand != "fit":
+        return []
+    return [SoftPruning(prune.target, prune.importance, prune.start_step, prune.end_step, prune.calib_batches,
+                        prune.min_keep, prune.round_to)]
+
+
 def build_data_and_task(model: ModelSection, task: TaskSection, data: DataSection, optimizer: dict,
-                        scheduler: dict) -> tuple[L.LightningDataModule, L.LightningModule]:
+                        scheduler: dict, prune: PruneSection | None = None
+                        ) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The data module first (a missing folder fails before a model is built), then the model, its
     preprocessing handed to the data, and the task."""
     data_cls = _lookup("data module", DATAMODULES, data.name)
@@ -64,6 +99,9 @@ def build_data_and_task(model: ModelSection, task: TaskSection, data: DataSectio
     if data_classes and net_classes and data_classes != net_classes:
         raise ConfigError(f"the data has {data_classes} classes but the model has {net_classes}; "
                           f"set model.kwargs.num_classes: {data_classes}")
+    if prune is not None and prune.target is not None and prune.mode == "oneshot":  # before the task copies it (EMA)
+        prune_before_training(net, datamodule, prune.target, prune.importance, prune.calib_batches, prune.min_keep,
+                              prune.round_to)
     return datamodule, task_cls(net, optimizer=optimizer, scheduler=scheduler, **task.args)
 
 

@@ -36,12 +36,12 @@ from ..tasks import NonFiniteLossError
 from ..tasks.callbacks import plot_metrics
 from ..tasks.optim import TimmOptimizer, TimmScheduler
 from ..tasks.run_folder import RunFolderBusy, RunLock, remove_stale_temporaries
-from .build import ConfigError, build_data_and_task, check_model_section, run_folder_parts
+from .build import ConfigError, build_data_and_task, check_model_section, check_prune_section, run_folder_parts, soft_pruning
 from .config_file import RunConfigFile
 from .errors import explain
 from .quiet import quiet_console
 from .run_place import RUN_FOLDER_ENV, place_run
-from .sections import DataSection, ModelSection, TaskSection, split_dict_overrides
+from .sections import DataSection, ModelSection, PruneSection, TaskSection, split_dict_overrides
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # an int counts batches, a float is a fraction: Lightning annotates them Union[int, float], which typing's
@@ -81,6 +81,7 @@ class ZooCLI(LightningCLI):
         parser.add_class_arguments(ModelSection, "model", instantiate=False)
         parser.add_class_arguments(TaskSection, "task", instantiate=False)
         parser.add_class_arguments(DataSection, "data", instantiate=False)
+        parser.add_class_arguments(PruneSection, "prune", instantiate=False)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--output_dir", type=str, default="runs/default",
@@ -120,6 +121,7 @@ class ZooCLI(LightningCLI):
     def _place_run(self, cfg: Any) -> None:
         subcommand = self.config.subcommand
         check_model_section(cfg.model, subcommand)
+        check_prune_section(cfg.prune, cfg.model, subcommand)
         self.place = place_run(Path(cfg.output_dir), subcommand, cfg.ckpt_path)
         self.out, self.ckpt_path = self.place.folder, self.place.ckpt_path
         if self.resources.enter_context(RunLock(self.out)).held:  # not in the processes of the other ranks
@@ -134,13 +136,14 @@ class ZooCLI(LightningCLI):
         cfg = self.config_init[self.subcommand]
         spec = lambda ns: ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)  # noqa: E731
         self.datamodule, self.model = build_data_and_task(cfg.model, cfg.task, cfg.data, spec(cfg.optimizer),
-                                                          spec(cfg.scheduler))
+                                                          spec(cfg.scheduler), cfg.prune if self.subcommand == "fit" else None)
         self.parts = run_folder_parts(self.out, self.model, cfg.checkpoint_every_n_steps)
         self.parts.summary.place = self.place.line()
         trainer_cfg = cfg.trainer
         self.trainer = self.instantiate_trainer(
-            callbacks=list(_as_list(trainer_cfg.callbacks)) + self.parts.callbacks(trainer_cfg.enable_progress_bar
-                                                                                 is not False),
+            # soft pruning first: its cut at the end of training precedes the export's save
+            callbacks=soft_pruning(cfg.prune, self.subcommand) + list(_as_list(trainer_cfg.callbacks))
+            + self.parts.callbacks(trainer_cfg.enable_progress_bar is not False),
             logger=self.parts.loggers(trainer_cfg.logger),
             plugins=list(_as_list(trainer_cfg.plugins)) + [self.parts.checkpoint_io],
             default_root_dir=str(self.out))

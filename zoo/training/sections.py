@@ -35,6 +35,27 @@ class DataSection:
     args: dict = field(default_factory=dict)
 
 
+@dataclass
+class PruneSection:
+    """Channel pruning in the loop (``zoo.tasks.soft_pruning``): off while ``target`` is None.
+
+    ``target`` as ``zoo.prune`` takes it (``flops=0.5``, ``params=0.3``, or group rates); ``mode`` ``soft``
+    (masks fading from ``start_step`` to ``end_step``, the cut at the end; ``end_step`` None: the last
+    step) or ``oneshot`` (pruned before the first step, then fine-tuned); ``calib_batches`` training
+    batches score the channels.
+    """
+
+    target: Optional[Union[str, float, dict]] = None
+    importance: str = "gate"
+    mode: str = "soft"
+    start_step: int = 0
+    end_step: Optional[int] = None
+    calib_batches: int = 4
+    min_keep: float = 0.1
+    round_to: int = 1  # keep multiples of this many channels per group (8: widths the conv kernels like)
+
+
+PRUNE_MODES = ("soft", "oneshot")
 DICT_SECTIONS = ("model.kwargs", "task.args", "data.args")
 
 

@@ -1,0 +1,253 @@
+"""Structured channel pruning: zoo.prune's criteria beside Torch-Pruning's, at equal FLOPs and equal fine-tuning.
+
+For each model (digits SE-ResNet-18, the quickstart RCAN), each FLOPs level and each method, the trained
+model is pruned, saved, fine-tuned for the same number of steps through the training loop
+(``zoo.training.run``, what ``train.py`` runs) and tested through it; the unpruned model gets the same
+fine-tuning. Columns: the test metric (digits top-1, RCAN PSNR), parameters and MACs (one counter for
+every row: zoo.pruning.count_macs), the CPU latency ratio against the unpruned model (eager, one thread,
+interleaved repeats, medians), and a pruned-then-``w8a8`` row. A PNG plots the metric against MACs.
+
+    python benchmarks/pruning.py                      # both models, 30% and 50%, every method
+    python benchmarks/pruning.py --quick              # a smoke pass: tiny step counts, two methods
+Torch-Pruning comes with the bench extra (pip install -e ".[bench]").
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, interleaved_medians_ms, machine, print_table  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo import blocks  # noqa: E402
+from zoo.extras import require  # noqa: E402
+from zoo.pruning import count_macs, count_params, record_widths  # noqa: E402
+from zoo.tasks.soft_pruning import calibration_batches  # noqa: E402
+from zoo.training import run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = ("gate", "l1", "bn", "taylor")
+PEERS = ("tp-magnitude", "tp-taylor")
+MODELS = {  # config, the test metric, one input for costing and latency
+    "digits_seresnet18": ("digits_seresnet.yaml", "test/top1", (16, 1, 32, 32)),
+    "quickstart_rcan": ("quickstart.yaml", "test/psnr", (1, 3, 96, 96)),
+}
+
+
+def _config(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scale: float = 1.0) -> Path:
+    """The model's config for ``steps`` steps from ``pretrained``, without validation (every row the same)."""
+    cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
+    cfg["output_dir"] = str(folder)
+    cfg["model"]["pretrained"] = pretrained
+    cfg["trainer"].update(max_steps=steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
+                          enable_progress_bar=False, logger=False, enable_model_summary=False)
+    cfg["scheduler"]["warmup_steps"] = 0
+    cfg["optimizer"]["lr"] = cfg["optimizer"]["lr"] * lr_scale
+    cfg.setdefault("task", {}).setdefault("args", {}).pop("ema_decay", None)  # a short run: the weights themselves
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f"{folder.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _fit(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scale: float = 1.0) -> Path:
+    run(["fit", "--config", str(_config(name, folder, steps, pretrained, lr_scale))])
+    return folder / "export"
+
+
+def _test(name: str, folder: Path, pretrained: Path, metric: str) -> float:
+    cli = run(["test", "--config", str(_config(name, folder, 1, str(pretrained)))])
+    return float(cli.results[metric])
+
+
+def _fix_after_torch_pruning(model: torch.nn.Module) -> None:
+    """Torch-Pruning cuts weights but not the attributes the zoo's blocks check inputs against."""
+    for module in model.modules():
+        if isinstance(module, blocks.SqueezeExcite):
+            module.channels = module.fc1.in_channels
+        elif isinstance(module, blocks.ChannelAttention):
+            module.channels = module.conv_du[0].in_channels
+    if hasattr(model, "fc"):
+        model.num_features = model.fc.in_features
+    elif hasattr(model, "head"):
+        model.num_features = model.head[0].out_channels
+
+
+def _torch_pruning(model, example, method: str, amount: float, calib: list, loss_fn):
+    """Torch-Pruning's global pruner at the channel ratio that removes ``amount`` of the MACs (bisection)."""
+    tp = require("torch_pruning", "bench", "Torch-Pruning, the peer of benchmarks/pruning.py")
+    full = count_macs(model, example)
+
+    def pruned(ratio: float):
+        candidate = copy.deepcopy(model)
+        if method == "tp-taylor":
+            importance = tp.importance.TaylorImportance()
+            candidate.zero_grad()
+            for batch in calib:
+                out = candidate(batch[0] if isinstance(batch, (list, tuple)) else batch)
+                (loss_fn(out, batch[1]) if loss_fn else out.pow(2).mean()).backward()
+        else:
+            importance = tp.importance.MagnitudeImportance(p=1)
+        ignored = [candidate.fc] if hasattr(candidate, "fc") else [candidate.tail]
+        pruner = tp.pruner.MetaPruner(candidate, example, importance=importance, pruning_ratio=ratio,
+                                      ignored_layers=ignored, global_pruning=True)
+        pruner.step()
+        _fix_after_torch_pruning(candidate)
+        candidate.zero_grad(set_to_none=True)
+        return candidate
+
+    low, high, best = 0.0, 0.9, None
+    for _ in range(7):
+        mid = (low + high) / 2
+        candidate = pruned(mid)
+        if 1 - count_macs(candidate, example) / full >= amount:
+            high, best = mid, candidate
+        else:
+            low = mid
+    best = best or pruned(high)
+    best.prune_record = record_widths(best)
+    return best
+
+
+def _latency(folders: dict[str, Path], example: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median forward time of each saved model, eager, one thread, interleaved."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = {key: _load(folder) for key, folder in folders.items()}
+        with torch.inference_mode():
+            return interleaved_medians_ms({k: (lambda m=m: m(example)) for k, m in models.items()}, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load(folder: Path) -> torch.nn.Module:
+    arch = json.loads((folder / "config.json").read_text())["architecture"]
+    return zoo.create(arch, pretrained=str(folder)).eval()
+
+
+def bench_model(key: str, levels: list[float], methods: list[str], base_steps: int, steps: int, repeats: int,
+                work: Path, calib_count: int) -> list[dict]:
+    config, metric, shape = MODELS[key]
+    torch.manual_seed(0)
+    example = torch.rand(shape)
+    if key == "digits_seresnet18":  # no shipped weights: trained here first
+        base = _fit(config, work / "base", base_steps, False)
+    else:
+        base = work / "base_export"
+        zoo.save_pretrained(zoo.create("rcan_tiny_x2", pretrained=True), base)
+    datamodule = _datamodule(config)
+    calib = calibration_batches(datamodule, calib_count)
+    classify = metric == "test/top1"
+    loss_fn = torch.nn.functional.cross_entropy if classify else None
+    rows, folders = [], {}
+    start = time.perf_counter()
+    full = _load(base)
+    full_macs, full_params = count_macs(full, example), count_params(full)
+    folders["unpruned"] = _fit(config, work / "unpruned", steps, str(base))
+    for level in levels:
+        for method in methods:
+            model = _load(base)
+            if method in PEERS:
+                model = _torch_pruning(model, example, method, level, calib, loss_fn)
+            else:
+                zoo.prune(model, f"flops={level}", importance=method, calib=calib, loss_fn=loss_fn)
+            zoo.save_pretrained(model, work / f"{method}-{level}-pruned")
+            folders[f"{method}@{level}"] = _fit(config, work / f"{method}-{level}", steps, str(work / f"{method}-{level}-pruned"))
+    quantize = {"unpruned"} | {f"gate@{level}" for level in levels if "gate" in methods}
+    quant_folders = {}
+    for name in quantize:
+        model = zoo.quantize(_load(folders[name]), "w8a8")
+        quant_folders[f"{name}+w8a8"] = zoo.save_pretrained(model, work / f"{name}-w8a8".replace("@", "-"))
+    latencies = _latency({**folders, **quant_folders}, example, repeats)
+    for name, folder in {**folders, **quant_folders}.items():
+        model = _load(folders[name.split("+")[0]])  # a w8a8 row: the float model it was quantized from
+        macs = count_macs(model, example)
+        score = _test(config, work / f"test-{name}".replace("@", "-").replace("+", "-"), folder, metric)
+        rows.append({"model": key, "method": name, metric.split("/")[1]: score, "params": count_params(model),  # w8a8: float count
+                     "macs": macs, "macs_removed": 1 - macs / full_macs, "params_removed": 1 - count_params(model) / full_params,
+                     "latency_ms": latencies[name], "latency_ratio": latencies[name] / latencies["unpruned"]})
+    print(f"{key}: {time.perf_counter() - start:.0f} s", flush=True)
+    return rows
+
+
+def _datamodule(config: str):
+    from zoo.data import DATAMODULES
+
+    cfg = yaml.safe_load((ROOT / "configs" / config).read_text())["data"]
+    return DATAMODULES[cfg["name"]](**cfg.get("args", {}))
+
+
+def _plot(rows: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model and "+w8a8" not in r["method"]]
+        metric = "top1" if "top1" in mine[0] else "psnr"
+        for method in sorted({r["method"].split("@")[0] for r in mine}):
+            points = sorted((r["macs"] / 1e6, r[metric]) for r in mine if r["method"].split("@")[0] == method
+                            or r["method"] == "unpruned")
+            ax.plot(*zip(*points), marker="o", label=method)
+        ax.set_xlabel("MACs per sample (M)")
+        ax.set_ylabel(metric)
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--levels", default="0.3,0.5", help="FLOPs fractions removed")
+    parser.add_argument("--methods", default=",".join(OURS + PEERS), help="zoo criteria and tp-magnitude, tp-taylor")
+    parser.add_argument("--base-steps", type=int, default=300, help="training steps of the digits model before pruning")
+    parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps, the same for every row")
+    parser.add_argument("--calib", type=int, default=4, help="calibration batches for gate / taylor")
+    parser.add_argument("--repeats", type=int, default=20, help="latency repeats (medians)")
+    parser.add_argument("--quick", action="store_true", help="a smoke pass: 4 + 2 steps, two methods, one level")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.base_steps, args.steps, args.repeats, args.calib = 4, 2, 2, 1
+        args.levels, args.methods = "0.5", "gate,l1"
+    methods = args.methods.split(",")
+    levels = [float(v) for v in args.levels.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.models.split(","):
+            rows += bench_model(key, levels, methods, args.base_steps, args.steps, args.repeats, Path(tmp) / key,
+                                args.calib)
+    header = ["model", "method", "metric", "params (M)", "MACs (M)", "MACs removed", "latency (ms)", "latency ratio"]
+    table = [[r["model"], r["method"], f"{r.get('top1', r.get('psnr')):.4f}", f"{r['params'] / 1e6:.3f}",
+              f"{r['macs'] / 1e6:.1f}", f"{r['macs_removed']:.1%}", f"{r['latency_ms']:.2f}", f"{r['latency_ratio']:.2f}"]
+             for r in rows]
+    report = print_table(header, table)
+    note = (f"{machine()}; fine-tuning {args.steps} steps per row (base digits model: {args.base_steps} steps), "
+            f"latency: eager, 1 thread, median of {args.repeats}")
+    print(note)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "pruning.json").write_text(json.dumps({"note": note, "args": vars(args), "rows": rows}, indent=2))
+    plot = _plot(rows, OUT / "pruning.png")
+    if plot:
+        print(f"plot: {plot}")
+    return report + "\n" + note
+
+
+if __name__ == "__main__":
+    main()

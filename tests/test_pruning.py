@@ -1,0 +1,229 @@
+"""zoo.prune: dependency groups of every supported family, the criteria, the targets, the saved record."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo.pruning import IMPORTANCE, PruneTarget, apply_record
+from zoo.pruning.replay import shrink
+
+# tiny members of each family: (name, model arguments, input)
+FAMILIES = {
+    "seresnet18": (dict(num_classes=5, layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
+    "eca_resnet18": (dict(num_classes=5, layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
+    "fcanet34": (dict(num_classes=5, layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
+    "ecaresnet50d": (dict(num_classes=5, layers=(1, 1, 1, 1), global_pool="catavgmax"), (2, 3, 16, 16)),
+    "rcan": (dict(scale=2, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4), (2, 3, 12, 12)),
+    "han": (dict(n_resblocks=1, n_feats=16, reduction=4), (1, 3, 8, 8)),
+    "channelvit": (dict(img_size=16, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=4, num_classes=3),
+                   (2, 3, 16, 16)),
+    "moc_lm": (dict(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=64, top_k=16), (2, 8)),
+}
+
+
+def _make(arch: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    kwargs, shape = FAMILIES[arch]
+    torch.manual_seed(seed)
+    model = zoo.create(arch, **kwargs).eval()
+    with torch.no_grad():  # random BN statistics and gammas, so no criterion sees all-equal channels
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.2, 1.0)
+                module.running_var.uniform_(0.5, 2.0)
+    if arch == "moc_lm":
+        return model, torch.randint(0, 50, shape, generator=torch.Generator().manual_seed(seed))
+    x = torch.rand(shape) if arch in ("rcan", "han") else torch.randn(shape)
+    return model, x
+
+
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_pruned_family_runs_forward_and_backward_with_the_original_output_shape(arch):
+    model, x = _make(arch)
+    expected = model(x).shape
+    full = sum(p.numel() for p in model.parameters())
+    amount = 0.3 if arch == "moc_lm" else 0.5  # the LM's FFNs are about half its MACs: heads and width stay
+    zoo.prune(model, f"flops={amount}", importance="gate", calib=[x])
+    removed = 1 - model.prune_report.macs[1] / model.prune_report.macs[0]
+    assert amount <= removed < amount + 0.12, removed  # the target, to within one trunk channel's or head's share
+    assert sum(p.numel() for p in model.parameters()) < full
+    model.train()
+    out = model(x)
+    assert out.shape == expected
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad
+               and p.grad is not None)
+
+
+@pytest.mark.parametrize("importance", sorted(IMPORTANCE))
+def test_every_criterion_meets_a_flops_and_a_params_target(importance):
+    for target, field in (("flops=0.3", "macs"), ("params=0.3", "params")):
+        model, x = _make("seresnet18")
+        zoo.prune(model, target, importance=importance, calib=[x])
+        before, after = getattr(model.prune_report, field)
+        assert 0.3 <= 1 - after / before < 0.36, (target, 1 - after / before)
+        assert model(x).shape == (2, 5)
+
+
+def test_round_to_keeps_whole_multiples_and_still_meets_the_target():
+    model, x = _make("seresnet18")
+    zoo.prune(model, "flops=0.5", importance="l1", round_to=8)
+    kept = {name: after for name, (before, after) in model.prune_report.widths.items() if after != before}
+    assert kept and all(after % 8 == 0 for after in kept.values()), kept
+    assert 1 - model.prune_report.macs[1] / model.prune_report.macs[0] >= 0.5
+    with pytest.raises(ValueError, match="round_to must be a whole number of channels >= 1"):
+        zoo.prune(model, "flops=0.1", importance="l1", round_to=0)
+
+
+@pytest.mark.parametrize("arch", ["fcanet34", "rcan"])
+def test_pruning_zero_is_the_identity(arch):
+    model, x = _make(arch)
+    before = model(x)
+    zoo.prune(model, "flops=0", importance="l1")
+    assert model.prune_record == {}
+    torch.testing.assert_close(model(x), before, atol=1e-6, rtol=0)
+
+
+def test_gate_ranking_removes_the_channels_the_gates_close():
+    model, x = _make("rcan")
+    # close the CA gates on trunk channels 0..3 by pushing their excitation bias very negative
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("body.3"):
+                module.conv_du[2].bias[:4] = -30.0
+    trunk_width = model.head[0].out_channels
+    head = model.head[0].weight.detach().clone()
+    zoo.prune(model, {"trunk": 0.25}, importance="gate", calib=[x])
+    assert model.head[0].out_channels == trunk_width - 4
+    torch.testing.assert_close(model.head[0].weight, head[4:])  # channels 0..3 went, the rest kept in order
+
+
+def test_fcanet_keeps_each_surviving_channel_on_its_dct_frequency():
+    model, x = _make("fcanet34")
+    gate = model.layer1[0].att
+    buffer, squeeze = gate.dct_layer.weight.clone(), gate.fc[0].weight.detach().clone()  # (C, h, w), (C/r, C)
+    zoo.prune(model, {"stem": 0.5}, importance="l1")  # a basic-block stage 1 has no projection: the stem's stream
+    # the kept channels, found by their (random, so unique) columns of the squeeze layer
+    kept = [int((squeeze.T == column).all(1).nonzero()[0]) for column in gate.fc[0].weight.detach().T]
+    assert len(kept) == buffer.shape[0] // 2 == gate.channels and kept == sorted(kept)
+    torch.testing.assert_close(gate.dct_layer.weight, buffer[kept], atol=0, rtol=0)
+    assert gate.dct_layer.groups == gate.channels  # uneven frequency runs: pooled channel by channel
+    assert model(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("arch", ["fcanet34", "han", "channelvit", "moc_lm"])
+def test_a_pruned_model_round_trips_through_save_pretrained_and_quantizes(tmp_path, arch):
+    model, x = _make(arch)
+    zoo.prune(model, "params=0.3", importance="taylor", calib=[x])
+    expected = model(x)
+    zoo.save_pretrained(model, tmp_path / "float")
+    loaded = zoo.create(arch, pretrained=str(tmp_path / "float")).eval()
+    assert loaded.prune_record == model.prune_record
+    torch.testing.assert_close(loaded(x), expected, atol=1e-6, rtol=0)
+    quantized = zoo.quantize(model, "w8a8")
+    out = quantized(x)
+    assert (out - expected).abs().max() < 0.1 * expected.abs().max()
+    zoo.save_pretrained(quantized, tmp_path / "w8a8")
+    torch.testing.assert_close(zoo.create(arch, pretrained=str(tmp_path / "w8a8")).eval()(x), out, atol=1e-6, rtol=0)
+
+
+def test_a_model_pruned_elsewhere_saves_through_the_widths_its_groups_read(tmp_path):
+    """What Torch-Pruning's output needs (benchmarks/pruning.py): no record, only the shrunk layers."""
+    from zoo.pruning import record_widths
+
+    model, x = _make("rcan")
+    zoo.prune(model, "flops=0.3", importance="l1")
+    del model.prune_record
+    model.prune_record = record_widths(model)
+    assert model.prune_record["head.0"] == {"out": model.head[0].out_channels} and model.head[0].out_channels < 16
+    zoo.save_pretrained(model, tmp_path)
+    torch.testing.assert_close(zoo.create("rcan", pretrained=str(tmp_path)).eval()(x), model(x), atol=1e-6, rtol=0)
+
+
+def test_replay_refuses_a_record_of_another_model():
+    model, _ = _make("rcan")
+    with pytest.raises(ValueError, match="names module 'layer1.0.conv1', which RCAN lacks"):
+        apply_record(model, {"layer1.0.conv1": {"out": 3}})
+    with pytest.raises(ValueError, match=r"'head.0' out width must be an int in 1..16; got 20"):
+        apply_record(model, {"head.0": {"out": 20}})
+
+
+@pytest.mark.parametrize("target, message", [
+    ("flops=1.5", r"target flops must be the fraction to remove, in \[0, 1\)"),
+    ("flops=-0.1", r"in \[0, 1\)"),
+    ("macs=0.5", "write 'flops=<fraction removed>'"),
+    ("flops=half", "'half' is not a number"),
+    ({"layer9": 0.5}, "names group 'layer9', which seresnet18 lacks; did you mean 'layer"),
+])
+def test_bad_targets_are_one_clear_sentence(target, message):
+    model, x = _make("seresnet18")
+    with pytest.raises(ValueError, match=message):
+        zoo.prune(model, target, importance="l1")
+
+
+def test_bad_importance_missing_calibration_and_unsupported_layers_are_refused_before_any_work():
+    model, x = _make("seresnet18")
+    widths = model.layer1[0].conv1.out_channels
+    with pytest.raises(KeyError, match="unknown pruning importance 'gates'; did you mean 'gate'"):
+        zoo.prune(model, "flops=0.5", importance="gates")
+    with pytest.raises(ValueError, match="importance='taylor' runs the model: pass calib="):
+        zoo.prune(model, "flops=0.5", importance="taylor")
+    with pytest.raises(ValueError, match="out of reach"):
+        zoo.prune(model, "flops=0.99", importance="l1", calib=[x])
+    assert model.layer1[0].conv1.out_channels == widths
+    with pytest.raises(TypeError, match="declares no pruning groups"):
+        zoo.prune(nn.Sequential(nn.Conv2d(3, 4, 1)), "flops=0.5", importance="l1")
+    with pytest.raises(TypeError, match="pruning cannot shrink GroupNorm"):
+        shrink(nn.GroupNorm(2, 4), "channels", torch.arange(2))
+    zoo.quantize(model, "w8a8")
+    with pytest.raises(ValueError, match="is quantized; prune the float model"):
+        zoo.prune(model, "flops=0.5", importance="l1")
+
+
+def test_target_parsing():
+    assert PruneTarget.parse("params=0.3") == PruneTarget("params", 0.3)
+    assert PruneTarget.parse(0.5) == PruneTarget("flops", 0.5)
+    assert PruneTarget.parse({"trunk": 0.25}).rates == {"trunk": 0.25}
+
+
+def _digits_config(tmp_path, prune: dict):
+    import yaml
+    from run_helpers import ROOT, tiny_config
+
+    cfg = tiny_config(ROOT / "configs" / "digits_seresnet.yaml", tmp_path / "run")
+    config = yaml.safe_load(cfg.read_text())
+    config["prune"] = prune
+    cfg.write_text(yaml.safe_dump(config))
+    return cfg
+
+
+def test_soft_masking_in_train_py_fades_then_cuts_and_exports_the_pruned_model(tmp_path):
+    import json
+    from zoo.training import run
+
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "calib_batches": 1, "end_step": 1})
+    cli = run(["--config", str(cfg)])  # 2 steps: the mask is 0 from step 1, the cut at the end
+    net = cli.model.model
+    before, after = net.prune_report.macs
+    assert 0.5 <= 1 - after / before < 0.56
+    assert cli.model.ema.module.layer1[0].conv1.out_channels == net.layer1[0].conv1.out_channels < 64
+    export = tmp_path / "run" / "export"
+    assert json.loads((export / "config.json").read_text())["pruned"] == net.prune_record
+    loaded = zoo.create("seresnet18", pretrained=str(export)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), net.eval()(x), atol=1e-5, rtol=0)
+    assert "test/top1" in cli.results  # the best checkpoint (full width, written before the cut) was cut to load
+
+
+def test_a_bad_prune_section_stops_before_any_work(tmp_path):
+    from zoo.training import run
+    from zoo.training.build import ConfigError
+
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "gradual"})
+    with pytest.raises(ConfigError, match="prune.mode must be one of soft, oneshot; got 'gradual'"):
+        run(["--config", str(cfg)])
+    cfg = _digits_config(tmp_path, {"target": "flops=2"})
+    with pytest.raises(ConfigError, match=r"prune: target flops must be the fraction to remove, in \[0, 1\)"):
+        run(["--config", str(cfg)])
+    assert not (tmp_path / "run" / "checkpoints").exists()
