@@ -2,7 +2,8 @@
 (the plots are PNGs embedded as base64, no script, no network), or the overview plot as a PNG.
 
 matplotlib comes through the ``train`` extra; figures are drawn with its object API on an Agg canvas,
-so nothing changes the caller's pyplot backend.
+so nothing changes the caller's pyplot backend. ``QuantReport`` and ``LayerAnalysis`` annotations name
+:mod:`zoo.quant.analyze`'s classes, which call this module (it does not import them back).
 """
 from __future__ import annotations
 
@@ -11,13 +12,9 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..extras import require
 from ..files import atomic_write
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .analyze import LayerAnalysis, QuantReport
 
 PURPOSE = "the quantization report's plots"
 
