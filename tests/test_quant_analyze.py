@@ -21,6 +21,16 @@ from zoo.quant.io import load_quantized_into, read_quant_metadata
 PLANTED = (11, 3)  # conv2's input channels made outliers, largest first
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: per-op overhead dominates, and two threads on a shared 2-core machine ran the
+    method searches 20x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -219,3 +229,31 @@ def test_html_page_renders_with_its_plots(planted_report, tmp_path):
     assert "conv2" in path.read_text() and "11, 3" in path.read_text()
     png = report.plot(tmp_path / "overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_report_and_auto(tmp_path, capsys):
+    from zoo.__main__ import main
+
+    from zoo.data.images import write_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    torch.manual_seed(0)
+    for i in range(4):  # a folder of small images: 4 centre crops of 8x8 make one calibration batch
+        write_image(torch.rand(3, 10, 10), images / f"{i}.png")
+    small = zoo.create("rcan", n_resgroups=1, n_resblocks=2, n_feats=16, reduction=4)  # 13 layers
+    zoo.save_pretrained(small, tmp_path / "small")
+    out, page = tmp_path / "rcan_auto", tmp_path / "report.json"  # a folder: its config.json holds the small size
+    assert main(["quantize", "rcan", str(out), "--weights", str(tmp_path / "small"), "--spec", "w4a8", "--auto",
+                 "--budget", "0.3", "--calib", str(images), "--calib-batches", "1", "--calib-size", "8",
+                 "--report", str(page)]) == 0
+    text = capsys.readouterr().out
+    assert "quantization report: w4a8" in text and "plan under 30.0% of fp32" in text
+    data = json.loads(page.read_text())
+    again = zoo.create("rcan", pretrained=str(out))
+    assert again.quant_method == "auto" and set(again.quant_plan.layers) == {la["name"] for la in data["layers"]}
+    assert len(data["layers"]) == 13 and model_bytes(again) <= 0.3 * model_bytes(small)
+    assert main(["quantize", "rcan", str(out), "--auto", "--calib", str(images)]) == 2
+    assert "--auto needs --budget" in capsys.readouterr().err
+    assert main(["quantize", "rcan", str(out), "--auto", "--budget", "lots", "--calib", str(images)]) == 2
+    assert "is not a budget" in capsys.readouterr().err

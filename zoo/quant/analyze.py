@@ -368,14 +368,16 @@ def _score_options(model, name, layer, stats, calibration: Calibration, spec, me
             continue
         group = _group(layer_spec, layer)
         sqnrs, transforms = {}, {}
-        for method in methods:
+        # the other precisions search only RTN and the spec's best method: the searches cost more than the rest
+        tried = methods if not options else tuple(dict.fromkeys(("rtn", next(iter(options.values())).method)))
+        for method in tried:
             t = METHODS[method](layer, stats, layer_spec, group, alpha=alpha, producer=producer)
             if t.shift is not None and not shift_allowed(layer):
                 t = Transform(t.scale, None)  # as zoo.quantize: a shift only where it moves exactly into the bias
             error = float((SimulatedLayer(layer, layer_spec, group, t)(stats.sample) - reference).pow(2).mean())
             sqnrs[method] = math.inf if error == 0 else 10 * math.log10(max(signal, 1e-30) / error)
             transforms[method] = t
-        best = max(methods, key=lambda m: (sqnrs[m], -methods.index(m)))  # ties: the earlier (simpler) method
+        best = max(tried, key=lambda m: (sqnrs[m], -tried.index(m)))  # ties: the earlier (simpler) method
         with _OneLayer(layer, SimulatedLayer(layer, layer_spec, group, transforms[best])):
             value = score()
         options[label] = Option(label, stored_bytes(layer, layer_spec, group, best), best,

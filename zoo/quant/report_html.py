@@ -57,7 +57,7 @@ def overview_png(report: "QuantReport") -> bytes:
     worst = set(report.ranking()[:3])
     bottom.bar(range(len(names)), values, color=["tab:red" if n in worst else "tab:gray" for n in names])
     bottom.set_ylabel(report.metric if sqnr else f"drop of {report.metric}")
-    bottom.set_title("end to end, only this layer quantized (red: the three most sensitive)")
+    bottom.set_title("end to end, only this layer quantized (red: top 3)")
     bottom.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     return _png(figure)
 
