@@ -257,3 +257,32 @@ def test_cli_report_and_auto(tmp_path, capsys):
     assert "--auto needs --budget" in capsys.readouterr().err
     assert main(["quantize", "rcan", str(out), "--auto", "--budget", "lots", "--calib", str(images)]) == 2
     assert "is not a budget" in capsys.readouterr().err
+
+
+def test_report_on_the_moc_language_model():
+    """Per-channel outliers of the LM's projections: a RMSNorm channel planted 40x larger shows up at its
+    index in every projection that reads that norm (q, k, v), and only there."""
+    lm = zoo.create("moc_lm", vocab_size=257, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
+                    max_seq_len=48).eval()
+    with torch.no_grad():
+        lm.layers[1].attn_norm.weight[17] *= 40
+    calib = [torch.randint(0, 257, (2, 24)) for _ in range(2)]
+    report = analyze(lm, calib, "w4a16", methods=("rtn", "awq"))
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        assert report.layer(f"layers.1.attn.{proj}").outliers == [17]
+    assert 17 not in report.layer("layers.0.attn.q_proj").outliers
+    assert report.layer("layers.1.attn.q_proj").act_absmax.shape == (64,)
+    assert report.layer("layers.1.ffn.down_proj").act_absmax.shape == (128,)
+    assert "layers.1.attn.q_proj" in str(report)
+
+
+def test_report_on_channelvit():
+    vit = zoo.create("channelvit", img_size=16, patch_size=8, in_chans=3, embed_dim=48, depth=2, num_heads=3,
+                     num_classes=5).eval()
+    with torch.no_grad():
+        vit.blocks[0].norm2.weight[7] *= 30  # a post-LayerNorm outlier channel, as RepQ-ViT describes
+    report = analyze(vit, [torch.randn(4, 3, 16, 16)], "w8a8", methods=("rtn", "repq"))
+    assert report.layer("blocks.0.mlp.fc1").outliers == [7]
+    assert report.layer("blocks.0.mlp.fc1").headline.layer_sqnr["repq"] > report.layer(
+        "blocks.0.mlp.fc1").headline.layer_sqnr["rtn"]
+    assert len(report.ranking()) == len(report.layers) >= 8
