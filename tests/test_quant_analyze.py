@@ -172,6 +172,8 @@ def test_bad_input_is_one_clear_error(planted_report):
         quantize(copy.deepcopy(net), "auto", calib=[], budget=0.3)
     with pytest.raises(KeyError, match="unknown metric 'sqrn'; did you mean 'sqnr'"):
         analyze(copy.deepcopy(net), calib, metric="sqrn")
+    with pytest.raises(TypeError, match="mertic"):
+        quantize(copy.deepcopy(net), "auto", calib=calib, budget=0.3, mertic="sqnr")
     with pytest.raises(ValueError, match="needs budget="):
         quantize(copy.deepcopy(net), "auto", calib=calib)
     with pytest.raises(TypeError, match="only a planned spec takes; pass spec='auto'"):

@@ -139,7 +139,7 @@ def plan_from_report(report: QuantReport, budget) -> QuantPlan:
 @register_planner("auto")
 def auto_plan(model: nn.Module, calib, *, budget=None, metric=None, report: Optional[QuantReport] = None,
               spec="w4a8", methods: Iterable[str] = DEFAULT_METHODS, num_batches: Optional[int] = None,
-              progress: bool = False, **_) -> QuantPlan:
+              progress: bool = False) -> QuantPlan:
     """Analyze ``model`` at every precision (unless ``report`` is given) and plan under ``budget``."""
     if budget is None:
         raise ValueError(f"quantize(model, 'auto') needs budget=: {BUDGET_FORMS}")

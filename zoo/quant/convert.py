@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from zoo.blocks.validation import closest
+from zoo.blocks.validation import check_kwargs, closest
 from zoo.blocks.quant import FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLinear
 
 from .calibrate import Calibration, calibrate, input_of
@@ -186,8 +186,9 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
     if getattr(model, "quant_spec", None) is not None:
         raise ValueError("this model is already quantized; quantize a float model")
     if isinstance(spec, str) and spec.strip().lower() in PLANNERS:
-        spec = PLANNERS[spec.strip().lower()](model, calib, budget=budget, num_batches=num_batches,
-                                              progress=progress, **plan_options)
+        planner = PLANNERS[spec.strip().lower()]
+        check_kwargs(f"quantize(model, {spec!r})", plan_options, planner)  # a misspelt option names the nearest
+        spec = planner(model, calib, budget=budget, num_batches=num_batches, progress=progress, **plan_options)
     elif budget is not None or plan_options:
         given = ["budget"] * (budget is not None) + sorted(plan_options)
         raise TypeError(f"quantize() got {', '.join(given)}, which only a planned spec takes; pass spec='auto' "
