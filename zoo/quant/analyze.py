@@ -73,7 +73,7 @@ class LayerAnalysis:
     outlier_range_share: float  # 1 - (largest non-outlier max |x|) / (max |x|): the range only outliers use
     weight_absmax: torch.Tensor  # (N,) per output channel
     weight_group_absmax: torch.Tensor  # (N, S): per output channel and weight group of the spec
-    options: dict[str, Option]  # the spec's precision first
+    options: dict[str, Option]  # the spec's precision first; "<precision>/rtn": the same without its method
 
     @property
     def headline(self) -> Option:
@@ -385,8 +385,15 @@ def _score_options(model, name, layer, stats, calibration: Calibration, spec, me
         best = max(tried, key=lambda m: (sqnrs[m], -tried.index(m)))  # ties: the earlier (simpler) method
         with _OneLayer(layer, SimulatedLayer(layer, layer_spec, group, transforms[best])):
             value = score()
-        options[label] = Option(label, stored_bytes(layer, layer_spec, group, best), best,
-                                {m: round(v, 4) for m, v in sqnrs.items()}, value, _cost(value, float_score, sqnr))
+        rounded = {m: round(v, 4) for m, v in sqnrs.items()}
+        options[label] = Option(label, stored_bytes(layer, layer_spec, group, best), best, rounded, value,
+                                _cost(value, float_score, sqnr))
+        if every_precision and best != "rtn" and "rtn" in transforms:
+            # a method's multiplier and shift may take bytes where they do not fold: RTN is the smaller twin
+            with _OneLayer(layer, SimulatedLayer(layer, layer_spec, group, transforms["rtn"])):
+                value = score()
+            options[f"{label}/rtn"] = Option(label, stored_bytes(layer, layer_spec, group, "rtn"), "rtn", rounded,
+                                             value, _cost(value, float_score, sqnr))
     return options
 
 
