@@ -104,6 +104,7 @@ STAND_INS: dict[str, Callable[[Path, Path], list[str]]] = {
     "## Language models (MoC)": _language_models,
     "## Multi-channel images: ChannelViT": _channelvit,
     "## Quantization": _nothing,
+    "### Which layers are hard to quantize, and mixed precision under a budget": _nothing,
     "### Fast on the CPU": _nothing,
     "### Export to ONNX": _nothing,
 }
