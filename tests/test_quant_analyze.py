@@ -160,6 +160,17 @@ def test_auto_round_trips_through_zoo_create(tmp_path):
         torch.testing.assert_close(again(x), q(x), rtol=0, atol=1e-6)
 
 
+def test_plans_under_8_bit_specs_and_from_a_one_pass_iterator():
+    net, calib = _planted()
+    base = zoo.QuantSpec.parse("w8a8").with_(group_size=16, group_fallback=True)  # the stem's 3 inputs: per channel
+    q = quantize(copy.deepcopy(net), "auto", calib=iter(calib), budget=0.5, base=base, methods=("rtn",))
+    plan = q.quant_plan.layers
+    assert plan["stem"].precision in ("w8", "float") and {c.precision for c in plan.values()} <= {"w8-g16", "w8", "float"}
+    assert [getattr(q, n).group_size for n in plan if plan[n].precision == "w8-g16"] == \
+        [16] * sum(c.precision == "w8-g16" for c in plan.values())
+    assert model_bytes(q) <= 0.5 * model_bytes(net)
+
+
 def test_bad_input_is_one_clear_error(planted_report):
     net, calib, report = planted_report
     with pytest.raises(ValueError, match="below the smallest reachable size"):

@@ -237,8 +237,8 @@ def precisions(spec: QuantSpec, layer: nn.Module, every: bool) -> dict[str, Opti
     """The layer specs to score: the spec's own (first), and with ``every`` each cheaper or dearer
     choice a plan may make: 4-bit groups, 4-bit per channel, 8-bit per channel, float (None)."""
     group = spec.group_for(_in_channels(layer))
-    label = {8: "w8"}.get(spec.weight_bits, "w4") if not spec.fp8 else "fp8"
-    own = {f"{label}-g{group}" if group else (label if label != "w4" else "w4-pc"): spec}
+    bits = f"w{spec.weight_bits}"
+    own = {"fp8" if spec.fp8 else f"{bits}-g{group}" if group else "w4-pc" if bits == "w4" else "w8": spec}
     if not every:
         return own
     options = dict(own)

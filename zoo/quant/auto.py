@@ -138,9 +138,11 @@ def plan_from_report(report: QuantReport, budget) -> QuantPlan:
 
 @register_planner("auto")
 def auto_plan(model: nn.Module, calib, *, budget=None, metric=None, report: Optional[QuantReport] = None,
-              spec="w4a8", methods: Iterable[str] = DEFAULT_METHODS, num_batches: Optional[int] = None,
+              base="w4a8", methods: Iterable[str] = DEFAULT_METHODS, num_batches: Optional[int] = None,
               progress: bool = False) -> QuantPlan:
-    """Analyze ``model`` at every precision (unless ``report`` is given) and plan under ``budget``."""
+    """Analyze ``model`` at every precision (unless ``report`` is given) and plan under ``budget``.
+
+    ``base``: the spec the plan starts from (its activations and its 4-bit weight format)."""
     if budget is None:
         raise ValueError(f"quantize(model, 'auto') needs budget=: {BUDGET_FORMS}")
     budget = Budget.parse(budget)  # bad budgets fail before the analysis
@@ -148,7 +150,7 @@ def auto_plan(model: nn.Module, calib, *, budget=None, metric=None, report: Opti
         if calib is None:
             raise ValueError("quantize(model, 'auto') needs calibration data: pass calib=<a DataLoader or a list of "
                              "input batches>")
-        report = analyze(model, calib, spec, metric, methods, num_batches=num_batches, every_precision=True,
+        report = analyze(model, calib, base, metric, methods, num_batches=num_batches, every_precision=True,
                          progress=progress)
     return plan_from_report(report, budget)
 

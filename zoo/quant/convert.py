@@ -171,7 +171,8 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
         spec: a :class:`QuantSpec` or a spec string (``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``);
             a :class:`zoo.quant.plan.QuantPlan` (a precision and a method per layer); or ``"auto"``: a
             plan chosen under ``budget`` from :func:`zoo.quant.analyze` (:mod:`zoo.quant.auto`; it also
-            takes ``metric=``, ``report=`` (a report analyzed with ``every_precision=True``), ``methods=``).
+            takes ``metric=``, ``report=`` (a report analyzed with ``every_precision=True``), ``methods=``,
+            ``base=`` (the spec it starts from, default ``w4a8``)).
         calib: calibration data (a DataLoader or a list of input batches / (input, target) pairs);
             needed by every method but ``rtn`` and by static activation scales.
         method: a name of :data:`zoo.quant.METHODS` (``rtn``, ``smoothquant``, ``awq``, ``os+``, ``repq``;
@@ -188,6 +189,8 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
     if isinstance(spec, str) and spec.strip().lower() in PLANNERS:
         planner = PLANNERS[spec.strip().lower()]
         check_kwargs(f"quantize(model, {spec!r})", plan_options, planner)  # a misspelt option names the nearest
+        if calib is not None and iter(calib) is calib:  # a one-pass iterator: the plan and the calibration both read it
+            calib = list(calib)
         spec = planner(model, calib, budget=budget, num_batches=num_batches, progress=progress, **plan_options)
     elif budget is not None or plan_options:
         given = ["budget"] * (budget is not None) + sorted(plan_options)

@@ -41,14 +41,13 @@ def precision_spec(precision: str, base: QuantSpec) -> Optional[QuantSpec]:
         return plain.eight_bit()
     if precision == "fp8" and base.fp8:
         return plain
-    if base.weight_bits == 4:
-        if precision == "w4-pc":
-            return plain.with_(group_size=None, group_fallback=False)
-        group = re.fullmatch(r"w4-g(\d+)", precision)
-        if group:
-            return plain.with_(group_size=int(group.group(1)), group_fallback=False)
+    if precision == "w4-pc" and base.weight_bits == 4:
+        return plain.with_(group_size=None, group_fallback=False)
+    grouped = re.fullmatch(r"w([48])-g(\d+)", precision)
+    if grouped and int(grouped.group(1)) == base.weight_bits and not base.fp8:
+        return plain.with_(group_size=int(grouped.group(2)), group_fallback=False)
     raise ValueError(f"precision {precision!r} is not a layer precision under {base.name!r}; use 'w4-g<N>', "
-                     f"'w4-pc', 'w8' or 'float' (4-bit specs), 'w8' or 'float' (8-bit specs)")
+                     f"'w4-pc', 'w8' or 'float' (4-bit specs), 'w8-g<N>', 'w8' or 'float' (8-bit specs)")
 
 
 @dataclass(frozen=True)
