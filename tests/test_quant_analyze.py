@@ -209,8 +209,12 @@ def test_user_metric_scores_layers():
         with torch.no_grad():
             return float((model(x).argmax(1) == labels).float().mean())
 
-    report = analyze(net, calib, methods=("rtn",), metric=agreement)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = analyze(net, calib, methods=("rtn", "awq"), metric=agreement)
     assert report.metric == "agreement" and report.float_score == 1.0
+    # the float model is left as it was: same tensors, no hook left behind
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
     assert all(0 <= la.headline.score <= 1 and la.sensitivity == 1 - la.headline.score for la in report.layers)
 
 
