@@ -108,6 +108,7 @@ STAND_INS: dict[str, Callable[[Path, Path], list[str]]] = {
     "## Multi-channel images: ChannelViT": _channelvit,
     "## Pruning": _nothing,
     "## Quantization": _nothing,
+    "### Which layers are hard to quantize, and mixed precision under a budget": _nothing,
     "### Fast on the CPU": _nothing,
     "### Export to ONNX": _nothing,
 }

@@ -5,6 +5,7 @@
     python -m zoo check "*resnet50*"            # build, run a procedural batch, print a table
     python -m zoo upscale --model rcan_tiny_x2 photo.png photo_x2.png --tile 256
     python -m zoo quantize rcan_tiny_x2 rcan_w4a8.safetensors --spec w4a8 --method awq --calib sr_samples
+    python -m zoo quantize rcan_tiny_x2 rcan_auto.safetensors --auto --budget 0.18 --calib sr_samples --report q.html
     python -m zoo export-onnx seresnet50 seresnet50.onnx --size 224     # checked in onnxruntime
     python -m zoo generate --model moc_lm_tiny --weights lm.safetensors --prompt "def " --temperature 0
     python -m zoo sample --model var_d16 --weights var_d16.pth --vae vae_ch160v4096z32.pth --class 3 --n 16 out.png
@@ -28,7 +29,8 @@ from .generation import check_sampling_args, generate_text, load_for_sampling, s
 from .hub import save_pretrained
 from .inference import upscale
 from .onnx_export import default_example, export_onnx
-from .quant import QuantSpec, quantize, summary
+from .quant import QuantSpec, analyze, quantize, summary
+from .quant.auto import Budget
 from .quant.io import save_quantized
 from .quant.methods import METHODS
 
@@ -157,10 +159,29 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     spec = QuantSpec.parse(args.spec)  # bad input fails before any work
     if args.method != "rtn" and not args.calib:
         raise ValueError(f"--method {args.method} needs calibration data: --calib <data module name or image folder>")
+    if args.auto and args.method != "rtn":
+        raise ValueError(f"--auto chooses a method per layer; drop --method {args.method}")
+    if args.auto != (args.budget is not None):
+        raise ValueError("--auto needs --budget (e.g. --budget 0.18: 18% of the float size), and --budget needs --auto")
+    budget = Budget.parse(args.budget) if args.auto else None
+    if (args.auto or args.report) and not args.calib:
+        raise ValueError(f"{'--auto' if args.auto else '--report'} needs calibration data: --calib <data module name "
+                         f"or image folder>")
     model = create(args.model, pretrained=args.weights or True).eval()
     calib = _calibration_batches(args.calib, args.calib_args, args.calib_size, args.calib_batches) if args.calib else None
     start = time.perf_counter()
-    quantize(model, spec, calib=calib, method=args.method, progress=True)
+    report = None
+    if args.report or args.auto:  # one analysis serves the page and the plan
+        report = analyze(model, calib, spec, every_precision=args.auto, progress=True)
+        if args.report:
+            path = Path(args.report)
+            report.to_json(path) if path.suffix == ".json" else report.to_html(path)
+            print(report.summary(top=10))
+            print(f"wrote the report {path}")
+    if args.auto:
+        quantize(model, "auto", calib=calib, budget=budget, report=report, progress=True)
+    else:
+        quantize(model, spec, calib=calib, method=args.method, progress=True)
     elapsed = time.perf_counter() - start
     out = Path(args.output)
     if out.suffix == ".safetensors":
@@ -245,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-args", default="{}", help="JSON arguments of the calibration data module")
     p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--calib-size", type=int, default=64, help="crop size for a folder of images")
+    p.add_argument("--report", default=None, help="write zoo.quant.analyze's report here (.html page, or .json)")
+    p.add_argument("--auto", action="store_true", help="mixed precision: a precision and method per layer under "
+                   "--budget, from the report (--spec gives the activations and the 4-bit format)")
+    p.add_argument("--budget", default=None, help="with --auto: a fraction of the float size (0.18, 18%%), bytes "
+                   "(2.5MB), average weight bits (4.5bits) or a floor of the output SQNR in dB (>=30)")
     p.set_defaults(fn=_cmd_quantize)
     p = sub.add_parser("export-onnx", help="export a float model to ONNX, checked against eager in onnxruntime")
     p.add_argument("model", help="an architecture or arch.tag")

@@ -17,11 +17,12 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from zoo.blocks.validation import closest
+from zoo.blocks.validation import check_kwargs, closest
 from zoo.blocks.quant import FakeQuantConv2d, FakeQuantLinear, QuantConv2d, QuantLinear
 
 from .calibrate import Calibration, calibrate, input_of
 from .methods import METHODS, Transform, shift_allowed, weight_nhwc
+from .plan import PLANNERS, QuantPlan
 from zoo.blocks.quant_spec import QuantSpec
 
 FOLD_TOLERANCE = 1e-3  # relative change of the float model's output that folding may cause
@@ -63,9 +64,13 @@ def _matching(patterns: tuple[str, ...], names: list[str], field: str) -> dict[s
     return matches
 
 
-def layer_specs(model: nn.Module, spec: QuantSpec, names: Iterable[str]) -> dict[str, QuantSpec]:
-    """The spec of each named layer: ``spec``, or its 8-bit-weight twin for the ``keep_w8`` layers."""
+def layer_specs(model: nn.Module, spec: QuantSpec, names: Iterable[str],
+                plan: Optional[QuantPlan] = None) -> dict[str, QuantSpec]:
+    """The spec of each named layer: ``spec``, or its 8-bit-weight twin for the ``keep_w8`` layers, or
+    what ``plan`` gives the layer."""
     names = list(names)
+    if plan is not None:
+        return {n: (plan.layer_spec(n) if n in plan.layers else None) or spec for n in names}  # float: not quantized
     if not spec.keep_w8:
         return {n: spec for n in names}
     every = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, QuantLinear, QuantConv2d))]
@@ -73,7 +78,8 @@ def layer_specs(model: nn.Module, spec: QuantSpec, names: Iterable[str]) -> dict
     return {n: spec.eight_bit() if n in eight else spec for n in names}
 
 
-def select_layers(model: nn.Module, spec: QuantSpec) -> tuple[dict[str, nn.Module], list[LayerReport]]:
+def select_layers(model: nn.Module, spec: QuantSpec,
+                  plan: Optional[QuantPlan] = None) -> tuple[dict[str, nn.Module], list[LayerReport]]:
     """The layers to quantize (module order) and a report of those kept in float, with the reason."""
     candidates = [(n, m) for n, m in model.named_modules()
                   if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, (QuantLinear, QuantConv2d))]
@@ -84,7 +90,10 @@ def select_layers(model: nn.Module, spec: QuantSpec) -> tuple[dict[str, nn.Modul
     float_only = {n: m.keep_float_reason for n, m in model.named_modules() if getattr(m, "keep_float_reason", None)}
     names = [n for n, _ in candidates]
     kept = {n: f"kept by {pattern!r}" for n, pattern in _matching(spec.keep, names, "keep").items()}
-    specs = layer_specs(model, spec, names)
+    if plan is not None:
+        kept = {n: "float (plan)" if n in plan.layers else "not in the plan" for n in names
+                if n not in plan.layers or plan.layer_spec(n) is None}
+    specs = layer_specs(model, spec, names, plan)
     layers, report = {}, []
     for name, module in candidates:
         owner = next((reason for prefix, reason in float_only.items()
@@ -155,11 +164,15 @@ def _model_output(model: nn.Module, x) -> torch.Tensor:
 
 def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: str = "rtn", *,
              alpha: float = 0.5, fold: bool = True, num_batches: Optional[int] = None,
-             progress: bool = False) -> nn.Module:
+             progress: bool = False, budget=None, **plan_options) -> nn.Module:
     """Quantize ``model`` in place and return it.
 
     Args:
-        spec: a :class:`QuantSpec` or a spec string (``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``).
+        spec: a :class:`QuantSpec` or a spec string (``w8a8``, ``w4a8``, ``w4a16``, ``w8a16``, ``fp8``);
+            a :class:`zoo.quant.plan.QuantPlan` (a precision and a method per layer); or ``"auto"``: a
+            plan chosen under ``budget`` from :func:`zoo.quant.analyze` (:mod:`zoo.quant.auto`; it also
+            takes ``metric=``, ``report=`` (a report analyzed with ``every_precision=True``), ``methods=``,
+            ``base=`` (the spec it starts from, default ``w4a8``)).
         calib: calibration data (a DataLoader or a list of input batches / (input, target) pairs);
             needed by every method but ``rtn`` and by static activation scales.
         method: a name of :data:`zoo.quant.METHODS` (``rtn``, ``smoothquant``, ``awq``, ``os+``, ``repq``;
@@ -168,17 +181,40 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
         fold: fold scales and shifts into the producing layer where the graph allows.
         num_batches: use at most this many calibration batches.
 
-    The model gets ``quant_spec``, ``quant_method`` and ``quant_report`` (one entry per layer).
+    The model gets ``quant_spec``, ``quant_method``, ``quant_report`` (one entry per layer) and
+    ``quant_plan`` (None without a plan).
     """
-    spec = QuantSpec.parse(spec)
+    if getattr(model, "quant_spec", None) is not None:
+        raise ValueError("this model is already quantized; quantize a float model")
+    if isinstance(spec, str) and spec.strip().lower() in PLANNERS:
+        planner = PLANNERS[spec.strip().lower()]
+        check_kwargs(f"quantize(model, {spec!r})", plan_options, planner)  # a misspelt option names the nearest
+        if calib is not None and iter(calib) is calib:  # a one-pass iterator: the plan and the calibration both read it
+            calib = list(calib)
+        spec = planner(model, calib, budget=budget, num_batches=num_batches, progress=progress, **plan_options)
+    elif budget is not None or plan_options:
+        given = ["budget"] * (budget is not None) + sorted(plan_options)
+        raise TypeError(f"quantize() got {', '.join(given)}, which only a planned spec takes; pass spec='auto' "
+                        f"(mixed precision under a budget) or drop them")
+    plan = spec if isinstance(spec, QuantPlan) else None
+    spec = plan.spec if plan else QuantSpec.parse(spec)
+    if plan is not None:
+        unknown = sorted(set(plan.layers) - {n for n, _ in model.named_modules()})
+        if unknown:
+            raise ValueError(f"the plan names layers {unknown[:3]} that this model does not have; make the plan on "
+                             f"this model")
     if method not in METHODS:
         near = closest(method, METHODS)
         raise ValueError(f"method={method!r} is not a calibration method; use one of {', '.join(METHODS)}"
                          + (f" (did you mean {near[0]!r}?)" if near else ""))
-    if getattr(model, "quant_spec", None) is not None:
-        raise ValueError("this model is already quantized; quantize a float model")
-    layers, report = select_layers(model, spec)
-    needs_data = method != "rtn" or spec.static_activations
+    layers, report = select_layers(model, spec, plan)
+    methods = {name: plan.layers[name].method if plan else method for name in layers}
+    bad = sorted({m for m in methods.values() if m not in METHODS})
+    if bad:
+        raise ValueError(f"the plan uses methods {bad}, which are not calibration methods; use {', '.join(METHODS)}")
+    uses_methods = any(m != "rtn" for m in methods.values())
+    method = "auto" if plan else method
+    needs_data = uses_methods or spec.static_activations
     if needs_data and calib is None:
         why = f"method={method!r}" if method != "rtn" else f"static activation scales ({spec.act_granularity})"
         raise ValueError(f"{why} needs calibration data: pass calib=<a DataLoader or a list of input batches>")
@@ -189,10 +225,10 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
         report.append(LayerReport(name, type(layers.pop(name)).__name__, "kept", "not reached by the calibration data"))
     explicit: dict[str, tuple] = {}
     transforms = {name: Transform() for name in layers}
-    specs = layer_specs(model, spec, layers)
-    if method != "rtn":
+    specs = layer_specs(model, spec, layers, plan)
+    if uses_methods:
         with torch.no_grad():
-            transforms = {name: METHODS[method](layer, calibration.stats[name], specs[name],
+            transforms = {name: METHODS[methods[name]](layer, calibration.stats[name], specs[name],
                                                 specs[name].group_for(_in_channels(layer)), alpha=alpha,
                                                 producer=_producer_module(model, calibration, name))
                           for name, layer in layers.items()}
@@ -220,12 +256,15 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
                 quantized.act_scale.fill_(float(static_scale))
         _set_module(model, name, quantized)
         detail = f"group {quantized.group_size}" if quantized.group_size else "per-channel"
-        if specs[name] is not spec:
+        if plan is not None:
+            detail = f"{specs[name].weight_bits}-bit weights, {detail}, {methods[name]}"
+        elif specs[name] is not spec:
             detail = f"8-bit weights (keep_w8), {detail}"
         report.append(LayerReport(name, type(layer).__name__, "quantized", f"{detail}{', ' + how if how else ''}"))
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    model.quant_spec = spec
+    model.quant_spec = plan.spec if plan else spec
     model.quant_method = method
+    model.quant_plan = plan
     model.quant_report = sorted(report, key=lambda r: order.get(r.name, -1))
     return model
 
@@ -332,6 +371,9 @@ def summary(model: nn.Module) -> str:
     lines = [f"quantized with {model.quant_spec.name} ({model.quant_method}): "
              f"{sum(r.action == 'quantized' for r in report)} layers quantized, "
              f"{sum(r.action == 'kept' for r in report)} kept in float"]
+    plan = getattr(model, "quant_plan", None)
+    if plan is not None:
+        lines.append("  " + plan.describe())
     lines += [f"  {r.name:<{width}}  {r.kind:<7} {r.action:<9} {r.detail}{_execution(model, r)}" for r in report]
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ from zoo.blocks.quant_spec import QuantSpec
 from ..checkpoint import DIGEST_KEY, CheckpointError, clean_state_dict, content_digest, fit_state_dict, read_checkpoint
 from ..files import atomic_write
 from .convert import LayerReport, _set_module
+from .plan import QuantPlan
 
 META_KEY = "zoo.quant"
 # 2: each layer records its "weight_bits" (mixed precision: a 4-bit spec's keep_w8 layers hold int8).
@@ -36,8 +37,12 @@ def quant_metadata(model: nn.Module) -> dict:
         if isinstance(module, (QuantConv2d, QuantLinear)):
             layers[name] = {"type": type(module).__name__, "in_channels": module.in_channels,
                             "out_channels": module.out_channels, **type(module).layer_config(module)}
-    return {"version": FORMAT_VERSION, "spec": json.loads(spec.to_json()),
-            "method": getattr(model, "quant_method", "rtn"), "layers": layers}
+    record = {"version": FORMAT_VERSION, "spec": json.loads(spec.to_json()),
+              "method": getattr(model, "quant_method", "rtn"), "layers": layers}
+    plan = getattr(model, "quant_plan", None)
+    if plan is not None:  # mixed precision: what each layer got and why (the layer records rebuild it)
+        record["plan"] = plan.to_dict()
+    return record
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike, extra_metadata: Optional[dict] = None) -> Path:
@@ -144,6 +149,7 @@ def rebuild(model: nn.Module, metadata: dict, keep_float: Collection[str] = ()) 
         report.append(LayerReport(name, cfg["type"], "quantized", "loaded"))
     model.quant_spec = spec
     model.quant_method = metadata.get("method", "rtn")
+    model.quant_plan = QuantPlan.from_dict(metadata["plan"]) if "plan" in metadata else None
     model.quant_report = report
     return model
 

@@ -78,30 +78,60 @@ def _run(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional
     return F.linear(x, weight.flatten(1), bias)
 
 
+class SimulatedLayer:
+    """A layer's output when quantized under ``spec`` after ``transform``, emulated in float.
+
+    The weights are quantized and dequantized once; calling it on inputs (the layer's own layout)
+    applies the transform, fake-quantizes the activations as the integer path scales them and runs the
+    float op. :func:`layer_error` and :func:`zoo.quant.analyze` (one layer quantized inside the float
+    model) both use it, so the two measure the same thing.
+    """
+
+    @torch.no_grad()
+    def __init__(self, layer: nn.Module, spec, group_size: Optional[int], transform: Transform) -> None:
+        self.layer, self.spec, self.transform = layer, spec, transform
+        weight = weight_nhwc(layer)  # (N, KH, KW, C)
+        bias = None if layer.bias is None else layer.bias.detach().float()
+        if transform.shift is not None:
+            correction = (weight * transform.shift).sum((1, 2, 3))  # W z, summed over taps
+            bias = correction if bias is None else bias + correction
+        if transform.scale is not None:
+            weight = weight * transform.scale
+        q = quantize_weight(weight, spec.weight_bits, group_size, spec.weight_symmetric, spec.fp8)
+        self.weight = dequantize_weight(q.values, q.scale, q.zero, spec.weight_bits, weight.shape[-1], group_size,
+                                        spec.fp8)
+        self.bias = bias
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        layer, t = self.layer, self.transform
+        dtype = x.dtype
+        x = x.float()
+        if t.shift is not None:
+            x = x - _channel_view(t.shift.to(x.device), x, layer)
+        if t.scale is not None:
+            x = x / _channel_view(t.scale.to(x.device), x, layer)
+        if not self.spec.weight_only:
+            conv = isinstance(layer, nn.Conv2d)
+            tokens = x.permute(0, 2, 3, 1) if conv else x  # (B, H, W, C) or (..., K)
+            tokens = fake_quantize_activation(tokens, 8, self.spec.fp8, act_scope(self.spec, layer) == "image")
+            x = tokens.permute(0, 3, 1, 2) if conv else tokens
+        bias = None if self.bias is None else self.bias.to(x.device)
+        return _run(layer, x, self.weight.to(x.device), bias).to(dtype)
+
+
+def layer_reference(layer: nn.Module, sample: torch.Tensor) -> torch.Tensor:
+    """The float layer's output on ``sample``."""
+    return _run(layer, sample, weight_nhwc(layer), None if layer.bias is None else layer.bias.detach().float())
+
+
 @torch.no_grad()
 def layer_error(layer: nn.Module, sample: torch.Tensor, spec, group_size: Optional[int], transform: Transform,
                 reference: Optional[torch.Tensor] = None) -> float:
     """Mean squared error of the quantized, transformed layer against the float one on ``sample``."""
-    weight = weight_nhwc(layer)
-    bias = None if layer.bias is None else layer.bias.detach().float()
     if reference is None:
-        reference = _run(layer, sample, weight, bias)
-    x, w = sample, weight
-    if transform.shift is not None:
-        x = x - _channel_view(transform.shift, x, layer)
-        correction = (weight * transform.shift).sum((1, 2, 3))  # W z, summed over taps
-        bias = correction if bias is None else bias + correction
-    if transform.scale is not None:
-        x = x / _channel_view(transform.scale, x, layer)
-        w = w * transform.scale
-    q = quantize_weight(w, spec.weight_bits, group_size, spec.weight_symmetric, spec.fp8)
-    w = dequantize_weight(q.values, q.scale, q.zero, spec.weight_bits, w.shape[-1], group_size, spec.fp8)
-    if not spec.weight_only:
-        conv = isinstance(layer, nn.Conv2d)
-        tokens = x.permute(0, 2, 3, 1) if conv else x
-        tokens = fake_quantize_activation(tokens, 8, spec.fp8, act_scope(spec, layer) == "image")
-        x = tokens.permute(0, 3, 1, 2) if conv else tokens
-    return float((_run(layer, x, w, bias) - reference).pow(2).mean())
+        reference = layer_reference(layer, sample)
+    return float((SimulatedLayer(layer, spec, group_size, transform)(sample) - reference).pow(2).mean())
 
 
 def _normalise(s: torch.Tensor) -> torch.Tensor:
@@ -126,7 +156,7 @@ def smoothquant(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[
 @register_method("os+")
 def outlier_suppression_plus(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int],
                              **_) -> Transform:
-    reference = _run(layer, stats.sample, weight_nhwc(layer), None if layer.bias is None else layer.bias.float())
+    reference = layer_reference(layer, stats.sample)
     best, best_err = Transform(), layer_error(layer, stats.sample, spec, group_size, Transform(), reference)
     # the shift helps skewed channels only when activations are quantized; with or without it, search
     # the scaling threshold among the channel ranges themselves, from the largest down
@@ -146,7 +176,7 @@ def outlier_suppression_plus(layer: nn.Module, stats: LayerStats, spec, group_si
 @register_method("awq")
 def awq(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int], **_) -> Transform:
     x_mean = stats.abs_mean.clamp_min(1e-5)
-    reference = _run(layer, stats.sample, weight_nhwc(layer), None if layer.bias is None else layer.bias.float())
+    reference = layer_reference(layer, stats.sample)
     best, best_err = Transform(), layer_error(layer, stats.sample, spec, group_size, Transform(), reference)
     for a in torch.arange(1, GRID).div(GRID).tolist():
         candidate = Transform(scale=_normalise(x_mean.pow(a)))
