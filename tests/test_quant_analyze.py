@@ -197,6 +197,29 @@ def test_bad_input_is_one_clear_error(planted_report):
         plan_from_report(analyze(copy.deepcopy(net), calib, methods=("rtn",)), 0.3)
     with pytest.raises(KeyError, match="unknown method 'awk'"):
         analyze(copy.deepcopy(net), calib, methods=("awk",))
+    with pytest.raises(ValueError, match="score_elements=0 is not a positive number of input elements; pass an int"):
+        analyze(copy.deepcopy(net), calib, methods=("rtn",), score_elements=0)
+
+
+def test_end_to_end_scores_run_on_the_first_images():
+    """The output-SQNR score runs on the first images up to ``score_elements`` input elements; the statistics on
+    all of them. The planted net's images are 3x12x12 = 432 elements: the default takes all 8, 864 takes 2."""
+    from zoo.quant.analyze import _group, _OneLayer, _sqnr
+    from zoo.quant.methods import SimulatedLayer, Transform
+    net, calib = _planted()
+    default = analyze(net, calib, "w4a8", methods=("rtn",))
+    every = analyze(net, calib, "w4a8", methods=("rtn",), score_elements=None)
+    two = analyze(net, calib, "w4a8", methods=("rtn",), score_elements=864)
+    first = calib[0][:2]
+    with torch.no_grad():
+        reference = net(first)
+        with _OneLayer(net.conv2, SimulatedLayer(net.conv2, two.spec, _group(two.spec, net.conv2), Transform())):
+            expected = _sqnr([reference], [net(first)])
+    assert two.layer("conv2").headline.score == pytest.approx(expected, abs=1e-6)
+    assert two.layer("conv2").headline.score != pytest.approx(every.layer("conv2").headline.score, abs=1e-3)
+    for name in ("stem", "conv1", "conv2", "head"):
+        assert torch.equal(two.layer(name).act_absmax, every.layer(name).act_absmax)
+        assert default.layer(name).headline.score == every.layer(name).headline.score
 
 
 def test_user_metric_scores_layers():

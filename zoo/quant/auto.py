@@ -23,7 +23,7 @@ from typing import Iterable, Optional, Union
 
 from torch import nn
 
-from .analyze import DEFAULT_METHODS, LayerAnalysis, Option, QuantReport, analyze
+from .analyze import DEFAULT_METHODS, SCORE_ELEMENTS, LayerAnalysis, Option, QuantReport, analyze
 from .plan import LayerChoice, QuantPlan, register_planner
 
 UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
@@ -139,10 +139,11 @@ def plan_from_report(report: QuantReport, budget) -> QuantPlan:
 @register_planner("auto")
 def auto_plan(model: nn.Module, calib, *, budget=None, metric=None, report: Optional[QuantReport] = None,
               base="w4a8", methods: Iterable[str] = DEFAULT_METHODS, num_batches: Optional[int] = None,
-              progress: bool = False) -> QuantPlan:
+              score_elements: Optional[int] = SCORE_ELEMENTS, progress: bool = False) -> QuantPlan:
     """Analyze ``model`` at every precision (unless ``report`` is given) and plan under ``budget``.
 
-    ``base``: the spec the plan starts from (its activations and its 4-bit weight format)."""
+    ``base``: the spec the plan starts from (its activations and its 4-bit weight format);
+    ``score_elements``: the calibration input elements the output-SQNR scores run on (see :func:`analyze`)."""
     if budget is None:
         raise ValueError(f"quantize(model, 'auto') needs budget=: {BUDGET_FORMS}")
     budget = Budget.parse(budget)  # bad budgets fail before the analysis
@@ -151,7 +152,7 @@ def auto_plan(model: nn.Module, calib, *, budget=None, metric=None, report: Opti
             raise ValueError("quantize(model, 'auto') needs calibration data: pass calib=<a DataLoader or a list of "
                              "input batches>")
         report = analyze(model, calib, base, metric, methods, num_batches=num_batches, every_precision=True,
-                         progress=progress)
+                         score_elements=score_elements, progress=progress)
     return plan_from_report(report, budget)
 
 
