@@ -222,6 +222,33 @@ def test_end_to_end_scores_run_on_the_first_images():
         assert default.layer(name).headline.score == every.layer(name).headline.score
 
 
+def test_verify_pass_keeps_a_method_swap_that_the_whole_quantized_model_confirms():
+    """verify_plan quantizes every planned layer at once and keeps a method swap on the costliest layers only
+    when the calibration SQNR rises; its measurement is the real quantized model's, and the bytes stay in budget."""
+    from zoo.quant.auto import verify_plan
+    net, calib = _planted()
+    report = analyze(net, calib, "w4a8", every_precision=True)
+    plan = plan_from_report(report, 0.3)
+    verified = verify_plan(net, calib, plan, report, 0.3, layers=3)
+    assert plan.layers["conv2"] == zoo.quant.plan.LayerChoice("w8", "os+")
+    assert verified.layers["conv2"] == zoo.quant.plan.LayerChoice("w8", "smoothquant")
+    notes = verified.notes["verified"]
+    assert notes["swaps"] == ["conv2: os+->smoothquant"]
+    assert notes["measured_before"] == pytest.approx(55.826, abs=1e-3)
+    assert notes["measured_after"] == pytest.approx(57.364, abs=1e-3)
+    assert verified.bytes == plan.bytes <= 0.3 * model_bytes(net)
+    x = torch.cat(calib)
+    with torch.no_grad():
+        reference = net(x)
+        for p, measured in ((plan, notes["measured_before"]), (verified, notes["measured_after"])):
+            out = quantize(copy.deepcopy(net), p, calib=calib)(x)
+            sqnr = 10 * math.log10(float(reference.pow(2).sum() / (out - reference).pow(2).sum()))
+            assert sqnr == pytest.approx(measured, abs=1e-3)
+    via_quantize = quantize(copy.deepcopy(net), "auto", calib=calib, budget=0.3, report=report, verify=3)
+    assert via_quantize.quant_plan.layers == verified.layers
+    with pytest.raises(ValueError, match="verify=-1 is not a number of layers; pass an int >= 0"):
+        quantize(copy.deepcopy(net), "auto", calib=calib, budget=0.3, report=report, verify=-1)
+
 def test_user_metric_scores_layers():
     net, calib = _planted()
     x = torch.randn(8, 3, 12, 12)
