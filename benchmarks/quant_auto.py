@@ -11,7 +11,9 @@ A. Digits SE-ResNet-18 (the model benchmarks/quant_accuracy.py trains and caches
    sensitivities (the real integer layer, only that one, on the test split: logit SQNR and top-1 drop).
    Goals: auto within 0.5 points of fp32; the downsample convs in the top 3; Spearman >= 0.8.
 B. The quickstart RCAN (``rcan_tiny_x2``, shipped weights): PSNR on the held-out val crops for fp32,
-   w4a8 RTN and ``auto`` at the w4a8 RTN model's size. Goal: auto within 0.03 dB of fp32.
+   w4a8 RTN and AWQ, and ``auto`` at the w4a8 RTN model's size (plain, and with ``verify=6``: method swaps
+   on the 6 costliest layers checked on the whole quantized model), x1.1 and x1.25. Goal: auto (the better
+   of the two at x1.0) within 0.03 dB of fp32.
 C. ``analyze`` time on ``resnet50`` (random weights) with ``--resnet-images`` 224x224 calibration images,
    the default four methods. Goal: under 2 minutes on the CPU.
 
