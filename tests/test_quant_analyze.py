@@ -197,7 +197,57 @@ def test_bad_input_is_one_clear_error(planted_report):
         plan_from_report(analyze(copy.deepcopy(net), calib, methods=("rtn",)), 0.3)
     with pytest.raises(KeyError, match="unknown method 'awk'"):
         analyze(copy.deepcopy(net), calib, methods=("awk",))
+    with pytest.raises(ValueError, match="score_elements=0 is not a positive number of input elements; pass an int"):
+        analyze(copy.deepcopy(net), calib, methods=("rtn",), score_elements=0)
 
+
+def test_end_to_end_scores_run_on_the_first_images():
+    """The output-SQNR score runs on the first images up to ``score_elements`` input elements; the statistics on
+    all of them. The planted net's images are 3x12x12 = 432 elements: the default takes all 8, 864 takes 2."""
+    from zoo.quant.analyze import _group, _OneLayer, _sqnr
+    from zoo.quant.methods import SimulatedLayer, Transform
+    net, calib = _planted()
+    default = analyze(net, calib, "w4a8", methods=("rtn",))
+    every = analyze(net, calib, "w4a8", methods=("rtn",), score_elements=None)
+    two = analyze(net, calib, "w4a8", methods=("rtn",), score_elements=864)
+    first = calib[0][:2]
+    with torch.no_grad():
+        reference = net(first)
+        with _OneLayer(net.conv2, SimulatedLayer(net.conv2, two.spec, _group(two.spec, net.conv2), Transform())):
+            expected = _sqnr([reference], [net(first)])
+    assert two.layer("conv2").headline.score == pytest.approx(expected, abs=1e-6)
+    assert two.layer("conv2").headline.score != pytest.approx(every.layer("conv2").headline.score, abs=1e-3)
+    for name in ("stem", "conv1", "conv2", "head"):
+        assert torch.equal(two.layer(name).act_absmax, every.layer(name).act_absmax)
+        assert default.layer(name).headline.score == every.layer(name).headline.score
+
+
+def test_verify_pass_keeps_a_method_swap_that_the_whole_quantized_model_confirms():
+    """verify_plan quantizes every planned layer at once and keeps a method swap on the costliest layers only
+    when the calibration SQNR rises; its measurement is the real quantized model's, and the bytes stay in budget."""
+    from zoo.quant.auto import verify_plan
+    net, calib = _planted()
+    report = analyze(net, calib, "w4a8", every_precision=True)
+    plan = plan_from_report(report, 0.3)
+    verified = verify_plan(net, calib, plan, report, 0.3, layers=3)
+    assert plan.layers["conv2"] == zoo.quant.plan.LayerChoice("w8", "os+")
+    assert verified.layers["conv2"] == zoo.quant.plan.LayerChoice("w8", "smoothquant")
+    notes = verified.notes["verified"]
+    assert notes["swaps"] == ["conv2: os+->smoothquant"]
+    assert notes["measured_before"] == pytest.approx(55.826, abs=1e-3)
+    assert notes["measured_after"] == pytest.approx(57.364, abs=1e-3)
+    assert verified.bytes == plan.bytes <= 0.3 * model_bytes(net)
+    x = torch.cat(calib)
+    with torch.no_grad():
+        reference = net(x)
+        for p, measured in ((plan, notes["measured_before"]), (verified, notes["measured_after"])):
+            out = quantize(copy.deepcopy(net), p, calib=calib)(x)
+            sqnr = 10 * math.log10(float(reference.pow(2).sum() / (out - reference).pow(2).sum()))
+            assert sqnr == pytest.approx(measured, abs=1e-3)
+    via_quantize = quantize(copy.deepcopy(net), "auto", calib=calib, budget=0.3, report=report, verify=3)
+    assert via_quantize.quant_plan.layers == verified.layers
+    with pytest.raises(ValueError, match="verify=-1 is not a number of layers; pass an int >= 0"):
+        quantize(copy.deepcopy(net), "auto", calib=calib, budget=0.3, report=report, verify=-1)
 
 def test_user_metric_scores_layers():
     net, calib = _planted()

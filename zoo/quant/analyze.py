@@ -42,6 +42,10 @@ DEFAULT_METHODS = ("rtn", "smoothquant", "awq", "os+")
 # the method searches and layer SQNRs run on at most this many input elements of each layer's sample (whole
 # images / rows): on resnet50 with 8 images the full sample made them 2/3 of the analysis time
 SEARCH_ELEMENTS = 2 ** 19
+# the end-to-end output-SQNR scores run the model on the first calibration images up to this many input elements
+# (at least one image): one forward per layer and precision over all 8 of resnet50's 224x224 images was 62 s of
+# 147 s (this keeps 3); small images (digits, 48x48 super-resolution crops) all fit. The statistics use every image
+SCORE_ELEMENTS = 2 ** 19
 FLOAT = "float"
 Metric = Callable[[nn.Module], float]
 
@@ -294,7 +298,8 @@ def _check_metric(metric) -> tuple[Optional[Metric], str]:
 @torch.no_grad()
 def analyze(model: nn.Module, calib: Iterable, spec="w4a8", metric: Union[Metric, str, None] = None,
             methods: Iterable[str] = DEFAULT_METHODS, *, num_batches: Optional[int] = None,
-            every_precision: bool = False, alpha: float = 0.5, progress: bool = False) -> QuantReport:
+            every_precision: bool = False, score_elements: Optional[int] = SCORE_ELEMENTS, alpha: float = 0.5,
+            progress: bool = False) -> QuantReport:
     """Analyze every quantizable layer of the float ``model`` under ``spec`` (see the module docstring).
 
     Args:
@@ -307,6 +312,10 @@ def analyze(model: nn.Module, calib: Iterable, spec="w4a8", metric: Union[Metric
         methods: the names of :data:`zoo.quant.METHODS` scored per layer; the best one (highest layer
             SQNR) quantizes the layer for its end-to-end score.
         every_precision: also score 4-bit per-channel, 8-bit and float for each layer (``auto`` plans).
+        score_elements: the output-SQNR end-to-end scores run the model on the first calibration images
+            (rows of the tensor batches; a batch that is not a tensor is kept whole) up to this many input
+            elements, at least one image; default :data:`SCORE_ELEMENTS`; None: every image. The
+            statistics use every image, and a user ``metric`` chooses its own data.
     """
     spec = QuantSpec.parse(spec)
     methods = tuple(methods)
@@ -316,6 +325,10 @@ def analyze(model: nn.Module, calib: Iterable, spec="w4a8", metric: Union[Metric
     if not methods:
         raise ValueError("methods=() scores nothing; pass at least one of " + ", ".join(METHODS))
     user_metric, metric_name = _check_metric(metric)
+    if score_elements is not None and (isinstance(score_elements, bool) or not isinstance(score_elements, int)
+                                       or score_elements < 1):
+        raise ValueError(f"score_elements={score_elements!r} is not a positive number of input elements; pass an "
+                         f"int >= 1, or None to score on every calibration image")
     if calib is None:
         raise ValueError("analyze needs calibration data: pass calib=<a DataLoader or a list of input batches>")
     if getattr(model, "quant_spec", None) is not None:
@@ -328,13 +341,14 @@ def analyze(model: nn.Module, calib: Iterable, spec="w4a8", metric: Union[Metric
     model.eval()
     device = next(iter(model.parameters())).device
     inputs = [x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs]
-    reference = [_model_output(model, x) for x in inputs]
+    scored = _first_images(inputs, score_elements)
+    reference = [_model_output(model, x) for x in scored] if user_metric is None else []
     float_score = math.inf if user_metric is None else float(user_metric(model))
 
     def score() -> float:
         if user_metric is not None:
             return float(user_metric(model))
-        return _sqnr(reference, [_model_output(model, x) for x in inputs])
+        return _sqnr(reference, [_model_output(model, x) for x in scored])
 
     bar = _progress(len(layers)) if progress else None
     analyses = []
@@ -357,6 +371,25 @@ def analyze(model: nn.Module, calib: Iterable, spec="w4a8", metric: Union[Metric
         model.train(was_training)
     return QuantReport(spec, metric_name, float_score, analyses, kept, model_bytes(model), calibration.batches,
                        time.perf_counter() - start)
+
+
+def _first_images(inputs: list, elements: Optional[int]) -> list:
+    """The first images of the batches up to ``elements`` input elements, at least one (a batch that is not a
+    tensor is kept whole and counts as nothing)."""
+    if elements is None:
+        return inputs
+    out, left, taken = [], elements, 0
+    for x in inputs:
+        if not isinstance(x, torch.Tensor) or x.ndim == 0:
+            out.append(x)
+            continue
+        per_image = max(x[:1].numel(), 1)
+        count = min(len(x), max(left // per_image, 1 if taken == 0 else 0))
+        if count == 0:
+            break
+        out.append(x[:count])
+        taken, left = taken + count, left - count * per_image
+    return out
 
 
 def _score_options(model, name, layer, stats, calibration: Calibration, spec, methods, every_precision, alpha,
@@ -405,4 +438,4 @@ def _progress(total: int):
     return tqdm(total=total, desc="analyzing", unit="layer", leave=False)
 
 
-__all__ = ["analyze", "QuantReport", "LayerAnalysis", "Option", "OUTLIER_FACTOR", "stored_bytes", "model_bytes"]
+__all__ = ["analyze", "QuantReport", "LayerAnalysis", "Option", "OUTLIER_FACTOR", "SCORE_ELEMENTS", "stored_bytes", "model_bytes"]

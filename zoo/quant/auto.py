@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Iterable, Optional, Union
 
+import torch
 from torch import nn
 
-from .analyze import DEFAULT_METHODS, LayerAnalysis, Option, QuantReport, analyze
+from .analyze import DEFAULT_METHODS, SCORE_ELEMENTS, LayerAnalysis, Option, QuantReport, analyze
+from .analyze import FLOAT, _check_metric, _first_images, _sqnr, stored_bytes
+from .calibrate import calibrate, input_of
+from .convert import _in_channels, _model_output, _producer_module
+from .methods import METHODS, SimulatedLayer, Transform, shift_allowed
 from .plan import LayerChoice, QuantPlan, register_planner
 
 UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
@@ -84,6 +90,15 @@ def _frontier(la: LayerAnalysis) -> list[Option]:
     return kept
 
 
+def _limit(report: QuantReport, budget: Budget) -> tuple[int, int, float]:
+    """The bytes no plan changes, the quantizable weights' count, and the budget in bytes (inf for a floor)."""
+    fixed = report.fp32_bytes - sum(la.options["float"].bytes for la in report.layers)
+    weights = sum(math.prod(la.weight_shape) for la in report.layers)
+    limit = {"bytes": budget.value, "fraction": budget.value * report.fp32_bytes,
+             "bits": fixed + budget.value * weights / 8, "floor": math.inf}[budget.kind]
+    return fixed, weights, limit
+
+
 def plan_from_report(report: QuantReport, budget) -> QuantPlan:
     """The greedy knapsack plan (module docstring) of ``report``, whose layers were scored at every precision."""
     budget = Budget.parse(budget)
@@ -92,10 +107,7 @@ def plan_from_report(report: QuantReport, budget) -> QuantPlan:
     if any(len(la.options) < 2 for la in report.layers):
         raise ValueError("this report scored only the spec's precision; analyze with every_precision=True to plan")
     frontiers = [_frontier(la) for la in report.layers]
-    fixed = report.fp32_bytes - sum(la.options["float"].bytes for la in report.layers)  # tensors no plan changes
-    weights = sum(math.prod(la.weight_shape) for la in report.layers)
-    limit = {"bytes": budget.value, "fraction": budget.value * report.fp32_bytes,
-             "bits": fixed + budget.value * weights / 8, "floor": math.inf}[budget.kind]
+    fixed, weights, limit = _limit(report, budget)
     choice = [0] * len(frontiers)
     total = fixed + sum(f[0].bytes for f in frontiers)
     sqnr = report.metric.startswith("output SQNR")
@@ -139,10 +151,15 @@ def plan_from_report(report: QuantReport, budget) -> QuantPlan:
 @register_planner("auto")
 def auto_plan(model: nn.Module, calib, *, budget=None, metric=None, report: Optional[QuantReport] = None,
               base="w4a8", methods: Iterable[str] = DEFAULT_METHODS, num_batches: Optional[int] = None,
-              progress: bool = False) -> QuantPlan:
+              score_elements: Optional[int] = SCORE_ELEMENTS, verify: int = 0, progress: bool = False) -> QuantPlan:
     """Analyze ``model`` at every precision (unless ``report`` is given) and plan under ``budget``.
 
-    ``base``: the spec the plan starts from (its activations and its 4-bit weight format)."""
+    ``base``: the spec the plan starts from (its activations and its 4-bit weight format);
+    ``score_elements``: the calibration input elements the output-SQNR scores run on (see :func:`analyze`);
+    ``verify``: after the greedy plan, try the other methods on this many of its costliest layers with every
+    layer quantized at once (:func:`verify_plan`); 0: no verification pass."""
+    if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
+        raise ValueError(f"verify={verify!r} is not a number of layers; pass an int >= 0 (0: no verification pass)")
     if budget is None:
         raise ValueError(f"quantize(model, 'auto') needs budget=: {BUDGET_FORMS}")
     budget = Budget.parse(budget)  # bad budgets fail before the analysis
@@ -151,8 +168,97 @@ def auto_plan(model: nn.Module, calib, *, budget=None, metric=None, report: Opti
             raise ValueError("quantize(model, 'auto') needs calibration data: pass calib=<a DataLoader or a list of "
                              "input batches>")
         report = analyze(model, calib, base, metric, methods, num_batches=num_batches, every_precision=True,
-                         progress=progress)
-    return plan_from_report(report, budget)
+                         score_elements=score_elements, progress=progress)
+    plan = plan_from_report(report, budget)
+    if verify:
+        if calib is None:
+            raise ValueError("verify= runs the model on calibration data: pass calib=<a DataLoader or a list of "
+                             "input batches>")
+        plan = verify_plan(model, calib, plan, report, budget, layers=verify, metric=metric, methods=methods,
+                           num_batches=num_batches, score_elements=score_elements)
+    return plan
 
 
-__all__ = ["Budget", "auto_plan", "plan_from_report"]
+@torch.no_grad()
+def verify_plan(model: nn.Module, calib, plan: QuantPlan, report: QuantReport, budget, *, layers: int = 4,
+                metric=None, methods: Iterable[str] = DEFAULT_METHODS, num_batches: Optional[int] = None,
+                score_elements: Optional[int] = SCORE_ELEMENTS) -> QuantPlan:
+    """A bounded accuracy-aware pass over a greedy plan (the tuning loop of Intel Neural Compressor).
+
+    The planner sums one-layer costs and misses how errors compound; here every planned layer is quantized
+    at once inside the float model (each as :class:`SimulatedLayer` with its method's transform), and the
+    model is scored on the calibration images (output SQNR, or ``metric``). For the ``layers`` quantized
+    layers with the largest planned cost, in that order, each other method at the same precision is tried
+    and the best swap kept when it raises the measured score and the plan still fits ``budget``. At most
+    ``1 + layers * (len(methods) - 1)`` evaluations; the order is fixed, so the pass is deterministic.
+    """
+    budget = Budget.parse(budget)
+    methods = tuple(methods)
+    user_metric, _ = _check_metric(metric)
+    modules = dict(model.named_modules())
+    names = [n for n, c in plan.layers.items() if c.precision != FLOAT]
+    inputs = [input_of(b) for b in (islice(calib, num_batches) if num_batches is not None else calib)]
+    calibration = calibrate(model, {n: modules[n] for n in names}, inputs)
+    was_training = model.training
+    model.eval()
+    scored = _first_images(inputs, score_elements)
+    reference = [_model_output(model, x) for x in scored]
+    transforms: dict[tuple[str, str], Transform] = {}
+
+    def simulated(name: str, method: str) -> SimulatedLayer:
+        layer, spec = modules[name], plan.layer_spec(name)
+        group = spec.group_for(_in_channels(layer))
+        if (name, method) not in transforms:
+            producer = _producer_module(model, calibration, name)
+            t = METHODS[method](layer, calibration.stats[name], spec, group, producer=producer)
+            transforms[name, method] = t if t.shift is None or shift_allowed(layer) else Transform(t.scale, None)
+        return SimulatedLayer(layer, spec, group, transforms[name, method])
+
+    def measure(choices: dict[str, LayerChoice]) -> float:
+        handles = [modules[n].register_forward_hook(lambda m, args, out, s=simulated(n, choices[n].method): s(args[0]))
+                   for n in names]
+        try:
+            if user_metric is not None:
+                return float(user_metric(model))
+            return _sqnr(reference, [_model_output(model, x) for x in scored])
+        finally:
+            for h in handles:
+                h.remove()
+
+    def size(name: str, method: str) -> int:
+        layer, spec = modules[name], plan.layer_spec(name)
+        return stored_bytes(layer, spec, spec.group_for(_in_channels(layer)), method)
+
+    _, _, limit = _limit(report, budget)
+    choices, total = dict(plan.layers), plan.bytes
+    try:
+        best_score = measure(choices)
+        first = best_score
+        cost = {la.name: la.options[plan.layers[la.name].precision].cost for la in report.layers if la.name in names}
+        worst = sorted(names, key=lambda n: (-cost.get(n, 0.0), names.index(n)))[:layers]
+        swaps = []
+        for name in worst:
+            current = choices[name]
+            found = None
+            for method in methods:
+                if method == current.method:
+                    continue
+                extra = size(name, method) - size(name, current.method)
+                if total + extra > limit:
+                    continue
+                trial = {**choices, name: LayerChoice(current.precision, method)}
+                value = measure(trial)
+                if value > best_score:
+                    best_score, found = value, (method, extra)
+            if found is not None:
+                choices[name] = LayerChoice(current.precision, found[0])
+                total += found[1]
+                swaps.append(f"{name}: {current.method}->{found[0]}")
+    finally:
+        model.train(was_training)
+    notes = {**plan.notes, "verified": {"measured_before": round(first, 4), "measured_after": round(best_score, 4),
+                                        "swaps": swaps}}
+    return replace(plan, layers=choices, bytes=int(total), notes=notes)
+
+
+__all__ = ["Budget", "auto_plan", "plan_from_report", "verify_plan"]
