@@ -216,6 +216,23 @@ def test_soft_masking_in_train_py_fades_then_cuts_and_exports_the_pruned_model(t
     assert "test/top1" in cli.results  # the best checkpoint (full width, written before the cut) was cut to load
 
 
+def test_a_later_test_of_a_soft_pruned_run_evaluates_the_pruned_model(tmp_path):
+    from zoo.training import run
+
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "calib_batches": 1, "end_step": 1})
+    fit = run(["--config", str(cfg)])
+    widths = fit.model.model.prune_record
+    best = torch.load(fit.parts.checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    assert "prune_keep" in best and "prune_record" not in best  # written at full width, before the cut
+    assert best["state_dict"]["model.layer1.0.conv1.weight"].shape[0] == 64
+    test = run(["test", "--config", str(cfg)])  # a fresh task built at full width, the run's best checkpoint
+    net = test.model.model
+    assert net.prune_record == widths
+    assert net.layer1[0].conv1.out_channels == fit.model.model.layer1[0].conv1.out_channels < 64
+    assert test.model.ema.module.layer1[0].conv1.out_channels == net.layer1[0].conv1.out_channels
+    assert test.results["test/top1"] == pytest.approx(fit.results["test/top1"], abs=1e-6)
+
+
 def test_a_bad_prune_section_stops_before_any_work(tmp_path):
     from zoo.training import run
     from zoo.training.build import ConfigError
