@@ -181,6 +181,38 @@ def test_bad_importance_missing_calibration_and_unsupported_layers_are_refused_b
         zoo.prune(model, "flops=0.5", importance="l1")
 
 
+def test_sensitivity_rates_keep_a_planted_sensitive_group_wider():
+    """rates='sensitivity' weighs each group by the output change its pruning alone causes: scaling the conv
+    that reads layer4.0's inner channels by 30 (their l1 scores, read from the conv writing them, are unchanged,
+    so the global ranking is too) makes the group keep several times more channels, deterministically, at the
+    same target, and the model itself is left as it was."""
+    from zoo.pruning import plan_pruning
+
+    model, _ = _make("seresnet18")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def widths(rates):
+        plans = [plan_pruning(model, "flops=0.5", "l1", [x], rates=rates) for _ in range(2)]
+        assert plans[0].report.widths == plans[1].report.widths  # deterministic
+        return {name: after for name, (_, after) in plans[0].report.widths.items()}
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain, calm = widths("global"), widths("sensitivity")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.layer4[0].conv2.weight.mul_(30)
+    assert widths("global") == plain
+    planted = widths("sensitivity")
+    assert planted["layer4.0.inner1"] > 4 * calm["layer4.0.inner1"], (planted, calm)
+    pruned = zoo.prune(model, "flops=0.5", "l1", [x], rates="sensitivity")
+    assert pruned.layer4[0].conv1.out_channels == planted["layer4.0.inner1"]
+    assert 0.5 <= 1 - pruned.prune_report.macs[1] / pruned.prune_report.macs[0] < 0.52
+    with pytest.raises(ValueError, match="rates must be one of global, sensitivity; got 'auto'"):
+        zoo.prune(model, "flops=0.5", "l1", [x], rates="auto")
+    with pytest.raises(ValueError, match="rates='sensitivity' measures each group's effect on calibration batches"):
+        zoo.prune(model, "flops=0.5", "l1", rates="sensitivity")
+
+
 def test_target_parsing():
     assert PruneTarget.parse("params=0.3") == PruneTarget("params", 0.3)
     assert PruneTarget.parse(0.5) == PruneTarget("flops", 0.5)
