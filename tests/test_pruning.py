@@ -211,6 +211,8 @@ def test_sensitivity_rates_keep_a_planted_sensitive_group_wider():
         zoo.prune(model, "flops=0.5", "l1", [x], rates="auto")
     with pytest.raises(ValueError, match="rates='sensitivity' measures each group's effect on calibration batches"):
         zoo.prune(model, "flops=0.5", "l1", rates="sensitivity")
+    with pytest.raises(ValueError, match="this target names them itself: give one or the other"):
+        zoo.prune(model, {"layer4": 0.5}, "l1", [x], rates="sensitivity")
 
 
 def test_target_parsing():

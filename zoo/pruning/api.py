@@ -115,6 +115,9 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
     batches = list(islice(iter(calib), num_batches)) if calib is not None else []
     if rates not in RATES:
         raise ValueError(f"rates must be one of {', '.join(RATES)}; got {rates!r}")
+    if rates == "sensitivity" and spec.kind == "rates":
+        raise ValueError("rates='sensitivity' chooses the group rates under a 'flops=' or 'params=' target, and this "
+                         "target names them itself: give one or the other")
     if rates == "sensitivity" and not batches:
         raise ValueError("rates='sensitivity' measures each group's effect on calibration batches: pass calib=<a "
                          "DataLoader or a list of input batches>, or use rates='global'")
