@@ -253,8 +253,10 @@ def test_soft_masking_in_train_py_fades_then_cuts_and_exports_the_pruned_model(t
 def test_a_later_test_of_a_soft_pruned_run_evaluates_the_pruned_model(tmp_path):
     from zoo.training import run
 
-    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "calib_batches": 1, "end_step": 1})
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "calib_batches": 1, "end_step": 1,
+                                    "rates": "sensitivity"})  # the per-group rates from the loss on one batch
     fit = run(["--config", str(cfg)])
+    assert 0.5 <= 1 - fit.model.model.prune_report.macs[1] / fit.model.model.prune_report.macs[0] < 0.56
     widths = fit.model.model.prune_record
     best = torch.load(fit.parts.checkpoint.best_model_path, map_location="cpu", weights_only=True)
     assert "prune_keep" in best and "prune_record" not in best  # written at full width, before the cut
@@ -273,6 +275,9 @@ def test_a_bad_prune_section_stops_before_any_work(tmp_path):
 
     cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "gradual"})
     with pytest.raises(ConfigError, match="prune.mode must be one of soft, oneshot; got 'gradual'"):
+        run(["--config", str(cfg)])
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "rates": "auto"})
+    with pytest.raises(ConfigError, match="prune.rates must be one of global, sensitivity; got 'auto'"):
         run(["--config", str(cfg)])
     cfg = _digits_config(tmp_path, {"target": "flops=2"})
     with pytest.raises(ConfigError, match=r"prune: target flops must be the fraction to remove, in \[0, 1\)"):

@@ -31,10 +31,11 @@ def calibration_batches(datamodule: L.LightningDataModule, count: int) -> list:
 
 
 def prune_before_training(model: nn.Module, datamodule: L.LightningDataModule, target: Any, importance: str,
-                          calib_batches: int, min_keep: float, round_to: int = 1) -> nn.Module:
+                          calib_batches: int, min_keep: float, round_to: int = 1, rates: str = "global") -> nn.Module:
     """The one-shot mode: prune ``model`` in place on a few training batches, print the report."""
     batches = calibration_batches(datamodule, calib_batches)
-    prune(model, target, importance, batches, loss_fn=_loss_for(model), min_keep=min_keep, round_to=round_to)
+    prune(model, target, importance, batches, loss_fn=_loss_for(model), min_keep=min_keep, round_to=round_to,
+          rates=rates)
     print(format_report(model.prune_report), flush=True)
     return model
 
@@ -52,10 +53,10 @@ class SoftPruning(L.Callback):
     the full widths and goes on fading."""
 
     def __init__(self, target: Any, importance: str = "gate", start_step: int = 0, end_step: int | None = None,
-                 calib_batches: int = 4, min_keep: float = 0.1, round_to: int = 1) -> None:
+                 calib_batches: int = 4, min_keep: float = 0.1, round_to: int = 1, rates: str = "global") -> None:
         self.target, self.importance = target, importance
         self.start_step, self.end_step = start_step, end_step
-        self.calib_batches, self.min_keep, self.round_to = calib_batches, min_keep, round_to
+        self.calib_batches, self.min_keep, self.round_to, self.rates = calib_batches, min_keep, round_to, rates
         self.plan: PrunePlan | None = None
         self.cut = False
 
@@ -76,7 +77,7 @@ class SoftPruning(L.Callback):
             batches = calibration_batches(trainer.datamodule, self.calib_batches) if trainer.datamodule else [batch]
             batches = [_to(b, pl_module.device) for b in batches]
             self.plan = plan_pruning(model, self.target, self.importance, batches, loss_fn=_loss_for(model),
-                                     min_keep=self.min_keep, round_to=self.round_to)
+                                     min_keep=self.min_keep, round_to=self.round_to, rates=self.rates)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
