@@ -269,6 +269,34 @@ def test_a_later_test_of_a_soft_pruned_run_evaluates_the_pruned_model(tmp_path):
     assert test.results["test/top1"] == pytest.approx(fit.results["test/top1"], abs=1e-6)
 
 
+def test_kept_indices_in_a_checkpoint_cut_it_for_evaluation_but_not_for_a_resumed_fit():
+    """cut_checkpoint on a full-width checkpoint carrying prune_keep: evaluating it (no trainer, or one that is not
+    fitting) shrinks the model and slices the state so it loads strictly and equals the plan applied at once;
+    a fit resuming from it keeps both at full width."""
+    import copy
+    from types import SimpleNamespace
+
+    from zoo.pruning import apply_plan, plan_pruning
+    from zoo.tasks.soft_pruning import cut_checkpoint, keep_in_checkpoint
+
+    model, x = _make("seresnet18")
+    plan = plan_pruning(model, "flops=0.5", "l1")
+    expected = apply_plan(copy.deepcopy(model), plan)
+    full = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
+    for fn, cut in (("fit", False), ("test", True), (None, True)):
+        net = _make("seresnet18", seed=5)[0]  # other weights: what loads must come from the checkpoint
+        trainer = SimpleNamespace(state=SimpleNamespace(fn=fn)) if fn else None
+        task = SimpleNamespace(model=net, ema=None, _trainer=trainer, trainer=trainer)
+        checkpoint = {"state_dict": dict(full), "prune_keep": keep_in_checkpoint(plan)}
+        cut_checkpoint(task, checkpoint)
+        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items()}
+        net.load_state_dict(state)  # strict: the widths agree either way
+        assert (net.layer1[0].conv1.out_channels < 64) is cut, fn
+        if cut:
+            assert net.prune_record == expected.prune_record
+            torch.testing.assert_close(net.eval()(x), expected.eval()(x), atol=1e-6, rtol=0)
+
+
 def test_a_bad_prune_section_stops_before_any_work(tmp_path):
     from zoo.training import run
     from zoo.training.build import ConfigError
