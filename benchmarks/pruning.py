@@ -9,7 +9,8 @@ interleaved repeats, medians), and a pruned-then-``w8a8`` row. A PNG plots the m
 
     python benchmarks/pruning.py                      # both models, 30% and 50%, every method
     python benchmarks/pruning.py --quick              # a smoke pass: tiny step counts, two methods
-Torch-Pruning comes with the bench extra (pip install -e ".[bench]").
+    python benchmarks/pruning.py --models digits_seresnet18 --base-steps 0 --steps 1 --limit 64   # seconds
+Torch-Pruning comes with the bench extra (pip install -e ".[bench]"); without it its rows are left out, with a note.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from common import OUT, interleaved_medians_ms, machine, print_table  # noqa: E4
 
 import zoo  # noqa: E402
 from zoo import blocks  # noqa: E402
-from zoo.extras import require  # noqa: E402
+from zoo.extras import MissingExtraError, require  # noqa: E402
 from zoo.pruning import count_macs, count_params, record_widths  # noqa: E402
 from zoo.tasks.soft_pruning import calibration_batches  # noqa: E402
 from zoo.training import run  # noqa: E402
@@ -43,9 +44,13 @@ MODELS = {  # config, the test metric, one input for costing and latency
 }
 
 
+DATA_LIMIT: dict[str, int] = {}  # data.args.limit of every run (--limit, a smoke pass on a few digits)
+
+
 def _config(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scale: float = 1.0) -> Path:
     """The model's config for ``steps`` steps from ``pretrained``, without validation (every row the same)."""
     cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
+    cfg["data"].setdefault("args", {}).update(DATA_LIMIT)
     cfg["output_dir"] = str(folder)
     cfg["model"]["pretrained"] = pretrained
     cfg["trainer"].update(max_steps=steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
@@ -80,6 +85,21 @@ def _fix_after_torch_pruning(model: torch.nn.Module) -> None:
         model.num_features = model.fc.in_features
     elif hasattr(model, "head"):
         model.num_features = model.head[0].out_channels
+
+
+def _available_methods(methods: list[str]) -> list[str]:
+    """``methods`` less Torch-Pruning's when it is not installed (a printed note says so)."""
+    unknown = [m for m in methods if m not in OURS + PEERS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(OURS + PEERS)}")
+    if not any(m in PEERS for m in methods):
+        return methods
+    try:
+        require("torch_pruning", "bench", "Torch-Pruning, the peer of benchmarks/pruning.py")
+    except MissingExtraError as error:
+        print(f"note: the {', '.join(m for m in methods if m in PEERS)} rows are left out: {error}", flush=True)
+        return [m for m in methods if m not in PEERS]
+    return methods
 
 
 def _torch_pruning(model, example, method: str, amount: float, calib: list, loss_fn):
@@ -140,7 +160,10 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
     config, metric, shape = MODELS[key]
     torch.manual_seed(0)
     example = torch.rand(shape)
-    if key == "digits_seresnet18":  # no shipped weights: trained here first
+    if key == "digits_seresnet18" and base_steps == 0:  # a smoke pass: the untrained model
+        base = work / "base_export"
+        zoo.save_pretrained(_load_config_model(config), base)
+    elif key == "digits_seresnet18":  # no shipped weights: trained here first
         base = _fit(config, work / "base", base_steps, False)
     else:
         base = work / "base_export"
@@ -180,11 +203,16 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
     return rows
 
 
+def _load_config_model(config: str) -> torch.nn.Module:
+    model = yaml.safe_load((ROOT / "configs" / config).read_text())["model"]
+    return zoo.create(model["name"], **model.get("kwargs", {}))
+
+
 def _datamodule(config: str):
     from zoo.data import DATAMODULES
 
     cfg = yaml.safe_load((ROOT / "configs" / config).read_text())["data"]
-    return DATAMODULES[cfg["name"]](**cfg.get("args", {}))
+    return DATAMODULES[cfg["name"]](**{**cfg.get("args", {}), **DATA_LIMIT})
 
 
 def _plot(rows: list[dict], path: Path) -> Path | None:
@@ -217,17 +245,28 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--levels", default="0.3,0.5", help="FLOPs fractions removed")
     parser.add_argument("--methods", default=",".join(OURS + PEERS), help="zoo criteria and tp-magnitude, tp-taylor")
-    parser.add_argument("--base-steps", type=int, default=300, help="training steps of the digits model before pruning")
+    parser.add_argument("--base-steps", type=int, default=300,
+                        help="training steps of the digits model before pruning (0: prune the untrained model)")
     parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps, the same for every row")
     parser.add_argument("--calib", type=int, default=4, help="calibration batches for gate / taylor")
     parser.add_argument("--repeats", type=int, default=20, help="latency repeats (medians)")
     parser.add_argument("--quick", action="store_true", help="a smoke pass: 4 + 2 steps, two methods, one level")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="keep only this many digits images (a smoke pass; the RCAN data has no such limit)")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for pruning.json and pruning.png")
     args = parser.parse_args(argv)
     if args.quick:
         args.base_steps, args.steps, args.repeats, args.calib = 4, 2, 2, 1
         args.levels, args.methods = "0.5", "gate,l1"
-    methods = args.methods.split(",")
+    methods = _available_methods(args.methods.split(","))
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     levels = [float(v) for v in args.levels.split(",")]
+    if args.limit is not None:
+        if args.models != "digits_seresnet18":
+            raise SystemExit("--limit applies to the digits data only: add --models digits_seresnet18")
+        DATA_LIMIT["limit"] = args.limit
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
@@ -241,9 +280,10 @@ def main(argv: list[str] | None = None) -> str:
     note = (f"{machine()}; fine-tuning {args.steps} steps per row (base digits model: {args.base_steps} steps), "
             f"latency: eager, 1 thread, median of {args.repeats}")
     print(note)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "pruning.json").write_text(json.dumps({"note": note, "args": vars(args), "rows": rows}, indent=2))
-    plot = _plot(rows, OUT / "pruning.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pruning.json").write_text(json.dumps({"note": note, "args": {**vars(args), "out": str(args.out)},
+                                                        "rows": rows}, indent=2))
+    plot = _plot(rows, args.out / "pruning.png")
     if plot:
         print(f"plot: {plot}")
     return report + "\n" + note

@@ -181,6 +181,40 @@ def test_bad_importance_missing_calibration_and_unsupported_layers_are_refused_b
         zoo.prune(model, "flops=0.5", importance="l1")
 
 
+def test_sensitivity_rates_keep_a_planted_sensitive_group_wider():
+    """rates='sensitivity' weighs each group by the output change its pruning alone causes: scaling the conv
+    that reads layer4.0's inner channels by 30 (their l1 scores, read from the conv writing them, are unchanged,
+    so the global ranking is too) makes the group keep several times more channels, deterministically, at the
+    same target, and the model itself is left as it was."""
+    from zoo.pruning import plan_pruning
+
+    model, _ = _make("seresnet18")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def widths(rates):
+        plans = [plan_pruning(model, "flops=0.5", "l1", [x], rates=rates) for _ in range(2)]
+        assert plans[0].report.widths == plans[1].report.widths  # deterministic
+        return {name: after for name, (_, after) in plans[0].report.widths.items()}
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain, calm = widths("global"), widths("sensitivity")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.layer4[0].conv2.weight.mul_(30)
+    assert widths("global") == plain
+    planted = widths("sensitivity")
+    assert planted["layer4.0.inner1"] > 4 * calm["layer4.0.inner1"], (planted, calm)
+    pruned = zoo.prune(model, "flops=0.5", "l1", [x], rates="sensitivity")
+    assert pruned.layer4[0].conv1.out_channels == planted["layer4.0.inner1"]
+    assert 0.5 <= 1 - pruned.prune_report.macs[1] / pruned.prune_report.macs[0] < 0.52
+    with pytest.raises(ValueError, match="rates must be one of global, sensitivity; got 'auto'"):
+        zoo.prune(model, "flops=0.5", "l1", [x], rates="auto")
+    with pytest.raises(ValueError, match="rates='sensitivity' measures each group's effect on calibration batches"):
+        zoo.prune(model, "flops=0.5", "l1", rates="sensitivity")
+    with pytest.raises(ValueError, match="this target names them itself: give one or the other"):
+        zoo.prune(model, {"layer4": 0.5}, "l1", [x], rates="sensitivity")
+
+
 def test_target_parsing():
     assert PruneTarget.parse("params=0.3") == PruneTarget("params", 0.3)
     assert PruneTarget.parse(0.5) == PruneTarget("flops", 0.5)
@@ -216,12 +250,62 @@ def test_soft_masking_in_train_py_fades_then_cuts_and_exports_the_pruned_model(t
     assert "test/top1" in cli.results  # the best checkpoint (full width, written before the cut) was cut to load
 
 
+def test_a_later_test_of_a_soft_pruned_run_evaluates_the_pruned_model(tmp_path):
+    from zoo.training import run
+
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "calib_batches": 1, "end_step": 1,
+                                    "rates": "sensitivity"})  # the per-group rates from the loss on one batch
+    fit = run(["--config", str(cfg)])
+    assert 0.5 <= 1 - fit.model.model.prune_report.macs[1] / fit.model.model.prune_report.macs[0] < 0.56
+    widths = fit.model.model.prune_record
+    best = torch.load(fit.parts.checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    assert "prune_keep" in best and "prune_record" not in best  # written at full width, before the cut
+    assert best["state_dict"]["model.layer1.0.conv1.weight"].shape[0] == 64
+    test = run(["test", "--config", str(cfg)])  # a fresh task built at full width, the run's best checkpoint
+    net = test.model.model
+    assert net.prune_record == widths
+    assert net.layer1[0].conv1.out_channels == fit.model.model.layer1[0].conv1.out_channels < 64
+    assert test.model.ema.module.layer1[0].conv1.out_channels == net.layer1[0].conv1.out_channels
+    assert test.results["test/top1"] == pytest.approx(fit.results["test/top1"], abs=1e-6)
+
+
+def test_kept_indices_in_a_checkpoint_cut_it_for_evaluation_but_not_for_a_resumed_fit():
+    """cut_checkpoint on a full-width checkpoint carrying prune_keep: evaluating it (no trainer, or one that is not
+    fitting) shrinks the model and slices the state so it loads strictly and equals the plan applied at once;
+    a fit resuming from it keeps both at full width."""
+    import copy
+    from types import SimpleNamespace
+
+    from zoo.pruning import apply_plan, plan_pruning
+    from zoo.tasks.soft_pruning import cut_checkpoint, keep_in_checkpoint
+
+    model, x = _make("seresnet18")
+    plan = plan_pruning(model, "flops=0.5", "l1")
+    expected = apply_plan(copy.deepcopy(model), plan)
+    full = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
+    for fn, cut in (("fit", False), ("test", True), (None, True)):
+        net = _make("seresnet18", seed=5)[0]  # other weights: what loads must come from the checkpoint
+        trainer = SimpleNamespace(state=SimpleNamespace(fn=fn)) if fn else None
+        task = SimpleNamespace(model=net, ema=None, _trainer=trainer, trainer=trainer)
+        checkpoint = {"state_dict": dict(full), "prune_keep": keep_in_checkpoint(plan)}
+        cut_checkpoint(task, checkpoint)
+        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items()}
+        net.load_state_dict(state)  # strict: the widths agree either way
+        assert (net.layer1[0].conv1.out_channels < 64) is cut, fn
+        if cut:
+            assert net.prune_record == expected.prune_record
+            torch.testing.assert_close(net.eval()(x), expected.eval()(x), atol=1e-6, rtol=0)
+
+
 def test_a_bad_prune_section_stops_before_any_work(tmp_path):
     from zoo.training import run
     from zoo.training.build import ConfigError
 
     cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "gradual"})
     with pytest.raises(ConfigError, match="prune.mode must be one of soft, oneshot; got 'gradual'"):
+        run(["--config", str(cfg)])
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "rates": "auto"})
+    with pytest.raises(ConfigError, match="prune.rates must be one of global, sensitivity; got 'auto'"):
         run(["--config", str(cfg)])
     cfg = _digits_config(tmp_path, {"target": "flops=2"})
     with pytest.raises(ConfigError, match=r"prune: target flops must be the fraction to remove, in \[0, 1\)"):

@@ -4,7 +4,8 @@ The family declares its dependency groups (``model.pruning_groups()``); a criter
 :data:`~zoo.pruning.importance.IMPORTANCE` scores each group's channels; the per-group rates come from
 one global ranking under the target (the automated per-layer rates of Liu et al., "Conditional
 Automated Channel Pruning", 2021, in its simplest form: scores normalized by their group's mean,
-one threshold over all groups, found by bisection on the estimated cost); then every member of a
+one threshold over all groups, found by bisection on the estimated cost; ``rates="sensitivity"`` first weighs
+each group by the calibration loss its pruning alone costs); then every member of a
 group loses the same channels. The result is a smaller dense model of the same class, which
 ``save_pretrained`` records and ``zoo.create(name, pretrained=folder)`` rebuilds.
 """
@@ -29,6 +30,8 @@ from .target import PruneTarget
 
 __all__ = ["prune", "record_widths", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan",
            "PruneReport", "format_report", "check_importance"]
+
+RATES = ("global", "sensitivity")  # how a FLOPs or parameter target is shared among the groups
 
 
 @dataclass
@@ -55,7 +58,7 @@ class PrunePlan:
 def prune(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
           num_batches: int | None = None, min_keep: float = 0.1, round_to: int = 1,
-          example_input: torch.Tensor | None = None, verbose: bool = False) -> nn.Module:
+          example_input: torch.Tensor | None = None, rates: str = "global", verbose: bool = False) -> nn.Module:
     """Remove whole channels from ``model`` in place and return it, a smaller dense model of its family.
 
     Args:
@@ -73,13 +76,18 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
             kernels run a width such as 23 no faster than 32, so 8 turns saved MACs into saved time.
         example_input: one input batch for costing when ``calib`` is None (default: the model's
             ``example_inputs`` or its pretrained cfg's input size).
+        rates: how a FLOPs or parameter target is shared among the groups. ``"global"``: one ranking of every
+            channel by its score, normalized within its group. ``"sensitivity"``: the per-layer rates chosen
+            on the calibration batches first (each group pruned alone at the target fraction, the loss rise,
+            or the output's relative change without labels, measured; a group's scores are scaled by
+            ``1 + log(1 + its rise / the mean rise)``), so a group the model leans on keeps more channels.
         verbose: print the report.
 
     The model gets ``prune_record`` (module -> new widths: what ``save_pretrained`` writes) and
     ``prune_report`` (a :class:`PruneReport`).
     """
     plan = plan_pruning(model, target, importance, calib, loss_fn=loss_fn, num_batches=num_batches,
-                        min_keep=min_keep, round_to=round_to, example_input=example_input)
+                        min_keep=min_keep, round_to=round_to, example_input=example_input, rates=rates)
     apply_plan(model, plan)
     if verbose:
         print(format_report(model.prune_report))
@@ -89,7 +97,7 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
 def plan_pruning(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  num_batches: int | None = None, min_keep: float = 0.1, round_to: int = 1,
-                 example_input: torch.Tensor | None = None) -> PrunePlan:
+                 example_input: torch.Tensor | None = None, rates: str = "global") -> PrunePlan:
     """Choose the channels :func:`prune` removes (same arguments), without changing the model."""
     arch = owner_name(model)
     spec = PruneTarget.parse(target)
@@ -105,6 +113,14 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
         raise TypeError(f"{arch} ({type(model).__name__}) declares no pruning groups: zoo.prune supports the ResNet "
                         f"families (SE / ECA / FcaNet), RCAN, HAN, ChannelViT and the MoC LM")
     batches = list(islice(iter(calib), num_batches)) if calib is not None else []
+    if rates not in RATES:
+        raise ValueError(f"rates must be one of {', '.join(RATES)}; got {rates!r}")
+    if rates == "sensitivity" and spec.kind == "rates":
+        raise ValueError("rates='sensitivity' chooses the group rates under a 'flops=' or 'params=' target, and this "
+                         "target names them itself: give one or the other")
+    if rates == "sensitivity" and not batches:
+        raise ValueError("rates='sensitivity' measures each group's effect on calibration batches: pass calib=<a "
+                         "DataLoader or a list of input batches>, or use rates='global'")
     if importance in NEEDS_DATA and not batches:
         raise ValueError(f"importance={importance!r} runs the model: pass calib=<a DataLoader or a list of input "
                          f"batches>, or use importance='l1' or 'bn', which read the weights only")
@@ -137,7 +153,9 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
             removed = _rounded(removed, widths, round_to)
         else:
             costs = macs if spec.kind == "flops" else {n: float(p.numel()) for n, p in model.named_parameters()}
-            removed = _global_threshold(CostModel(model, groups, costs), scores, floors, spec, arch, round_to)
+            bias = (_sensitivity(model, groups, scores, widths, floors, spec.amount, batches, loss_fn)
+                    if rates == "sensitivity" else None)
+            removed = _global_threshold(CostModel(model, groups, costs), scores, floors, spec, arch, round_to, bias)
     report = PruneReport(spec, importance, (float(sum(macs.values())), float("nan")), (count_params(model), 0),
                          {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)})
     return PrunePlan(_kept_indices(model, groups, scores, removed, widths), report, example)
@@ -234,11 +252,55 @@ def _rounded(removed: list[int], widths: list[int], round_to: int) -> list[int]:
     return [w - k for w, k in zip(widths, kept)]
 
 
+@torch.no_grad()
+def _sensitivity(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int],
+                 floors: list[int], amount: float, batches: list, loss_fn) -> list[float]:
+    """Each group's weight in the global ranking, ``1 + log(1 + rise / mean rise)``: the rise is the calibration loss's
+    (``loss_fn`` on (input, target) batches), or else the output's relative squared change, when the group
+    alone loses ``amount`` of its channels (its lowest-scored ones, zeroed in place and restored after)."""
+    was_training = model.training
+    model.eval()
+    labelled = loss_fn is not None and all(isinstance(b, (list, tuple)) and len(b) > 1 for b in batches)
+    inputs = [input_of(b) for b in batches]
+    reference = [model(x) for x in inputs]
+
+    def metric(net: nn.Module) -> float:
+        outs = [net(x) for x in inputs]
+        if labelled:
+            return sum(float(loss_fn(o, b[1])) for o, b in zip(outs, batches)) / len(outs)
+        return sum(float((o - r).pow(2).sum() / r.pow(2).sum().clamp_min(1e-12))
+                   for o, r in zip(outs, reference)) / len(outs)
+
+    base = metric(model)
+    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rises = []
+    try:
+        for i, (width, floor) in enumerate(zip(widths, floors)):
+            count = min(round(amount * width), width - floor)
+            if count == 0:
+                rises.append(0.0)
+                continue
+            removed = [count if j == i else 0 for j in range(len(groups))]
+            # the channels zeroed (the end of soft masking) stand for their removal, with no copy of the model
+            soft_mask(model, PrunePlan(_kept_indices(model, groups, scores, removed, widths), None, None), 0.0)
+            rises.append(max(metric(model) - base, 0.0))
+            for name, p in model.named_parameters():
+                p.copy_(saved[name])
+    finally:
+        for name, p in model.named_parameters():
+            p.copy_(saved[name])
+        model.train(was_training)
+    mean = sum(rises) / len(rises)
+    return [1.0 + math.log1p(r / mean) if mean > 0 else 1.0 for r in rises]
+
+
 def _global_threshold(cost: CostModel, scores: list[torch.Tensor], floors: list[int], spec: PruneTarget,
-                      arch: str, round_to: int = 1) -> list[int]:
+                      arch: str, round_to: int = 1, bias: list[float] | None = None) -> list[int]:
     """The fewest channels to remove, lowest normalized score first across all groups (ties in group order),
-    for the estimated cost to fall to ``1 - amount`` of the full model's; no group goes below its floor."""
-    normalized = torch.cat([s / s.mean().clamp_min(1e-12) for s in scores])
+    for the estimated cost to fall to ``1 - amount`` of the full model's; no group goes below its floor.
+    ``bias`` scales each group's normalized scores (the sensitivity weights)."""
+    bias = bias or [1.0] * len(scores)
+    normalized = torch.cat([s / s.mean().clamp_min(1e-12) * b for s, b in zip(scores, bias)])
     owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
     order = owner[torch.argsort(normalized, stable=True)]  # the group of each channel, lowest score first
     caps = torch.tensor([len(s) - f for s, f in zip(scores, floors)])

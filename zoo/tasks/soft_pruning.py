@@ -20,7 +20,8 @@ from torch import nn
 from ..pruning import (PrunePlan, apply_plan, apply_record, format_report, plan_pruning, prune, slice_state_dict,
                        soft_mask)
 
-__all__ = ["SoftPruning", "calibration_batches", "prune_before_training", "cut_checkpoint", "record_in_checkpoint"]
+__all__ = ["SoftPruning", "calibration_batches", "prune_before_training", "cut_checkpoint", "record_in_checkpoint",
+           "keep_in_checkpoint"]
 
 
 def calibration_batches(datamodule: L.LightningDataModule, count: int) -> list:
@@ -30,10 +31,11 @@ def calibration_batches(datamodule: L.LightningDataModule, count: int) -> list:
 
 
 def prune_before_training(model: nn.Module, datamodule: L.LightningDataModule, target: Any, importance: str,
-                          calib_batches: int, min_keep: float, round_to: int = 1) -> nn.Module:
+                          calib_batches: int, min_keep: float, round_to: int = 1, rates: str = "global") -> nn.Module:
     """The one-shot mode: prune ``model`` in place on a few training batches, print the report."""
     batches = calibration_batches(datamodule, calib_batches)
-    prune(model, target, importance, batches, loss_fn=_loss_for(model), min_keep=min_keep, round_to=round_to)
+    prune(model, target, importance, batches, loss_fn=_loss_for(model), min_keep=min_keep, round_to=round_to,
+          rates=rates)
     print(format_report(model.prune_report), flush=True)
     return model
 
@@ -45,15 +47,18 @@ def _loss_for(model: nn.Module):
 
 class SoftPruning(L.Callback):
     """Soft masking from ``start_step`` to ``end_step`` (None: the run's last step), the cut at the end of
-    training. Checkpoints written before the cut hold the full widths: loading one into the pruned task
-    (the test of the best checkpoint after fit) cuts its tensors the same way first."""
+    training. Checkpoints written before the cut hold the full widths and the plan's kept indices
+    (``prune_keep``): evaluating one (the test of the best checkpoint after fit, or a later ``train.py test``)
+    cuts its tensors to the plan first, so what is tested is the pruned model; a fit resumed from one keeps
+    the full widths and goes on fading."""
 
     def __init__(self, target: Any, importance: str = "gate", start_step: int = 0, end_step: int | None = None,
-                 calib_batches: int = 4, min_keep: float = 0.1, round_to: int = 1) -> None:
+                 calib_batches: int = 4, min_keep: float = 0.1, round_to: int = 1, rates: str = "global") -> None:
         self.target, self.importance = target, importance
         self.start_step, self.end_step = start_step, end_step
-        self.calib_batches, self.min_keep, self.round_to = calib_batches, min_keep, round_to
+        self.calib_batches, self.min_keep, self.round_to, self.rates = calib_batches, min_keep, round_to, rates
         self.plan: PrunePlan | None = None
+        self.cut = False
 
     def _end(self, trainer: L.Trainer) -> int:
         if self.end_step is not None:
@@ -72,7 +77,7 @@ class SoftPruning(L.Callback):
             batches = calibration_batches(trainer.datamodule, self.calib_batches) if trainer.datamodule else [batch]
             batches = [_to(b, pl_module.device) for b in batches]
             self.plan = plan_pruning(model, self.target, self.importance, batches, loss_fn=_loss_for(model),
-                                     min_keep=self.min_keep, round_to=self.round_to)
+                                     min_keep=self.min_keep, round_to=self.round_to, rates=self.rates)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -80,10 +85,15 @@ class SoftPruning(L.Callback):
             # each step scales the fading channels by the mask's current value, so they reach exactly 0 at end_step
             soft_mask(pl_module.model, self.plan, self.mask(trainer.global_step, self._end(trainer)))
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self.plan is not None and not self.cut:  # a full-width checkpoint: the indices the cut will keep
+            checkpoint["prune_keep"] = keep_in_checkpoint(self.plan)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.plan is None:
             return
         apply_plan(pl_module.model, self.plan)
+        self.cut = True
         ema = getattr(pl_module, "ema", None)
         if ema is not None:
             apply_plan(ema.module, self.plan)
@@ -101,10 +111,23 @@ def record_in_checkpoint(pl_module: L.LightningModule, checkpoint: dict) -> None
         checkpoint["prune_record"] = record
 
 
+def keep_in_checkpoint(plan: PrunePlan) -> dict[str, dict[str, torch.Tensor]]:
+    """The plan's kept indices as ``{module: {dimension: indices}}``, which a weights-only load reads back."""
+    keep: dict[str, dict[str, torch.Tensor]] = {}
+    for (name, dim), indices in plan.keep.items():
+        keep.setdefault(name, {})[dim] = indices.clone()
+    return keep
+
+
+def _fitting(pl_module: L.LightningModule) -> bool:
+    return pl_module._trainer is not None and pl_module.trainer.state.fn == "fit"
+
+
 def cut_checkpoint(pl_module: L.LightningModule, checkpoint: dict) -> None:
     """Fit the task to a checkpoint before its state loads: a pruned checkpoint into a full-width task replays
     the record on the model (and EMA); a full-width checkpoint written before soft pruning cut the model is
-    cut to the task's plan."""
+    cut to the task's plan, or, evaluated by a task built at full width (``train.py test``), to the kept
+    indices it carries, and the model shrinks to match (a fit resuming from it stays at full width)."""
     record = checkpoint.get("prune_record")
     if record and not getattr(pl_module.model, "prune_record", None):
         apply_record(pl_module.model, record)
@@ -112,8 +135,25 @@ def cut_checkpoint(pl_module: L.LightningModule, checkpoint: dict) -> None:
             apply_record(pl_module.ema.module, record)
             pl_module.ema._pairs = None
     plan = getattr(pl_module, "prune_plan", None)
-    if plan is None:
+    keep = checkpoint.get("prune_keep")
+    if plan is None and keep and not _fitting(pl_module):
+        plan = PrunePlan({(name, dim): torch.as_tensor(idx) for name, dims in keep.items()
+                          for dim, idx in dims.items()}, None, None)
+        widths = {name: {dim: int(idx.numel()) for dim, idx in dims.items()} for name, dims in keep.items()}
+        _cut_to(pl_module, checkpoint, plan)  # the state first: its slicing reads the full-width modules
+        record = dict(getattr(pl_module.model, "prune_record", None) or {})
+        for name, dims in widths.items():
+            record[name] = {**record.get(name, {}), **dims}
+        apply_record(pl_module.model, record)
+        if getattr(pl_module, "ema", None) is not None:
+            apply_record(pl_module.ema.module, record)
+            pl_module.ema._pairs = None
         return
+    if plan is not None:
+        _cut_to(pl_module, checkpoint, plan)
+
+
+def _cut_to(pl_module: L.LightningModule, checkpoint: dict, plan: PrunePlan) -> None:
     state = checkpoint.get("state_dict", {})
     slice_state_dict(state, pl_module.model, plan, prefix="model.")
     if getattr(pl_module, "ema", None) is not None:

@@ -21,7 +21,7 @@ from ..tasks.progress import RunProgressBar
 from ..tasks.run_folder import RunCSVLogger
 from ..tasks.soft_pruning import SoftPruning, prune_before_training
 from ..pruning import PruneTarget
-from ..pruning.api import check_importance
+from ..pruning.api import RATES, check_importance
 from .sections import PRUNE_MODES, DataSection, ModelSection, PruneSection, TaskSection
 
 
@@ -58,6 +58,11 @@ def check_prune_section(prune: PruneSection, model: ModelSection, subcommand: st
         check_importance(prune.importance)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"prune: {exc.args[0]}") from None
+    if prune.rates not in RATES:
+        raise ConfigError(f"prune.rates must be one of {', '.join(RATES)}; got {prune.rates!r}")
+    if prune.rates == "sensitivity" and PruneTarget.parse(prune.target).kind == "rates":
+        raise ConfigError("prune.rates: sensitivity chooses the group rates under a flops= or params= target, and "
+                          "this target names them itself: give one or the other")
     if prune.mode not in PRUNE_MODES:
         near = closest(prune.mode, PRUNE_MODES, n=1)
         raise ConfigError(f"prune.mode must be one of {', '.join(PRUNE_MODES)}; got {prune.mode!r}"
@@ -77,7 +82,7 @@ def soft_pruning(prune: PruneSection, subcommand: str) -> list[Callback]:
     if prune.target is None or prune.mode != "soft" or subcommand != "fit":
         return []
     return [SoftPruning(prune.target, prune.importance, prune.start_step, prune.end_step, prune.calib_batches,
-                        prune.min_keep, prune.round_to)]
+                        prune.min_keep, prune.round_to, prune.rates)]
 
 
 def build_data_and_task(model: ModelSection, task: TaskSection, data: DataSection, optimizer: dict,
@@ -101,7 +106,7 @@ def build_data_and_task(model: ModelSection, task: TaskSection, data: DataSectio
                           f"set model.kwargs.num_classes: {data_classes}")
     if prune is not None and prune.target is not None and prune.mode == "oneshot":  # before the task copies it (EMA)
         prune_before_training(net, datamodule, prune.target, prune.importance, prune.calib_batches, prune.min_keep,
-                              prune.round_to)
+                              prune.round_to, prune.rates)
     return datamodule, task_cls(net, optimizer=optimizer, scheduler=scheduler, **task.args)
 
 

@@ -42,7 +42,7 @@ class PruneSection:
     ``target`` as ``zoo.prune`` takes it (``flops=0.5``, ``params=0.3``, or group rates); ``mode`` ``soft``
     (masks fading from ``start_step`` to ``end_step``, the cut at the end; ``end_step`` None: the last
     step) or ``oneshot`` (pruned before the first step, then fine-tuned); ``calib_batches`` training
-    batches score the channels.
+    batches score the channels; ``rates`` as ``zoo.prune`` takes it.
     """
 
     target: Optional[Union[str, float, dict]] = None
@@ -53,6 +53,7 @@ class PruneSection:
     calib_batches: int = 4
     min_keep: float = 0.1
     round_to: int = 1  # keep multiples of this many channels per group (8: widths the conv kernels like)
+    rates: str = "global"  # or "sensitivity": per-group rates weighed by each group's cost on the calibration batches
 
 
 PRUNE_MODES = ("soft", "oneshot")
