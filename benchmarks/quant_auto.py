@@ -91,6 +91,22 @@ def logit_sqnr(model, reference: list[torch.Tensor], test) -> float:
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
+def uniform_w4a8_rows(fp32, calib, score, digits: int, rows: list, results: dict) -> int:
+    """The uniform w4a8 rows (RTN, AWQ) every table compares ``auto`` with; returns RTN's size in bytes (the
+    w4a8 size the budgets are set from)."""
+    base, fp32_bytes, rtn_bytes = results["fp32"], model_bytes(fp32), 0
+    for method in ("rtn", "awq"):
+        model = copy.deepcopy(fp32)
+        seconds = timed_quantize(model, "w4a8", calib=calib if method != "rtn" else None, method=method)
+        value = score(model)
+        rows.append(["w4a8", method, f"{value:.{digits}f}", f"{value - base:+.{digits}f}",
+                     f"{model_bytes(model) / fp32_bytes:.3f}", f"{seconds:.1f}"])
+        results[f"w4a8_{method}"] = value
+        print(f"  w4a8 {method}: {value:.{digits}f} ({seconds:.1f} s)", flush=True)
+        rtn_bytes = rtn_bytes or model_bytes(model)
+    return rtn_bytes
+
+
 def table_a(args) -> dict:
     print("\n== A. digits SE-ResNet-18: auto mixed precision, report ranking ==")
     meta = run_for_table(argparse.Namespace(quick=False, retrain=False), "digits_seresnet",
@@ -104,16 +120,7 @@ def table_a(args) -> dict:
     base, fp32_bytes = top1_of(fp32, test), model_bytes(fp32)
     rows = [["fp32", "-", f"{base:.2f}", "-", "1.000", "-"]]
     results: dict = {"fp32": base, "train": meta}
-    w4_bytes = None
-    for method in ("rtn", "awq"):
-        model = copy.deepcopy(fp32)
-        seconds = timed_quantize(model, "w4a8", calib=calib if method != "rtn" else None, method=method)
-        top1 = top1_of(model, test)
-        w4_bytes = w4_bytes or model_bytes(model)
-        rows.append(["w4a8", method, f"{top1:.2f}", f"{top1 - base:+.2f}", f"{model_bytes(model) / fp32_bytes:.3f}",
-                     f"{seconds:.1f}"])
-        results[f"w4a8_{method}"] = top1
-        print(f"  w4a8 {method}: {top1:.2f} % ({seconds:.1f} s)", flush=True)
+    w4_bytes = uniform_w4a8_rows(fp32, calib, lambda m: top1_of(m, test), 2, rows, results)
     start = time.perf_counter()
     report = quiet(analyze, fp32, calib, "w4a8", every_precision=True)
     analyze_s = time.perf_counter() - start
@@ -170,15 +177,7 @@ def table_b(args) -> dict:
     base, fp32_bytes = psnr_of(fp32, val), model_bytes(fp32)
     rows = [["fp32", "-", f"{base:.3f}", "-", "1.000", "-"]]
     results: dict = {"fp32": base}
-    w4_bytes = None
-    for method in ("rtn", "awq"):
-        model = copy.deepcopy(fp32)
-        seconds = timed_quantize(model, "w4a8", calib=calib if method != "rtn" else None, method=method)
-        psnr = psnr_of(model, val)
-        w4_bytes = w4_bytes or model_bytes(model)
-        rows.append(["w4a8", method, f"{psnr:.3f}", f"{psnr - base:+.3f}", f"{model_bytes(model) / fp32_bytes:.3f}",
-                     f"{seconds:.1f}"])
-        results[f"w4a8_{method}"] = psnr
+    w4_bytes = uniform_w4a8_rows(fp32, calib, lambda m: psnr_of(m, val), 3, rows, results)
     start = time.perf_counter()
     report = quiet(analyze, fp32, calib, "w4a8", every_precision=True)  # one analysis, several budgets
     analyze_s = time.perf_counter() - start
