@@ -36,7 +36,9 @@ from zoo.tasks.soft_pruning import calibration_batches  # noqa: E402
 from zoo.training import run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("gate", "l1", "bn", "taylor")
+# the zoo's rows: a criterion and zoo.prune's options (gate-sens: per-group rates weighed by sensitivity)
+OURS = {"gate": ("gate", {}), "gate-sens": ("gate", {"rates": "sensitivity"}), "l1": ("l1", {}), "bn": ("bn", {}),
+        "taylor": ("taylor", {})}
 PEERS = ("tp-magnitude", "tp-taylor")
 MODELS = {  # config, the test metric, one input for costing and latency
     "digits_seresnet18": ("digits_seresnet.yaml", "test/top1", (16, 1, 32, 32)),
@@ -89,9 +91,9 @@ def _fix_after_torch_pruning(model: torch.nn.Module) -> None:
 
 def _available_methods(methods: list[str]) -> list[str]:
     """``methods`` less Torch-Pruning's when it is not installed (a printed note says so)."""
-    unknown = [m for m in methods if m not in OURS + PEERS]
+    unknown = [m for m in methods if m not in (*OURS, *PEERS)]
     if unknown:
-        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(OURS + PEERS)}")
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join((*OURS, *PEERS))}")
     if not any(m in PEERS for m in methods):
         return methods
     try:
@@ -156,7 +158,7 @@ def _load(folder: Path) -> torch.nn.Module:
 
 
 def bench_model(key: str, levels: list[float], methods: list[str], base_steps: int, steps: int, repeats: int,
-                work: Path, calib_count: int) -> list[dict]:
+                work: Path, calib_count: int, round_to: int = 1) -> list[dict]:
     config, metric, shape = MODELS[key]
     torch.manual_seed(0)
     example = torch.rand(shape)
@@ -183,7 +185,9 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
             if method in PEERS:
                 model = _torch_pruning(model, example, method, level, calib, loss_fn)
             else:
-                zoo.prune(model, f"flops={level}", importance=method, calib=calib, loss_fn=loss_fn)
+                importance, options = OURS[method]
+                zoo.prune(model, f"flops={level}", importance=importance, calib=calib, loss_fn=loss_fn, round_to=round_to,
+                          **options)
             zoo.save_pretrained(model, work / f"{method}-{level}-pruned")
             folders[f"{method}@{level}"] = _fit(config, work / f"{method}-{level}", steps, str(work / f"{method}-{level}-pruned"))
     quantize = {"unpruned"} | {f"gate@{level}" for level in levels if "gate" in methods}
@@ -244,7 +248,9 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--levels", default="0.3,0.5", help="FLOPs fractions removed")
-    parser.add_argument("--methods", default=",".join(OURS + PEERS), help="zoo criteria and tp-magnitude, tp-taylor")
+    parser.add_argument("--methods", default=",".join((*OURS, *PEERS)),
+                        help="zoo criteria (gate-sens: gate with rates='sensitivity') and tp-magnitude, tp-taylor")
+    parser.add_argument("--round-to", type=int, default=1, help="zoo rows keep a multiple of this many channels per group")
     parser.add_argument("--base-steps", type=int, default=300,
                         help="training steps of the digits model before pruning (0: prune the untrained model)")
     parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps, the same for every row")
@@ -271,13 +277,14 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
             rows += bench_model(key, levels, methods, args.base_steps, args.steps, args.repeats, Path(tmp) / key,
-                                args.calib)
+                                args.calib, args.round_to)
     header = ["model", "method", "metric", "params (M)", "MACs (M)", "MACs removed", "latency (ms)", "latency ratio"]
     table = [[r["model"], r["method"], f"{r.get('top1', r.get('psnr')):.4f}", f"{r['params'] / 1e6:.3f}",
               f"{r['macs'] / 1e6:.1f}", f"{r['macs_removed']:.1%}", f"{r['latency_ms']:.2f}", f"{r['latency_ratio']:.2f}"]
              for r in rows]
     report = print_table(header, table)
     note = (f"{machine()}; fine-tuning {args.steps} steps per row (base digits model: {args.base_steps} steps), "
+            f"zoo rows round_to={args.round_to}, "
             f"latency: eager, 1 thread, median of {args.repeats}")
     print(note)
     args.out.mkdir(parents=True, exist_ok=True)
