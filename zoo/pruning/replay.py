@@ -98,19 +98,18 @@ register_shrinker(nn.BatchNorm1d, channels=_norm)
 register_shrinker(nn.LayerNorm, channels=lambda m: Cut(_layer_norm(m).axes, (), _layer_norm_after))
 
 # the channel-attention blocks: the gated channels (the excitation's input and output) and the
-# squeeze width between its two layers
-register_shrinker(
-    SqueezeExcite,
-    channels=lambda m: Cut((("fc1.weight", 1), ("fc2.weight", 0), ("fc2.bias", 0)),
-                           ("channels", "fc1.in_channels", "fc2.out_channels")),
-    hidden=lambda m: Cut((("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1)),
-                         ("fc1.out_channels", "fc2.in_channels")))
-register_shrinker(
-    ChannelAttention,
-    channels=lambda m: Cut((("conv_du.0.weight", 1), ("conv_du.2.weight", 0), ("conv_du.2.bias", 0)),
-                           ("channels", "conv_du.0.in_channels", "conv_du.2.out_channels")),
-    hidden=lambda m: Cut((("conv_du.0.weight", 0), ("conv_du.0.bias", 0), ("conv_du.2.weight", 1)),
-                         ("conv_du.0.out_channels", "conv_du.2.in_channels")))
+# squeeze width between its two layers, ``reduce`` and ``expand`` (each a conv or linear with a bias)
+def register_excitation(module_type: type, reduce: str, expand: str) -> None:
+    register_shrinker(
+        module_type,
+        channels=lambda m: Cut(((f"{reduce}.weight", 1), (f"{expand}.weight", 0), (f"{expand}.bias", 0)),
+                               ("channels", f"{reduce}.in_channels", f"{expand}.out_channels")),
+        hidden=lambda m: Cut(((f"{reduce}.weight", 0), (f"{reduce}.bias", 0), (f"{expand}.weight", 1)),
+                             (f"{reduce}.out_channels", f"{expand}.in_channels")))
+
+
+register_excitation(SqueezeExcite, "fc1", "fc2")
+register_excitation(ChannelAttention, "conv_du.0", "conv_du.2")
 
 
 def _fca_regroup(m: MultiSpectralAttention) -> None:

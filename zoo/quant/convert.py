@@ -262,7 +262,7 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
             detail = f"8-bit weights (keep_w8), {detail}"
         report.append(LayerReport(name, type(layer).__name__, "quantized", f"{detail}{', ' + how if how else ''}"))
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    model.quant_spec = plan.spec if plan else spec
+    model.quant_spec = spec
     model.quant_method = method
     model.quant_plan = plan
     model.quant_report = sorted(report, key=lambda r: order.get(r.name, -1))
