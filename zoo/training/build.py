@@ -54,13 +54,13 @@ def check_prune_section(prune: PruneSection, model: ModelSection, subcommand: st
     if prune.target is None:
         return
     try:
-        PruneTarget.parse(prune.target)
+        target = PruneTarget.parse(prune.target)
         check_importance(prune.importance)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"prune: {exc.args[0]}") from None
     if prune.rates not in RATES:
         raise ConfigError(f"prune.rates must be one of {', '.join(RATES)}; got {prune.rates!r}")
-    if prune.rates == "sensitivity" and PruneTarget.parse(prune.target).kind == "rates":
+    if prune.rates == "sensitivity" and target.kind == "rates":
         raise ConfigError("prune.rates: sensitivity chooses the group rates under a flops= or params= target, and "
                           "this target names them itself: give one or the other")
     if prune.mode not in PRUNE_MODES:
