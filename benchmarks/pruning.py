@@ -36,9 +36,12 @@ from zoo.tasks.soft_pruning import calibration_batches  # noqa: E402
 from zoo.training import run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# the zoo's rows: a criterion and zoo.prune's options (gate-sens: per-group rates weighed by sensitivity)
+# the zoo's rows: a criterion and zoo.prune's options (gate-sens: per-group rates weighed by sensitivity;
+# gate-lat: the level is a fraction of the layers' measured time instead of the MACs, and each group keeps a
+# multiple of 16 channels, the fp32 block of an AVX-512 CPU's conv kernels: a width between runs as slowly as
+# the next multiple, benchmarks/conv_widths.py)
 OURS = {"gate": ("gate", {}), "gate-sens": ("gate", {"rates": "sensitivity"}), "l1": ("l1", {}), "bn": ("bn", {}),
-        "taylor": ("taylor", {})}
+        "taylor": ("taylor", {}), "gate-lat": ("gate", {"rates": "sensitivity", "round_to": 16, "kind": "latency"})}
 PEERS = ("tp-magnitude", "tp-taylor")
 MODELS = {  # config, the test metric, one input for costing and latency
     "digits_seresnet18": ("digits_seresnet.yaml", "test/top1", (16, 1, 32, 32)),
@@ -186,8 +189,15 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
                 model = _torch_pruning(model, example, method, level, calib, loss_fn)
             else:
                 importance, options = OURS[method]
-                zoo.prune(model, f"flops={level}", importance=importance, calib=calib, loss_fn=loss_fn, round_to=round_to,
-                          **options)
+                options = {"round_to": round_to, **options}
+                kind = options.pop("kind", "flops")
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # a latency target times the layers as the latency column runs them
+                try:
+                    zoo.prune(model, f"{kind}={level}", importance=importance, calib=calib, loss_fn=loss_fn,
+                              example_input=example, **options)
+                finally:
+                    torch.set_num_threads(threads)
             zoo.save_pretrained(model, work / f"{method}-{level}-pruned")
             folders[f"{method}@{level}"] = _fit(config, work / f"{method}-{level}", steps, str(work / f"{method}-{level}-pruned"))
     quantize = {"unpruned"} | {f"gate@{level}" for level in levels if "gate" in methods}
@@ -249,7 +259,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--levels", default="0.3,0.5", help="FLOPs fractions removed")
     parser.add_argument("--methods", default=",".join((*OURS, *PEERS)),
-                        help="zoo criteria (gate-sens: gate with rates='sensitivity') and tp-magnitude, tp-taylor")
+                        help="zoo criteria (gate-sens: gate with rates='sensitivity'; gate-lat: gate-sens with the level "
+                             "a fraction of the measured layer time, round_to=16) and tp-magnitude, tp-taylor")
     parser.add_argument("--round-to", type=int, default=1, help="zoo rows keep a multiple of this many channels per group")
     parser.add_argument("--base-steps", type=int, default=300,
                         help="training steps of the digits model before pruning (0: prune the untrained model)")

@@ -1,6 +1,8 @@
 """zoo.prune: dependency groups of every supported family, the criteria, the targets, the saved record."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -43,7 +45,7 @@ def test_pruned_family_runs_forward_and_backward_with_the_original_output_shape(
     model, x = _make(arch)
     expected = model(x).shape
     full = sum(p.numel() for p in model.parameters())
-    amount = 0.3 if arch == "moc_lm" else 0.5  # the LM's FFNs are about half its MACs: heads and width stay
+    amount = 0.3 if arch == "moc_lm" else 0.5  # the LM's width stays (tied to the embedding): its tokens' MACs
     zoo.prune(model, f"flops={amount}", importance="gate", calib=[x])
     removed = 1 - model.prune_report.macs[1] / model.prune_report.macs[0]
     assert amount <= removed < amount + 0.12, removed  # the target, to within one trunk channel's or head's share
@@ -64,6 +66,65 @@ def test_every_criterion_meets_a_flops_and_a_params_target(importance):
         before, after = getattr(model.prune_report, field)
         assert 0.3 <= 1 - after / before < 0.36, (target, 1 - after / before)
         assert model(x).shape == (2, 5)
+
+
+def test_a_latency_target_costs_each_layer_at_the_widths_the_plan_gives_it(monkeypatch):
+    """With a timer that returns a layer's MACs, a latency target is a FLOPs target: the same channels go. That
+    holds only if every group's cut reaches the right input and output width of every layer it touches."""
+    from zoo.pruning import latency, plan_pruning
+
+    def macs_timer(layer, example, cin, cout):
+        if isinstance(layer, nn.Conv2d):  # (B, C, H, W) in: the output positions of that kernel and stride
+            positions = 1
+            for i, size in enumerate(example.shape[2:]):
+                span = size + 2 * layer.padding[i] - layer.dilation[i] * (layer.kernel_size[i] - 1) - 1
+                positions *= span // layer.stride[i] + 1
+            groups = cin if layer.groups > 1 else 1
+            return float(cin // groups * cout * layer.kernel_size[0] * layer.kernel_size[1] * positions)
+        return float(cin * cout * example[..., 0].numel() / example.shape[0])  # (B, ..., C) in: tokens per sample
+
+    monkeypatch.setattr(latency, "time_layer", macs_timer)
+    for arch in ("seresnet18", "rcan", "channelvit"):
+        model, x = _make(arch)
+        by_time = plan_pruning(model, "latency=0.4", importance="l1", example_input=x)
+        by_macs = plan_pruning(model, "flops=0.4", importance="l1", example_input=x)
+        assert by_time.report.widths == by_macs.report.widths, arch
+        before, after = by_time.report.latency
+        assert after <= 0.6 * before and after == pytest.approx(sum(_timed_layers(model, by_time, x, macs_timer)))
+
+
+def test_a_latency_target_times_the_layers_on_this_machine_and_reports_them():
+    model, _ = _make("rcan")
+    x = torch.rand(1, 3, 64, 64)  # large enough that the convs' time is not all call overhead
+    zoo.prune(model, "latency=0.1", importance="l1", example_input=x)
+    before, after = model.prune_report.latency  # the bisection's own cached timings: no clock read in the assert
+    assert 0 < after <= 0.9 * before
+    assert "timed alone here" in zoo.pruning.format_report(model.prune_report)
+    assert model(x).shape == (1, 3, 128, 128)
+
+
+def _timed_layers(model, plan, x, timer):
+    """The timer over a pruned copy's own layers at their own widths: what the plan's estimate must equal."""
+    from zoo.pruning import apply_plan
+
+    pruned = apply_plan(copy.deepcopy(model), plan).eval()
+    inputs = {}
+
+    def record(name):
+        def hook(module, args, output):
+            inputs.setdefault(name, args[0])  # returns None: the output stays
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in pruned.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        pruned(x)
+    for hook in hooks:
+        hook.remove()
+    for name, layer in pruned.named_modules():
+        if name in inputs:
+            cin = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+            cout = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+            yield timer(layer, inputs[name], cin, cout)
 
 
 def test_round_to_keeps_whole_multiples_and_still_meets_the_target():
@@ -97,6 +158,53 @@ def test_gate_ranking_removes_the_channels_the_gates_close():
     zoo.prune(model, {"trunk": 0.25}, importance="gate", calib=[x])
     assert model.head[0].out_channels == trunk_width - 4
     torch.testing.assert_close(model.head[0].weight, head[4:])  # channels 0..3 went, the rest kept in order
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_cutting_rcan_channels_equals_zeroing_them_through_the_pixel_shuffle(scale, tmp_path):
+    """RCAN has no BatchNorm, so a channel whose weights and biases are zeroed (soft masking's end point) is a
+    channel removed: the pruned model's output equals the masked full model's. A PixelShuffle stage's channel
+    is r^2 rows of the conv before it (x4: two stages, x3: r^2 = 9); one misplaced row breaks the equality."""
+    from zoo.pruning import apply_plan, plan_pruning, soft_mask
+
+    model = zoo.create("rcan", scale=scale, n_resgroups=1, n_resblocks=2, n_feats=8, reduction=4).eval()
+    x = torch.rand(1, 3, 6, 7)
+    stages = [g.name for g in model.pruning_groups() if g.name.startswith("upsampler.")]
+    assert stages == [f"upsampler.{i}" for i in range(2 if scale == 4 else 1)]
+    plan = plan_pruning(model, {name: 0.5 for name in stages} | {"trunk": 0.25}, importance="l1")
+    masked = copy.deepcopy(model)
+    soft_mask(masked, plan, 0.0)
+    apply_plan(model, plan)
+    ratio = 3 if scale == 3 else 2  # x4 is two x2 stages
+    assert model.tail[0][0].out_channels == 4 * ratio * ratio  # 8 -> 4 channels of r^2 rows each
+    assert model.tail[1].in_channels == 4 and model.num_features == 6
+    out = model(x)
+    assert out.shape == (1, 3, 6 * scale, 7 * scale)
+    torch.testing.assert_close(out, masked(x), atol=1e-5, rtol=0)
+    zoo.save_pretrained(model, tmp_path)
+    torch.testing.assert_close(zoo.create("rcan", pretrained=str(tmp_path)).eval()(x), out, atol=1e-6, rtol=0)
+
+
+def test_cutting_a_key_value_head_removes_its_query_heads_and_equals_zeroing_them():
+    """Grouped-query attention (4 query heads on 2 key-value heads): one channel of a layer's head group is a
+    key-value head with the two query heads that read it. Zeroed q/k/v rows and o_proj columns add nothing to
+    the residual stream, so the cut model's logits equal the masked model's; the other layer keeps its heads
+    and the KV cache sizes itself per layer."""
+    from zoo.pruning import apply_plan, plan_pruning, soft_mask
+
+    torch.manual_seed(0)
+    model = zoo.create("moc_lm", vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64).eval()
+    ids = torch.randint(0, 50, (2, 8))
+    plan = plan_pruning(model, {"layers.0.heads": 0.5, "layers.1.ffn": 0.5}, importance="l1")
+    masked = copy.deepcopy(model)
+    soft_mask(masked, plan, 0.0)
+    apply_plan(model, plan)
+    attn = model.layers[0].attn
+    assert (attn.n_heads, attn.n_kv_heads, attn.q_proj.out_features, attn.k_proj.out_features) == (2, 1, 16, 8)
+    assert (model.layers[1].attn.n_heads, model.layers[1].ffn.hidden_dim) == (4, 32)
+    torch.testing.assert_close(model(ids), masked(ids), atol=1e-5, rtol=0)
+    cached = model.generate(ids, 4, temperature=0, cache="dense")
+    torch.testing.assert_close(cached, model.generate(ids, 4, temperature=0, cache=None), atol=0, rtol=0)
 
 
 def test_fcanet_keeps_each_surviving_channel_on_its_dct_frequency():
@@ -153,6 +261,7 @@ def test_replay_refuses_a_record_of_another_model():
     ("flops=1.5", r"target flops must be the fraction to remove, in \[0, 1\)"),
     ("flops=-0.1", r"in \[0, 1\)"),
     ("macs=0.5", "write 'flops=<fraction removed>'"),
+    ("latency=1", r"target latency must be the fraction to remove"),
     ("flops=half", "'half' is not a number"),
     ({"layer9": 0.5}, "names group 'layer9', which seresnet18 lacks; did you mean 'layer"),
 ])
@@ -267,6 +376,38 @@ def test_a_later_test_of_a_soft_pruned_run_evaluates_the_pruned_model(tmp_path):
     assert net.layer1[0].conv1.out_channels == fit.model.model.layer1[0].conv1.out_channels < 64
     assert test.model.ema.module.layer1[0].conv1.out_channels == net.layer1[0].conv1.out_channels
     assert test.results["test/top1"] == pytest.approx(fit.results["test/top1"], abs=1e-6)
+
+
+def test_a_resumed_soft_pruning_fit_fades_the_same_channels_and_ends_as_a_straight_run(tmp_path, monkeypatch):
+    """Soft masking over 4 steps straight == 2 steps, stop, resume to 4: the plan is the callback's checkpointed
+    state, so the resumed fit never chooses again (choosing is made to fail) and cuts to the same weights."""
+    import yaml
+
+    from zoo.tasks import soft_pruning
+    from zoo.training import run
+
+    prune = {"target": "flops=0.5", "mode": "soft", "calib_batches": 1, "end_step": 3, "importance": "gate"}
+    trainer = {"max_steps": -1, "limit_train_batches": 3}
+
+    def config(folder, epochs):
+        path = _digits_config(tmp_path / folder, prune)
+        cfg = yaml.safe_load(path.read_text())
+        cfg["trainer"].update(trainer, max_epochs=epochs)
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    straight = run(["fit", "--config", str(config("straight", 2))]).model
+    first = config("resumed", 1)
+    run(["fit", "--config", str(first)])
+
+    def choose_again(*args, **kwargs):
+        raise AssertionError("a resumed soft-pruning fit chose its channels again")
+
+    monkeypatch.setattr(soft_pruning, "plan_pruning", choose_again)
+    resumed = run(["fit", "--config", str(first), "--trainer.max_epochs", "2", "--ckpt_path", "last"]).model
+    assert resumed.model.prune_record == straight.model.prune_record
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
 
 
 def test_kept_indices_in_a_checkpoint_cut_it_for_evaluation_but_not_for_a_resumed_fit():

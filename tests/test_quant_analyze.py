@@ -313,13 +313,16 @@ def test_cli_report_and_auto(tmp_path, capsys):
     out, page = tmp_path / "rcan_auto", tmp_path / "report.json"  # a folder: its config.json holds the small size
     assert main(["quantize", "rcan", str(out), "--weights", str(tmp_path / "small"), "--spec", "w4a8", "--auto",
                  "--budget", "0.3", "--calib", str(images), "--calib-batches", "1", "--calib-size", "8",
-                 "--report", str(page)]) == 0
+                 "--report", str(page), "--verify", "2"]) == 0
     text = capsys.readouterr().out
     assert "quantization report: w4a8" in text and "plan under 30.0% of fp32" in text
     data = json.loads(page.read_text())
     again = zoo.create("rcan", pretrained=str(out))
     assert again.quant_method == "auto" and set(again.quant_plan.layers) == {la["name"] for la in data["layers"]}
     assert len(data["layers"]) == 13 and model_bytes(again) <= 0.3 * model_bytes(small)
+    assert len(again.quant_plan.notes["verified"]["layers"]) == 2  # --verify 2: the two costliest layers were retried
+    assert main(["quantize", "rcan", str(out), "--verify", "2", "--calib", str(images)]) == 2
+    assert "--verify 2 checks the layers of an --auto plan" in capsys.readouterr().err
     assert main(["quantize", "rcan", str(out), "--auto", "--calib", str(images)]) == 2
     assert "--auto needs --budget" in capsys.readouterr().err
     assert main(["quantize", "rcan", str(out), "--auto", "--budget", "lots", "--calib", str(images)]) == 2

@@ -163,6 +163,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         raise ValueError(f"--auto chooses a method per layer; drop --method {args.method}")
     if args.auto != (args.budget is not None):
         raise ValueError("--auto needs --budget (e.g. --budget 0.18: 18% of the float size), and --budget needs --auto")
+    if args.verify and not args.auto:
+        raise ValueError(f"--verify {args.verify} checks the layers of an --auto plan; add --auto --budget, or drop --verify")
+    if args.verify < 0:
+        raise ValueError(f"--verify takes a number of layers >= 0 (0: no verification pass); got {args.verify}")
     budget = Budget.parse(args.budget) if args.auto else None
     if (args.auto or args.report) and not args.calib:
         raise ValueError(f"{'--auto' if args.auto else '--report'} needs calibration data: --calib <data module name "
@@ -179,7 +183,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             print(report.summary(top=10))
             print(f"wrote the report {path}")
     if args.auto:
-        quantize(model, "auto", calib=calib, budget=budget, report=report, progress=True)
+        quantize(model, "auto", calib=calib, budget=budget, report=report, verify=args.verify, progress=True)
     else:
         quantize(model, spec, calib=calib, method=args.method, progress=True)
     elapsed = time.perf_counter() - start
@@ -271,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--budget, from the report (--spec gives the activations and the 4-bit format)")
     p.add_argument("--budget", default=None, help="with --auto: a fraction of the float size (0.18, 18%%), bytes "
                    "(2.5MB), average weight bits (4.5bits) or a floor of the output SQNR in dB (>=30)")
+    p.add_argument("--verify", type=int, default=0, metavar="N", help="with --auto: try the other methods on the "
+                   "plan's N costliest layers with every layer quantized at once, keeping what measures better")
     p.set_defaults(fn=_cmd_quantize)
     p = sub.add_parser("export-onnx", help="export a float model to ONNX, checked against eager in onnxruntime")
     p.add_argument("model", help="an architecture or arch.tag")

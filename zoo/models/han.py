@@ -27,7 +27,7 @@ from ..builder import build_model
 from ..pretrained import PretrainedCfg
 from ..registry import register_model, register_pretrained_cfgs
 from ..pruning.groups import Group, Member
-from .rcan import DIV2K_MEAN, RGB_RANGE, MeanShift, ResidualGroup, Upsampler, _conv, residual_trunk_groups
+from .rcan import DIV2K_MEAN, RGB_RANGE, MeanShift, ResidualGroup, Upsampler, _conv, residual_trunk_groups, upsampler_groups
 
 __all__ = ["HAN"]
 
@@ -121,14 +121,14 @@ class HAN(nn.Module):
         """RCAN's trunk and inner groups (:func:`zoo.models.rcan.residual_trunk_groups`), plus what HAN adds on
         the trunk: CSAM and LAM (channel-count only), ``last_conv`` reading the N stacked layers (N copies
         of the trunk's channels), and ``last`` reading ``cat(CSAM out, last_conv out)``: the trunk is its
-        first half, ``last_conv``'s output (a group of its own) the second."""
+        first half, ``last_conv``'s output (a group of its own) the second; the upsampler's stages as in RCAN."""
         trunk, inner = residual_trunk_groups(self.body)
         n_feats, n_layers = self.last.in_channels // 2, self.last_conv.in_channels // (self.last.in_channels // 2)
         trunk.members.insert(0, Member("head.0", "out"))
         trunk.add("csa", "channels").add("la", "channels").add("last_conv", "in", blocks=n_layers)
         trunk.add("last", "in").add("last", "out").add("tail.0.0", "in").add("", "attr:num_features")
         fused = Group("last_conv").add("last_conv", "out").add("last", "in", offset=n_feats)
-        return inner + [fused, trunk]
+        return inner + upsampler_groups(self.tail) + [fused, trunk]
 
 def _cfg(**kwargs: Any) -> PretrainedCfg:
     return PretrainedCfg(**{

@@ -230,9 +230,21 @@ class MoCLM(nn.Module):
     def pruning_groups(self) -> list[Group]:
         """What :func:`zoo.prune` removes: each layer's FFN hidden channels (rows of ``gate_proj`` and
         ``up_proj``, columns of ``down_proj``; a Mixture-of-Channels FFN keeps its ``top_k`` unless fewer
-        channels are left). The heads stay: the KV caches and grouped-query attention are sized from the
-        config's head counts, and the model width is tied to the embedding and every residual add."""
-        return [Group(f"layers.{i}.ffn").add(f"layers.{i}.ffn", "hidden") for i in range(len(self.layers))]
+        channels are left) and its attention heads by key-value head: with grouped-query attention, query
+        head ``h`` reads key-value head ``h // (n_heads / n_kv_heads)``, so one channel of the group is a
+        key-value head (``head_dim`` rows of ``k_proj`` and ``v_proj``) with its run of query heads (as many
+        ``head_dim`` rows of ``q_proj``, columns of ``o_proj``). The model width stays: the embedding and
+        every residual add share it. The caches size themselves from the keys they are given."""
+        groups = []
+        for i, layer in enumerate(self.layers):
+            attn, name = layer.attn, f"layers.{i}.attn"
+            share = attn.n_heads // attn.n_kv_heads  # query heads per key-value head
+            span = share * attn.head_dim
+            groups.append(Group(f"layers.{i}.heads").add(name, "attr:n_kv_heads").add(name, "attr:n_heads", unit=share)
+                          .add(f"{name}.k_proj", "out", unit=attn.head_dim).add(f"{name}.v_proj", "out", unit=attn.head_dim)
+                          .add(f"{name}.q_proj", "out", unit=span).add(f"{name}.o_proj", "in", unit=span))
+            groups.append(Group(f"layers.{i}.ffn").add(f"layers.{i}.ffn", "hidden"))
+        return groups
 
     def example_inputs(self, batch: int, size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
         """A forward's arguments for smoke runs (``python -m zoo check``): up to 64 random token ids."""

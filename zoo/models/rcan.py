@@ -125,6 +125,22 @@ def residual_trunk_groups(body: nn.Sequential, prefix: str = "body") -> tuple[Gr
     return trunk, inner
 
 
+def upsampler_groups(tail: nn.Sequential, prefix: str = "tail") -> list[Group]:
+    """The upsampler's channels as pruning groups, one per sub-pixel stage: PixelShuffle(r) turns output
+    channels ``c r^2 .. c r^2 + r^2 - 1`` of the stage's conv into channel ``c`` of the finer map, so a
+    channel of the group is ``unit=r^2`` rows of that conv and one input of the conv that reads the map
+    (the next stage's, or the last conv's). ``tail`` is ``Sequential(Upsampler, last conv)``."""
+    upsampler = tail[0]
+    convs = [i for i, layer in enumerate(upsampler) if isinstance(layer, nn.Conv2d)]
+    groups = []
+    for stage, index in enumerate(convs):
+        ratio = upsampler[index + 1].upscale_factor
+        reader = f"{prefix}.0.{convs[stage + 1]}" if stage + 1 < len(convs) else f"{prefix}.1"
+        groups.append(Group(f"upsampler.{stage}").add(f"{prefix}.0.{index}", "out", unit=ratio * ratio)
+                      .add(reader, "in"))
+    return groups
+
+
 class RCAN(nn.Module):
     """Residual channel attention network for single-image super-resolution.
 
@@ -185,13 +201,12 @@ class RCAN(nn.Module):
 
 
     def pruning_groups(self) -> list[Group]:
-        """The trunk (head's output through the body to the upsampler's first conv) and each block's inner
-        channels (:func:`residual_trunk_groups`). The upsampler's own channels stay: PixelShuffle ties them
-        to the output pixels."""
+        """The trunk (head's output through the body to the upsampler's first conv), each block's inner
+        channels (:func:`residual_trunk_groups`) and each upsampling stage's (:func:`upsampler_groups`)."""
         trunk, inner = residual_trunk_groups(self.body)
         trunk.members.insert(0, Member("head.0", "out"))
         trunk.add("tail.0.0", "in").add("", "attr:num_features")
-        return inner + [trunk]
+        return inner + upsampler_groups(self.tail) + [trunk]
 
 def _basicsr_to_release(state_dict: dict, n_resblocks: int, n_resgroups: int, rgb_mean=DIV2K_MEAN) -> dict:
     """BasicSR's RCAN keys -> the release's; BasicSR keeps the mean as a constant, so the mean shifts

@@ -4,7 +4,8 @@ The family declares its dependency groups (``model.pruning_groups()``); a criter
 :data:`~zoo.pruning.importance.IMPORTANCE` scores each group's channels; the per-group rates come from
 one global ranking under the target (the automated per-layer rates of Liu et al., "Conditional
 Automated Channel Pruning", 2021, in its simplest form: scores normalized by their group's mean,
-one threshold over all groups, found by bisection on the estimated cost; ``rates="sensitivity"`` first weighs
+one threshold over all groups, found by bisection on the estimated cost: MACs, parameters, or the layers'
+time measured on this machine; ``rates="sensitivity"`` first weighs
 each group by the calibration loss its pruning alone costs); then every member of a
 group loses the same channels. The result is a smaller dense model of the same class, which
 ``save_pretrained`` records and ``zoo.create(name, pretrained=folder)`` rebuilds.
@@ -25,6 +26,7 @@ from ..quant.calibrate import input_of
 from .cost import CostModel, count_params, layer_macs
 from .groups import Group
 from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_groups
+from .latency import LatencyModel
 from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
 from .target import PruneTarget
 
@@ -43,6 +45,7 @@ class PruneReport:
     macs: tuple[float, float]
     params: tuple[int, int]
     widths: dict[str, tuple[int, int]]  # group -> (before, after)
+    latency: tuple[float, float] | None = None  # a latency target: the layers' measured ms, before and after
 
 
 @dataclass
@@ -64,18 +67,22 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
     Args:
         model: a zoo model whose family declares ``pruning_groups()`` (ResNet / SE / ECA / FcaNet, RCAN, HAN,
             ChannelViT, the MoC LM).
-        target: ``"flops=0.5"`` (remove half the conv/linear MACs), ``"params=0.3"``, a number (a FLOPs
-            fraction) or ``{group name: rate}``; 0 leaves the model as it is.
+        target: ``"flops=0.5"`` (remove half the conv/linear MACs), ``"params=0.3"``, ``"latency=0.4"`` (remove
+            40% of the conv/linear layers' time, each layer timed alone at its candidate widths on this machine
+            and ``example``'s device: :mod:`zoo.pruning.latency`), a number (a FLOPs fraction) or
+            ``{group name: rate}``; 0 leaves the model as it is.
         importance: a name of :data:`zoo.pruning.IMPORTANCE` (``gate``, ``l1``, ``bn``, ``taylor``).
         calib: batches (inputs, or (input, target) pairs) for ``gate`` and ``taylor``, and for costing
             the model at its input size.
         loss_fn: the loss ``taylor`` differentiates (default: the output's mean square).
         num_batches: use at most this many calibration batches.
         min_keep: every group keeps at least this fraction of its channels (and its own ``min_keep``).
-        round_to: every group keeps a multiple of this many channels (or all of them): CPU and GPU conv
-            kernels run a width such as 23 no faster than 32, so 8 turns saved MACs into saved time.
-        example_input: one input batch for costing when ``calib`` is None (default: the model's
-            ``example_inputs`` or its pretrained cfg's input size).
+        round_to: every group keeps a multiple of this many channels (or all of them): conv kernels work in
+            blocks of channels (16 fp32 lanes on an AVX-512 CPU) and run a width between two multiples as
+            slowly as the next one, so 16 there turns saved MACs into saved time (``benchmarks/conv_widths.py``).
+        example_input: the input batch the costs are measured on, at the size and batch the model will run
+            (a ``latency`` target times its layers on it); default: the first calibration batch, else the
+            model's ``example_inputs`` or its pretrained cfg's input size.
         rates: how a FLOPs or parameter target is shared among the groups. ``"global"``: one ranking of every
             channel by its score, normalized within its group. ``"sensitivity"``: the per-layer rates chosen
             on the calibration batches first (each group pruned alone at the target fraction, the loss rise,
@@ -136,12 +143,13 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
             raise ValueError(f"target names group {name!r}, which {arch} lacks" +
                              (f"; did you mean {', '.join(map(repr, near))}?" if near else f"; its groups: {names[:8]}"))
 
-    example = input_of(batches[0]) if batches else example_input if example_input is not None else _example(model)
+    example = example_input if example_input is not None else input_of(batches[0]) if batches else _example(model)
     was_training = model.training
     model.eval()
     macs = layer_macs(model, example)
     model.train(was_training)
     widths = [group_width(model, g) for g in groups]
+    latency = None
     if spec.kind != "rates" and spec.amount == 0:
         removed = [0] * len(groups)
         scores = [torch.zeros(w) for w in widths]
@@ -152,13 +160,30 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
             removed = [min(round(spec.rates.get(g.name, 0.0) * w), w - f) for g, w, f in zip(groups, widths, floors)]
             removed = _rounded(removed, widths, round_to)
         else:
-            costs = macs if spec.kind == "flops" else {n: float(p.numel()) for n, p in model.named_parameters()}
             bias = (_sensitivity(model, groups, scores, widths, floors, spec.amount, batches, loss_fn)
                     if rates == "sensitivity" else None)
-            removed = _global_threshold(CostModel(model, groups, costs), scores, floors, spec, arch, round_to, bias)
+            cost = _cost_model(model, groups, spec, macs, example)
+            removed = _global_threshold(cost, scores, floors, spec, arch, round_to, bias)
+            if isinstance(cost, LatencyModel):  # the layers' measured time before and after (cached: no rerun)
+                latency = (cost.full, cost.estimate(removed))
     report = PruneReport(spec, importance, (float(sum(macs.values())), float("nan")), (count_params(model), 0),
-                         {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)})
+                         {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)}, latency)
     return PrunePlan(_kept_indices(model, groups, scores, removed, widths), report, example)
+
+
+def _cost_model(model: nn.Module, groups: list[Group], spec: PruneTarget, macs: dict[str, float],
+                example: torch.Tensor) -> CostModel | LatencyModel:
+    """What the target counts: MACs and parameters are estimated from the weights' axis ratios, latency is
+    measured layer by layer on this machine (in eval mode, as the pruned model will run)."""
+    if spec.kind == "latency":
+        was_training = model.training
+        model.eval()
+        try:
+            return LatencyModel(model, groups, example)
+        finally:
+            model.train(was_training)
+    costs = macs if spec.kind == "flops" else {n: float(p.numel()) for n, p in model.named_parameters()}
+    return CostModel(model, groups, costs)
 
 
 def check_importance(importance: str) -> None:
@@ -182,7 +207,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
     model.train(was_training)
     report = plan.report
     model.prune_report = PruneReport(report.target, report.importance, (report.macs[0], float(macs_after)),
-                                     (report.params[0], count_params(model)), report.widths)
+                                     (report.params[0], count_params(model)), report.widths, report.latency)
     return model
 
 
@@ -353,6 +378,9 @@ def format_report(report: PruneReport) -> str:
     (m0, m1), (p0, p1) = report.macs, report.params
     lines = [f"pruned with importance={report.importance!r}: MACs {m0 / 1e6:.1f}M -> {m1 / 1e6:.1f}M "
              f"({1 - m1 / m0:.1%} removed), params {p0 / 1e6:.3f}M -> {p1 / 1e6:.3f}M ({1 - p1 / p0:.1%} removed)"]
+    if report.latency:
+        t0, t1 = report.latency
+        lines.append(f"  conv and linear layers, timed alone here: {t0:.2f} ms -> {t1:.2f} ms ({1 - t1 / t0:.1%} removed)")
     cut = sorted(((1 - after / before, name, before, after) for name, (before, after) in report.widths.items()),
                  reverse=True)
     for share, name, before, after in cut[:8]:

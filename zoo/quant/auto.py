@@ -257,7 +257,7 @@ def verify_plan(model: nn.Module, calib, plan: QuantPlan, report: QuantReport, b
     finally:
         model.train(was_training)
     notes = {**plan.notes, "verified": {"measured_before": round(first, 4), "measured_after": round(best_score, 4),
-                                        "swaps": swaps}}
+                                        "layers": worst, "swaps": swaps}}
     return replace(plan, layers=choices, bytes=int(total), notes=notes)
 
 

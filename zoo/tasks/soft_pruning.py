@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from itertools import islice
 from typing import Any
 
@@ -17,8 +18,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..pruning import (PrunePlan, apply_plan, apply_record, format_report, plan_pruning, prune, slice_state_dict,
-                       soft_mask)
+from ..pruning import (PrunePlan, PruneReport, PruneTarget, apply_plan, apply_record, format_report, plan_pruning,
+                       prune, slice_state_dict, soft_mask)
 
 __all__ = ["SoftPruning", "calibration_batches", "prune_before_training", "cut_checkpoint", "record_in_checkpoint",
            "keep_in_checkpoint"]
@@ -50,7 +51,8 @@ class SoftPruning(L.Callback):
     training. Checkpoints written before the cut hold the full widths and the plan's kept indices
     (``prune_keep``): evaluating one (the test of the best checkpoint after fit, or a later ``train.py test``)
     cuts its tensors to the plan first, so what is tested is the pruned model; a fit resumed from one keeps
-    the full widths and goes on fading."""
+    the full widths and goes on fading the same channels (the plan is this callback's state, which Lightning
+    saves with the checkpoint: a resume does not choose again on the half-faded weights)."""
 
     def __init__(self, target: Any, importance: str = "gate", start_step: int = 0, end_step: int | None = None,
                  calib_batches: int = 4, min_keep: float = 0.1, round_to: int = 1, rates: str = "global") -> None:
@@ -59,6 +61,26 @@ class SoftPruning(L.Callback):
         self.calib_batches, self.min_keep, self.round_to, self.rates = calib_batches, min_keep, round_to, rates
         self.plan: PrunePlan | None = None
         self.cut = False
+
+    @property
+    def state_key(self) -> str:
+        # another target or criterion in the config is another plan: a resume then chooses afresh
+        return self._generate_state_key(target=str(self.target), importance=self.importance, rates=self.rates,
+                                        min_keep=self.min_keep, round_to=self.round_to)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.plan is None or self.cut:
+            return {}
+        return {"keep": keep_in_checkpoint(self.plan), "report": asdict(self.plan.report),
+                "example": self.plan.example[:1].detach().cpu()}  # one sample: the MACs are per sample
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        report = dict(state_dict["report"])
+        report["target"] = PruneTarget(**report["target"])
+        self.plan = PrunePlan({(name, dim): torch.as_tensor(idx) for name, dims in state_dict["keep"].items()
+                               for dim, idx in dims.items()}, PruneReport(**report), state_dict["example"])
 
     def _end(self, trainer: L.Trainer) -> int:
         if self.end_step is not None:

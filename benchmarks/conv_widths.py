@@ -1,0 +1,49 @@
+"""How a conv's time follows its channel count on this machine: the staircase behind ``round_to`` and
+``target="latency=..."`` in zoo.prune.
+
+A 3x3 conv with C in and C out channels is timed alone (eager, one thread, interleaved repeats, medians)
+at the shapes of the two pruning benchmark models: the quickstart RCAN's trunk (1 x C x 96 x 96) and the
+digits SE-ResNet-18's first stage (16 x C x 8 x 8). The last column is the time per MAC against the
+widest conv's: 1.00 means the conv does the work of its width, 2.00 that it takes as long as twice its MACs.
+
+    python benchmarks/conv_widths.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_medians_ms, machine, print_table  # noqa: E402
+
+SHAPES = {"RCAN trunk 1x96x96": ((1, 96, 96), (8, 12, 16, 20, 24, 28, 32)),
+          "digits stage 1 16x8x8": ((16, 8, 8), (16, 24, 32, 40, 48, 56, 64))}
+
+
+def main(repeats: int = 15) -> str:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    calls = {}
+    for label, ((batch, h, w), widths) in SHAPES.items():
+        for width in widths:
+            conv = torch.nn.Conv2d(width, width, 3, padding=1).eval()
+            x = torch.rand(batch, width, h, w)  # (B, C, H, W)
+            calls[(label, width)] = (lambda conv=conv, x=x: conv(x))
+    try:
+        with torch.inference_mode():
+            times = interleaved_medians_ms(calls, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    for label, (_, widths) in SHAPES.items():
+        widest = times[(label, widths[-1])] / widths[-1] ** 2
+        rows += [[label, str(w), f"{times[(label, w)]:.3f}", f"{times[(label, w)] / w ** 2 / widest:.2f}"] for w in widths]
+    report = print_table(["shape", "channels in = out", "ms", "time per MAC (x widest)"], rows)
+    print(f"{machine()}; eager, 1 thread, median of {repeats} interleaved rounds")
+    return report
+
+
+if __name__ == "__main__":
+    main()
