@@ -41,7 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # multiple of 16 channels, the fp32 block of an AVX-512 CPU's conv kernels: a width between runs as slowly as
 # the next multiple, benchmarks/conv_widths.py)
 OURS = {"gate": ("gate", {}), "gate-sens": ("gate", {"rates": "sensitivity"}), "l1": ("l1", {}), "bn": ("bn", {}),
-        "taylor": ("taylor", {}), "gate-lat": ("gate", {"rates": "sensitivity", "round_to": 16, "kind": "latency"})}
+        "taylor": ("taylor", {}), "gate-lat": ("gate", {"rates": "sensitivity", "round_to": 16, "kind": "latency"}),
+        "gate-soft": ("gate", {"rates": "sensitivity", "mode": "soft"})}
+# gate-soft: gate-sens chosen in the loop (the training config's prune: section), the channels fading to zero
+# over the first half of the same fine-tuning steps (soft masking), cut when training ends
 PEERS = ("tp-magnitude", "tp-taylor")
 MODELS = {  # config, the test metric, one input for costing and latency
     "digits_seresnet18": ("digits_seresnet.yaml", "test/top1", (16, 1, 32, 32)),
@@ -52,8 +55,10 @@ MODELS = {  # config, the test metric, one input for costing and latency
 DATA_LIMIT: dict[str, int] = {}  # data.args.limit of every run (--limit, a smoke pass on a few digits)
 
 
-def _config(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scale: float = 1.0) -> Path:
-    """The model's config for ``steps`` steps from ``pretrained``, without validation (every row the same)."""
+def _config(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scale: float = 1.0,
+            prune: dict | None = None) -> Path:
+    """The model's config for ``steps`` steps from ``pretrained``, without validation (every row the same);
+    ``prune``: the config's prune: section."""
     cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
     cfg["data"].setdefault("args", {}).update(DATA_LIMIT)
     cfg["output_dir"] = str(folder)
@@ -63,14 +68,17 @@ def _config(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scal
     cfg["scheduler"]["warmup_steps"] = 0
     cfg["optimizer"]["lr"] = cfg["optimizer"]["lr"] * lr_scale
     cfg.setdefault("task", {}).setdefault("args", {}).pop("ema_decay", None)  # a short run: the weights themselves
+    if prune:
+        cfg["prune"] = prune
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.parent / f"{folder.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def _fit(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scale: float = 1.0) -> Path:
-    run(["fit", "--config", str(_config(name, folder, steps, pretrained, lr_scale))])
+def _fit(name: str, folder: Path, steps: int, pretrained: str | bool, lr_scale: float = 1.0,
+         prune: dict | None = None) -> Path:
+    run(["fit", "--config", str(_config(name, folder, steps, pretrained, lr_scale, prune))])
     return folder / "export"
 
 
@@ -185,10 +193,15 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
     for level in levels:
         for method in methods:
             model = _load(base)
+            importance, options = OURS.get(method, (None, {}))
+            if options.get("mode") == "soft":  # chosen and faded inside the fine-tuning itself
+                section = {"target": f"flops={level}", "importance": importance, "mode": "soft", "rates": options["rates"],
+                           "calib_batches": calib_count, "end_step": max(steps // 2, 1), "round_to": round_to}
+                folders[f"{method}@{level}"] = _fit(config, work / f"{method}-{level}", steps, str(base), prune=section)
+                continue
             if method in PEERS:
                 model = _torch_pruning(model, example, method, level, calib, loss_fn)
             else:
-                importance, options = OURS[method]
                 options = {"round_to": round_to, **options}
                 kind = options.pop("kind", "flops")
                 threads = torch.get_num_threads()
@@ -258,9 +271,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--levels", default="0.3,0.5", help="FLOPs fractions removed")
-    parser.add_argument("--methods", default=",".join((*OURS, *PEERS)),
+    parser.add_argument("--methods", default=",".join(m for m in (*OURS, *PEERS) if m != "gate-soft"),
                         help="zoo criteria (gate-sens: gate with rates='sensitivity'; gate-lat: gate-sens with the level "
-                             "a fraction of the measured layer time, round_to=16) and tp-magnitude, tp-taylor")
+                             "a fraction of the measured layer time, round_to=16; gate-soft, not among the defaults: "
+                             "gate-sens faded out during the fine-tuning by the training config's prune: section) and "
+                             "tp-magnitude, tp-taylor")
     parser.add_argument("--round-to", type=int, default=1, help="zoo rows keep a multiple of this many channels per group")
     parser.add_argument("--base-steps", type=int, default=300,
                         help="training steps of the digits model before pruning (0: prune the untrained model)")

@@ -39,7 +39,8 @@ class DataSection:
 class PruneSection:
     """Channel pruning in the loop (``zoo.tasks.soft_pruning``): off while ``target`` is None.
 
-    ``target`` as ``zoo.prune`` takes it (``flops=0.5``, ``params=0.3``, or group rates); ``mode`` ``soft``
+    ``target`` as ``zoo.prune`` takes it (``flops=0.5``, ``params=0.3``, ``latency=0.4`` timed on a training
+    batch, or group rates); ``mode`` ``soft``
     (masks fading from ``start_step`` to ``end_step``, the cut at the end; ``end_step`` None: the last
     step) or ``oneshot`` (pruned before the first step, then fine-tuned); ``calib_batches`` training
     batches score the channels; ``rates`` as ``zoo.prune`` takes it.
@@ -52,7 +53,7 @@ class PruneSection:
     end_step: Optional[int] = None
     calib_batches: int = 4
     min_keep: float = 0.1
-    round_to: int = 1  # keep multiples of this many channels per group (8: widths the conv kernels like)
+    round_to: int = 1  # keep multiples of this many channels per group (16: the fp32 block of AVX-512 conv kernels)
     rates: str = "global"  # or "sensitivity": per-group rates weighed by each group's cost on the calibration batches
 
 
