@@ -10,6 +10,7 @@ widest conv's: 1.00 means the conv does the work of its width, 2.00 that it take
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +23,10 @@ SHAPES = {"RCAN trunk 1x96x96": ((1, 96, 96), (8, 12, 16, 20, 24, 28, 32)),
           "digits stage 1 16x8x8": ((16, 8, 8), (16, 24, 32, 40, 48, 56, 64))}
 
 
-def main(repeats: int = 15) -> str:
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds (medians)")
+    repeats = parser.parse_args(argv).repeats
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     calls = {}

@@ -23,6 +23,14 @@ def test_script_imports_and_parses_help(script, monkeypatch, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+def test_conv_widths_times_every_width_of_both_shapes(monkeypatch):
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
+    report = runpy.run_path(str(BENCHMARKS / "conv_widths.py"))["main"](["--repeats", "1"])
+    rows = [[c.strip() for c in line.split("|")] for line in report.splitlines()[2:]]
+    assert len(rows) == 14 and all(float(ms) > 0 for _, _, ms, _ in rows)
+    assert [rows[6][1], rows[6][3], rows[13][1], rows[13][3]] == ["32", "1.00", "64", "1.00"]  # each shape's widest
+
+
 def test_quantized_moc_decode_quick_pass(monkeypatch):
     """One small FFN per spec: the script checks the integer decode equals the dense integer path bit for
     bit before timing, and prints a row per path."""

@@ -9,7 +9,8 @@ NetAdapt (Yang et al., ECCV 2018) do with their lookup tables, each conv and lin
 alone at the widths a candidate pruning would give it, on the input shape it sees in the model, on
 the model's device, and the model's cost is the sum. Timings are cached per (layer, widths), so the
 bisection in :func:`zoo.pruning.prune` times each width once. Element-wise work is left out, as in
-the MACs count.
+the MACs count, and so is a layer whose weights only a fused kernel reads (a sparse Mixture-of-Channels
+FFN gathers its rows itself): what is timed is every conv and linear module the forward pass calls.
 """
 from __future__ import annotations
 
