@@ -42,7 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # the next multiple, benchmarks/conv_widths.py)
 OURS = {"gate": ("gate", {}), "gate-sens": ("gate", {"rates": "sensitivity"}), "l1": ("l1", {}), "bn": ("bn", {}),
         "taylor": ("taylor", {}), "gate-lat": ("gate", {"rates": "sensitivity", "round_to": 16, "kind": "latency"}),
-        "gate-soft": ("gate", {"rates": "sensitivity", "mode": "soft"})}
+        "gate-soft": ("gate", {"rates": "sensitivity", "mode": "soft"}),
+        "gate-rec": ("gate", {"rates": "sensitivity", "reconstruct": True})}
+# gate-rec: gate-sens, then every layer reading cut channels refitted by least squares on the calibration batches
 # gate-soft: gate-sens chosen in the loop (the training config's prune: section), the channels fading to zero
 # over the first half of the same fine-tuning steps (soft masking), cut when training ends
 PEERS = ("tp-magnitude", "tp-taylor")
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--levels", default="0.3,0.5", help="FLOPs fractions removed")
     parser.add_argument("--methods", default=",".join(m for m in (*OURS, *PEERS) if m != "gate-soft"),
                         help="zoo criteria (gate-sens: gate with rates='sensitivity'; gate-lat: gate-sens with the level "
-                             "a fraction of the measured layer time, round_to=16; gate-soft, not among the defaults: "
+                             "a fraction of the measured layer time, round_to=16; gate-rec: gate-sens with "
+                             "reconstruct=True; gate-soft, not among the defaults: "
                              "gate-sens faded out during the fine-tuning by the training config's prune: section) and "
                              "tp-magnitude, tp-taylor")
     parser.add_argument("--round-to", type=int, default=1, help="zoo rows keep a multiple of this many channels per group")

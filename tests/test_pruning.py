@@ -207,6 +207,30 @@ def test_cutting_a_key_value_head_removes_its_query_heads_and_equals_zeroing_the
     torch.testing.assert_close(cached, model.generate(ids, 4, temperature=0, cache=None), atol=0, rtol=0)
 
 
+def test_reconstruction_refits_the_reading_layer_onto_the_kept_channels():
+    """An RCAB's middle channel 5 planted as 0.01 x channel 4 (ReLU keeps the ratio) and read through large
+    weights: cutting it alone changes the output; with reconstruct=True the conv that reads it folds its
+    contribution into channel 4's weights (least squares on the calibration batch) and the output stays."""
+    def planted():
+        model, x = _make("rcan")
+        block = model.body[0].body[0].body  # conv, ReLU, conv, CA
+        with torch.no_grad():
+            block[0].weight[5], block[0].bias[5] = 0.01 * block[0].weight[4], 0.01 * block[0].bias[4]
+            block[2].weight[:, 5] *= 100
+        return model, x
+
+    model, x = planted()
+    expected = model(x)
+    target = {"body.0.body.0.mid": 1 / 16}  # the lowest l1 of 16: channel 5
+    cut = zoo.prune(planted()[0], target, importance="l1")
+    rebuilt = zoo.prune(model, target, importance="l1", calib=[x], reconstruct=True)
+    assert rebuilt.body[0].body[0].body[0].out_channels == 15
+    plain_error = (cut(x) - expected).abs().max()
+    assert plain_error > 1e-3 and (rebuilt(x) - expected).abs().max() < 1e-3 * plain_error
+    with pytest.raises(ValueError, match="reconstruct=True refits the layers after the cut on calibration batches"):
+        zoo.prune(planted()[0], target, importance="l1", reconstruct=True)
+
+
 def test_fcanet_keeps_each_surviving_channel_on_its_dct_frequency():
     model, x = _make("fcanet34")
     gate = model.layer1[0].att
@@ -359,6 +383,20 @@ def test_soft_masking_in_train_py_fades_then_cuts_and_exports_the_pruned_model(t
     assert "test/top1" in cli.results  # the best checkpoint (full width, written before the cut) was cut to load
 
 
+def test_oneshot_mode_prunes_and_refits_before_the_first_step_and_trains_the_smaller_model(tmp_path):
+    import json
+    from zoo.training import run
+
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "oneshot", "calib_batches": 1, "reconstruct": True})
+    cli = run(["--config", str(cfg)])
+    net = cli.model.model
+    assert 0.5 <= 1 - net.prune_report.macs[1] / net.prune_report.macs[0] < 0.56
+    assert cli.model.ema.module.layer1[0].conv1.out_channels == net.layer1[0].conv1.out_channels < 64
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["state_dict"]["model.layer1.0.conv1.weight"].shape[0] < 64  # trained at the pruned width throughout
+    assert json.loads((tmp_path / "run" / "export" / "config.json").read_text())["pruned"] == net.prune_record
+
+
 def test_a_later_test_of_a_soft_pruned_run_evaluates_the_pruned_model(tmp_path):
     from zoo.training import run
 
@@ -447,6 +485,9 @@ def test_a_bad_prune_section_stops_before_any_work(tmp_path):
         run(["--config", str(cfg)])
     cfg = _digits_config(tmp_path, {"target": "flops=0.5", "rates": "auto"})
     with pytest.raises(ConfigError, match="prune.rates must be one of global, sensitivity; got 'auto'"):
+        run(["--config", str(cfg)])
+    cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "reconstruct": True})
+    with pytest.raises(ConfigError, match="prune.reconstruct refits the layers right after a one-shot cut"):
         run(["--config", str(cfg)])
     cfg = _digits_config(tmp_path, {"target": "flops=2"})
     with pytest.raises(ConfigError, match=r"prune: target flops must be the fraction to remove, in \[0, 1\)"):

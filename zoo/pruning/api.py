@@ -27,6 +27,7 @@ from .cost import CostModel, count_params, layer_macs
 from .groups import Group
 from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_groups
 from .latency import LatencyModel
+from .reconstruct import reconstruct_consumers
 from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
 from .target import PruneTarget
 
@@ -61,7 +62,8 @@ class PrunePlan:
 def prune(model: nn.Module, target: object, importance: str = "gate", calib: Iterable | None = None, *,
           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
           num_batches: int | None = None, min_keep: float = 0.1, round_to: int = 1,
-          example_input: torch.Tensor | None = None, rates: str = "global", verbose: bool = False) -> nn.Module:
+          example_input: torch.Tensor | None = None, rates: str = "global", reconstruct: bool = False,
+          verbose: bool = False) -> nn.Module:
     """Remove whole channels from ``model`` in place and return it, a smaller dense model of its family.
 
     Args:
@@ -88,14 +90,31 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
             on the calibration batches first (each group pruned alone at the target fraction, the loss rise,
             or the output's relative change without labels, measured; a group's scores are scaled by
             ``1 + log(1 + its rise / the mean rise)``), so a group the model leans on keeps more channels.
+        reconstruct: after the cut, refit every conv and linear layer that reads removed channels by least
+            squares on the calibration batches, so its output stays as close as it can to the full model's
+            (:mod:`zoo.pruning.reconstruct`; He et al., ICCV 2017). Needs ``calib``.
         verbose: print the report.
 
     The model gets ``prune_record`` (module -> new widths: what ``save_pretrained`` writes) and
     ``prune_report`` (a :class:`PruneReport`).
     """
-    plan = plan_pruning(model, target, importance, calib, loss_fn=loss_fn, num_batches=num_batches,
-                        min_keep=min_keep, round_to=round_to, example_input=example_input, rates=rates)
+    if reconstruct and calib is None:
+        raise ValueError("reconstruct=True refits the layers after the cut on calibration batches: pass calib=<a "
+                         "DataLoader or a list of input batches>, or leave reconstruct off")
+    batches = list(islice(iter(calib), num_batches)) if calib is not None else None  # read once, used twice
+    plan = plan_pruning(model, target, importance, batches, loss_fn=loss_fn, min_keep=min_keep, round_to=round_to,
+                        example_input=example_input, rates=rates)
+    fitted = reconstruct_consumers(model, plan.keep, batches) if reconstruct else {}
     apply_plan(model, plan)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, (weight, bias) in fitted.items():
+            layer, rows = modules[name], plan.keep.get((name, "out"))
+            if rows is not None:  # the layer's own outputs were cut too
+                weight, bias = weight[rows.to(weight.device)], None if bias is None else bias[rows.to(bias.device)]
+            layer.weight.copy_(weight.reshape(layer.weight.shape))
+            if bias is not None:
+                layer.bias.copy_(bias)
     if verbose:
         print(format_report(model.prune_report))
     return model

@@ -32,11 +32,12 @@ def calibration_batches(datamodule: L.LightningDataModule, count: int) -> list:
 
 
 def prune_before_training(model: nn.Module, datamodule: L.LightningDataModule, target: Any, importance: str,
-                          calib_batches: int, min_keep: float, round_to: int = 1, rates: str = "global") -> nn.Module:
+                          calib_batches: int, min_keep: float, round_to: int = 1, rates: str = "global",
+                          reconstruct: bool = False) -> nn.Module:
     """The one-shot mode: prune ``model`` in place on a few training batches, print the report."""
     batches = calibration_batches(datamodule, calib_batches)
     prune(model, target, importance, batches, loss_fn=_loss_for(model), min_keep=min_keep, round_to=round_to,
-          rates=rates)
+          rates=rates, reconstruct=reconstruct)
     print(format_report(model.prune_report), flush=True)
     return model
 

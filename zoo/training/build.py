@@ -73,6 +73,9 @@ def check_prune_section(prune: PruneSection, model: ModelSection, subcommand: st
     if prune.start_step < 0 or (prune.end_step is not None and prune.end_step <= prune.start_step):
         raise ConfigError(f"prune.start_step must be >= 0 and prune.end_step after it; got {prune.start_step} and "
                           f"{prune.end_step}")
+    if prune.reconstruct and prune.mode != "oneshot":
+        raise ConfigError("prune.reconstruct refits the layers right after a one-shot cut; soft masking has already "
+                          "trained the network around the fading channels: set prune.mode: oneshot, or drop reconstruct")
     if not 1 <= prune.calib_batches:
         raise ConfigError(f"prune.calib_batches must be at least 1; got {prune.calib_batches}")
 
@@ -106,7 +109,7 @@ def build_data_and_task(model: ModelSection, task: TaskSection, data: DataSectio
                           f"set model.kwargs.num_classes: {data_classes}")
     if prune is not None and prune.target is not None and prune.mode == "oneshot":  # before the task copies it (EMA)
         prune_before_training(net, datamodule, prune.target, prune.importance, prune.calib_batches, prune.min_keep,
-                              prune.round_to, prune.rates)
+                              prune.round_to, prune.rates, prune.reconstruct)
     return datamodule, task_cls(net, optimizer=optimizer, scheduler=scheduler, **task.args)
 
 

@@ -55,6 +55,7 @@ class PruneSection:
     min_keep: float = 0.1
     round_to: int = 1  # keep multiples of this many channels per group (16: the fp32 block of AVX-512 conv kernels)
     rates: str = "global"  # or "sensitivity": per-group rates weighed by each group's cost on the calibration batches
+    reconstruct: bool = False  # oneshot: refit the layers reading cut channels by least squares (zoo.prune's option)
 
 
 PRUNE_MODES = ("soft", "oneshot")
