@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .groups import Group
+from .hooks import run_with_hooks
 from .replay import cut_of
 
 __all__ = ["CostModel", "layer_macs", "count_macs", "count_params"]
@@ -25,7 +26,6 @@ def layer_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, float]:
     """Per-sample multiply-accumulates of every Conv2d / Linear weight in one forward of ``inputs``,
     keyed by the weight's name in ``model.named_parameters()``."""
     macs: dict[str, float] = {}
-    handles = []
 
     def record(name: str):
         def hook(module: nn.Module, args, output: torch.Tensor) -> None:
@@ -35,15 +35,8 @@ def layer_macs(model: nn.Module, *inputs: torch.Tensor) -> dict[str, float]:
             macs[f"{name}.weight" if name else "weight"] = positions * module.weight.numel()
         return hook
 
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            handles.append(module.register_forward_hook(record(name)))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, {module: record(name) for name, module in model.named_modules()
+                           if isinstance(module, (nn.Conv2d, nn.Linear))}, [inputs])
     return macs
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..quant.calibrate import input_of
 from .groups import Group, Member
+from .hooks import run_with_hooks
 from .replay import cut_of, dim_size
 
 __all__ = ["IMPORTANCE", "register_importance", "Calibration", "score_groups", "NEEDS_DATA"]
@@ -162,7 +163,6 @@ def mean_gates(model: nn.Module, names: Iterable[str], batches: list) -> dict[st
     block's input; a hooked block also runs unfused, so the gate is the module's own)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    handles = []
 
     def record(name: str):
         def hook(module: nn.Module, args, output) -> None:
@@ -171,15 +171,8 @@ def mean_gates(model: nn.Module, names: Iterable[str], batches: list) -> dict[st
             counts[name] = counts.get(name, 0) + gate.shape[0]
         return hook
 
-    for name in set(names):
-        handles.append(model.get_submodule(name).register_forward_hook(record(name)))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(input_of(batch))
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, {model.get_submodule(name): record(name) for name in set(names)},
+                   [(input_of(batch),) for batch in batches])
     return {name: sums[name] / counts[name] for name in sums}
 
 

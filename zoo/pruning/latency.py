@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .groups import Group
+from .hooks import run_with_hooks
 from .replay import cut_of
 
 __all__ = ["LatencyModel", "Timer", "time_layer"]
@@ -78,25 +79,16 @@ class LatencyModel:
 
     def __init__(self, model: nn.Module, groups: list[Group], example: torch.Tensor, timer: Timer | None = None) -> None:
         self.timer = timer or time_layer
-        self.layers: dict[str, nn.Module] = {}
         self.inputs: dict[str, torch.Tensor] = {}
-        handles = []
 
         def record(name: str):
             def hook(module: nn.Module, args, output) -> None:
                 self.inputs.setdefault(name, args[0].detach())
             return hook
 
-        for name, module in model.named_modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                self.layers[name] = module
-                handles.append(module.register_forward_hook(record(name)))
-        try:
-            with torch.no_grad():
-                model(example)
-        finally:
-            for handle in handles:
-                handle.remove()
+        self.layers: dict[str, nn.Module] = {name: m for name, m in model.named_modules()
+                                             if isinstance(m, (nn.Conv2d, nn.Linear))}
+        run_with_hooks(model, {module: record(name) for name, module in self.layers.items()}, [(example,)])
         self.layers = {name: layer for name, layer in self.layers.items() if name in self.inputs}  # run layers only
         modules = dict(model.named_modules())
         # (layer, 0 for outputs / 1 for inputs) -> (group, indices one of its channels takes); a dimension

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..quant.calibrate import input_of
+from .hooks import run_with_hooks
 
 __all__ = ["reconstruct_consumers", "GRAM_BYTES"]
 
@@ -48,14 +49,7 @@ def _grams(model: nn.Module, names: list[str], batches: list) -> dict[str, torch
             grams[name] = grams.get(name, 0) + cols.T @ cols
         return pre_hook
 
-    handles = [modules[name].register_forward_pre_hook(record(name)) for name in names]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(input_of(batch))
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, {modules[name]: record(name) for name in names}, [(input_of(b),) for b in batches], pre=True)
     return grams
 
 
