@@ -93,6 +93,19 @@ def test_a_latency_target_costs_each_layer_at_the_widths_the_plan_gives_it(monke
         assert after <= 0.6 * before and after == pytest.approx(sum(_timed_layers(model, by_time, x, macs_timer)))
 
 
+def test_the_latency_model_times_a_depthwise_conv_at_its_one_width():
+    from zoo.pruning import Group
+    from zoo.pruning.latency import LatencyModel
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)).eval()
+    group = Group("c").add("0", "out").add("1", "channels").add("2", "in")
+    seen = []
+    timed = LatencyModel(net, [group], torch.rand(1, 3, 16, 16),
+                         timer=lambda layer, x, cin, cout: seen.append((cin, cout)) or float(cin * cout))
+    assert timed.estimate([3]) == 3 * 5 + 5 * 5 + 5 * 4  # the depthwise conv at 5 in and 5 out
+    assert (5, 5) in seen and timed.full == 3 * 8 + 8 * 8 + 8 * 4
+
+
 def test_a_latency_target_times_the_layers_on_this_machine_and_reports_them():
     model, _ = _make("rcan")
     x = torch.rand(1, 3, 64, 64)  # large enough that the convs' time is not all call overhead

@@ -3,11 +3,10 @@
 The family declares its dependency groups (``model.pruning_groups()``); a criterion of
 :data:`~zoo.pruning.importance.IMPORTANCE` scores each group's channels; the per-group rates come from
 one global ranking under the target (the automated per-layer rates of Liu et al., "Conditional
-Automated Channel Pruning", 2021, in its simplest form: scores normalized by their group's mean,
-one threshold over all groups, found by bisection on the estimated cost: MACs, parameters, or the layers'
-time measured on this machine; ``rates="sensitivity"`` first weighs
-each group by the calibration loss its pruning alone costs); then every member of a
-group loses the same channels. The result is a smaller dense model of the same class, which
+Automated Channel Pruning", 2021, in its simplest form: scores normalized by their group's mean, one
+threshold over all groups, found by bisection on the estimated cost: MACs, parameters, or the layers'
+time measured on this machine; ``rates="sensitivity"`` first weighs each group by the calibration loss
+its pruning alone costs); then every member of a group loses the same channels. The result is a smaller dense model of the same class, which
 ``save_pretrained`` records and ``zoo.create(name, pretrained=folder)`` rebuilds.
 """
 from __future__ import annotations
@@ -27,7 +26,7 @@ from .cost import CostModel, count_params, layer_macs
 from .groups import Group
 from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_groups
 from .latency import LatencyModel
-from .reconstruct import reconstruct_consumers
+from .reconstruct import load_fitted, reconstruct_consumers
 from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
 from .target import PruneTarget
 
@@ -71,7 +70,7 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
             ChannelViT, the MoC LM).
         target: ``"flops=0.5"`` (remove half the conv/linear MACs), ``"params=0.3"``, ``"latency=0.4"`` (remove
             40% of the conv/linear layers' time, each layer timed alone at its candidate widths on this machine
-            and ``example``'s device: :mod:`zoo.pruning.latency`), a number (a FLOPs fraction) or
+            and ``example_input``'s device: :mod:`zoo.pruning.latency`), a number (a FLOPs fraction) or
             ``{group name: rate}``; 0 leaves the model as it is.
         importance: a name of :data:`zoo.pruning.IMPORTANCE` (``gate``, ``l1``, ``bn``, ``taylor``).
         calib: batches (inputs, or (input, target) pairs) for ``gate`` and ``taylor``, and for costing
@@ -104,17 +103,9 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
     batches = list(islice(iter(calib), num_batches)) if calib is not None else None  # read once, used twice
     plan = plan_pruning(model, target, importance, batches, loss_fn=loss_fn, min_keep=min_keep, round_to=round_to,
                         example_input=example_input, rates=rates)
-    fitted = reconstruct_consumers(model, plan.keep, batches) if reconstruct else {}
+    fitted = reconstruct_consumers(model, plan.keep, batches) if reconstruct else {}  # measured at full width
     apply_plan(model, plan)
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, (weight, bias) in fitted.items():
-            layer, rows = modules[name], plan.keep.get((name, "out"))
-            if rows is not None:  # the layer's own outputs were cut too
-                weight, bias = weight[rows.to(weight.device)], None if bias is None else bias[rows.to(bias.device)]
-            layer.weight.copy_(weight.reshape(layer.weight.shape))
-            if bias is not None:
-                layer.bias.copy_(bias)
+    load_fitted(model, fitted, plan.keep)
     if verbose:
         print(format_report(model.prune_report))
     return model

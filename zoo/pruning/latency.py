@@ -74,7 +74,7 @@ class LatencyModel:
         model: the model at full width, in the mode it will run in.
         groups: its pruning groups.
         example: one input batch, of the size and on the device it will run on.
-        timer: times one layer at given widths (default :func:`time_layer`; tests pass a formula).
+        timer: times one layer at given widths (default :func:`time_layer`).
     """
 
     def __init__(self, model: nn.Module, groups: list[Group], example: torch.Tensor, timer: Timer | None = None) -> None:
@@ -110,6 +110,8 @@ class LatencyModel:
         full_out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         cut_in = sum(removed[g] * n for g, n in self.shares.get((name, 1), ()))
         cut_out = sum(removed[g] * n for g, n in self.shares.get((name, 0), ()))
+        if isinstance(layer, nn.Conv2d) and layer.groups == full_in == full_out > 1:  # depthwise: one cut, both sides
+            return full_out - cut_out, full_out - cut_out
         return full_in - cut_in, full_out - cut_out
 
     def layer_ms(self, removed: list[int]) -> dict[str, float]:

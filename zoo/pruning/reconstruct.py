@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from ..quant.calibrate import input_of
 from .hooks import run_with_hooks
 
-__all__ = ["reconstruct_consumers", "GRAM_BYTES"]
+__all__ = ["reconstruct_consumers", "load_fitted", "GRAM_BYTES"]
 
 GRAM_BYTES = 256 * 2**20  # the Gram matrices one calibration pass collects at most (float64)
 
@@ -109,3 +109,19 @@ def _solve(layer: nn.Module, gram: torch.Tensor, kept: torch.Tensor,
     if layer.bias is None:
         return solution.to(dtype), None
     return solution[:, :-1].to(dtype), solution[:, -1].to(dtype)
+
+
+@torch.no_grad()
+def load_fitted(model: nn.Module, fitted: dict[str, tuple[torch.Tensor, torch.Tensor | None]],
+                keep: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Copy :func:`reconstruct_consumers`' weights into the cut ``model``, less the output rows ``keep`` cut
+    from a layer that lost outputs too."""
+    modules = dict(model.named_modules())
+    for name, (weight, bias) in fitted.items():
+        layer, rows = modules[name], keep.get((name, "out"))
+        if rows is not None:
+            weight = weight[rows.to(weight.device)]
+            bias = None if bias is None else bias[rows.to(bias.device)]
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+        if bias is not None:
+            layer.bias.copy_(bias)
