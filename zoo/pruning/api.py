@@ -11,6 +11,7 @@ its pruning alone costs); then every member of a group loses the same channels. 
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from itertools import islice
@@ -26,7 +27,7 @@ from .cost import CostModel, count_params, layer_macs
 from .groups import Group
 from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_groups
 from .latency import LatencyModel
-from .reconstruct import load_fitted, reconstruct_consumers
+from .reconstruct import refit_after_cut
 from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
 from .target import PruneTarget
 
@@ -90,8 +91,9 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
             or the output's relative change without labels, measured; a group's scores are scaled by
             ``1 + log(1 + its rise / the mean rise)``), so a group the model leans on keeps more channels.
         reconstruct: after the cut, refit every conv and linear layer that reads removed channels by least
-            squares on the calibration batches, so its output stays as close as it can to the full model's
-            (:mod:`zoo.pruning.reconstruct`; He et al., ICCV 2017). Needs ``calib``.
+            squares on the calibration batches, in call order, so its output stays as close as it can to the
+            full model's (:mod:`zoo.pruning.reconstruct`; He et al. and ThiNet, ICCV 2017). Needs ``calib``;
+            holds a copy of the full model meanwhile.
         verbose: print the report.
 
     The model gets ``prune_record`` (module -> new widths: what ``save_pretrained`` writes) and
@@ -103,9 +105,10 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
     batches = list(islice(iter(calib), num_batches)) if calib is not None else None  # read once, used twice
     plan = plan_pruning(model, target, importance, batches, loss_fn=loss_fn, min_keep=min_keep, round_to=round_to,
                         example_input=example_input, rates=rates)
-    fitted = reconstruct_consumers(model, plan.keep, batches) if reconstruct else {}  # measured at full width
+    full = copy.deepcopy(model) if reconstruct else None  # what the refit reproduces, layer by layer
     apply_plan(model, plan)
-    load_fitted(model, fitted, plan.keep)
+    if full is not None:
+        refit_after_cut(full, model, plan.keep, batches)
     if verbose:
         print(format_report(model.prune_report))
     return model
