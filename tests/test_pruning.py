@@ -106,14 +106,25 @@ def test_the_latency_model_times_a_depthwise_conv_at_its_one_width():
     assert (5, 5) in seen and timed.full == 3 * 8 + 8 * 8 + 8 * 4
 
 
-def test_a_latency_target_times_the_layers_on_this_machine_and_reports_them():
-    model, _ = _make("rcan")
-    x = torch.rand(1, 3, 64, 64)  # large enough that the convs' time is not all call overhead
-    zoo.prune(model, "latency=0.1", importance="l1", example_input=x)
-    before, after = model.prune_report.latency  # the bisection's own cached timings: no clock read in the assert
-    assert 0 < after <= 0.9 * before
+def test_time_layer_runs_each_layer_kind_at_the_widths_asked_and_the_report_prints_the_time(monkeypatch):
+    """The real clock on a conv, a depthwise conv and a linear at cut widths (no assertion on how long: the
+    machine may be busy); the bisection itself is checked with a formula for a timer, so no test hangs on
+    a measurement."""
+    from zoo.pruning import latency
+
+    cases = [(nn.Conv2d(8, 16, 3, padding=1), torch.rand(1, 8, 12, 12), 4, 6),
+             (nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.rand(1, 8, 12, 12), 4, 4),
+             (nn.Linear(8, 16), torch.rand(2, 5, 8), 3, 7)]
+    for layer, x, cin, cout in cases:
+        ms = latency.time_layer(layer, x, cin, cout, repeats=2)
+        assert 0 < ms < 1e4, (layer, ms)
+    monkeypatch.setattr(latency, "time_layer", lambda layer, x, cin, cout: float(cin * cout))
+    model, x = _make("rcan")
+    zoo.prune(model, "latency=0.3", importance="l1", example_input=x)
+    before, after = model.prune_report.latency
+    assert 0 < after <= 0.7 * before
     assert "timed alone here" in zoo.pruning.format_report(model.prune_report)
-    assert model(x).shape == (1, 3, 128, 128)
+    assert model(x).shape == (2, 3, 24, 24)
 
 
 def _timed_layers(model, plan, x, timer):
