@@ -194,13 +194,13 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
     folders["unpruned"] = _fit(config, work / "unpruned", steps, str(base))
     for level in levels:
         for method in methods:
-            model = _load(base)
             importance, options = OURS.get(method, (None, {}))
             if options.get("mode") == "soft":  # chosen and faded inside the fine-tuning itself
                 section = {"target": f"flops={level}", "importance": importance, "mode": "soft", "rates": options["rates"],
                            "calib_batches": calib_count, "end_step": max(steps // 2, 1), "round_to": round_to}
                 folders[f"{method}@{level}"] = _fit(config, work / f"{method}-{level}", steps, str(base), prune=section)
                 continue
+            model = _load(base)
             if method in PEERS:
                 model = _torch_pruning(model, example, method, level, calib, loss_fn)
             else:

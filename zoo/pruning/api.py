@@ -6,8 +6,9 @@ one global ranking under the target (the automated per-layer rates of Liu et al.
 Automated Channel Pruning", 2021, in its simplest form: scores normalized by their group's mean, one
 threshold over all groups, found by bisection on the estimated cost: MACs, parameters, or the layers'
 time measured on this machine; ``rates="sensitivity"`` first weighs each group by the calibration loss
-its pruning alone costs); then every member of a group loses the same channels. The result is a smaller dense model of the same class, which
-``save_pretrained`` records and ``zoo.create(name, pretrained=folder)`` rebuilds.
+its pruning alone costs); then every member of a group loses the same channels. The result is a smaller
+dense model of the same class, which ``save_pretrained`` records and ``zoo.create(name, pretrained=folder)``
+rebuilds.
 """
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
     if rates not in RATES:
         raise ValueError(f"rates must be one of {', '.join(RATES)}; got {rates!r}")
     if rates == "sensitivity" and spec.kind == "rates":
-        raise ValueError("rates='sensitivity' chooses the group rates under a 'flops=' or 'params=' target, and this "
+        raise ValueError("rates='sensitivity' chooses the group rates under a 'flops=', 'params=' or 'latency=' target, and this "
                          "target names them itself: give one or the other")
     if rates == "sensitivity" and not batches:
         raise ValueError("rates='sensitivity' measures each group's effect on calibration batches: pass calib=<a "

@@ -22,7 +22,7 @@ from ..pruning import (PrunePlan, PruneReport, PruneTarget, apply_plan, apply_re
                        prune, slice_state_dict, soft_mask)
 
 __all__ = ["SoftPruning", "calibration_batches", "prune_before_training", "cut_checkpoint", "record_in_checkpoint",
-           "keep_in_checkpoint"]
+           "keep_in_checkpoint", "keep_from_checkpoint"]
 
 
 def calibration_batches(datamodule: L.LightningDataModule, count: int) -> list:
@@ -80,8 +80,7 @@ class SoftPruning(L.Callback):
             return
         report = dict(state_dict["report"])
         report["target"] = PruneTarget(**report["target"])
-        self.plan = PrunePlan({(name, dim): torch.as_tensor(idx) for name, dims in state_dict["keep"].items()
-                               for dim, idx in dims.items()}, PruneReport(**report), state_dict["example"])
+        self.plan = PrunePlan(keep_from_checkpoint(state_dict["keep"]), PruneReport(**report), state_dict["example"])
 
     def _end(self, trainer: L.Trainer) -> int:
         if self.end_step is not None:
@@ -142,6 +141,11 @@ def keep_in_checkpoint(plan: PrunePlan) -> dict[str, dict[str, torch.Tensor]]:
     return keep
 
 
+def keep_from_checkpoint(keep: dict[str, dict[str, Any]]) -> dict[tuple[str, str], torch.Tensor]:
+    """:func:`keep_in_checkpoint`'s inverse: a plan's ``keep`` from ``{module: {dimension: indices}}``."""
+    return {(name, dim): torch.as_tensor(idx) for name, dims in keep.items() for dim, idx in dims.items()}
+
+
 def _fitting(pl_module: L.LightningModule) -> bool:
     return pl_module._trainer is not None and pl_module.trainer.state.fn == "fit"
 
@@ -160,8 +164,7 @@ def cut_checkpoint(pl_module: L.LightningModule, checkpoint: dict) -> None:
     plan = getattr(pl_module, "prune_plan", None)
     keep = checkpoint.get("prune_keep")
     if plan is None and keep and not _fitting(pl_module):
-        plan = PrunePlan({(name, dim): torch.as_tensor(idx) for name, dims in keep.items()
-                          for dim, idx in dims.items()}, None, None)
+        plan = PrunePlan(keep_from_checkpoint(keep), None, None)
         widths = {name: {dim: int(idx.numel()) for dim, idx in dims.items()} for name, dims in keep.items()}
         _cut_to(pl_module, checkpoint, plan)  # the state first: its slicing reads the full-width modules
         record = dict(getattr(pl_module.model, "prune_record", None) or {})

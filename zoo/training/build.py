@@ -61,7 +61,7 @@ def check_prune_section(prune: PruneSection, model: ModelSection, subcommand: st
     if prune.rates not in RATES:
         raise ConfigError(f"prune.rates must be one of {', '.join(RATES)}; got {prune.rates!r}")
     if prune.rates == "sensitivity" and target.kind == "rates":
-        raise ConfigError("prune.rates: sensitivity chooses the group rates under a flops= or params= target, and "
+        raise ConfigError("prune.rates: sensitivity chooses the group rates under a flops=, params= or latency= target, and "
                           "this target names them itself: give one or the other")
     if prune.mode not in PRUNE_MODES:
         near = closest(prune.mode, PRUNE_MODES, n=1)
