@@ -43,10 +43,20 @@ ROOT = Path(__file__).resolve().parents[1]
 OURS = {"gate": ("gate", {}), "gate-sens": ("gate", {"rates": "sensitivity"}), "l1": ("l1", {}), "bn": ("bn", {}),
         "taylor": ("taylor", {}), "gate-lat": ("gate", {"rates": "sensitivity", "round_to": 16, "kind": "latency"}),
         "gate-soft": ("gate", {"rates": "sensitivity", "mode": "soft"}),
-        "gate-rec": ("gate", {"rates": "sensitivity", "reconstruct": True})}
+        "gate-rec": ("gate", {"rates": "sensitivity", "reconstruct": True}),
+        "gate-lat-rec": ("gate", {"rates": "sensitivity", "round_to": 16, "kind": "latency", "reconstruct": True}),
+        "gate-greedy": ("gate", {"rates": "greedy"}),
+        "greedy-rec": ("gate", {"rates": "greedy", "reconstruct": True}),
+        "greedy-lat": ("gate", {"rates": "greedy", "round_to": 8, "kind": "latency"}),
+        "greedy-lat-rec": ("gate", {"rates": "greedy", "round_to": 8, "kind": "latency", "reconstruct": True})}
 # gate-rec: gate-sens, then every layer reading cut channels refitted by least squares on the calibration batches
+# gate-lat-rec: gate-lat's measured-time plan, then gate-rec's refit
+# greedy-lat: the widths searched step by step on the calibration loss per saved ms (rates='greedy'), in steps
+# of 8 channels (a 32-wide group: 24 runs as slowly as 32, so the search goes 32 -> 16 -> 8); greedy-lat-rec:
+# the same with gate-rec's refit
 # gate-soft: gate-sens chosen in the loop (the training config's prune: section), the channels fading to zero
 # over the first half of the same fine-tuning steps (soft masking), cut when training ends
+OPT_IN = ("gate-soft", "gate-lat-rec", "greedy-lat", "greedy-rec")  # rows run only when --methods names them
 PEERS = ("tp-magnitude", "tp-taylor")
 MODELS = {  # config, the test metric, one input for costing and latency
     "digits_seresnet18": ("digits_seresnet.yaml", "test/top1", (16, 1, 32, 32)),
@@ -273,12 +283,14 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     parser.add_argument("--levels", default="0.3,0.5", help="FLOPs fractions removed")
-    parser.add_argument("--methods", default=",".join(m for m in (*OURS, *PEERS) if m != "gate-soft"),
+    parser.add_argument("--methods", default=",".join(m for m in (*OURS, *PEERS) if m not in OPT_IN),
                         help="zoo criteria (gate-sens: gate with rates='sensitivity'; gate-lat: gate-sens with the level "
                              "a fraction of the measured layer time, round_to=16; gate-rec: gate-sens with "
-                             "reconstruct=True; gate-soft, not among the defaults: "
-                             "gate-sens faded out during the fine-tuning by the training config's prune: section) and "
-                             "tp-magnitude, tp-taylor")
+                             "reconstruct=True; gate-greedy: gate with rates='greedy'; greedy-lat-rec: the greedy "
+                             "search on measured time in steps of 8 channels, with reconstruct=True) and "
+                             "tp-magnitude, tp-taylor; named only: gate-soft (gate-sens faded out during the "
+                             "fine-tuning by the training config's prune: section), gate-lat-rec, greedy-lat, "
+                             "greedy-rec (gate-greedy with reconstruct=True)")
     parser.add_argument("--round-to", type=int, default=1, help="zoo rows keep a multiple of this many channels per group")
     parser.add_argument("--base-steps", type=int, default=300,
                         help="training steps of the digits model before pruning (0: prune the untrained model)")

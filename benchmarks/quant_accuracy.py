@@ -61,7 +61,7 @@ from common import machine, print_table  # noqa: E402
 from zoo.quant import QuantSpec  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "quant_accuracy"
-METHODS = ("rtn", "smoothquant", "awq", "os+")
+METHODS = ("rtn", "smoothquant", "awq", "os+", "gptq")
 # "w4a8-g32*": group 32 where 32 divides a layer's input channels, per channel elsewhere (the CA / SE
 # up-projections have 2-8 inputs); plain "w4a8-g32" would refuse those layers
 # the presets quantize a k x k convolution's activations with one scale per image (every layer runs on the

@@ -92,10 +92,10 @@ def logit_sqnr(model, reference: list[torch.Tensor], test) -> float:
 
 
 def uniform_w4a8_rows(fp32, calib, score, digits: int, rows: list, results: dict) -> int:
-    """The uniform w4a8 rows (RTN, AWQ) every table compares ``auto`` with; returns RTN's size in bytes (the
+    """The uniform w4a8 rows (RTN, AWQ, GPTQ) every table compares ``auto`` with; returns RTN's size in bytes (the
     w4a8 size the budgets are set from)."""
     base, fp32_bytes, rtn_bytes = results["fp32"], model_bytes(fp32), 0
-    for method in ("rtn", "awq"):
+    for method in ("rtn", "awq", "gptq"):
         model = copy.deepcopy(fp32)
         seconds = timed_quantize(model, "w4a8", calib=calib if method != "rtn" else None, method=method)
         value = score(model)

@@ -97,7 +97,8 @@ def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.M
     weighted sum with ``pool_filter``), where its Triton kernel runs and it implements every piece (plain
     float layers, ReLU or SiLU, sigmoid); None otherwise, and the caller pools and runs its modules (the
     CPU path, quantized or hooked layers)."""
-    if not can_fuse() or not kernels.squeeze_excite_runs_fused(x):  # first: FX tracing, hooks, the CPU
+    # the cheapest refusal first: an FX proxy (symbolic tracing), then a map no Triton kernel runs on (the CPU)
+    if not isinstance(x, torch.Tensor) or not kernels.squeeze_excite_runs_fused(x) or not can_fuse():
         return None
     name = _FUSED_ACTS.get(type(act))
     if name is None or type(gate) is not nn.Sigmoid or not (_plain_pointwise(down) and _plain_pointwise(up)):
@@ -110,8 +111,8 @@ def fused_mlp_gate(x: torch.Tensor, pool_filter: torch.Tensor | None, down: nn.M
 def fused_conv_gate(x: torch.Tensor, conv: nn.Module, gate: nn.Module) -> torch.Tensor | None:
     """ECA's ``gate(conv(mean_hw(x)))`` along the channels as one ``zoo.kernels.squeeze_excite_conv`` launch
     where its Triton kernel runs (a plain bias-free ``nn.Conv1d``, sigmoid); None otherwise."""
-    if (not can_fuse(conv) or not kernels.squeeze_excite_runs_fused(x) or type(conv) is not nn.Conv1d
-            or conv.bias is not None or type(gate) is not nn.Sigmoid):
+    if (not isinstance(x, torch.Tensor) or not kernels.squeeze_excite_runs_fused(x) or not can_fuse(conv)
+            or type(conv) is not nn.Conv1d or conv.bias is not None or type(gate) is not nn.Sigmoid):
         return None
     g, _ = kernels.squeeze_excite_conv(x, None, conv.weight.view(-1))
     return g

@@ -68,41 +68,60 @@ def _rounded_scale(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tenso
     return scale.to(scale_dtype).clamp_min(torch.finfo(scale_dtype).tiny)
 
 
-def _weight_grid(seg: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype):
-    """Scale (N, S), zero point (N, S) or None, and integer levels (N, S, L) of weight segments.
-
-    Levels are computed against the stored (rounded) scale.
-    """
+def segment_grid(seg: torch.Tensor, bits: int, symmetric: bool, grouped: bool
+                 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The scale (N, S) and, for asymmetric int4, zero point (N, S) round to nearest gives segments (N, S, L):
+    the grid clips nothing; scales are stored in fp16 for groups (``grouped``), fp32 per channel."""
+    scale_dtype = torch.float16 if grouped else torch.float32
     if symmetric and bits == 8:
-        scale = _rounded_scale(seg.abs().amax(-1) / 127, scale_dtype)
-        return scale, None, torch.round(seg / scale.float()[..., None]).clamp(-127, 127)
+        return _rounded_scale(seg.abs().amax(-1) / 127, scale_dtype), None
     high, low = seg.amax(-1).clamp(min=0), seg.amin(-1).clamp(max=0)  # keep 0 exactly representable
     if symmetric:
-        scale = _rounded_scale(torch.maximum(high / INT4_MAX, low / INT4_MIN), scale_dtype)  # (N, S)
-        return scale, None, torch.round(seg / scale.float()[..., None]).clamp(INT4_MIN, INT4_MAX)
+        return _rounded_scale(torch.maximum(high / INT4_MAX, low / INT4_MIN), scale_dtype), None  # (N, S)
     scale = _rounded_scale((high - low) / 15, scale_dtype)
-    zero = torch.round(-low / scale.float()).clamp(0, 15)
-    return scale, zero, (torch.round(seg / scale.float()[..., None]) + zero[..., None]).clamp(0, 15)
+    return scale, torch.round(-low / scale.float()).clamp(0, 15)
+
+
+def segment_levels(seg: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], bits: int,
+                   symmetric: bool) -> torch.Tensor:
+    """Integer levels (N, S, L) of segments on the grid ``scale`` / ``zero`` (N, S), clamped to its range."""
+    levels = torch.round(seg / scale.float()[..., None])
+    if bits == 8:
+        return levels.clamp(-127, 127)
+    if symmetric:
+        return levels.clamp(INT4_MIN, INT4_MAX)
+    return (levels + zero[..., None]).clamp(0, 15)
+
+
+def _weight_grid(seg: torch.Tensor, bits: int, symmetric: bool, grouped: bool,
+                 grid: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None):
+    """Scale (N, S), zero point (N, S) or None, and integer levels (N, S, L) of weight segments: on ``grid``
+    where given (a method that chose its own, GPTQ), else on :func:`segment_grid`'s. Levels are computed
+    against the stored (rounded) scale."""
+    scale, zero = grid if grid is not None else segment_grid(seg, bits, symmetric, grouped)
+    return scale, zero, segment_levels(seg, scale, zero, bits, symmetric)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, group_size: Optional[int] = None, symmetric: bool = True,
-                    fp8: bool = False) -> QuantizedWeight:
+                    fp8: bool = False, grid: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
+                    ) -> QuantizedWeight:
     """Round-to-nearest quantization of channels-last weights (N, KH, KW, C).
 
     Scales are stored in fp32 for one scale per channel and in fp16 for groups (they are then a
     noticeable part of an int4 file); the values are computed against the stored, rounded scale.
+    ``grid``: the (scale, zero) to round onto instead of the ones the weights' own range gives (GPTQ
+    fixes each group's grid before it adjusts the group's weights).
     """
     w = weight.detach().float()
     n, kh, kw, c = w.shape
     seg = _segments(w, group_size)  # (N, S, L)
-    scale_dtype = torch.float32 if group_size is None else torch.float16
     if fp8:
         scale = (seg.abs().amax(-1) / FP8_MAX).clamp_min(1e-12)  # (N, S)
         values = (seg / scale[..., None]).to(torch.float8_e4m3fn).view(n, kh, kw, c)
         return QuantizedWeight(values, scale, None)
     if not symmetric and bits != 4:
         raise ValueError("asymmetric weights are 4 bit")
-    scale, zero, q = _weight_grid(seg, bits, symmetric, scale_dtype)
+    scale, zero, q = _weight_grid(seg, bits, symmetric, group_size is not None, grid)
     q = q.view(n, kh, kw, c)
     if bits == 8:
         return QuantizedWeight(q.to(torch.int8), scale, None)
@@ -120,7 +139,7 @@ def fake_quantize_weight(weight: torch.Tensor, bits: int, group_size: Optional[i
         scale = (seg.abs().amax(-1) / FP8_MAX).clamp_min(1e-12)[..., None]
         deq = (seg / scale).to(torch.float8_e4m3fn).float() * scale
     else:
-        scale, zero, q = _weight_grid(seg, bits, symmetric, torch.float32 if group_size is None else torch.float16)
+        scale, zero, q = _weight_grid(seg, bits, symmetric, group_size is not None)
         deq = (q - (0 if zero is None else zero[..., None])) * scale.float()[..., None]
     return deq.view(n, kh, kw, c).to(weight.dtype)
 
@@ -314,10 +333,11 @@ class _QuantLayer(nn.Module):
                 "act_multiplier": layer.act_multiplier is not None, "act_shift": layer.act_shift is not None,
                 "act_scale": layer.act_scale is not None}
 
-    def set_weight(self, weight_nhwc: torch.Tensor) -> None:
-        """Quantize float channels-last weights (N, KH, KW, C) into this layer's buffers."""
+    def set_weight(self, weight_nhwc: torch.Tensor, grid: Optional[tuple] = None) -> None:
+        """Quantize float channels-last weights (N, KH, KW, C) into this layer's buffers (on ``grid``, a
+        (scale, zero) pair, where a method chose it: :func:`quantize_weight`)."""
         q = quantize_weight(weight_nhwc, self.spec.weight_bits, self.group_size, self.spec.weight_symmetric,
-                            self.spec.fp8)
+                            self.spec.fp8, grid)
         self.qweight = q.values.to(self.qweight.device)
         self.weight_scale = q.scale.to(self.weight_scale.dtype).to(self.qweight.device)
         if self.weight_zero is not None:

@@ -100,8 +100,11 @@ class KernelOp:
         self.register_triton(launch)
 
     def backend_for(self, x: torch.Tensor) -> str:
+        mode = kernel_mode()
+        if mode == "auto" and not x.is_cuda:  # the common CPU call: one environment read, no interpreter check
+            return "torch"
         runs = self.triton is not None and _triton_importable() and (x.is_cuda or _interpreting())
-        choice = choose_backend(kernel_mode(), runs, x.is_cuda)
+        choice = choose_backend(mode, runs, x.is_cuda)
         if choice is None:
             why = "no Triton implementation is registered" if self.triton is None else (
                 "Triton is not importable" if not _triton_importable()

@@ -364,12 +364,72 @@ def test_sensitivity_rates_keep_a_planted_sensitive_group_wider():
     pruned = zoo.prune(model, "flops=0.5", "l1", [x], rates="sensitivity")
     assert pruned.layer4[0].conv1.out_channels == planted["layer4.0.inner1"]
     assert 0.5 <= 1 - pruned.prune_report.macs[1] / pruned.prune_report.macs[0] < 0.52
-    with pytest.raises(ValueError, match="rates must be one of global, sensitivity; got 'auto'"):
+    with pytest.raises(ValueError, match="rates must be one of global, sensitivity, greedy; got 'auto'"):
         zoo.prune(model, "flops=0.5", "l1", [x], rates="auto")
     with pytest.raises(ValueError, match="rates='sensitivity' measures each group's effect on calibration batches"):
         zoo.prune(model, "flops=0.5", "l1", rates="sensitivity")
     with pytest.raises(ValueError, match="this target names them itself: give one or the other"):
         zoo.prune(model, {"layer4": 0.5}, "l1", [x], rates="sensitivity")
+
+
+def test_greedy_search_takes_the_cheapest_step_per_saved_cost_and_measures_lazily():
+    """greedy_removal on formulas: group 0 is ten times as sensitive as group 1, so the budget is met from
+    group 1 first; group 2's cost is a staircase (kept widths between multiples of 16 cost the next multiple),
+    so its 8-channel step is taken two at a time or not at all; a step is measured only when it leads."""
+    from zoo.pruning.search import greedy_removal
+
+    widths, floors, steps = [32, 32, 32], [4, 4, 8], [8, 8, 8]
+    weight = [10.0, 1.0, 2.0]
+    calls = []
+
+    def cost(removed):
+        kept = [w - r for w, r in zip(widths, removed)]
+        return kept[0] + kept[1] + -(-kept[2] // 16) * 16  # group 2 runs in blocks of 16
+
+    def measure(removed):
+        calls.append(tuple(removed))
+        return sum(w * r * r for w, r in zip(weight, removed))  # convex: each further step costs more
+
+    removed = greedy_removal(widths, floors, steps, cost, 0.5 * cost([0, 0, 0]), measure)
+    assert removed == greedy_removal(widths, floors, steps, cost, 0.5 * cost([0, 0, 0]), measure)  # deterministic
+    assert cost(removed) <= 48 and removed[2] % 16 == 0
+    # rise per saved unit: group 1's steps 8, 24, 40 (then its floor); group 2's double step 32; group 0's 80, last
+    assert removed == [8, 24, 16], removed
+    assert len(set(calls)) < 3 * 5  # fewer distinct measurements than every group's every step
+    with pytest.raises(ValueError, match="out of reach: every group cut to its floor still costs"):
+        greedy_removal(widths, floors, steps, cost, 0.1 * cost([0, 0, 0]), measure)
+
+
+def test_greedy_rates_keep_a_planted_sensitive_group_and_meet_a_latency_target(monkeypatch):
+    """rates='greedy' on a model: the search meets a FLOPs target, leaves the model's weights as they were,
+    and keeps layer4.0's inner channels when the conv reading them is scaled by 30 (the global ranking of
+    l1 scores cannot see that); under a latency target it meets the timed budget (a timer returning MACs)."""
+    from zoo.pruning import latency, plan_pruning
+
+    model, _ = _make("seresnet18")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calm = plan_pruning(model, "flops=0.5", "l1", [x], rates="greedy")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.layer4[0].conv2.weight.mul_(30)
+    planted = plan_pruning(model, "flops=0.5", "l1", [x], rates="greedy")
+    inner = lambda plan: plan.report.widths["layer4.0.inner1"][1]  # noqa: E731
+    assert inner(planted) > inner(calm), (inner(planted), inner(calm))
+    pruned = zoo.prune(model, "flops=0.5", "l1", [x], rates="greedy", round_to=8)
+    assert all(after % 8 == 0 or after == full for full, after in pruned.prune_report.widths.values())
+    assert 1 - pruned.prune_report.macs[1] / pruned.prune_report.macs[0] >= 0.5
+    assert pruned(x).shape == (2, model.num_classes)
+
+    monkeypatch.setattr(latency, "time_layer", lambda layer, example, cin, cout: float(cin * cout))
+    model, x = _make("rcan")
+    plan = plan_pruning(model, "latency=0.4", "l1", [x], rates="greedy", example_input=x)
+    full, after = plan.report.latency
+    assert after <= 0.6 * full
+    with pytest.raises(ValueError, match="rates='greedy' measures each group's effect on calibration batches"):
+        plan_pruning(model, "flops=0.5", "l1", rates="greedy")
+    with pytest.raises(ValueError, match=r"target flops=0.8 is out of reach: .* \(rates='greedy' cuts whole steps"):
+        plan_pruning(model, "flops=0.8", "l1", [x], rates="greedy", min_keep=0.5)
 
 
 def test_target_parsing():
@@ -508,7 +568,7 @@ def test_a_bad_prune_section_stops_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="prune.mode must be one of soft, oneshot; got 'gradual'"):
         run(["--config", str(cfg)])
     cfg = _digits_config(tmp_path, {"target": "flops=0.5", "rates": "auto"})
-    with pytest.raises(ConfigError, match="prune.rates must be one of global, sensitivity; got 'auto'"):
+    with pytest.raises(ConfigError, match="prune.rates must be one of global, sensitivity, greedy; got 'auto'"):
         run(["--config", str(cfg)])
     cfg = _digits_config(tmp_path, {"target": "flops=0.5", "mode": "soft", "reconstruct": True})
     with pytest.raises(ConfigError, match="prune.reconstruct refits the layers right after a one-shot cut"):

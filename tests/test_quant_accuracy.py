@@ -96,7 +96,7 @@ def test_best_calibrated_w4a8_within_0_3_db(sr, rcan_psnr):
     assert sr["base"] - best <= 0.3
 
 
-@pytest.mark.parametrize("method", ["smoothquant", "awq", "os+"])
+@pytest.mark.parametrize("method", ["smoothquant", "awq", "os+", "gptq"])
 def test_calibrated_w4a8_not_worse_than_rtn(rcan_psnr, method):
     # 0.02 dB: on this crop the methods gain 0.08-0.18 dB over RTN; the margin only absorbs float noise
     # across machines. (With a single calibration batch SmoothQuant does lose ~0.15 dB to RTN here: its
@@ -155,7 +155,7 @@ def test_calibration_of_the_wrong_width_for_a_linear_model(mlp):
 
 def test_unknown_method_names_the_valid_ones(sr):
     with pytest.raises(ValueError) as info:
-        zoo.quantize(copy.deepcopy(sr["fp32"]), "w4a8", method="gptq")
+        zoo.quantize(copy.deepcopy(sr["fp32"]), "w4a8", method="hqq")
     assert all(name in str(info.value) for name in METHODS)
     with pytest.raises(ValueError, match="did you mean 'awq'"):
         zoo.quantize(copy.deepcopy(sr["fp32"]), "w4a8", method="awk")

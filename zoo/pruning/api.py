@@ -6,12 +6,14 @@ one global ranking under the target (the automated per-layer rates of Liu et al.
 Automated Channel Pruning", 2021, in its simplest form: scores normalized by their group's mean, one
 threshold over all groups, found by bisection on the estimated cost: MACs, parameters, or the layers'
 time measured on this machine; ``rates="sensitivity"`` first weighs each group by the calibration loss
-its pruning alone costs); then every member of a group loses the same channels. The result is a smaller
+its pruning alone costs; ``rates="greedy"`` searches the widths step by step on that loss instead,
+:mod:`zoo.pruning.search`); then every member of a group loses the same channels. The result is a smaller
 dense model of the same class, which ``save_pretrained`` records and ``zoo.create(name, pretrained=folder)``
 rebuilds.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -30,12 +32,13 @@ from .importance import IMPORTANCE, NEEDS_DATA, Calibration, group_width, score_
 from .latency import LatencyModel
 from .reconstruct import refit_after_cut
 from .replay import ATTR_PREFIX, check_record, cut_of, dim_size, shrink
+from .search import CalibrationMetric, greedy_removal, group_step
 from .target import PruneTarget
 
 __all__ = ["prune", "record_widths", "plan_pruning", "apply_plan", "soft_mask", "slice_state_dict", "PrunePlan",
            "PruneReport", "format_report", "check_importance"]
 
-RATES = ("global", "sensitivity")  # how a FLOPs or parameter target is shared among the groups
+RATES = ("global", "sensitivity", "greedy")  # how a FLOPs, parameter or latency target is shared among the groups
 
 
 @dataclass
@@ -91,6 +94,11 @@ def prune(model: nn.Module, target: object, importance: str = "gate", calib: Ite
             on the calibration batches first (each group pruned alone at the target fraction, the loss rise,
             or the output's relative change without labels, measured; a group's scores are scaled by
             ``1 + log(1 + its rise / the mean rise)``), so a group the model leans on keeps more channels.
+            ``"greedy"``: the widths searched step by step from the full model, each step the cut of one group's
+            next lowest-scored channels (a multiple of ``round_to``, about an eighth of the group) that raises
+            that calibration metric least per unit of cost saved (:mod:`zoo.pruning.search`): slower (a few
+            forward passes over the batches per step), and the one that weighs a whole block of channels
+            against the time it saves when ``round_to`` makes the steps coarse.
         reconstruct: after the cut, refit every conv and linear layer that reads removed channels by least
             squares on the calibration batches, in call order, so its output stays as close as it can to the
             full model's (:mod:`zoo.pruning.reconstruct`; He et al. and ThiNet, ICCV 2017). Needs ``calib``;
@@ -136,12 +144,12 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
     batches = list(islice(iter(calib), num_batches)) if calib is not None else []
     if rates not in RATES:
         raise ValueError(f"rates must be one of {', '.join(RATES)}; got {rates!r}")
-    if rates == "sensitivity" and spec.kind == "rates":
-        raise ValueError("rates='sensitivity' chooses the group rates under a 'flops=', 'params=' or 'latency=' target, and this "
-                         "target names them itself: give one or the other")
-    if rates == "sensitivity" and not batches:
-        raise ValueError("rates='sensitivity' measures each group's effect on calibration batches: pass calib=<a "
-                         "DataLoader or a list of input batches>, or use rates='global'")
+    if rates != "global" and spec.kind == "rates":
+        raise ValueError(f"rates={rates!r} chooses the group rates under a 'flops=', 'params=' or 'latency=' target, and "
+                         f"this target names them itself: give one or the other")
+    if rates != "global" and not batches:
+        raise ValueError(f"rates={rates!r} measures each group's effect on calibration batches: pass calib=<a "
+                         f"DataLoader or a list of input batches>, or use rates='global'")
     if importance in NEEDS_DATA and not batches:
         raise ValueError(f"importance={importance!r} runs the model: pass calib=<a DataLoader or a list of input "
                          f"batches>, or use importance='l1' or 'bn', which read the weights only")
@@ -174,12 +182,15 @@ def plan_pruning(model: nn.Module, target: object, importance: str = "gate", cal
             removed = [min(round(spec.rates.get(g.name, 0.0) * w), w - f) for g, w, f in zip(groups, widths, floors)]
             removed = _rounded(removed, widths, round_to)
         else:
-            bias = (_sensitivity(model, groups, scores, widths, floors, spec.amount, batches, loss_fn)
-                    if rates == "sensitivity" else None)
             cost = _cost_model(model, groups, spec, macs, example)
-            removed = _global_threshold(cost, scores, floors, spec, arch, round_to, bias)
-            if isinstance(cost, LatencyModel):  # the layers' measured time before and after (cached: no rerun)
-                latency = (cost.full, cost.estimate(removed))
+            if rates == "greedy":
+                removed = _greedy(model, groups, scores, widths, floors, cost, spec, arch, round_to, batches, loss_fn)
+            else:
+                bias = (_sensitivity(model, groups, scores, widths, floors, spec.amount, batches, loss_fn)
+                        if rates == "sensitivity" else None)
+                removed = _global_threshold(cost, scores, floors, spec, arch, round_to, bias)
+        if spec.kind == "latency":  # the layers' measured time before and after (cached: no rerun)
+            latency = (cost.full, cost.estimate(removed))
     report = PruneReport(spec, importance, (float(sum(macs.values())), float("nan")), (count_params(model), 0),
                          {g.name: (w, w - r) for g, w, r in zip(groups, widths, removed)}, latency)
     return PrunePlan(_kept_indices(model, groups, scores, removed, widths), report, example)
@@ -291,46 +302,54 @@ def _rounded(removed: list[int], widths: list[int], round_to: int) -> list[int]:
     return [w - k for w, k in zip(widths, kept)]
 
 
-@torch.no_grad()
-def _sensitivity(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int],
-                 floors: list[int], amount: float, batches: list, loss_fn) -> list[float]:
-    """Each group's weight in the global ranking, ``1 + log(1 + rise / mean rise)``: the rise is the calibration loss's
-    (``loss_fn`` on (input, target) batches), or else the output's relative squared change, when the group
-    alone loses ``amount`` of its channels (its lowest-scored ones, zeroed in place and restored after)."""
-    was_training = model.training
-    model.eval()
-    labelled = loss_fn is not None and all(isinstance(b, (list, tuple)) and len(b) > 1 for b in batches)
-    inputs = [input_of(b) for b in batches]
-    reference = [model(x) for x in inputs]
-
-    def metric(net: nn.Module) -> float:
-        outs = [net(x) for x in inputs]
-        if labelled:
-            return sum(float(loss_fn(o, b[1])) for o, b in zip(outs, batches)) / len(outs)
-        return sum(float((o - r).pow(2).sum() / r.pow(2).sum().clamp_min(1e-12))
-                   for o, r in zip(outs, reference)) / len(outs)
-
-    base = metric(model)
+@contextlib.contextmanager
+def _zeroed(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int], removed: list[int]):
+    """The model with each group's ``removed`` lowest-scored channels zeroed in place (the end of soft masking
+    stands for their removal, with no copy of the model), restored on exit."""
     saved = {name: p.detach().clone() for name, p in model.named_parameters()}
-    rises = []
     try:
-        for i, (width, floor) in enumerate(zip(widths, floors)):
-            count = min(round(amount * width), width - floor)
-            if count == 0:
-                rises.append(0.0)
-                continue
-            removed = [count if j == i else 0 for j in range(len(groups))]
-            # the channels zeroed (the end of soft masking) stand for their removal, with no copy of the model
-            soft_mask(model, PrunePlan(_kept_indices(model, groups, scores, removed, widths), None, None), 0.0)
-            rises.append(max(metric(model) - base, 0.0))
+        soft_mask(model, PrunePlan(_kept_indices(model, groups, scores, removed, widths), None, None), 0.0)
+        yield model
+    finally:
+        with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(saved[name])
-    finally:
-        for name, p in model.named_parameters():
-            p.copy_(saved[name])
-        model.train(was_training)
+
+
+def _sensitivity(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int],
+                 floors: list[int], amount: float, batches: list, loss_fn) -> list[float]:
+    """Each group's weight in the global ranking, ``1 + log(1 + rise / mean rise)``: the rise of the
+    :class:`~zoo.pruning.search.CalibrationMetric` when the group alone loses ``amount`` of its channels."""
+    metric = CalibrationMetric(model, batches, loss_fn)
+    base = metric()
+    rises = []
+    for i, (width, floor) in enumerate(zip(widths, floors)):
+        count = min(round(amount * width), width - floor)
+        if count == 0:
+            rises.append(0.0)
+            continue
+        with _zeroed(model, groups, scores, widths, [count if j == i else 0 for j in range(len(groups))]):
+            rises.append(max(metric() - base, 0.0))
     mean = sum(rises) / len(rises)
     return [1.0 + math.log1p(r / mean) if mean > 0 else 1.0 for r in rises]
+
+
+def _greedy(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int], floors: list[int],
+            cost: CostModel | LatencyModel, spec: PruneTarget, arch: str, round_to: int, batches: list,
+            loss_fn) -> list[int]:
+    """The removed count of every group by the greedy search of :mod:`zoo.pruning.search`."""
+    metric = CalibrationMetric(model, batches, loss_fn)
+
+    def measure(removed: list[int]) -> float:
+        with _zeroed(model, groups, scores, widths, removed):
+            return metric()
+
+    steps = [group_step(w, round_to) for w in widths]
+    try:
+        return greedy_removal(widths, floors, steps, cost.estimate, cost.full * (1 - spec.amount), measure)
+    except ValueError as error:
+        raise ValueError(f"target {spec.kind}={spec.amount} is {error} for {arch} (rates='greedy' cuts whole steps of "
+                         f"round_to={round_to} channels); lower the target, min_keep or round_to") from None
 
 
 def _global_threshold(cost: CostModel, scores: list[torch.Tensor], floors: list[int], spec: PruneTarget,

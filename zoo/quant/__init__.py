@@ -1,4 +1,4 @@
-"""Quantization: specs, calibration (RTN, SmoothQuant, AWQ, Outlier Suppression+, RepQ-ViT), conversion, files.
+"""Quantization: specs, calibration (RTN, SmoothQuant, AWQ, Outlier Suppression+, RepQ-ViT, GPTQ), conversion, files.
 
 >>> model = zoo.create("rcan_tiny_x2", pretrained=True)
 >>> zoo.quantize(model, "w4a8", calib=batches, method="awq")
@@ -6,6 +6,7 @@
 """
 from zoo.blocks.quant_spec import PRESETS, QuantSpec
 from .methods import METHODS
+from . import gptq  # noqa: F401  (registers the "gptq" method)
 from .convert import quant_aware, quantize, select_layers, summary
 from .analyze import QuantReport, analyze
 from .plan import QuantPlan

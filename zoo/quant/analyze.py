@@ -38,7 +38,7 @@ from .convert import LayerReport, _in_channels, _model_output, _producer_module,
 from .methods import METHODS, SimulatedLayer, Transform, layer_reference, shift_allowed
 
 OUTLIER_FACTOR = 6.0  # a channel whose max |x| exceeds this many times the median channel's is an outlier
-DEFAULT_METHODS = ("rtn", "smoothquant", "awq", "os+")
+DEFAULT_METHODS = ("rtn", "smoothquant", "awq", "os+", "gptq")
 # the method searches and layer SQNRs run on at most this many input elements of each layer's sample (whole
 # images / rows): on resnet50 with 8 images the full sample made them 2/3 of the analysis time
 SEARCH_ELEMENTS = 2 ** 19

@@ -130,8 +130,9 @@ def _divide_outputs(producer: nn.Module, scale: torch.Tensor, shift: Optional[to
 
 
 def _apply(model: nn.Module, name: str, layer: nn.Module, t: Transform, calib: Calibration,
-           fold: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], str]:
-    """Rewrite ``layer`` for transform ``t``; returns the explicit (multiplier, shift) left for it."""
+           fold: bool, rounded: frozenset = frozenset()) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], str]:
+    """Rewrite ``layer`` for transform ``t``; returns the explicit (multiplier, shift) left for it. Nothing
+    folds into a layer in ``rounded``, whose weights a method (GPTQ) has rounded already."""
     scale, shift = t.scale, t.shift
     if scale is None and shift is None:
         return None, None, ""
@@ -145,7 +146,7 @@ def _apply(model: nn.Module, name: str, layer: nn.Module, t: Transform, calib: C
             view = (1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else (1, -1)
             layer.weight.mul_(scale.to(layer.weight).view(view))
     producer = calib.producers.get(name) if fold else None
-    if producer is not None:
+    if producer is not None and producer.name not in rounded:
         target = model.get_submodule(producer.name)
         fold_shift = shift if not producer.through_nonlinearity else None
         if isinstance(target, FOLDABLE) and _divide_outputs(target, scale if scale is not None else
@@ -175,7 +176,7 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
             ``base=`` (the spec it starts from, default ``w4a8``)).
         calib: calibration data (a DataLoader or a list of input batches / (input, target) pairs);
             needed by every method but ``rtn`` and by static activation scales.
-        method: a name of :data:`zoo.quant.METHODS` (``rtn``, ``smoothquant``, ``awq``, ``os+``, ``repq``;
+        method: a name of :data:`zoo.quant.METHODS` (``rtn``, ``smoothquant``, ``awq``, ``os+``, ``repq``, ``gptq``;
             see :mod:`zoo.quant.methods`).
         alpha: SmoothQuant's migration strength.
         fold: fold scales and shifts into the producing layer where the graph allows.
@@ -248,6 +249,8 @@ def quantize(model: nn.Module, spec, calib: Optional[Iterable] = None, method: s
                                    act_multiplier=multiplier is not None, act_shift=shift is not None,
                                    act_scale=static_scale is not None and not spec.weight_only)
         with torch.no_grad():
+            if transforms[name].weight is not None:  # a method that rounded the weights itself: its codes
+                quantized.set_weight(transforms[name].weight, transforms[name].grid)
             if multiplier is not None:
                 quantized.act_multiplier.copy_(multiplier)
             if shift is not None:
@@ -289,7 +292,9 @@ def _transform_all(model, layers, transforms, calibration, fold) -> dict[str, tu
     saved = copy.deepcopy(model.state_dict()) if fold else None
     with torch.no_grad():
         before = _model_output(model.eval(), x) if fold else None
-    explicit = {name: _apply(model, name, layer, transforms[name], calibration, fold) for name, layer in layers.items()}
+    rounded = frozenset(name for name, t in transforms.items() if t.weight is not None)
+    explicit = {name: _apply(model, name, layer, transforms[name], calibration, fold, rounded)
+                for name, layer in layers.items()}
     if fold:
         # the consumer's explicit multiplier/shift are not in the float model: apply them as hooks to check
         handles = [layers[n].register_forward_pre_hook(_explicit_hook(m, s, layers[n]))

@@ -15,6 +15,8 @@ Every method rewrites a layer ``y = W x + b`` into the same function of easier-t
   searched to minimise the layer's output error;
 - ``awq`` (Lin et al., 2024): ``s_j = mean|X_j|^a`` (normalised), ``a`` searched on a grid to minimise
   the layer's output error with quantized weights (and activations when they are quantized);
+- ``gptq`` (Frantar et al., 2023; :mod:`zoo.quant.gptq`): no rewrite of the activations; the weights are
+  rounded column by column, each column's error moved onto the columns not yet rounded;
 - ``repq`` (RepQ-ViT, Li et al., 2023): for layers that read a LayerNorm's output, per-channel
   activation quantization reparameterized to a per-layer one: ``z_j`` centres each channel
   (``(max_j + min_j) / 2``) and ``s_j = r_j / mean(r)`` equalises the channel ranges ``r_j``, both
@@ -42,10 +44,13 @@ GRID = 20
 
 @dataclass
 class Transform:
-    """What a method decided for one layer: activations ``(x - shift) / scale``."""
+    """What a method decided for one layer: activations ``(x - shift) / scale``; and, for a method that rounds
+    the weights itself (GPTQ), the weights (N, KH, KW, C) to store and the (scale, zero) grid they lie on."""
 
     scale: Optional[torch.Tensor] = None
     shift: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
+    grid: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
 
 
 def register_method(name: str):
@@ -90,14 +95,14 @@ class SimulatedLayer:
     @torch.no_grad()
     def __init__(self, layer: nn.Module, spec, group_size: Optional[int], transform: Transform) -> None:
         self.layer, self.spec, self.transform = layer, spec, transform
-        weight = weight_nhwc(layer)  # (N, KH, KW, C)
+        weight = weight_nhwc(layer) if transform.weight is None else transform.weight  # (N, KH, KW, C)
         bias = None if layer.bias is None else layer.bias.detach().float()
         if transform.shift is not None:
             correction = (weight * transform.shift).sum((1, 2, 3))  # W z, summed over taps
             bias = correction if bias is None else bias + correction
         if transform.scale is not None:
             weight = weight * transform.scale
-        q = quantize_weight(weight, spec.weight_bits, group_size, spec.weight_symmetric, spec.fp8)
+        q = quantize_weight(weight, spec.weight_bits, group_size, spec.weight_symmetric, spec.fp8, transform.grid)
         self.weight = dequantize_weight(q.values, q.scale, q.zero, spec.weight_bits, weight.shape[-1], group_size,
                                         spec.fp8)
         self.bias = bias

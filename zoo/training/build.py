@@ -60,9 +60,9 @@ def check_prune_section(prune: PruneSection, model: ModelSection, subcommand: st
         raise ConfigError(f"prune: {exc.args[0]}") from None
     if prune.rates not in RATES:
         raise ConfigError(f"prune.rates must be one of {', '.join(RATES)}; got {prune.rates!r}")
-    if prune.rates == "sensitivity" and target.kind == "rates":
-        raise ConfigError("prune.rates: sensitivity chooses the group rates under a flops=, params= or latency= target, and "
-                          "this target names them itself: give one or the other")
+    if prune.rates != "global" and target.kind == "rates":
+        raise ConfigError(f"prune.rates: {prune.rates} chooses the group rates under a flops=, params= or latency= target, "
+                          f"and this target names them itself: give one or the other")
     if prune.mode not in PRUNE_MODES:
         near = closest(prune.mode, PRUNE_MODES, n=1)
         raise ConfigError(f"prune.mode must be one of {', '.join(PRUNE_MODES)}; got {prune.mode!r}"

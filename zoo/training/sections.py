@@ -54,7 +54,7 @@ class PruneSection:
     calib_batches: int = 4
     min_keep: float = 0.1
     round_to: int = 1  # keep multiples of this many channels per group (16: the fp32 block of AVX-512 conv kernels)
-    rates: str = "global"  # or "sensitivity": per-group rates weighed by each group's cost on the calibration batches
+    rates: str = "global"  # "sensitivity": scores weighed by each group's cost on the calibration batches; "greedy": searched
     reconstruct: bool = False  # oneshot: refit the layers reading cut channels by least squares (zoo.prune's option)
 
 
