@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.kernels import int_conv2d, int_linear, kernel_mode, onednn_int8, pack_int4, quantize_act, unpack_int4
+from zoo.kernels import (int_conv2d, int_linear, kernel_mode, onednn_int8, pack_int4, quantize_act, unpack_int4,
+                         weight_only)
 from zoo.kernels.int_gemm import INT4_SYMMETRIC_ZERO
 
 from .quant_spec import QuantSpec
@@ -238,6 +239,8 @@ class _QuantLayer(nn.Module):
         self.register_buffer("act_scale", torch.ones((), device=device) if act_scale else None)
         self._onednn = onednn_int8.WeightCache()
         self._onednn_decision: Optional[tuple[str, bool]] = None  # (ZOO_KERNELS value, runs on oneDNN)
+        self._weight_only = weight_only.PackedCache()  # weight-only layers' packed weights, made on first use
+        self._weight_only_decision: Optional[tuple[str, bool]] = None  # (ZOO_KERNELS value, fits the kernels)
         self.fused_relu = False  # a ReLU that followed this layer, applied here (set by zoo.optimize)
         # the next layer's static activation scale: emit its uint8 codes instead of floats (set by zoo.optimize)
         self.codes_out_scale: Optional[torch.Tensor] = None
@@ -262,7 +265,12 @@ class _QuantLayer(nn.Module):
         if self.spec.fp8:
             return "fp8", "e4m3 quantize-dequantize"
         if self.spec.weight_only:
-            return "dequantize", "weight-only: float matmul on dequantized weights"
+            why = self._weight_only_unfit(device)
+            if why is None:
+                return "packed weight-only", (f"PyTorch's int{self.spec.weight_bits} kernel, bf16 activations, up to "
+                                              f"{weight_only.MAX_ROWS[self.spec.weight_bits]} rows; more: float "
+                                              f"matmul on dequantized weights")
+            return "dequantize", f"weight-only: float matmul on dequantized weights ({why})"
         if device.type == "cuda":
             return ("reference" if kernel_mode() == "torch" else "triton"), "CUDA"
         if kernel_mode() != "auto":
@@ -276,6 +284,17 @@ class _QuantLayer(nn.Module):
         if self.weight_scale.shape[1] > 1:
             return "reference", "weight groups (one scale per output channel, -pcw, runs on oneDNN)"
         return "onednn", "exact int8"
+
+    def _weight_only_unfit(self, device: torch.device) -> Optional[str]:
+        """None when a weight-only layer can run the CPU's packed kernels (:mod:`zoo.kernels.weight_only`)."""
+        if not isinstance(self, QuantLinear):
+            return "a convolution"
+        if device.type != "cpu":
+            return f"on {device.type}"
+        if kernel_mode() != "auto":
+            return f"ZOO_KERNELS={kernel_mode()}"
+        return weight_only.unavailable_reason() or weight_only.layout_reason(self.spec.weight_bits, self.group_size,
+                                                                             self.in_channels, self.out_channels)
 
     def _runs_onednn(self, x: torch.Tensor) -> bool:
         """:meth:`execution` for this input is ``onednn``; decided once per ``ZOO_KERNELS`` value (a layer's
@@ -392,11 +411,28 @@ class QuantLinear(_QuantLayer):
             layer.bias = linear.bias.detach().float().clone()
         return layer
 
+    def _runs_weight_only_kernel(self, x2: torch.Tensor) -> bool:
+        """A few (M, K) rows of fp32 or bf16 in eager inference on a layer that fits the packed kernels: where
+        they beat dequantizing (more rows go to the dequantized weights)."""
+        if (x2.shape[0] > weight_only.MAX_ROWS[self.spec.weight_bits] or x2.device.type != "cpu"
+                or x2.dtype not in (torch.float32, torch.bfloat16) or (torch.is_grad_enabled() and x2.requires_grad)
+                or torch.compiler.is_compiling()):
+            return False
+        mode = kernel_mode()
+        if self._weight_only_decision is None or self._weight_only_decision[0] != mode:
+            self._weight_only_decision = (mode, self._weight_only_unfit(x2.device) is None)
+        return self._weight_only_decision[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_channels)  # (M, K)
         if self.spec.weight_only or self.spec.fp8:
             x2 = self._fp8_tokens(x2) if self.spec.fp8 else self._prepare(x2)
+            if self.spec.weight_only and self._runs_weight_only_kernel(x2):
+                weights = self._weight_only.get(self.qweight, self.weight_scale, self.weight_zero,
+                                                self.spec.weight_bits, self.in_channels, self.group_size)
+                y = weight_only.linear(x2, weights, self.bias)
+                return (y.relu_() if self.fused_relu else y).view(*lead, self.out_channels)
             weight = self.dequantized_weight().view(self.out_channels, -1).to(x2.dtype)  # (N, K)
             bias = None if self.bias is None else self.bias.to(x2.dtype)
             y = F.linear(x2, weight, bias)

@@ -34,7 +34,7 @@ if __name__ != "zoo.kernels":  # the repository's kernels/ folder installs as zo
     raise ImportError(f"import zoo.kernels, not {__name__}: the folder kernels/ is installed as zoo.kernels "
                       "(pip install -e . in the checkout)")
 
-from . import onednn_int8
+from . import onednn_int8, weight_only
 from .adaln import adaln_gated_residual, adaln_modulate, adaln_modulate_backward_reference, adaln_modulate_reference
 from .channel_excite import excite_conv, excite_conv_reference, excite_mlp, excite_mlp_reference
 from .channel_gate import (channel_scale, channel_scale_backward, channel_scale_backward_reference,
@@ -63,7 +63,7 @@ __all__ = [
     "squeeze_excite_mlp", "squeeze_excite_conv", "squeeze_excite_mlp_reference", "squeeze_excite_conv_reference",
     "squeeze_excite_runs_fused", "csam", "csam_reference", "csam_runs_fused",
     # integer layers
-    "onednn_int8", "quantize_act", "quantize_act_reference", "int_conv2d", "int_conv2d_reference",
+    "onednn_int8", "weight_only", "quantize_act", "quantize_act_reference", "int_conv2d", "int_conv2d_reference",
     "int_conv2d_accumulators_reference", "int_linear", "pack_int4", "unpack_int4",
     # ChannelViT
     "channel_patch_embed", "channel_patch_embed_reference",

@@ -221,6 +221,12 @@ def accumulators(codes: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # the layer op: cached weights behind a handle, traceable by torch.compile
 # --------------------------------------------------------------------------------------------------
+def buffers_key(*tensors: Optional[torch.Tensor]) -> tuple:
+    """What identifies the contents of a layer's buffers for a cache: each one's storage and version (an
+    inference tensor has no version counter: it cannot change outside inference mode)."""
+    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in tensors if t is not None)
+
+
 class WeightCache:
     """One layer's reordered weights and the buffer versions they were made from; copies start empty."""
 
@@ -246,7 +252,7 @@ class WeightCache:
     def get(self, qweight: torch.Tensor, w_scale: torch.Tensor, w_zero: Optional[torch.Tensor], weight_bits: int,
             channels: int, stride: tuple[int, int], padding: tuple[int, int], linear: bool) -> PackedWeight:
         """The packed weights of these buffers, reordered again only when one of them changed."""
-        key = tuple((t.data_ptr(), t._version) for t in (qweight, w_scale, w_zero) if t is not None)
+        key = buffers_key(qweight, w_scale, w_zero)
         if self.key != key:
             if w_scale.shape[1] != 1:
                 raise ValueError("oneDNN's int8 kernels take one weight scale per output channel; "

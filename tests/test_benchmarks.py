@@ -131,3 +131,11 @@ def test_weight_memory_quick_pass(monkeypatch):
         (w8, running8, packed8), (w4, running4, packed4) = rows[(model, "w8a8")], rows[(model, "w4a8-pcw")]
         assert w4 < w8 < 0.4 and 0.2 < packed4 == packed8 < 0.3, rows
         assert running4 < w4 + w4 + packed4 and running8 < w8 + w8 + packed8, rows  # the copy shares
+
+
+def test_weight_only_quick_pass():
+    """Every path on one shape at 1 and 16 rows; the ratio column reads fp32 / path."""
+    report = runpy.run_path(str(BENCHMARKS / "weight_only.py"))["main"](["--quick", "--repeats", "1"])
+    rows = [line for line in report.splitlines() if line.startswith("768 -> 768")]
+    assert len(rows) == 2 * 5 and all(line.rstrip().endswith("x") for line in rows)
+    assert sum("fp32" in line and "1.00x" in line for line in rows) == 2
