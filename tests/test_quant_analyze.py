@@ -93,6 +93,25 @@ def test_rtn_ranking_puts_the_planted_layer_first():
     assert one.score < min(report.layer(n).headline.score for n in ("stem", "conv1", "head"))
 
 
+def test_the_round_to_nearest_ranking_reads_each_layers_rtn_score_and_says_when_it_is_missing(planted_report):
+    """ranking("rtn") ranks by the spec's precision under plain RTN (conv2's planted outliers: first, though
+    SmoothQuant repairs it), the summary and the JSON carry it; without every_precision a layer whose best
+    method is not RTN has no RTN score, and asking for the ranking says how to get one."""
+    net, calib, report = planted_report
+    conv2 = report.layer("conv2")
+    assert conv2.headline.method == "smoothquant" and conv2.rtn_option.method == "rtn"
+    assert conv2.rtn_option.score < conv2.headline.score and conv2.rtn_sensitivity > conv2.sensitivity
+    costs = {la.name: la.rtn_sensitivity for la in report.layers}
+    assert report.ranking("rtn") == sorted(costs, key=lambda n: -costs[n]) and report.ranking("rtn")[0] == "conv2"
+    assert "e2e rtn" in str(report) and json.loads(report.to_json())["ranking_rtn"] == report.ranking("rtn")
+    plain = analyze(net, calib, "w4a8", methods=("rtn", "smoothquant"))
+    assert plain.layer("conv2").rtn_sensitivity is None and "e2e rtn" not in str(plain)
+    with pytest.raises(ValueError, match=r"ranking\(by='rtn'\) needs each layer's round-to-nearest score, which conv2"):
+        plain.ranking("rtn")
+    with pytest.raises(ValueError, match="rank by 'best'"):
+        plain.ranking("worst")
+
+
 @pytest.mark.parametrize("budget", [0.2, 0.3, "6.5bits", "9000B"])
 def test_auto_never_exceeds_the_budget(planted_report, budget):
     net, calib, report = planted_report

@@ -85,8 +85,22 @@ class LayerAnalysis:
 
     @property
     def sensitivity(self) -> float:
-        """The headline option's cost: higher is more sensitive."""
+        """The headline option's cost (the spec's precision with its best method): higher is more sensitive."""
         return self.headline.cost
+
+    @property
+    def rtn_option(self) -> Optional[Option]:
+        """The spec's precision under plain round to nearest, before any method's remedy: the headline itself,
+        or its ``/rtn`` twin; None where not scored (another method was best and ``analyze`` ran without
+        ``every_precision``)."""
+        head = self.headline
+        return head if head.method == "rtn" else self.options.get(f"{next(iter(self.options))}/rtn")
+
+    @property
+    def rtn_sensitivity(self) -> Optional[float]:
+        """:attr:`rtn_option`'s cost: how hard the layer is to quantize as such (None where not scored)."""
+        option = self.rtn_option
+        return None if option is None else option.cost
 
     def to_dict(self) -> dict:
         def listed(t: torch.Tensor) -> list:
@@ -120,22 +134,34 @@ class QuantReport:
                 return la
         raise unknown_name_error("layer", name, [la.name for la in self.layers])
 
-    def ranking(self) -> list[str]:
-        """Layer names, most sensitive first (ties in module order)."""
-        order = sorted(range(len(self.layers)), key=lambda i: (-self.layers[i].sensitivity, i))
+    def ranking(self, by: str = "best") -> list[str]:
+        """Layer names, most sensitive first (ties in module order): ``by="best"`` with each layer's best method
+        (what a plan spends bytes on), ``by="rtn"`` under round to nearest (which layers are hard to quantize
+        before any remedy; needs ``analyze(..., every_precision=True)`` where another method was best)."""
+        if by not in ("best", "rtn"):
+            raise ValueError(f"ranking(by={by!r}): rank by 'best' (each layer's best method) or 'rtn'")
+        costs = [la.sensitivity if by == "best" else la.rtn_sensitivity for la in self.layers]
+        missing = [la.name for la, cost in zip(self.layers, costs) if cost is None]
+        if missing:
+            raise ValueError(f"ranking(by='rtn') needs each layer's round-to-nearest score, which {missing[0]} (and "
+                             f"{len(missing) - 1} more) lacks: analyze(..., every_precision=True) scores it")
+        order = sorted(range(len(self.layers)), key=lambda i: (-costs[i], i))
         return [self.layers[i].name for i in order]
 
     def summary(self, top: Optional[int] = None) -> str:
         """A readable table: per layer its outlier channels, kurtosis, layer SQNR per method and sensitivity."""
         methods = list(self.layers[0].headline.layer_sqnr) if self.layers else []
         rank = {n: i + 1 for i, n in enumerate(self.ranking())}
+        rtn_scored = self._rtn_ranking_if_scored() is not None
         rows = sorted(self.layers, key=lambda la: rank[la.name])[:top] if top else self.layers
         width = max([len(la.name) for la in rows] + [5])
         head = (f"{'layer':<{width}}  {'rank':>4}  {'outliers (channels)':<22} {'range':>5} {'kurt':>6}  "
-                + " ".join(f"{m:>11}" for m in methods) + f"  {'best':<11} {'end-to-end':>10}")
+                + " ".join(f"{m:>11}" for m in methods) + f"  {'best':<11} {'end-to-end':>10}"
+                + (f" {'e2e rtn':>10}" if rtn_scored else ""))
         lines = [f"quantization report: {self.spec.name}, {len(self.layers)} layers, {self.batches} calibration "
                  f"batches, {self.seconds:.1f} s; end-to-end = {self.metric} with only that layer quantized "
-                 f"(float model: {self.float_score:.4g})", head, "-" * len(head)]
+                 f"with its best method" + (", e2e rtn = with round to nearest" if rtn_scored else "")
+                 + f" (float model: {self.float_score:.4g})", head, "-" * len(head)]
         for la in rows:
             o = la.headline
             shown = ",".join(map(str, la.outliers[:4])) + ("..." if len(la.outliers) > 4 else "")
@@ -143,7 +169,8 @@ class QuantReport:
             lines.append(f"{la.name:<{width}}  {rank[la.name]:>4}  {outl:<22} {la.outlier_range_share:>5.0%} "
                          f"{float(la.act_kurtosis.max()):>6.1f}  "
                          + " ".join(f"{o.layer_sqnr.get(m, float('nan')):>8.1f} dB" for m in methods)
-                         + f"  {o.method:<11} {o.score:>10.4g}")
+                         + f"  {o.method:<11} {o.score:>10.4g}"
+                         + (f" {la.rtn_option.score:>10.4g}" if rtn_scored else ""))
         if self.kept:
             lines.append("not analyzed: " + "; ".join(f"{r.name} ({r.detail})" for r in self.kept))
         return "\n".join(lines)
@@ -154,8 +181,12 @@ class QuantReport:
     def to_dict(self) -> dict:
         return {"spec": json.loads(self.spec.to_json()), "metric": self.metric, "float_score": self.float_score,
                 "fp32_bytes": self.fp32_bytes, "batches": self.batches, "seconds": round(self.seconds, 3),
-                "ranking": self.ranking(), "layers": [la.to_dict() for la in self.layers],
+                "ranking": self.ranking(), "ranking_rtn": self._rtn_ranking_if_scored(),
+                "layers": [la.to_dict() for la in self.layers],
                 "kept": [{"name": r.name, "kind": r.kind, "detail": r.detail} for r in self.kept]}
+
+    def _rtn_ranking_if_scored(self) -> Optional[list[str]]:
+        return self.ranking("rtn") if all(la.rtn_sensitivity is not None for la in self.layers) else None
 
     def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
         """The report as JSON (infinite SQNRs as null); written atomically to ``path`` when given."""
@@ -311,7 +342,8 @@ def analyze(model: nn.Module, calib: Iterable, spec="w4a8", metric: Union[Metric
             callable ``metric(model) -> float``, higher is better (top-1, PSNR), called once per layer.
         methods: the names of :data:`zoo.quant.METHODS` scored per layer; the best one (highest layer
             SQNR) quantizes the layer for its end-to-end score.
-        every_precision: also score 4-bit per-channel, 8-bit and float for each layer (``auto`` plans).
+        every_precision: also score 4-bit per-channel, 8-bit and float for each layer (``auto`` plans), and the
+            spec's precision under plain round to nearest where another method is best (``ranking("rtn")``).
         score_elements: the output-SQNR end-to-end scores run the model on the first calibration images
             (rows of the tensor batches; a batch that is not a tensor is kept whole) up to this many input
             elements, at least one image; default :data:`SCORE_ELEMENTS`; None: every image. The
