@@ -302,25 +302,32 @@ def _rounded(removed: list[int], widths: list[int], round_to: int) -> list[int]:
     return [w - k for w, k in zip(widths, kept)]
 
 
-@contextlib.contextmanager
-def _zeroed(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int], removed: list[int]):
-    """The model with each group's ``removed`` lowest-scored channels zeroed in place (the end of soft masking
-    stands for their removal, with no copy of the model), restored on exit."""
-    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
-    try:
-        soft_mask(model, PrunePlan(_kept_indices(model, groups, scores, removed, widths), None, None), 0.0)
-        yield model
-    finally:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(saved[name])
+class _Zeroed:
+    """``with zeroed(removed):`` the model with each group's ``removed`` lowest-scored channels zeroed in place (the
+    end of soft masking stands for their removal, with no copy of the model), restored on exit from the one copy
+    of the parameters taken when this object is made, however many measurements follow."""
+
+    def __init__(self, model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int]) -> None:
+        self.model, self.groups, self.scores, self.widths = model, groups, scores, widths
+        self.saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    @contextlib.contextmanager
+    def __call__(self, removed: list[int]):
+        try:
+            keep = _kept_indices(self.model, self.groups, self.scores, removed, self.widths)
+            soft_mask(self.model, PrunePlan(keep, None, None), 0.0)
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    p.copy_(self.saved[name])
 
 
 def _sensitivity(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], widths: list[int],
                  floors: list[int], amount: float, batches: list, loss_fn) -> list[float]:
     """Each group's weight in the global ranking, ``1 + log(1 + rise / mean rise)``: the rise of the
     :class:`~zoo.pruning.search.CalibrationMetric` when the group alone loses ``amount`` of its channels."""
-    metric = CalibrationMetric(model, batches, loss_fn)
+    metric, zeroed = CalibrationMetric(model, batches, loss_fn), _Zeroed(model, groups, scores, widths)
     base = metric()
     rises = []
     for i, (width, floor) in enumerate(zip(widths, floors)):
@@ -328,7 +335,7 @@ def _sensitivity(model: nn.Module, groups: list[Group], scores: list[torch.Tenso
         if count == 0:
             rises.append(0.0)
             continue
-        with _zeroed(model, groups, scores, widths, [count if j == i else 0 for j in range(len(groups))]):
+        with zeroed([count if j == i else 0 for j in range(len(groups))]):
             rises.append(max(metric() - base, 0.0))
     mean = sum(rises) / len(rises)
     return [1.0 + math.log1p(r / mean) if mean > 0 else 1.0 for r in rises]
@@ -338,10 +345,10 @@ def _greedy(model: nn.Module, groups: list[Group], scores: list[torch.Tensor], w
             cost: CostModel | LatencyModel, spec: PruneTarget, arch: str, round_to: int, batches: list,
             loss_fn) -> list[int]:
     """The removed count of every group by the greedy search of :mod:`zoo.pruning.search`."""
-    metric = CalibrationMetric(model, batches, loss_fn)
+    metric, zeroed = CalibrationMetric(model, batches, loss_fn), _Zeroed(model, groups, scores, widths)
 
     def measure(removed: list[int]) -> float:
-        with _zeroed(model, groups, scores, widths, removed):
+        with zeroed(removed):
             return metric()
 
     steps = [group_step(w, round_to) for w in widths]
