@@ -13,8 +13,7 @@ import zoo
 from zoo.blocks.quant import QuantConv2d, QuantLinear
 from zoo.quant import QuantSpec
 from zoo.quant.calibrate import LayerStats
-from zoo.quant.gptq import input_columns
-from zoo.quant.methods import METHODS, SimulatedLayer, Transform, layer_error, weight_nhwc
+from zoo.quant.methods import METHODS, SimulatedLayer, Transform, input_columns, layer_error, weight_nhwc
 from zoo.quant.plan import LayerChoice, QuantPlan
 
 
@@ -44,6 +43,8 @@ def test_input_columns_are_the_conv_patches_in_the_weights_channels_last_order(s
     y = conv(x)  # (B, N, OH, OW)
     flat = input_columns(conv, x) @ weight_nhwc(conv).reshape(7, -1).T  # (B*OH*OW, N)
     torch.testing.assert_close(flat, y.permute(0, 2, 3, 1).reshape(-1, 7), rtol=1e-5, atol=1e-5)
+    own_order = input_columns(conv, x, channels_last=False) @ conv.weight.detach().reshape(7, -1).T  # the refit's
+    torch.testing.assert_close(own_order, y.permute(0, 2, 3, 1).reshape(-1, 7), rtol=1e-5, atol=1e-5)
     linear = nn.Linear(6, 3, bias=False)
     tokens = torch.randn(2, 4, 6)
     torch.testing.assert_close(input_columns(linear, tokens) @ weight_nhwc(linear).reshape(3, -1).T,

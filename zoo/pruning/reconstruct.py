@@ -17,9 +17,9 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..quant.calibrate import input_of
+from ..quant.methods import input_columns
 from .hooks import run_with_hooks
 
 __all__ = ["refit_after_cut"]
@@ -27,12 +27,7 @@ __all__ = ["refit_after_cut"]
 
 def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(positions, in * k * k [+ 1]) float64: what each output position of ``layer`` multiplies its weight by."""
-    x = x.detach().double()
-    if isinstance(layer, nn.Conv2d):
-        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (B, C*k*k, L)
-        cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B * L, C*k*k)
-    else:
-        cols = x.reshape(-1, x.shape[-1])  # (B * T, C)
+    cols = input_columns(layer, x.detach().double(), channels_last=False)  # (B * L, C*k*k) or (B * T, C)
     if layer.bias is not None:
         cols = torch.cat([cols, cols.new_ones(cols.shape[0], 1)], 1)
     return cols

@@ -10,7 +10,7 @@ variant), and handed to the conversion with the adjusted weights (``Transform.we
 which rounds them onto that grid exactly: the stored codes are GPTQ's.
 
 Columns run in the weight's channels-last order (KH, KW, C), the order the groups run along; a convolution's
-inputs are its im2col patches in that order. Columns are rounded in blocks whose error reaches the later
+inputs are its im2col patches in that order (:func:`zoo.quant.methods.input_columns`). Columns are rounded in blocks whose error reaches the later
 columns in one matrix product (the paper's lazy batch updates). The Hessian comes from the layer's input
 sample that calibration keeps (:attr:`zoo.quant.calibrate.LayerStats.sample`). fp8 specs keep round to
 nearest: their grid is not uniform.
@@ -20,28 +20,15 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.blocks.quant import segment_grid, segment_levels
 
 from .calibrate import LayerStats
-from .methods import Transform, register_method, weight_nhwc
+from .methods import Transform, input_columns, register_method, weight_nhwc
 
 BLOCK = 128  # columns rounded before their error reaches the rest in one product
 DAMP = 0.01  # added to H's diagonal, as a fraction of its mean: keeps the inverse finite for rank-poor inputs
-
-
-def input_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's inputs as rows of its weight's columns, (tokens, K): a conv's im2col patches in the
-    channels-last (KH, KW, C) order of :func:`zoo.quant.methods.weight_nhwc`, a linear layer's tokens."""
-    if not isinstance(layer, nn.Conv2d):
-        return x.reshape(-1, x.shape[-1])  # (..., K) -> (tokens, K)
-    kh, kw = layer.kernel_size
-    cols = F.unfold(x, (kh, kw), layer.dilation, layer.padding, layer.stride)  # (B, C*KH*KW, L), C outermost
-    b, _, positions = cols.shape
-    cols = cols.view(b, layer.in_channels, kh * kw, positions)  # (B, C, KH*KW, L)
-    return cols.permute(0, 3, 2, 1).reshape(b * positions, kh * kw * layer.in_channels)  # (B*L, KH*KW*C)
 
 
 def _inverse_factor(columns: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -62,8 +49,9 @@ def gptq(layer: nn.Module, stats: LayerStats, spec, group_size: Optional[int], *
     if spec.fp8 or stats.sample is None:
         return Transform()
     bits, symmetric = spec.weight_bits, spec.weight_symmetric
-    shape = weight_nhwc(layer).shape  # (N, KH, KW, C)
-    weight = weight_nhwc(layer).reshape(shape[0], -1).clone()  # (N, K)
+    original = weight_nhwc(layer)  # (N, KH, KW, C)
+    shape = original.shape
+    weight = original.reshape(shape[0], -1).clone()  # (N, K)
     columns = weight.shape[1]
     factor = _inverse_factor(input_columns(layer, stats.sample.to(weight.device).float()), weight)
     span = group_size or columns  # the columns one grid covers

@@ -67,6 +67,21 @@ def weight_nhwc(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().float()[:, None, None, :]
 
 
+def input_columns(layer: nn.Module, x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """The layer's inputs as rows against its flattened weight's columns, (tokens, K): a conv's im2col patches in
+    the (KH, KW, C) order of :func:`weight_nhwc` or, with ``channels_last=False``, in the (C, KH, KW) order of
+    ``conv.weight.reshape(N, -1)``; a linear layer's tokens."""
+    if not isinstance(layer, nn.Conv2d):
+        return x.reshape(-1, x.shape[-1])  # (..., K) -> (tokens, K)
+    kh, kw = layer.kernel_size
+    cols = F.unfold(x, (kh, kw), layer.dilation, layer.padding, layer.stride)  # (B, C*KH*KW, L), C outermost
+    b, k, positions = cols.shape
+    if not channels_last:
+        return cols.transpose(1, 2).reshape(b * positions, k)  # (B*L, C*KH*KW)
+    cols = cols.view(b, layer.in_channels, kh * kw, positions)  # (B, C, KH*KW, L)
+    return cols.permute(0, 3, 2, 1).reshape(b * positions, k)  # (B*L, KH*KW*C)
+
+
 def shift_allowed(layer: nn.Module) -> bool:
     """A shift moves exactly into the bias only where no zero padding is read (the padded zeros
     would become ``-z``)."""
