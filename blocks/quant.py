@@ -238,9 +238,8 @@ class _QuantLayer(nn.Module):
         self.register_buffer("act_shift", torch.zeros(c, device=device) if act_shift else None)
         self.register_buffer("act_scale", torch.ones((), device=device) if act_scale else None)
         self._onednn = onednn_int8.WeightCache()
-        self._onednn_decision: Optional[tuple[str, bool]] = None  # (ZOO_KERNELS value, runs on oneDNN)
+        self._cpu_kernel: Optional[tuple[str, str]] = None  # (ZOO_KERNELS value, execution()'s kernel on the CPU)
         self._weight_only = weight_only.PackedCache()  # weight-only layers' packed weights, made on first use
-        self._weight_only_decision: Optional[tuple[str, bool]] = None  # (ZOO_KERNELS value, fits the kernels)
         self.fused_relu = False  # a ReLU that followed this layer, applied here (set by zoo.optimize)
         # the next layer's static activation scale: emit its uint8 codes instead of floats (set by zoo.optimize)
         self.codes_out_scale: Optional[torch.Tensor] = None
@@ -296,17 +295,21 @@ class _QuantLayer(nn.Module):
         return weight_only.unavailable_reason() or weight_only.layout_reason(self.spec.weight_bits, self.group_size,
                                                                              self.in_channels, self.out_channels)
 
+    def _kernel_on_cpu(self) -> str:
+        """:meth:`execution`'s kernel for a CPU input, decided once per ``ZOO_KERNELS`` value (a layer's spec and
+        shapes do not change), since the full decision costs more than a small layer's GEMM."""
+        mode = kernel_mode()
+        if self._cpu_kernel is None or self._cpu_kernel[0] != mode:
+            self._cpu_kernel = (mode, self.execution(torch.device("cpu"))[0])
+        return self._cpu_kernel[1]
+
     def _runs_onednn(self, x: torch.Tensor) -> bool:
-        """:meth:`execution` for this input is ``onednn``; decided once per ``ZOO_KERNELS`` value (a layer's
-        spec and shapes do not change), since the full decision costs more than a small layer's GEMM."""
+        """:meth:`execution` for this input is ``onednn``."""
         if x.device.type != "cpu":
             return False
         if torch.compiler.is_compiling():
             return self.execution(x.device)[0] == "onednn"
-        mode = kernel_mode()
-        if self._onednn_decision is None or self._onednn_decision[0] != mode:
-            self._onednn_decision = (mode, self.execution(x.device)[0] == "onednn")
-        return self._onednn_decision[1]
+        return self._kernel_on_cpu() == "onednn"
 
     def onednn_weight(self) -> "onednn_int8.PackedWeight":
         """The oneDNN weights, made once and kept until a buffer changes (a load, ``.to()``, an edit)."""
@@ -418,10 +421,7 @@ class QuantLinear(_QuantLayer):
                 or x2.dtype not in (torch.float32, torch.bfloat16) or (torch.is_grad_enabled() and x2.requires_grad)
                 or torch.compiler.is_compiling()):
             return False
-        mode = kernel_mode()
-        if self._weight_only_decision is None or self._weight_only_decision[0] != mode:
-            self._weight_only_decision = (mode, self._weight_only_unfit(x2.device) is None)
-        return self._weight_only_decision[1]
+        return self._kernel_on_cpu() == "packed weight-only"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
