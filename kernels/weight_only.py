@@ -60,6 +60,14 @@ class PackedWeight:
     group: Optional[int]  # None: int8 per channel
 
 
+def _int4_scale_and_zero(w_scale: torch.Tensor, w_zero: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int4 kernel's fp32 (scale, float zero), each (N, S): ``(q - zero) * scale`` is
+    ``(q - 8) * scale + (8 - zero) * scale``."""
+    scale = w_scale.float()
+    zero = torch.full_like(scale, INT4_SYMMETRIC_ZERO) if w_zero is None else w_zero.float()
+    return scale, (INT4_SYMMETRIC_ZERO - zero) * scale
+
+
 def pack(qweight: torch.Tensor, w_scale: torch.Tensor, w_zero: Optional[torch.Tensor], weight_bits: int,
          channels: int, group_size: Optional[int]) -> PackedWeight:
     """The kernel's form of a QuantLinear's buffers: qweight (N, 1, 1, K or K / 2), scales (N, S), zeros (N, S)."""
@@ -68,10 +76,7 @@ def pack(qweight: torch.Tensor, w_scale: torch.Tensor, w_zero: Optional[torch.Te
         return PackedWeight(qweight.reshape(n, channels).contiguous(), w_scale[:, 0].to(COMPUTE_DTYPE), None)
     group = group_size or channels
     codes = unpack_int4(qweight.reshape(n, -1), channels, torch.int32)  # (N, K) nibbles 0..15
-    scale = w_scale.float()  # (N, S)
-    zero = torch.full_like(scale, INT4_SYMMETRIC_ZERO) if w_zero is None else w_zero.float()
-    # (q - zero) * scale == (q - 8) * scale + (8 - zero) * scale: the kernel's float zero
-    scales_and_zeros = torch.stack([scale, (INT4_SYMMETRIC_ZERO - zero) * scale], -1)  # (N, S, 2)
+    scales_and_zeros = torch.stack(_int4_scale_and_zero(w_scale, w_zero), -1)  # (N, S, 2)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     return PackedWeight(packed, scales_and_zeros.transpose(0, 1).contiguous().to(COMPUTE_DTYPE), group)
 
@@ -98,12 +103,10 @@ def linear_reference(x: torch.Tensor, qweight: torch.Tensor, w_scale: torch.Tens
     else:
         group = group_size or channels
         codes = unpack_int4(qweight.reshape(n, -1), channels, torch.int32).float()  # (N, K)
-        scale = w_scale.float()
-        zero = torch.full_like(scale, INT4_SYMMETRIC_ZERO) if w_zero is None else w_zero.float()
-        float_zero = ((INT4_SYMMETRIC_ZERO - zero) * scale).to(COMPUTE_DTYPE).float()  # (N, S)
-        scale = scale.to(COMPUTE_DTYPE).float()
-        weight = (codes - INT4_SYMMETRIC_ZERO) * scale.repeat_interleave(group, 1) + float_zero.repeat_interleave(group, 1)
-    y = (x.to(COMPUTE_DTYPE).float() @ weight.T).to(COMPUTE_DTYPE).to(x.dtype)  # (M, N), rounded as the kernel returns it
+        scale, float_zero = (t.to(COMPUTE_DTYPE).float() for t in _int4_scale_and_zero(w_scale, w_zero))  # (N, S)
+        weight = ((codes - INT4_SYMMETRIC_ZERO) * scale.repeat_interleave(group, 1)
+                  + float_zero.repeat_interleave(group, 1))  # (N, K)
+    y = (x.to(COMPUTE_DTYPE).float() @ weight.T).to(COMPUTE_DTYPE).to(x.dtype)  # (M, N), rounded as the kernel does
     return y if bias is None else y + bias.to(x.dtype)
 
 
