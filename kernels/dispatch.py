@@ -45,16 +45,28 @@ def upcast_16bit(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     return [t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
 
 
+def _environ(name: str) -> str | None:
+    """``os.environ.get(name)``, cheap for an unset name. Every op call reads ``ZOO_KERNELS``, several times
+    a block; ``os.environ.get`` raises and catches two KeyErrors when the name is unset (the common case),
+    ~1 us a read in a loop and several inside a model's forward. CPython keeps the mapping in ``_data``
+    (updated by assignment, ``monkeypatch.setenv`` and ``del``), keyed by the encoded name."""
+    data = getattr(os.environ, "_data", None)
+    if data is None:  # another Python's os.environ
+        return os.environ.get(name)
+    raw = data.get(os.environ.encodekey(name))
+    return None if raw is None else os.environ.decodevalue(raw)
+
+
 def kernel_mode() -> str:
     """The path forced by ``ZOO_KERNELS``, read on every call so tests can flip it."""
-    mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    mode = (_environ(ENV_VAR) or "auto").strip().lower() or "auto"
     if mode not in MODES:
         raise ValueError(f"{ENV_VAR}={mode!r} is not a kernel mode; use one of {', '.join(MODES)}")
     return mode
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _environ("TRITON_INTERPRET") == "1"
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from zoo import blocks
 from zoo.blocks.fca import adaptive_pool_matrix, freq_indices
-from zoo.blocks.layers import eca_kernel_size, stochastic_depth
+from zoo.blocks.layers import MaxPool2d, eca_kernel_size, stochastic_depth
 
 # (block, vector file, constructor kwargs matching the official module)
 VECTOR_CASES = [
@@ -145,6 +145,43 @@ def test_stochastic_depth_refuses_a_rate_outside_zero_to_one(rate):
     with pytest.raises(ValueError, match=r"drop_path rate must be in \[0, 1\)"):
         stochastic_depth(rate)
     assert isinstance(stochastic_depth(0.0), torch.nn.Identity)
+
+
+def _pooled_layouts(monkeypatch) -> list[str]:
+    """Record the layout of every map F.max_pool2d receives (the stock layer calls it too)."""
+    seen, stock = [], F.max_pool2d
+
+    def spy(x, *args, **kwargs):
+        seen.append("nhwc" if not x.is_contiguous() else "nchw")
+        return stock(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "max_pool2d", spy)
+    return seen
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True),
+                                    dict(kernel_size=2, dilation=2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool_infers_channels_last_on_the_cpu_with_the_stock_result(monkeypatch, kwargs, dtype):
+    x = torch.relu(torch.randn(2, 5, 13, 11)).to(dtype)  # zeros tie in many windows
+    expected = torch.nn.MaxPool2d(**kwargs)(x)
+    pool = MaxPool2d(**kwargs)
+    traced = torch.fx.symbolic_trace(torch.nn.Sequential(pool))  # a proxy takes the stock path
+    assert torch.equal(traced(x), expected)
+    seen = _pooled_layouts(monkeypatch)
+    with torch.inference_mode():
+        got = pool(x)
+    assert seen == ["nhwc"] and torch.equal(got, expected) and got.is_contiguous()
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # already channels-last: the stock kernel is fast
+    with torch.no_grad():
+        assert torch.equal(pool(x_cl), expected) and seen[-1] == "nhwc" and len(seen) == 2
+
+    leaf = x.clone().requires_grad_()  # training keeps the stock kernel, and so its choice among ties
+    ref_leaf = x.clone().requires_grad_()
+    pool(leaf).sum().backward()
+    torch.nn.MaxPool2d(**kwargs)(ref_leaf).sum().backward()
+    assert seen[2] == "nchw" and torch.equal(leaf.grad, ref_leaf.grad)
 
 
 def test_se_rounding_follows_timm():

@@ -24,7 +24,7 @@ from zoo import blocks
 from zoo import kernels
 from zoo.blocks.validation import check_image, check_tensor, float_param, owner_name, symbolic_tracing
 from zoo.blocks.fusion import can_fuse
-from zoo.blocks.layers import stochastic_depth
+from zoo.blocks.layers import MaxPool2d, stochastic_depth
 
 from ..builder import build_model
 from ..features import FeatureInfo
@@ -218,7 +218,7 @@ class ResNet(nn.Module):
             self.conv1 = _conv(in_chans, inplanes, 7, 2, **factory)
         self.bn1 = nn.BatchNorm2d(inplanes, **factory)
         self.act1 = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.feature_info = FeatureInfo([dict(num_chs=inplanes, reduction=2, module="act1")])
 
         total_blocks, block_idx, reduction = sum(layers), 0, 4
