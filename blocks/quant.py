@@ -202,7 +202,7 @@ def dynamic_scales(v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``max|v| / 127`` over ``dims`` (1 where all zero): the scales :func:`zoo.kernels.quantize_act` computes
     per token, here over any dims (an image's pixels and channels), in the same fp32 operations."""
     amax = torch.maximum(v.amax(dims), v.amin(dims).neg())  # = max|v|, without an |v| temporary
-    return torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    return torch.where(amax > 0, amax / 127, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,12 +437,14 @@ class QuantLinear(_QuantLayer):
             bias = None if self.bias is None else self.bias.to(x2.dtype)
             y = F.linear(x2, weight, bias)
             return (F.relu(y) if self.fused_relu else y).view(*lead, self.out_channels)
-        with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
-            if self._runs_onednn(x):
-                return self._onednn_forward(x2).view(*lead, self.out_channels)
-            q, scale = quantize_act(x2, self.act_multiplier, self.act_shift, self.act_scale)
-            y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
-                           self.bias, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (M, N)
+        if torch.is_grad_enabled():  # integer layers are inference-only; untracked outputs may be changed in place
+            with torch.no_grad():
+                return self.forward(x)
+        if self._runs_onednn(x):
+            return self._onednn_forward(x2).view(*lead, self.out_channels)
+        q, scale = quantize_act(x2, self.act_multiplier, self.act_shift, self.act_scale)
+        y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
+                       self.bias, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (M, N)
         return (y.relu_() if self.fused_relu else y).view(*lead, self.out_channels)
 
 
@@ -498,17 +500,19 @@ class QuantConv2d(_QuantLayer):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             y = F.conv2d(pixels.permute(0, 3, 1, 2), weight, bias, self.stride, self.padding)
             return F.relu(y) if self.fused_relu else y
-        with torch.no_grad():  # integer layers are inference-only; untracked outputs may be changed in place
-            if self._runs_onednn(x):
-                return self._onednn_forward(x)
-            pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-            multiplier, shift, given = self.act_multiplier, self.act_shift, self.act_scale
-            if self.act_scope == "image":  # one scale per image, from the transformed activations
-                pixels = self._transformed(x).permute(0, 2, 3, 1)
-                multiplier, shift, given = None, None, dynamic_scales(pixels, (1, 2, 3))
-            q, scale = quantize_act(pixels, multiplier, shift, given)
-            y = int_conv2d(q, scale, self.qweight, self.weight_scale, self.weight_zero, self.bias, self.stride,
-                           self.padding, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (B, Ho, Wo, N)
+        if torch.is_grad_enabled():  # integer layers are inference-only; untracked outputs may be changed in place
+            with torch.no_grad():
+                return self.forward(x)
+        if self._runs_onednn(x):
+            return self._onednn_forward(x)
+        pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        multiplier, shift, given = self.act_multiplier, self.act_shift, self.act_scale
+        if self.act_scope == "image":  # one scale per image, from the transformed activations
+            pixels = self._transformed(x).permute(0, 2, 3, 1)
+            multiplier, shift, given = None, None, dynamic_scales(pixels, (1, 2, 3))
+        q, scale = quantize_act(pixels, multiplier, shift, given)
+        y = int_conv2d(q, scale, self.qweight, self.weight_scale, self.weight_zero, self.bias, self.stride,
+                       self.padding, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (B, Ho, Wo, N)
         y = y.permute(0, 3, 1, 2)  # (B, N, Ho, Wo), channels-last memory
         return y.relu_() if self.fused_relu else y
 

@@ -44,7 +44,10 @@ class QuantSpec:
             ``per_channel`` (one per input channel, folded into the weights); the last two are static
             and need calibration data. Weight-only and fp8 specs are ``per_token``.
         keep: ``fnmatch`` patterns of module names left in floating point; ``"<first>"`` and
-            ``"<last>"`` name the first and last quantizable layers in module order.
+            ``"<last>"`` name the layer that reads the input and the classifier, as the model's
+            ``pretrained_cfg`` names them (``first_conv``, ``classifier``; nothing where that layer is
+            not quantizable, as an LM's token embedding), else the first and last quantizable layers
+            in module order.
         keep_w8: patterns (as ``keep``) of layers that a 4-bit spec quantizes with 8-bit per-channel
             weights instead (mixed precision, for the few layers too sensitive for 4 bits, e.g. the 1x1
             downsample convolutions of a ResNet: ``keep_w8=("*downsample*",)``); activations as the rest.

@@ -23,6 +23,7 @@ the same kernel on the same cached weights.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import platform
 import warnings
@@ -102,7 +103,18 @@ def prepack(values: torch.Tensor, scale: torch.Tensor, stride: tuple[int, int] =
 
 
 def _quantize_per_tensor_fast() -> bool:
-    return hasattr(torch, "quantize_per_tensor") and not torch.compiler.is_compiling()
+    return hasattr(torch, "quantize_per_tensor") and not torch.compiler.is_compiling() and _deprecation_spent()
+
+
+@functools.lru_cache(maxsize=1)
+def _deprecation_spent() -> bool:
+    """PyTorch warns once per process that quantized dtypes are deprecated (we only borrow their rounding
+    pass): spend that warning here, silenced, so the calls after it need no ``catch_warnings`` (which
+    resets the warning registry on every entry, ~10 us a call: a decode step quantizes 83 times)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.quantize_per_tensor(torch.zeros(1), 1.0, ZERO_POINT, torch.quint8)
+    return True
 
 
 def quantize_u8(v: torch.Tensor, scale: torch.Tensor, clamp: bool) -> torch.Tensor:
@@ -117,9 +129,7 @@ def quantize_u8(v: torch.Tensor, scale: torch.Tensor, clamp: bool) -> torch.Tens
         if clamp:
             q.clamp_(-QMAX, QMAX)
         return torch.round(q).add_(ZERO_POINT).to(torch.uint8)
-    with warnings.catch_warnings():  # quantized dtypes are deprecated; we only borrow the rounding pass
-        warnings.simplefilter("ignore")
-        quint8 = torch.quantize_per_tensor(q, 1.0, ZERO_POINT, torch.quint8)  # rounds, then clamps to 0..255
+    quint8 = torch.quantize_per_tensor(q, 1.0, ZERO_POINT, torch.quint8)  # rounds, then clamps to 0..255
     codes = torch.empty(0, dtype=torch.uint8, device=v.device)
     codes.set_(quint8.untyped_storage(), quint8.storage_offset(), quint8.shape, quint8.stride())
     # clamp(round(q), -127, 127) + 128: the upper bound is 255 already; the lower one, on bytes, is a quarter

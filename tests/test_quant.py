@@ -191,6 +191,20 @@ def test_quantize_keeps_first_and_last_and_reports():
     assert isinstance(q2.stem, QuantConv2d) and not isinstance(q2.fc, QuantLinear)
 
 
+@pytest.mark.parametrize("arch,kwargs,kept", [
+    ("moc_lm_tiny", {}, ["lm_head"]),  # the embedding reads the tokens: <first> keeps no projection
+    ("channelvit_tiny", dict(num_classes=0, img_size=32, in_chans=2), []),  # its patch conv is not quantizable; no head
+    ("rcan_tiny_x2", {}, ["head.0", "tail.1"]),  # no classifier: the last layer in module order
+])
+def test_first_and_last_are_the_models_input_layer_and_classifier(arch, kwargs, kept):
+    """``<first>`` / ``<last>`` follow the model's ``first_conv`` / ``classifier``: in module order an LM's
+    ``<first>`` was layer 0's ``q_proj`` (kept float while ``k_proj`` and ``v_proj`` beside it were quantized)."""
+    q = quantize(zoo.create(arch, **kwargs).eval(), "w8a8")
+    assert [r.name for r in q.quant_report if r.action == "kept"] == kept
+    if arch == "moc_lm_tiny":
+        assert isinstance(q.layers[0].attn.q_proj, QuantLinear)
+
+
 def test_blocks_declare_float_only_layers():
     """A module with ``keep_float_reason`` keeps itself and every layer inside it in float, with that reason
     in the report; the rest is quantized as usual."""

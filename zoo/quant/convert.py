@@ -48,14 +48,30 @@ def _unsupported(module: nn.Module) -> Optional[str]:
     return QuantConv2d.supports(module) if isinstance(module, nn.Conv2d) else None
 
 
-def _matching(patterns: tuple[str, ...], names: list[str], field: str) -> dict[str, str]:
-    """name -> the first of ``patterns`` (fnmatch; ``<first>``/``<last>`` aliases) that matches it."""
-    aliases = {"<first>": names[0], "<last>": names[-1]}
+def model_ends(model: nn.Module, names: list[str]) -> dict[str, tuple[str, ...]]:
+    """The layers ``<first>`` and ``<last>`` name: the layer that reads the input and the classifier, as the
+    model's ``pretrained_cfg`` names them (timm's ``first_conv`` and ``classifier``), else the first and last
+    of ``names`` (module order). Where the named layer is not among ``names`` (a token embedding, a ViT
+    without a head) the alias keeps nothing: module order would put it on a transformer block's projection,
+    e.g. an LM's layer-0 ``q_proj``, kept float beside the ``k_proj`` and ``v_proj`` that read its input."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    cfg = cfg if isinstance(cfg, dict) else {}
+
+    def declared(key: str, fallback: str) -> tuple[str, ...]:
+        value = cfg.get(key) or fallback  # '' (an SR model has no classifier): module order
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    return {"<first>": declared("first_conv", names[0]), "<last>": declared("classifier", names[-1])}
+
+
+def _matching(patterns: tuple[str, ...], names: list[str], field: str,
+              ends: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """name -> the first of ``patterns`` (fnmatch; ``<first>``/``<last>``: :func:`model_ends`) that matches it."""
     matches: dict[str, str] = {}
     for pattern in patterns:
-        target = aliases.get(pattern, pattern)
-        matched = [n for n in names if fnmatch.fnmatchcase(n, target)]
-        if not matched and pattern not in aliases:
+        targets = ends.get(pattern, (pattern,))
+        matched = [n for n in names if any(fnmatch.fnmatchcase(n, t) for t in targets)]
+        if not matched and pattern not in ends:
             near = closest(pattern, names, n=3)
             raise ValueError(f"{field} pattern {pattern!r} matches no layer" +
                              (f"; did you mean {', '.join(map(repr, near))}?" if near else ""))
@@ -74,7 +90,7 @@ def layer_specs(model: nn.Module, spec: QuantSpec, names: Iterable[str],
     if not spec.keep_w8:
         return {n: spec for n in names}
     every = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, QuantLinear, QuantConv2d))]
-    eight = _matching(spec.keep_w8, every, "keep_w8")
+    eight = _matching(spec.keep_w8, every, "keep_w8", model_ends(model, every))
     return {n: spec.eight_bit() if n in eight else spec for n in names}
 
 
@@ -89,7 +105,8 @@ def select_layers(model: nn.Module, spec: QuantSpec,
     # that the summary prints, e.g. an op that needs float weights
     float_only = {n: m.keep_float_reason for n, m in model.named_modules() if getattr(m, "keep_float_reason", None)}
     names = [n for n, _ in candidates]
-    kept = {n: f"kept by {pattern!r}" for n, pattern in _matching(spec.keep, names, "keep").items()}
+    kept = {n: f"kept by {pattern!r}"
+            for n, pattern in _matching(spec.keep, names, "keep", model_ends(model, names)).items()}
     if plan is not None:
         kept = {n: "float (plan)" if n in plan.layers else "not in the plan" for n in names
                 if n not in plan.layers or plan.layer_spec(n) is None}
