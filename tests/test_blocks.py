@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from zoo import blocks
 from zoo.blocks.fca import adaptive_pool_matrix, freq_indices
-from zoo.blocks.layers import MaxPool2d, eca_kernel_size, stochastic_depth
+from zoo.blocks.layers import MaxPool2d, PixelShuffle, eca_kernel_size, stochastic_depth
 
 # (block, vector file, constructor kwargs matching the official module)
 VECTOR_CASES = [
@@ -182,6 +182,27 @@ def test_max_pool_infers_channels_last_on_the_cpu_with_the_stock_result(monkeypa
     pool(leaf).sum().backward()
     torch.nn.MaxPool2d(**kwargs)(ref_leaf).sum().backward()
     assert seen[2] == "nchw" and torch.equal(leaf.grad, ref_leaf.grad)
+
+
+@pytest.mark.parametrize("r,shape", [(2, (2, 12, 5, 7)), (3, (1, 18, 4, 3))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pixel_shuffle_infers_by_one_strided_copy_with_the_stock_result(monkeypatch, r, shape, dtype):
+    x = torch.randn(shape).to(dtype)
+    expected = torch.nn.PixelShuffle(r)(x)
+    leaf, ref_leaf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn_like(expected)
+    torch.nn.PixelShuffle(r)(ref_leaf).backward(grad)
+    shuffle = PixelShuffle(r)
+    assert torch.equal(torch.fx.symbolic_trace(torch.nn.Sequential(shuffle))(x), expected)
+    calls, stock = [], F.pixel_shuffle
+    monkeypatch.setattr(F, "pixel_shuffle", lambda t, f: calls.append(f) or stock(t, f))
+    with torch.inference_mode():
+        got = shuffle(x)
+    assert not calls and torch.equal(got, expected) and got.is_contiguous()
+    shuffle(leaf).backward(grad)  # training: the stock op
+    assert calls == [r] and torch.equal(leaf.grad, ref_leaf.grad)
+    with pytest.raises(RuntimeError, match="divisible"), torch.no_grad():  # the stock op's own message
+        shuffle(torch.randn(1, r * r + 1, 2, 2))
 
 
 def test_se_rounding_follows_timm():

@@ -75,6 +75,24 @@ def test_greedy_generation_with_cache_equals_recomputation(top_k):
     assert len(set(with_cache[0, 5:].tolist())) > 3  # not a constant: the comparison has teeth
 
 
+def test_logits_to_keep_computes_the_last_positions_only_and_generation_asks_for_one(monkeypatch):
+    model = small_lm()
+    ids = torch.randint(0, 257, (2, 9))
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, logits_to_keep=3), full[:, -3:], atol=1e-6, rtol=1e-6)
+        assert model(ids, logits_to_keep=0).shape == full.shape
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="logits_to_keep must be an int >= 0"):
+            model(ids, logits_to_keep=bad)
+    rows, head = [], model.lm_head.forward
+    monkeypatch.setattr(model.lm_head, "forward", lambda x: rows.append(x.shape[1]) or head(x))
+    out = model.generate(ids, 3, temperature=0)
+    assert rows == [1, 1, 1] and out.shape == (2, 12)  # the prompt's step too: one position, not nine
+    monkeypatch.undo()
+    assert torch.equal(out, model.generate(ids, 3, temperature=0, cache=None))
+
+
 def test_kivi_cache_logits_stay_close():
     """Token-by-token logits through 8-, 4- and 2-bit KIVI caches (groups of 8, window 8) against the exact
     ones, on the dense twin (a MoC top-K flip would add a jump unrelated to the cache); error grows as bits fall."""

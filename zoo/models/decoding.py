@@ -1,7 +1,8 @@
 """Autoregressive decoding for the zoo's token models: temperature, top-k, top-p, KV caches.
 
 A model here is any module with ``model(input_ids, cache=None) -> (B, T, vocab) logits``, a
-``max_seq_len`` and ``make_cache(kind)`` (:class:`zoo.models.moc_lm.MoCLM`).
+``max_seq_len`` and ``make_cache(kind)`` (:class:`zoo.models.moc_lm.MoCLM`); one whose forward also takes
+Hugging Face's ``logits_to_keep`` is asked for the last position's logits only.
 
 - Top-k: Fan et al., "Hierarchical Neural Story Generation", ACL 2018.
 - Top-p (nucleus): Holtzman et al., "The Curious Case of Neural Text Degeneration", ICLR 2020: keep
@@ -9,6 +10,7 @@ A model here is any module with ``model(input_ids, cache=None) -> (B, T, vocab) 
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, Iterator
 
@@ -86,10 +88,12 @@ def stream_tokens(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int
         raise ValueError(f"input_ids must be a non-empty prompt (B, T) or (T,); got shape {tuple(input_ids.shape)}")
     check_lengths(input_ids.shape[1], max_new_tokens, model.max_seq_len)
     kv = model.make_cache(cache)
+    # a model that takes Hugging Face's logits_to_keep computes the last position's logits only
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     seq, step_input = input_ids, input_ids
     for _ in range(max_new_tokens):
-        logits = model(step_input if kv is not None else seq, cache=kv)[:, -1]  # (B, V)
+        logits = model(step_input if kv is not None else seq, cache=kv, **last)[:, -1]  # (B, V)
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         if eos_id is not None:
             token = token.masked_fill(done, eos_id)

@@ -251,9 +251,14 @@ class MoCLM(nn.Module):
         length = min(64, self.config.max_seq_len)
         return (torch.randint(0, self.config.vocab_size, (batch, length), generator=generator),)  # (B, T)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab_size) next-token logits."""
-        return self.forward_head(self.forward_features(input_ids, cache))
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab_size) next-token logits; ``logits_to_keep=n`` (Hugging Face's argument)
+        computes only the last n positions' (B, n, vocab_size): generation needs the last one of a prompt, and the
+        head over every position is a quarter of a 256-token prefill of ``moc_lm_130m``."""
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0: every position); got {logits_to_keep!r}")
+        x = self.forward_features(input_ids, cache)  # (B, T, dim)
+        return self.forward_head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, n or T, vocab_size)
 
     def make_cache(self, kind: str | KVCache | None = "dense", **kwargs: Any) -> KVCache | None:
         """A KV cache for this model: ``dense``, ``kivi4``, ``kivi2``, a :class:`KVCache`, or None."""

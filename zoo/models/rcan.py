@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import blocks
+from zoo.blocks.layers import PixelShuffle
 from zoo.blocks.validation import check_image, check_tensor, float_param, owner_name
 
 from ..builder import build_model
@@ -91,9 +92,9 @@ class Upsampler(nn.Sequential):
         layers: list[nn.Module] = []
         if scale & (scale - 1) == 0:
             for _ in range(int(math.log2(scale))):
-                layers += [_conv(n_feats, 4 * n_feats, 3, **factory), nn.PixelShuffle(2)]
+                layers += [_conv(n_feats, 4 * n_feats, 3, **factory), PixelShuffle(2)]
         elif scale == 3:
-            layers += [_conv(n_feats, 9 * n_feats, 3, **factory), nn.PixelShuffle(3)]
+            layers += [_conv(n_feats, 9 * n_feats, 3, **factory), PixelShuffle(3)]
         else:
             raise ValueError(f"scale must be 2, 3, 4 or 8 (a power of two or 3); got {scale}")
         super().__init__(*layers)
