@@ -23,8 +23,9 @@ count; ratio = fp32 eager time / the path's time. Paths:
 
 Accuracy: output SQNR against fp32 in dB (the SR models also the PSNR of the output against fp32's; their
 input is a crop of a natural image, scikit-image's astronaut). Language model rows: a 256-token prefill
-and a one-token decode step after it, with ``zoo w8a16`` / ``zoo w4a16`` too (weight-only: PyTorch's packed
-int8 / int4 kernels for a few tokens, the dequantized weights for a prefill).
+and a one-token decode step after it, with ``zoo w8a8-all`` (the head quantized too; the presets keep the
+classifier float) and ``zoo w8a16`` / ``zoo w4a16`` (weight-only: PyTorch's packed int8 / int4 kernels for a
+few tokens, the dequantized weights for a prefill).
 The table is printed and saved under benchmarks/out/ (git-ignored), with the ONNX files. The peers
 (torchao, onnxruntime) come with the ``bench`` extra; a peer that is missing or fails on a model is
 reported and skipped.
@@ -51,7 +52,8 @@ import zoo  # noqa: E402
 from common import OUT, interleaved_medians_ms, print_table, save_text  # noqa: E402
 
 QUANT_SPECS = ("w8a8-tok", "w8a8", "w8a8-static", "w4a8-pcw")
-WEIGHT_ONLY_SPECS = ("w8a16", "w4a16")  # the language model's rows also: PyTorch's packed kernels for a few tokens
+# the language model's rows also: PyTorch's packed kernels for a few tokens, and w8a8 with its 32000-way head quantized
+LM_SPECS = ("w8a8-all", "w8a16", "w4a16")
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Case:
     make_input: Callable[[], torch.Tensor]
     metric: str  # "psnr" or "sqnr"
     lm_decode: bool = False
-    weight_only: bool = False  # also the weight-only specs (zoo.kernels.weight_only for few tokens)
+    language_model: bool = False  # also LM_SPECS (the weight-only ones: zoo.kernels.weight_only for few tokens)
 
 
 def _natural_image(size: int) -> torch.Tensor:
@@ -106,10 +108,10 @@ def cases(quick: bool) -> dict[str, Case]:
         "channelvit_small": Case("channelvit_small b8", lambda: zoo.create("channelvit_small", img_size=64, in_chans=3),
                                  lambda: torch.randn(8, 3, 64, 64), "sqnr"),
         "moc_lm_130m_prefill": Case("moc_lm_130m prefill 256", lambda: zoo.create("moc_lm_130m"),
-                                    lambda: torch.randint(0, 32000, (1, 256)), "sqnr", weight_only=True),
+                                    lambda: torch.randint(0, 32000, (1, 256)), "sqnr", language_model=True),
         "moc_lm_130m_decode": Case("moc_lm_130m decode step", lambda: zoo.create("moc_lm_130m"),
                                    lambda: torch.randint(0, 32000, (1, 256)), "sqnr", lm_decode=True,
-                                   weight_only=True),
+                                   language_model=True),
     }
 
 
@@ -214,7 +216,7 @@ def paths(case: Case, compile_: bool, threads: list[int]) -> dict[str, Callable[
             out.update(onnxruntime_paths(copy.deepcopy(base), x, case.name.split()[0], threads))
         except Exception as e:  # noqa: BLE001  as above (ImportError: the bench extra is not installed)
             print(f"  onnxruntime on {case.name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-    for spec in QUANT_SPECS + (WEIGHT_ONLY_SPECS if case.weight_only else ()):
+    for spec in QUANT_SPECS + (LM_SPECS if case.language_model else ()):
         quantized = zoo.quantize(copy.deepcopy(base), spec, calib=[x] if "static" in spec else None)
         out[f"zoo {spec}"] = call(quantized if spec == "w8a8-tok" else zoo.optimize(quantized, compile=compile_), xin)
     return out

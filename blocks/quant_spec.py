@@ -3,8 +3,8 @@
 A spec string is a preset name with optional ``-`` suffixes: ``g<N>`` a weight group size, ``pcw`` per-channel weight scales, ``asym``
 asymmetric weights (4 bit only), ``tok`` dynamic per-token activation scales everywhere (one per
 pixel for every convolution: the most accurate, and slow on the CPU), ``static`` calibrated per-tensor
-activation scales, ``pc`` static per-channel activation scales (folded into the weights), e.g.
-``w4a8-g128-asym``. The int8-activation presets use per-image scales for k x k convolutions and
+activation scales, ``pc`` static per-channel activation scales (folded into the weights), ``all``
+no layer kept in float (the default keeps the input layer and the classifier), e.g. ``w4a8-g128-asym``. The int8-activation presets use per-image scales for k x k convolutions and
 per-token ones elsewhere (``per_image``; ``img`` says so explicitly).
 """
 from __future__ import annotations
@@ -117,6 +117,8 @@ class QuantSpec:
         if self.act_granularity != preset.act_granularity:
             parts.append({"per_token": "tok", "per_image": "img", "per_tensor": "static",
                           "per_channel": "pc"}[self.act_granularity])
+        if not self.keep:
+            parts.append("all")
         text = "-".join(parts)
         try:
             if QuantSpec.parse(text) == self:
@@ -167,7 +169,7 @@ class QuantSpec:
             near = closest(base, PRESETS)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ValueError(f"quant={spec!r} is not a quantization spec{hint}; use one of {', '.join(PRESETS)}, "
-                             f"optionally with suffixes -g<N>, -pcw, -asym, -tok, -img, -static, -pc (e.g. 'w4a8-g128')")
+                             f"optionally with suffixes -g<N>, -pcw, -asym, -tok, -img, -static, -pc, -all (e.g. 'w4a8-g128')")
         if base == "fp8":
             kwargs: dict = {"fp8": True}
         else:
@@ -190,11 +192,13 @@ class QuantSpec:
                 kwargs["act_granularity"] = "per_tensor"
             elif suffix == "pc":
                 kwargs["act_granularity"] = "per_channel"
+            elif suffix == "all":
+                kwargs["keep"] = ()  # the input layer and the classifier quantized too
             else:
                 raise ValueError(f"quant={spec!r}: unknown suffix {suffix!r}; use -g<N> (weight group size), -pcw (per-channel weights), "
                                  f"-asym, -tok (per-token activations everywhere), -img (per-image activations for k x k "
-                                 f"convolutions: the default), -static (per-tensor activations) or -pc (per-channel "
-                                 f"activations)")
+                                 f"convolutions: the default), -static (per-tensor activations), -pc (per-channel "
+                                 f"activations) or -all (no layer kept in float)")
         return cls(**kwargs)
 
     def with_(self, **changes) -> "QuantSpec":

@@ -205,7 +205,7 @@ def _grouped_inputs(taken: torch.Tensor, groups: int, parts: int) -> list[torch.
     return [x[..., 0::2].transpose(0, 1).contiguous(), x[..., 1::2].transpose(0, 1).contiguous()]  # even, odd
 
 
-def _segment_accumulators(x_parts: list[torch.Tensor], w_parts: list[torch.Tensor], weight_bits: int,
+def segment_accumulators(x_parts: list[torch.Tensor], w_parts: list[torch.Tensor], weight_bits: int,
                           group: int) -> torch.Tensor:
     """Every segment's accumulator, exact, as fp32 (the int32 value rounded to fp32, as the kernel does):
     (groups, M, N) from the (groups, M, L) activation parts and (groups, L, N) weight parts.
@@ -235,7 +235,7 @@ def int_conv2d_reference(q: torch.Tensor, a_scale: torch.Tensor, weight: torch.T
     """Quantized convolution: (B, H, W, C) int8 -> (B, Ho, Wo, N) ``out_dtype``; see the module docstring.
 
     The segments' integer accumulators come from batched float GEMMs that compute them exactly
-    (:func:`_segment_accumulators`), then go through the fp32 epilogue in segment order. They equal
+    (:func:`segment_accumulators`), then go through the fp32 epilogue in segment order. They equal
     :func:`int_conv2d_accumulators_reference` (int32 arithmetic) bit for bit, as the tests check."""
     b, h, w, c = q.shape
     n, kh, kw, _ = weight.shape
@@ -256,7 +256,7 @@ def int_conv2d_reference(q: torch.Tensor, a_scale: torch.Tensor, weight: torch.T
                 taken = (taken.float() * inside[None, :, :, None]).reshape(-1, c)  # (M, C)
                 a_s = a_taken.reshape(-1)  # (M,)
             w_tap = [part[:, i, j].permute(1, 2, 0) for part in parts]  # (groups, L, N) each
-            acc = _segment_accumulators(_grouped_inputs(taken, groups, len(parts)), w_tap, weight_bits, g)
+            acc = segment_accumulators(_grouped_inputs(taken, groups, len(parts)), w_tap, weight_bits, g)
             first = (i * kw + j) * groups
             tap_scales = scale_w[:, first:first + groups] if scale_w.shape[1] > 1 else scale_w.expand(n, groups)
             terms = acc.mul_(a_s[None, :, None]).mul_(tap_scales.t().contiguous()[:, None, :])  # (groups, M, N)

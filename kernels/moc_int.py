@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import kernel_op
-from .int_gemm import INT4_SYMMETRIC_ZERO, pack_nibbles, unpack_int4, weight_values
+from .int_gemm import INT4_SYMMETRIC_ZERO, pack_nibbles, segment_accumulators, unpack_int4, weight_values
 from .quant_act import quantize_act
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,13 +126,15 @@ def moc_int_up_reference(q: torch.Tensor, a_scale: torch.Tensor, gate_sel: torch
     k = idx.shape[1]
     flat = idx.reshape(-1).long()  # (T*K,)
     g = up_group or d
+    segments = d // g
     zero = None if up_zero is None else up_zero.index_select(0, flat)
     packed = w_up.index_select(0, flat)  # (T*K, bytes): the selected rows of Wu
-    rows = weight_values(packed.view(t * k, 1, 1, -1), zero, up_bits, d, up_group).view(t * k, d)  # signed int32
-    products = rows.view(t, k, d // g, g) * q.to(torch.int32).view(t, 1, d // g, g)  # (T, K, S, g)
-    acc = products.sum(-1, dtype=torch.int32)  # (T, K, S) exact
+    rows = weight_values(packed.view(t * k, 1, 1, -1), zero, up_bits, d, up_group, torch.float32)  # signed, exact
+    rows = rows.view(t, k, segments, g).permute(0, 2, 3, 1).reshape(t * segments, g, k)  # (T*S, g, K)
+    x = q.float().view(t * segments, 1, g)  # (T*S, 1, g)
+    acc = segment_accumulators([x], [rows], up_bits, g).view(t, segments, k).transpose(1, 2)  # (T, K, S) exact
     scale = up_scale.float().index_select(0, flat).view(t, k, -1)  # (T, K, 1 or S)
-    terms = acc.float().mul_(a_scale[:, None, None]).mul_(scale)  # (T, K, S): acc * a_scale * w_scale
+    terms = acc.mul_(a_scale[:, None, None]).mul_(scale)  # (T, K, S): acc * a_scale * w_scale
     u = torch.zeros(t, k, dtype=torch.float32, device=q.device)
     for s in range(acc.shape[2]):  # summed in segment order, as int_linear's epilogue
         u += terms[..., s]
@@ -157,14 +159,17 @@ def moc_int_down_reference(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.T
     table_row = segment if down_scale_t.shape[0] > 1 else torch.zeros_like(segment)  # (1, N) tables: shared
     packed = w_down_t.index_select(0, flat)  # (T*K, bytes): the selected rows of Wd^T
     if down_bits == 8:
-        rows = packed.to(torch.int32)  # (T*K, N)
+        rows = packed.float()  # (T*K, N)
     else:  # nibble - zero, the zero point of the row's segment for each output n
-        zero = INT4_SYMMETRIC_ZERO if down_zero_t is None else down_zero_t.index_select(0, table_row).to(torch.int32)
-        rows = unpack_int4(packed, n, torch.int32) - zero  # (T*K, N)
-    products = rows * qd.to(torch.int32).reshape(-1, 1)  # (T*K, N)
-    acc = torch.zeros(t * segments, n, dtype=torch.int32, device=qd.device)  # (T*S, N)
-    cell = torch.arange(t, device=qd.device).repeat_interleave(k) * segments + segment  # (T*K,): row t*S + s
-    acc.index_add_(0, cell, products)  # exact: int32 sums per (token, segment)
+        zero = INT4_SYMMETRIC_ZERO if down_zero_t is None else down_zero_t.index_select(0, table_row).float()
+        rows = unpack_int4(packed, n, torch.float32) - zero  # (T*K, N)
+    if segments == 1:  # one accumulator per token: a GEMV of the K selected rows, exact (segment_accumulators)
+        acc = segment_accumulators([qd.float().view(t, 1, k)], [rows.view(t, k, n)], down_bits, k)  # (T, 1, N)
+    else:  # int32 sums per (token, segment), the selected rows added into their segment's accumulator
+        products = rows.to(torch.int32) * qd.to(torch.int32).reshape(-1, 1)  # (T*K, N)
+        acc = torch.zeros(t * segments, n, dtype=torch.int32, device=qd.device)  # (T*S, N)
+        cell = torch.arange(t, device=qd.device).repeat_interleave(k) * segments + segment  # (T*K,): row t*S + s
+        acc.index_add_(0, cell, products)  # exact
     scale = down_scale_t.float().expand(segments, n)  # (S, N)
     terms = acc.view(t, segments, n).float().mul_(d_scale[:, None, None]).mul_(scale)  # (T, S, N)
     y = torch.zeros(t, n, dtype=torch.float32, device=qd.device)

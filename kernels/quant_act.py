@@ -91,4 +91,6 @@ def quantize_act(x: torch.Tensor, multiplier: Optional[torch.Tensor] = None, shi
                  static_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 activations and their scales; see the module docstring. Not differentiable (inference)."""
     _check(x, multiplier, shift, static_scale)
-    return _quantize_act_op(x, multiplier, shift, static_scale)
+    if torch.compiler.is_compiling():  # one node in the graph
+        return _quantize_act_op(x, multiplier, shift, static_scale)
+    return _quantize_act(x.contiguous(), multiplier, shift, static_scale)  # eager: no custom-op dispatch (~100 us)

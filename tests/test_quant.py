@@ -205,6 +205,15 @@ def test_first_and_last_are_the_models_input_layer_and_classifier(arch, kwargs, 
         assert isinstance(q.layers[0].attn.q_proj, QuantLinear)
 
 
+def test_the_all_suffix_keeps_no_layer_float_and_round_trips():
+    spec = QuantSpec.parse("w8a8-all")
+    assert spec.keep == () and spec.name == "w8a8-all" and QuantSpec.parse("w8a8").keep == ("<first>", "<last>")
+    net, _ = _net_and_data()
+    q = quantize(copy.deepcopy(net), "w4a8-pcw-all")
+    assert isinstance(q.stem, QuantConv2d) and isinstance(q.head, QuantLinear)
+    assert "5 layers quantized, 0 kept in float" in summary(q)
+
+
 def test_blocks_declare_float_only_layers():
     """A module with ``keep_float_reason`` keeps itself and every layer inside it in float, with that reason
     in the report; the rest is quantized as usual."""
