@@ -4,8 +4,10 @@
 
 For each model and spec: the quantized model's parameters and buffers; those plus what
 ``zoo.optimize`` adds (its folded copy's own tensors and oneDNN's packed int8 weights; tensors shared
-between the two count once); and the packed weights alone. Goal (issue 17): a running ``w4a8`` model at
-most 0.3x of fp32.
+between the two count once); the packed weights alone; and the module ``zoo.optimize(...,
+release_codes=True)`` returns, on its own (what a deployment holds once the quantized model is let go:
+its float tensors and the packed weights, the oneDNN layers' codes dropped). Goal (issue 17): a running
+``w4a8`` model at most 0.3x of fp32.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import zoo  # noqa: E402
 from zoo.blocks.quant import QuantConv2d, QuantLinear  # noqa: E402
 from common import print_table, save_text  # noqa: E402
 
-SPECS = ("w8a8", "w4a8-pcw")
+SPECS = ("w8a8", "w4a8-pcw", "w4a8-pcw-all")  # -all: the first conv and the classifier quantized too
 
 
 def storages(model: nn.Module) -> dict[int, int]:
@@ -49,8 +51,10 @@ def rows_for(name: str, build) -> list[list[str]]:
         fast = zoo.optimize(quantized, compile=False)
         running = {**own, **storages(fast)}
         packed = packed_bytes(fast)
+        lean = zoo.optimize(quantized, compile=False, release_codes=True)
+        alone = sum(storages(lean).values()) + packed_bytes(lean)
         rows.append([name, spec, f"{sum(own.values()) / fp32:.3f}x", f"{(sum(running.values()) + packed) / fp32:.3f}x",
-                     f"{packed / fp32:.3f}x"])
+                     f"{packed / fp32:.3f}x", f"{alone / fp32:.3f}x"])
     return rows
 
 
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> str:
     rows = [row for name, build in models.items() for row in rows_for(name, build)]
     with torch.no_grad():
         report = print_table(["model", "spec", "quantized model", "+ optimize's copy and packed weights",
-                              "packed weights alone"], rows)
+                              "packed weights alone", "optimize(release_codes=True) alone"], rows)
     save_text(report, "weight_memory.txt")
     return report
 

@@ -238,6 +238,7 @@ class _QuantLayer(nn.Module):
         self.register_buffer("act_shift", torch.zeros(c, device=device) if act_shift else None)
         self.register_buffer("act_scale", torch.ones((), device=device) if act_scale else None)
         self._onednn = onednn_int8.WeightCache()
+        self.codes_released = False  # see release_codes
         self._cpu_kernel: Optional[tuple[str, str]] = None  # (ZOO_KERNELS value, execution()'s kernel on the CPU)
         self._weight_only = weight_only.PackedCache()  # weight-only layers' packed weights, made on first use
         self.fused_relu = False  # a ReLU that followed this layer, applied here (set by zoo.optimize)
@@ -311,6 +312,34 @@ class _QuantLayer(nn.Module):
             return self.execution(x.device)[0] == "onednn"
         return self._kernel_on_cpu() == "onednn"
 
+    def release_codes(self) -> None:
+        """Drop this layer's integer codes and keep only oneDNN's packed copy of its weights, which holds the
+        same int8 values: a deployed ``w4a8`` layer then holds 0.25x of its fp32 weights instead of 0.375x
+        (``zoo.optimize(release_codes=True)`` does this on its own copy; the quantized model keeps its codes).
+        Afterwards the layer runs on oneDNN only: another kernel, ``state_dict``, loading and
+        :meth:`dequantized_weight` refuse it."""
+        if self._kernel_on_cpu() != "onednn" or self.qweight.device.type != "cpu":
+            raise ValueError(f"release_codes: this layer runs {self.execution()[0]!r} ({self.execution()[1]}), "
+                             f"not oneDNN, and needs its codes")
+        if self.codes_released:
+            return
+        self.onednn_weight()  # packed now, then kept whatever the buffers hold
+        self._onednn.freeze()
+        self._buffers["qweight"] = self.qweight.new_empty(0)  # (0,): nothing to read
+
+        def refuse(*_):
+            self._require_codes("state_dict / load_state_dict")
+
+        self.register_state_dict_pre_hook(refuse)
+        self.register_load_state_dict_pre_hook(refuse)
+        self.codes_released = True
+
+    def _require_codes(self, what: str) -> None:
+        if self.codes_released:
+            raise RuntimeError(f"{what}: this layer's integer codes were released (zoo.optimize(release_codes=True)), "
+                               f"so it runs on oneDNN's packed weights only; use the quantized model you optimized, "
+                               f"not the result, for this")
+
     def onednn_weight(self) -> "onednn_int8.PackedWeight":
         """The oneDNN weights, made once and kept until a buffer changes (a load, ``.to()``, an edit)."""
         return self._onednn.get(self.qweight, self.weight_scale, self.weight_zero, self.spec.weight_bits,
@@ -358,6 +387,7 @@ class _QuantLayer(nn.Module):
     def set_weight(self, weight_nhwc: torch.Tensor, grid: Optional[tuple] = None) -> None:
         """Quantize float channels-last weights (N, KH, KW, C) into this layer's buffers (on ``grid``, a
         (scale, zero) pair, where a method chose it: :func:`quantize_weight`)."""
+        self._require_codes("set_weight")
         q = quantize_weight(weight_nhwc, self.spec.weight_bits, self.group_size, self.spec.weight_symmetric,
                             self.spec.fp8, grid)
         self.qweight = q.values.to(self.qweight.device)
@@ -367,6 +397,7 @@ class _QuantLayer(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """Float weights (N, KH, KW, C): what the integer path multiplies by, for checks and references."""
+        self._require_codes("dequantized_weight")
         return dequantize_weight(self.qweight, self.weight_scale, self.weight_zero, self.spec.weight_bits,
                                  self.in_channels, self.group_size, self.spec.fp8)
 
@@ -442,6 +473,7 @@ class QuantLinear(_QuantLayer):
                 return self.forward(x)
         if self._runs_onednn(x):
             return self._onednn_forward(x2).view(*lead, self.out_channels)
+        self._require_codes(f"a {x.device.type} input off oneDNN")
         q, scale = quantize_act(x2, self.act_multiplier, self.act_shift, self.act_scale)
         y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
                        self.bias, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (M, N)
@@ -505,6 +537,7 @@ class QuantConv2d(_QuantLayer):
                 return self.forward(x)
         if self._runs_onednn(x):
             return self._onednn_forward(x)
+        self._require_codes(f"a {x.device.type} input off oneDNN")
         pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         multiplier, shift, given = self.act_multiplier, self.act_shift, self.act_scale
         if self.act_scope == "image":  # one scale per image, from the transformed activations

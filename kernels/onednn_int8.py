@@ -247,10 +247,20 @@ class WeightCache:
         self.handle = next(WeightCache._handles)
         self.key: Optional[tuple] = None
         self.weight: Optional[PackedWeight] = None
+        self.frozen = False  # the layer's codes were released: the packed copy is all there is
         WeightCache._live[self.handle] = self
 
     def __deepcopy__(self, memo) -> "WeightCache":
-        return WeightCache()
+        copied = WeightCache()
+        if self.frozen:  # nothing to pack from again: the copy shares the (read-only) packed weights
+            copied.weight, copied.frozen = self.weight, True
+        return copied
+
+    def freeze(self) -> None:
+        """Keep the packed weights whatever the buffers hold from now on (their codes are about to be dropped)."""
+        if self.weight is None:
+            raise ValueError("WeightCache.freeze: nothing packed yet; call get() first")
+        self.frozen = True
 
     def __reduce__(self):
         return (WeightCache, ())
@@ -261,7 +271,9 @@ class WeightCache:
 
     def get(self, qweight: torch.Tensor, w_scale: torch.Tensor, w_zero: Optional[torch.Tensor], weight_bits: int,
             channels: int, stride: tuple[int, int], padding: tuple[int, int], linear: bool) -> PackedWeight:
-        """The packed weights of these buffers, reordered again only when one of them changed."""
+        """The packed weights of these buffers, reordered again only when one of them changed (never once frozen)."""
+        if self.frozen:
+            return self.weight
         key = buffers_key(qweight, w_scale, w_zero)
         if self.key != key:
             if w_scale.shape[1] != 1:

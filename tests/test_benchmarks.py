@@ -120,17 +120,20 @@ def test_channel_gate_split_form_equals_the_block(name, monkeypatch, triton_mode
 
 
 def test_weight_memory_quick_pass(monkeypatch):
-    """Weight memory: int4 codes below int8, oneDNN's packed int8 copy about a quarter of fp32, and optimize's
-    copy sharing what folding leaves alone (the running total below quantized + a full copy + packed)."""
+    """Weight memory: int4 codes below int8, oneDNN's packed int8 copy about a quarter of fp32, optimize's
+    copy sharing what folding leaves alone (the running total below quantized + a full copy + packed), and
+    the module with released codes holding about the packed weights (under 0.3x with -all)."""
     monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
     module = runpy.run_path(str(BENCHMARKS / "weight_memory.py"))
     report = module["main"](["--quick"])
     rows = {tuple(c.strip() for c in line.split("|")[:2]): [float(c.strip().rstrip("x")) for c in line.split("|")[2:]]
             for line in report.splitlines()[2:]}
     for model in ("resnet18", "RCAN 64ch 2x10"):
-        (w8, running8, packed8), (w4, running4, packed4) = rows[(model, "w8a8")], rows[(model, "w4a8-pcw")]
+        (w8, running8, packed8, _), (w4, running4, packed4, _) = rows[(model, "w8a8")], rows[(model, "w4a8-pcw")]
         assert w4 < w8 < 0.4 and 0.2 < packed4 == packed8 < 0.3, rows
         assert running4 < w4 + w4 + packed4 and running8 < w8 + w8 + packed8, rows  # the copy shares
+        _, running_all, packed_all, alone_all = rows[(model, "w4a8-pcw-all")]
+        assert packed_all <= alone_all < min(0.3, running_all), rows  # the codes released: about the packed weights
 
 
 def test_weight_only_quick_pass():

@@ -244,6 +244,33 @@ def test_optimize_prepares_a_quantized_model_and_compiles_a_float_one():
         torch.testing.assert_close(forced(x), eager, rtol=1e-6, atol=1e-6)
 
 
+@needs_onednn
+@pytest.mark.parametrize("spec", ["w8a8-all", "w4a8-pcw-all"])
+def test_released_codes_keep_the_outputs_and_refuse_what_needs_them(spec, monkeypatch):
+    model = zoo.quantize(_tiny_net(), spec)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        kept = zoo.optimize(model, compile=False)(x)
+        lean = zoo.optimize(model, compile=False, release_codes=True)  # no pretrained_cfg: nothing folded, a copy
+        assert torch.equal(lean(x), kept)
+        assert torch.equal(copy.deepcopy(lean)(x), kept)  # a copy shares the packed weights
+    layers = [m for m in lean.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    assert len(layers) == 6 and all(m.codes_released and m.qweight.numel() == 0 for m in layers)
+    model_codes = {m.qweight.untyped_storage().data_ptr() for m in model.modules() if isinstance(m, QuantConv2d)}
+    assert all(m.qweight.numel() > 0 for m in model.modules() if isinstance(m, QuantConv2d))  # the model keeps them
+    assert not model_codes & {t.untyped_storage().data_ptr() for t in lean.buffers()}
+    assert model.state_dict() and torch.equal(model(x), kept)
+    for refused in (lean.state_dict, layers[0].dequantized_weight, lambda: lean.load_state_dict(model.state_dict()),
+                    lambda: layers[0].set_weight(torch.zeros(16, 3, 3, 3))):
+        with pytest.raises(RuntimeError, match=r"codes were released \(zoo.optimize\(release_codes=True\)\)"):
+            refused()
+    monkeypatch.setenv("ZOO_KERNELS", "torch")  # another kernel needs the codes
+    with pytest.raises(RuntimeError, match="off oneDNN.*released"), torch.no_grad():
+        lean(x)
+    with pytest.raises(ValueError, match="keeps the result eager"):
+        zoo.optimize(model, compile=True, release_codes=True)
+
+
 def test_optimize_keeps_float_types_unless_asked():
     model = _tiny_net()
     x = torch.randn(2, 3, 16, 16)
