@@ -151,6 +151,15 @@ def test_a_disagreeing_graph_is_reported(tmp_path):
         zoo.export_onnx(model, tmp_path / "r.onnx", torch.rand(1, 3, 8, 8), min_sqnr_db=1e9)
 
 
+def test_a_top_k_model_that_disagrees_is_told_why_and_what_to_pass(tmp_path):
+    """A Mixture-of-Channels LM can flip near-tied selections under onnxruntime's rounding (moc_lm_130m: 39-44 dB,
+    its dense twin passes): the error says so; a model without a selection does not get that sentence."""
+    with pytest.raises(ONNXMismatchError, match=r"top-K .*min_sqnr_db= what you accept, or check=False"):
+        zoo.export_onnx(zoo.create("moc_lm_tiny"), tmp_path / "m.onnx", min_sqnr_db=1e9)
+    with pytest.raises(ONNXMismatchError, match=r"for inspection\.$"):
+        zoo.export_onnx(zoo.create("dense_lm_tiny"), tmp_path / "d.onnx", min_sqnr_db=1e9)
+
+
 def test_cli_exports_and_reports(tmp_path, capsys):
     from zoo.__main__ import main
 
