@@ -319,8 +319,8 @@ class _QuantLayer(nn.Module):
         Afterwards the layer runs on oneDNN only: another kernel, ``state_dict``, loading and
         :meth:`dequantized_weight` refuse it."""
         if self._kernel_on_cpu() != "onednn" or self.qweight.device.type != "cpu":
-            raise ValueError(f"release_codes: this layer runs {self.execution()[0]!r} ({self.execution()[1]}), "
-                             f"not oneDNN, and needs its codes")
+            kernel, why = self.execution()
+            raise ValueError(f"release_codes: this layer runs {kernel!r} ({why}), not oneDNN, and needs its codes")
         if self.codes_released:
             return
         self.onednn_weight()  # packed now, then kept whatever the buffers hold

@@ -158,15 +158,16 @@ def moc_int_down_reference(qd: torch.Tensor, d_scale: torch.Tensor, idx: torch.T
     segment = flat // (down_group or h)  # (T*K,)
     table_row = segment if down_scale_t.shape[0] > 1 else torch.zeros_like(segment)  # (1, N) tables: shared
     packed = w_down_t.index_select(0, flat)  # (T*K, bytes): the selected rows of Wd^T
+    dtype = torch.float32 if segments == 1 else torch.int32  # a float GEMV, or int32 sums per segment (below)
     if down_bits == 8:
-        rows = packed.float()  # (T*K, N)
+        rows = packed.to(dtype)  # (T*K, N)
     else:  # nibble - zero, the zero point of the row's segment for each output n
-        zero = INT4_SYMMETRIC_ZERO if down_zero_t is None else down_zero_t.index_select(0, table_row).float()
-        rows = unpack_int4(packed, n, torch.float32) - zero  # (T*K, N)
+        zero = INT4_SYMMETRIC_ZERO if down_zero_t is None else down_zero_t.index_select(0, table_row).to(dtype)
+        rows = unpack_int4(packed, n, dtype) - zero  # (T*K, N)
     if segments == 1:  # one accumulator per token: a GEMV of the K selected rows, exact (segment_accumulators)
         acc = segment_accumulators([qd.float().view(t, 1, k)], [rows.view(t, k, n)], down_bits, k)  # (T, 1, N)
     else:  # int32 sums per (token, segment), the selected rows added into their segment's accumulator
-        products = rows.to(torch.int32) * qd.to(torch.int32).reshape(-1, 1)  # (T*K, N)
+        products = rows * qd.to(torch.int32).reshape(-1, 1)  # (T*K, N)
         acc = torch.zeros(t * segments, n, dtype=torch.int32, device=qd.device)  # (T*S, N)
         cell = torch.arange(t, device=qd.device).repeat_interleave(k) * segments + segment  # (T*K,): row t*S + s
         acc.index_add_(0, cell, products)  # exact

@@ -152,7 +152,7 @@ class QuantReport:
         """A readable table: per layer its outlier channels, kurtosis, layer SQNR per method and sensitivity."""
         methods = list(self.layers[0].headline.layer_sqnr) if self.layers else []
         rank = {n: i + 1 for i, n in enumerate(self.ranking())}
-        rtn_scored = self._rtn_ranking_if_scored() is not None
+        rtn_scored = self.rtn_scored
         rows = sorted(self.layers, key=lambda la: rank[la.name])[:top] if top else self.layers
         width = max([len(la.name) for la in rows] + [5])
         head = (f"{'layer':<{width}}  {'rank':>4}  {'outliers (channels)':<22} {'range':>5} {'kurt':>6}  "
@@ -181,12 +181,14 @@ class QuantReport:
     def to_dict(self) -> dict:
         return {"spec": json.loads(self.spec.to_json()), "metric": self.metric, "float_score": self.float_score,
                 "fp32_bytes": self.fp32_bytes, "batches": self.batches, "seconds": round(self.seconds, 3),
-                "ranking": self.ranking(), "ranking_rtn": self._rtn_ranking_if_scored(),
+                "ranking": self.ranking(), "ranking_rtn": self.ranking("rtn") if self.rtn_scored else None,
                 "layers": [la.to_dict() for la in self.layers],
                 "kept": [{"name": r.name, "kind": r.kind, "detail": r.detail} for r in self.kept]}
 
-    def _rtn_ranking_if_scored(self) -> Optional[list[str]]:
-        return self.ranking("rtn") if all(la.rtn_sensitivity is not None for la in self.layers) else None
+    @property
+    def rtn_scored(self) -> bool:
+        """Whether every layer has its round-to-nearest score, so ``ranking("rtn")`` can rank them."""
+        return all(la.rtn_sensitivity is not None for la in self.layers)
 
     def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
         """The report as JSON (infinite SQNRs as null); written atomically to ``path`` when given."""
