@@ -64,6 +64,10 @@ MODELS = {  # config, the test metric, one input for costing and latency
 }
 
 
+W8A8_ROWS = ("gate", "greedy-lat-rec")  # the methods whose pruned models also get a w8a8 row
+# the goals of issue 23, per model: (the metric's column, how far under the unpruned score counts as "within")
+GOALS = {"digits_seresnet18": ("top1", 0.005), "quickstart_rcan": ("psnr", 0.15)}
+
 DATA_LIMIT: dict[str, int] = {}  # data.args.limit of every run (--limit, a smoke pass on a few digits)
 
 
@@ -225,7 +229,7 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
                     torch.set_num_threads(threads)
             zoo.save_pretrained(model, work / f"{method}-{level}-pruned")
             folders[f"{method}@{level}"] = _fit(config, work / f"{method}-{level}", steps, str(work / f"{method}-{level}-pruned"))
-    quantize = {"unpruned"} | {f"gate@{level}" for level in levels if "gate" in methods}
+    quantize = {"unpruned"} | {f"{m}@{level}" for level in levels for m in methods if m in W8A8_ROWS}
     quant_folders = {}
     for name in quantize:
         model = zoo.quantize(_load(folders[name]), "w8a8")
@@ -240,6 +244,42 @@ def bench_model(key: str, levels: list[float], methods: list[str], base_steps: i
                      "latency_ms": latencies[name], "latency_ratio": latencies[name] / latencies["unpruned"]})
     print(f"{key}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    """Issue 23's goals read off the rows of one run: accuracy at half the MACs removed, ``gate`` against
+    Torch-Pruning, latency at most 0.6x with half or more of the MACs removed at that accuracy, and a pruned
+    ``w8a8`` model faster than both the pruned float model and the unpruned ``w8a8`` one."""
+    lines = []
+    for model, (metric, slack) in GOALS.items():
+        mine = {r["method"]: r for r in rows if r["model"] == model}
+        if "unpruned" not in mine:
+            continue
+        floor = mine["unpruned"][metric] - slack
+        half = {m: r for m, r in mine.items() if "+" not in m and r["macs_removed"] >= 0.495}
+        kept = {m: r for m, r in half.items() if r[metric] >= floor}
+        best = max(half, key=lambda m: half[m][metric], default=None)
+        lines.append(f"- {model}: accuracy with half the MACs removed, within {slack:g} of {mine['unpruned'][metric]:.4f}: "
+                     + (f"{'met' if kept else 'NOT met'} (best {best}: {half[best][metric]:.4f})" if best else "no row"))
+        ours = [r[metric] for m, r in half.items() if m.startswith(("gate", "greedy")) and r["macs_removed"] < 0.55]
+        peers = [r[metric] for m, r in half.items() if m.startswith("tp-") and r["macs_removed"] < 0.55]
+        if ours and peers:
+            lines.append(f"- {model}: gate criteria at 50-55% of the MACs against Torch-Pruning's best: "
+                         f"{max(ours):.4f} vs {max(peers):.4f}, {'met' if max(ours) >= max(peers) else 'NOT met'}")
+        fastest = min(kept, key=lambda m: kept[m]["latency_ratio"], default=None)
+        if fastest:
+            r = kept[fastest]
+            lines.append(f"- {model}: latency at most 0.6x at that accuracy with half or more of the MACs removed: "
+                         f"{'met' if r['latency_ratio'] <= 0.6 else 'NOT met'} (fastest {fastest}: "
+                         f"{r['latency_ratio']:.2f}x, {r['macs_removed']:.1%} of the MACs removed)")
+        for name, r in mine.items():
+            base = name.split("+")[0]
+            if name.endswith("+w8a8") and base != "unpruned" and "unpruned+w8a8" in mine:
+                faster = r["latency_ms"] < min(mine[base]["latency_ms"], mine["unpruned+w8a8"]["latency_ms"])
+                lines.append(f"- {model}: {name} faster than {base} and unpruned+w8a8: {'met' if faster else 'NOT met'} "
+                             f"({r['latency_ratio']:.2f}x vs {mine[base]['latency_ratio']:.2f}x and "
+                             f"{mine['unpruned+w8a8']['latency_ratio']:.2f}x)")
+    return lines
 
 
 def _load_config_model(config: str) -> torch.nn.Module:
@@ -328,13 +368,15 @@ def main(argv: list[str] | None = None) -> str:
             f"zoo rows round_to={args.round_to}, "
             f"latency: eager, 1 thread, median of {args.repeats}")
     print(note)
+    goals = goal_lines(rows)
+    print("\n".join(["goals (issue 23):", *goals]) if goals else "", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pruning.json").write_text(json.dumps({"note": note, "args": {**vars(args), "out": str(args.out)},
                                                         "rows": rows}, indent=2))
     plot = _plot(rows, args.out / "pruning.png")
     if plot:
         print(f"plot: {plot}")
-    return report + "\n" + note
+    return "\n".join([report, note, *goals])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ loaded with the same weights, timed interleaved in one run.
 
     python benchmarks/rcan_cpu.py [--size 128] [--repeats 5] [--model rcan_x2]
 
-Goal (issue 4): the zoo model no slower than the reference.
+Goal (issue 4): the zoo model no slower than the reference. A third row runs the reference on a
+channels-last input, what a PyTorch user would try for CPU speed (zoo's RCAN does that by itself in inference).
 """
 from __future__ import annotations
 
@@ -94,7 +95,17 @@ def main() -> None:
                 model(x)
         return run
 
-    times = time_interleaved({"zoo": runner(ours), "reference": runner(ref)}, args.repeats, warmup=1)
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # what a user of the reference would try
+
+    def runner_cl(model):
+        def run():
+            with torch.inference_mode():
+                model(x_cl)
+        return run
+
+    # zoo runs its trunk channels-last in CPU inference by itself; the reference row is the stock NCHW model
+    times = time_interleaved({"zoo": runner(ours), "reference": runner(ref),
+                              "reference, channels-last input": runner_cl(ref)}, args.repeats, warmup=1)
     ms = {k: median_ms(v) for k, v in times.items()}
     print(f"{args.model} forward, 1x3x{args.size}x{args.size}, median of {args.repeats} interleaved runs; {machine()}")
     print_table(["implementation", "ms", "ratio to reference"],

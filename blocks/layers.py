@@ -68,6 +68,21 @@ def _cpu_inference_nchw(x: torch.Tensor) -> bool:
             and not torch.jit.is_tracing() and eager_inference(x))
 
 
+def channels_last_inference(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``forward(x)``, run on a channels-last copy of ``x`` and returned NCHW when ``x`` is an NCHW CPU map
+    and no gradient is recorded (``torch.no_grad`` / ``torch.inference_mode``); ``forward(x)`` otherwise.
+
+    For a network of narrow convolutions on large maps (an SR trunk). oneDNN's NCHW fp32 convolutions on
+    the CPU run a width between two multiples of 16 channels nearly as slowly as the next multiple (a
+    3x3 conv of 20 channels at 96 x 96: 3.5 ms against 1.0 ms channels-last), so channels-last both speeds
+    up the full model and lets a pruned one's odd widths save time (``benchmarks/conv_widths.py``). The
+    values are those of the NCHW path up to float summation order.
+    """
+    if not torch.is_grad_enabled() and _cpu_inference_nchw(x) and x.shape[1] > 1:
+        return forward(x.contiguous(memory_format=torch.channels_last)).contiguous()  # (B, C', H', W') NCHW
+    return forward(x)
+
+
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` whose CPU inference on an NCHW map pools in channels-last order.
 

@@ -101,7 +101,30 @@ def test_pruning_quick_pass(monkeypatch, tmp_path, capsys):
         full = float(params) == pytest.approx(11.265, abs=1e-3)  # w8a8 rows: the float count
         assert float(params) < 0.75 * 11.265 if "@0.5" in method else full, (method, params)
     assert float(rows["unpruned"][5]) == 1.0
+    assert "- digits_seresnet18: accuracy with half the MACs removed" in report  # the goals, read off the rows
+    assert "- digits_seresnet18: gate@0.5+w8a8 faster than gate@0.5 and unpruned+w8a8" in report
     assert (tmp_path / "pruning.json").exists()
+
+
+def test_pruning_goal_lines_read_the_goals_off_the_rows(monkeypatch):
+    monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
+    goal_lines = runpy.run_path(str(BENCHMARKS / "pruning.py"))["goal_lines"]
+
+    def row(method, psnr, removed, ratio):
+        return {"model": "quickstart_rcan", "method": method, "psnr": psnr, "macs_removed": removed,
+                "latency_ratio": ratio, "latency_ms": 40 * ratio}
+    rows = [row("unpruned", 33.78, 0.0, 1.0), row("gate-rec@0.5", 33.70, 0.502, 0.67),
+            row("greedy-lat-rec@0.5", 33.64, 0.664, 0.52), row("gate-lat@0.5", 31.5, 0.744, 0.35),
+            row("tp-taylor@0.5", 32.4, 0.544, 1.0), row("unpruned+w8a8", 33.75, 0.0, 0.54),
+            row("greedy-lat-rec@0.5+w8a8", 33.6, 0.664, 0.3), row("gate-rec@0.3", 33.8, 0.3, 0.9)]
+    lines = goal_lines(rows)
+    assert lines[0].startswith("- quickstart_rcan: accuracy") and "met (best gate-rec@0.5: 33.7000)" in lines[0]
+    assert "33.7000 vs 32.4000, met" in lines[1]
+    # the 31.5 dB row is faster but outside 0.15 dB; the 0.3 level removes too little to count
+    assert "met (fastest greedy-lat-rec@0.5: 0.52x, 66.4% of the MACs removed)" in lines[2]
+    assert "greedy-lat-rec@0.5+w8a8 faster than greedy-lat-rec@0.5 and unpruned+w8a8: met" in lines[3]
+    rows[2]["psnr"] = 33.6  # now outside 0.15 dB: the fastest kept row is gate-rec at 0.67x
+    assert "NOT met (fastest gate-rec@0.5: 0.67x" in goal_lines(rows)[2]
 
 
 @pytest.mark.parametrize("name", ["se", "eca", "ca", "fca"])

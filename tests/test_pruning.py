@@ -127,6 +127,24 @@ def test_time_layer_runs_each_layer_kind_at_the_widths_asked_and_the_report_prin
     assert model(x).shape == (2, 3, 24, 24)
 
 
+def test_time_layer_times_a_conv_in_the_layout_the_model_hands_it(monkeypatch):
+    """RCAN's CPU inference runs channels-last, where oneDNN's conv times follow the width differently: the
+    planner's timings must use that layout, and NCHW for a model that runs NCHW."""
+    from zoo.pruning import latency
+
+    layouts, stock = [], torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda x, *a: layouts.append(
+        "nhwc" if not x.is_contiguous() else "nchw") or stock(x, *a))
+    layer, x = nn.Conv2d(8, 16, 3, padding=1), torch.rand(2, 8, 6, 6)
+    latency.time_layer(layer, x, 4, 6, repeats=1)
+    latency.time_layer(layer, x.contiguous(memory_format=torch.channels_last), 4, 6, repeats=1)
+    assert layouts == ["nchw"] * 2 + ["nhwc"] * 2  # a warm-up run and one timed run each
+    model = zoo.create("rcan", n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4).eval()
+    timed = latency.LatencyModel(model, model.pruning_groups(), torch.rand(1, 3, 8, 8))
+    trunk = [x for name, x in timed.inputs.items() if timed.layers[name].kernel_size == (3, 3) and name != "head.0"]
+    assert trunk and all(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() for x in trunk)
+
+
 def _timed_layers(model, plan, x, timer):
     """The timer over a pruned copy's own layers at their own widths: what the plan's estimate must equal."""
     from zoo.pruning import apply_plan

@@ -192,3 +192,23 @@ def test_quickstart_short_run_beats_bicubic(tmp_path):
     run(["fit", *args])
     results = run(["validate", *args, "--ckpt_path", "last"]).results
     assert results["val/psnr"] > results["val/psnr_bicubic"] + 0.3, results
+
+
+def test_rcan_infers_channels_last_on_the_cpu_and_returns_nchw():
+    """CPU inference runs the trunk channels-last (oneDNN's NCHW convs step in blocks of 16 channels); the
+    output is NCHW and equals the NCHW path to float summation order; with gradients the layout is untouched."""
+    model = zoo.create("rcan", n_resgroups=1, n_resblocks=2, n_feats=20, reduction=4).eval()
+    x = torch.rand(2, 3, 10, 9)
+    seen: list[str] = []
+    model.body[0].body[0].body[0].register_forward_hook(
+        lambda m, args, out: seen.append("nhwc" if not args[0].is_contiguous() else "nchw"))
+    reference = model(x)  # grad mode: the stock NCHW layout
+    with torch.no_grad():
+        got = model(x)
+    with torch.inference_mode():
+        got_inference = model(x)
+        model(x.contiguous(memory_format=torch.channels_last))  # already channels-last: as given
+    assert seen == ["nchw", "nhwc", "nhwc", "nhwc"]
+    assert got.is_contiguous() and got_inference.is_contiguous() and got.shape == (2, 3, 20, 18)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_inference, reference, rtol=1e-5, atol=1e-5)

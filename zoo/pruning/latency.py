@@ -38,8 +38,12 @@ def time_layer(layer: nn.Module, example: torch.Tensor, cin: int, cout: int, rep
     """Median milliseconds of ``layer``'s op at ``cin`` inputs and ``cout`` outputs on ``example``'s shape,
     after one warm-up run (random weights: the time does not depend on their values)."""
     factory = {"device": example.device, "dtype": example.dtype}
-    x = torch.randn(*example.shape[:1], cin, *example.shape[2:], **factory) if isinstance(layer, nn.Conv2d) \
-        else torch.randn(*example.shape[:-1], cin, **factory)  # conv (B, C, H, W); linear (..., C)
+    if isinstance(layer, nn.Conv2d):  # (B, C, H, W) in the layout the model hands the layer (kernels differ)
+        x = torch.randn(*example.shape[:1], cin, *example.shape[2:], **factory)
+        if not example.is_contiguous() and example.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        x = torch.randn(*example.shape[:-1], cin, **factory)  # (..., C)
     if isinstance(layer, nn.Conv2d):
         depthwise = layer.groups == layer.in_channels == layer.out_channels > 1
         groups = cin if depthwise else layer.groups  # pruning cuts no other grouped conv: its widths are full
