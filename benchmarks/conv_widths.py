@@ -3,8 +3,9 @@
 
 A 3x3 conv with C in and C out channels is timed alone (eager, one thread, interleaved repeats, medians)
 at the shapes of the two pruning benchmark models: the quickstart RCAN's trunk (1 x C x 96 x 96) and the
-digits SE-ResNet-18's first stage (16 x C x 8 x 8). The last column is the time per MAC against the
-widest conv's: 1.00 means the conv does the work of its width, 2.00 that it takes as long as twice its MACs.
+digits SE-ResNet-18's first stage (16 x C x 8 x 8), in both memory layouts: NCHW, and channels-last (what
+zoo's RCAN runs in CPU inference). The time-per-MAC columns compare with the widest conv of the same layout:
+1.00 means the conv does the work of its width, 2.00 that it takes as long as twice its MACs.
 
     python benchmarks/conv_widths.py
 """
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> str:
         for width in widths:
             conv = torch.nn.Conv2d(width, width, 3, padding=1).eval()
             x = torch.rand(batch, width, h, w)  # (B, C, H, W)
-            calls[(label, width)] = (lambda conv=conv, x=x: conv(x))
+            x_cl = x.contiguous(memory_format=torch.channels_last)  # the same values, C innermost in memory
+            calls[(label, width, "nchw")] = (lambda conv=conv, x=x: conv(x))
+            calls[(label, width, "cl")] = (lambda conv=conv, x=x_cl: conv(x))
     try:
         with torch.inference_mode():
             times = interleaved_medians_ms(calls, repeats)
@@ -42,9 +45,15 @@ def main(argv: list[str] | None = None) -> str:
         torch.set_num_threads(threads)
     rows = []
     for label, (_, widths) in SHAPES.items():
-        widest = times[(label, widths[-1])] / widths[-1] ** 2
-        rows += [[label, str(w), f"{times[(label, w)]:.3f}", f"{times[(label, w)] / w ** 2 / widest:.2f}"] for w in widths]
-    report = print_table(["shape", "channels in = out", "ms", "time per MAC (x widest)"], rows)
+        for w in widths:
+            row = [label, str(w)]
+            for layout in ("nchw", "cl"):
+                per_mac_widest = times[(label, widths[-1], layout)] / widths[-1] ** 2
+                ms = times[(label, w, layout)]
+                row += [f"{ms:.3f}", f"{ms / w ** 2 / per_mac_widest:.2f}"]
+            rows.append(row)
+    report = print_table(["shape", "channels in = out", "NCHW ms", "NCHW time per MAC (x widest)",
+                          "channels-last ms", "channels-last time per MAC (x widest)"], rows)
     print(f"{machine()}; eager, 1 thread, median of {repeats} interleaved rounds")
     return report
 

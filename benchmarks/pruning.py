@@ -295,6 +295,8 @@ def _datamodule(config: str):
 
 
 def _plot(rows: list[dict], path: Path) -> Path | None:
+    """The metric against MACs (top row) and against the latency ratio (bottom row), one line per method;
+    Torch-Pruning's rows dashed, the w8a8 rows left out."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -302,20 +304,31 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     except ImportError:
         return None
     models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    palette = plt.get_cmap("tab20")
+    for column, model in enumerate(models):
         mine = [r for r in rows if r["model"] == model and "+w8a8" not in r["method"]]
         metric = "top1" if "top1" in mine[0] else "psnr"
-        for method in sorted({r["method"].split("@")[0] for r in mine}):
-            points = sorted((r["macs"] / 1e6, r[metric]) for r in mine if r["method"].split("@")[0] == method
-                            or r["method"] == "unpruned")
-            ax.plot(*zip(*points), marker="o", label=method)
-        ax.set_xlabel("MACs per sample (M)")
-        ax.set_ylabel(metric)
-        ax.set_title(model)
-        ax.legend(fontsize=7)
+        methods = sorted({r["method"].split("@")[0] for r in mine} - {"unpruned"})
+        for ax, x_key, x_label in ((axes[0][column], "macs", "MACs per sample (M)"),
+                                   (axes[1][column], "latency_ratio", "CPU latency, x unpruned (1 thread)")):
+            scale = 1e6 if x_key == "macs" else 1.0
+            for i, method in enumerate(methods):
+                points = sorted((r[x_key] / scale, r[metric]) for r in mine
+                                if r["method"].split("@")[0] in (method, "unpruned"))
+                ax.plot(*zip(*points), marker="o", color=palette(i % 20), label=method,
+                        linestyle="--" if method.startswith("tp-") else "-")
+            unpruned = next(r for r in mine if r["method"] == "unpruned")
+            ax.axhline(unpruned[metric], color="grey", linewidth=0.8)
+            if x_key == "latency_ratio":
+                ax.axvline(0.6, color="grey", linewidth=0.8, linestyle=":")  # issue 23's latency goal
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(metric)
+            ax.set_title(model)
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

@@ -27,8 +27,9 @@ def test_conv_widths_times_every_width_of_both_shapes(monkeypatch):
     monkeypatch.setattr(sys, "path", [str(BENCHMARKS)] + sys.path)
     report = runpy.run_path(str(BENCHMARKS / "conv_widths.py"))["main"](["--repeats", "1"])
     rows = [[c.strip() for c in line.split("|")] for line in report.splitlines()[2:]]
-    assert len(rows) == 14 and all(float(ms) > 0 for _, _, ms, _ in rows)
-    assert [rows[6][1], rows[6][3], rows[13][1], rows[13][3]] == ["32", "1.00", "64", "1.00"]  # each shape's widest
+    assert len(rows) == 14 and all(float(ms) > 0 and float(ms_cl) > 0 for _, _, ms, _, ms_cl, _ in rows)
+    assert [rows[6][1], rows[6][3], rows[6][5], rows[13][1], rows[13][3], rows[13][5]] == \
+        ["32", "1.00", "1.00", "64", "1.00", "1.00"]  # each shape's widest, in each layout
 
 
 def test_quantized_moc_decode_quick_pass(monkeypatch):
