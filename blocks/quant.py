@@ -201,7 +201,7 @@ def act_scope(spec: QuantSpec, layer: nn.Module) -> str:
 def dynamic_scales(v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``max|v| / 127`` over ``dims`` (1 where all zero): the scales :func:`zoo.kernels.quantize_act` computes
     per token, here over any dims (an image's pixels and channels), in the same fp32 operations."""
-    amax = torch.maximum(v.amax(dims), v.amin(dims).neg())  # = max|v|, without an |v| temporary
+    amax = torch.linalg.vector_norm(v, float("inf"), dims)  # max|v|: exact, one pass, no |v| temporary
     return torch.where(amax > 0, amax / 127, 1.0)
 
 

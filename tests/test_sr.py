@@ -212,3 +212,22 @@ def test_rcan_infers_channels_last_on_the_cpu_and_returns_nchw():
     assert got.is_contiguous() and got_inference.is_contiguous() and got.shape == (2, 3, 20, 18)
     torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_inference, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_mean_shift_is_a_per_channel_scale_and_shift_where_its_weight_is_diagonal(monkeypatch):
+    """The release's identity (or any diagonal) weight skips PyTorch's slow 3-channel 1x1 conv; another
+    weight keeps the conv; both give the conv's values, in the input's layout."""
+    from zoo.models.rcan import MeanShift
+
+    shift = MeanShift(sign=+1)
+    x = torch.rand(2, 3, 7, 5) * 255
+    convs, stock = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: convs.append(1) or stock(*a, **k))
+    for t in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = shift(t)
+        torch.testing.assert_close(got, stock(t, shift.weight, shift.bias), rtol=0, atol=1e-4)
+        assert got.stride() == t.stride()
+    assert not convs
+    shift.weight[0, 1] = 0.5  # no longer diagonal: the conv
+    torch.testing.assert_close(shift(x), stock(x, shift.weight, shift.bias))
+    assert convs == [1]

@@ -50,6 +50,14 @@ class MeanShift(nn.Module):
         self.register_buffer("bias", sign * rgb_range * torch.tensor(mean, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # eager CPU only: a GPU would sync on the check, and meta tensors (shape runs) hold no values to check
+        if (type(x) is torch.Tensor and x.device.type == "cpu" and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing()):
+            w = self.weight.view(3, 3)  # (out, in)
+            if torch.equal(w, torch.diag(w.diagonal())):  # the release's identity, or any per-channel scale
+                # a 3-channel 1x1 conv runs through PyTorch's slow reference kernel (0.7 ms at 192 x 192 on one
+                # thread, 3% of a pruned quickstart RCAN); a per-channel scale and shift is one pass (0.2 ms)
+                return torch.addcmul(self.bias.view(1, -1, 1, 1), x, w.diagonal().view(1, -1, 1, 1))
         return F.conv2d(x, self.weight, self.bias)
 
 
