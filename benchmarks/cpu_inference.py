@@ -25,7 +25,9 @@ Accuracy: output SQNR against fp32 in dB (the SR models also the PSNR of the out
 input is a crop of a natural image, scikit-image's astronaut). Language model rows: a 256-token prefill
 and a one-token decode step after it, with ``zoo w8a8-all`` (the head quantized too; the presets keep the
 classifier float) and ``zoo w8a16`` / ``zoo w4a16`` (weight-only: PyTorch's packed int8 / int4 kernels for a
-few tokens, the dequantized weights for a prefill).
+few tokens, the dequantized weights for a prefill); ``zoo w8a8, q/k/v apart`` is ``zoo w8a8`` through
+``zoo.optimize(merge=False)``, so the row beside it shows what stacking each attention's q, k and v in one
+layer gives.
 The table is printed and saved under benchmarks/out/ (git-ignored), with the ONNX files. The peers
 (torchao, onnxruntime) come with the ``bench`` extra; a peer that is missing or fails on a model is
 reported and skipped.
@@ -49,7 +51,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402
-from common import OUT, interleaved_medians_ms, print_table, save_text  # noqa: E402
+from common import OUT, cpu_name, interleaved_medians_ms, print_table, save_text  # noqa: E402
 
 QUANT_SPECS = ("w8a8-tok", "w8a8", "w8a8-static", "w4a8-pcw")
 # the language model's rows also: PyTorch's packed kernels for a few tokens, and w8a8 with its 32000-way head quantized
@@ -219,6 +221,8 @@ def paths(case: Case, compile_: bool, threads: list[int]) -> dict[str, Callable[
     for spec in QUANT_SPECS + (LM_SPECS if case.language_model else ()):
         quantized = zoo.quantize(copy.deepcopy(base), spec, calib=[x] if "static" in spec else None)
         out[f"zoo {spec}"] = call(quantized if spec == "w8a8-tok" else zoo.optimize(quantized, compile=compile_), xin)
+        if spec == "w8a8" and case.language_model:
+            out["zoo w8a8, q/k/v apart"] = call(zoo.optimize(quantized, compile=compile_, merge=False), xin)
     return out
 
 
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> str:
         rows += run_case(table[name], threads, args.repeats, not args.no_compile)
     cpu = ("AMX" if torch.cpu._is_amx_tile_supported() else
            "AVX512-VNNI" if torch.cpu._is_vnni_supported() else "no VNNI")
-    title = f"CPU inference, {platform.machine()} ({cpu}), torch {torch.__version__}, {os.cpu_count()} cores"
+    title = f"CPU inference, {cpu_name()} ({cpu}), torch {torch.__version__}, {os.cpu_count()} cores"
     print(title)
     report = title + "\n" + print_table(["model", "threads", "path", "ms", "vs fp32 eager", "accuracy vs fp32"], rows)
     save_text(report, "cpu_inference.txt")

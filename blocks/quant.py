@@ -33,6 +33,7 @@ from zoo.kernels import (int_conv2d, int_linear, kernel_mode, onednn_int8, pack_
                          weight_only)
 from zoo.kernels.int_gemm import INT4_SYMMETRIC_ZERO
 
+from .fusion import can_fuse
 from .quant_spec import QuantSpec
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -478,6 +479,55 @@ class QuantLinear(_QuantLayer):
         y = int_linear(q, scale, self.qweight.view(self.out_channels, -1), self.weight_scale, self.weight_zero,
                        self.bias, self.spec.weight_bits, self.group_size, out_dtype=x.dtype)  # (M, N)
         return (y.relu_() if self.fused_relu else y).view(*lead, self.out_channels)
+
+
+def _same(tensors: list[Optional[torch.Tensor]]) -> bool:
+    """All None, or all tensors equal to the first."""
+    if all(t is None for t in tensors):
+        return True
+    return all(t is not None for t in tensors) and all(torch.equal(t, tensors[0]) for t in tensors[1:])
+
+
+def stack_linears(layers: list[nn.Module]) -> Optional[nn.Module]:
+    """One layer whose output is the concatenation of ``layers``' outputs on the same input (an attention's
+    q, k and v projections), or None where they cannot be one: one GEMM and, for integer layers, one
+    activation quantization instead of several. Plain ``nn.Linear`` layers of one dtype and device (hooks
+    refuse: a hook would see nothing), or ``QuantLinear`` layers of one spec and weight grouping whose
+    activation step is the same (no multipliers or shifts, or equal ones; dynamic scales, or one equal
+    static scale) and whose codes are kept: the stacked layer holds their codes, scales and biases row after
+    row, so each output channel is computed as before."""
+    first = layers[0]
+    if not can_fuse(*layers) or any(type(m) is not type(first) for m in layers):
+        return None
+    if type(first) is nn.Linear:
+        if any(m.in_features != first.in_features or m.weight.dtype != first.weight.dtype
+               or m.weight.device != first.weight.device or (m.bias is None) != (first.bias is None) for m in layers):
+            return None
+        out = nn.Linear(first.in_features, sum(m.out_features for m in layers), bias=first.bias is not None,
+                        device=first.weight.device, dtype=first.weight.dtype)
+        out.weight.data = torch.cat([m.weight.detach() for m in layers])  # (N1 + N2 + ..., K)
+        if first.bias is not None:
+            out.bias.data = torch.cat([m.bias.detach() for m in layers])
+        return out.requires_grad_(first.weight.requires_grad)
+    if type(first) is not QuantLinear:
+        return None
+    if any(m.spec != first.spec or m.group_size != first.group_size or m.in_channels != first.in_channels
+           or m.codes_released or m.fused_relu or m.codes_out_scale is not None
+           or (m.bias is None) != (first.bias is None) for m in layers):
+        return None
+    if not all(_same([getattr(m, name) for m in layers]) for name in ("act_multiplier", "act_shift", "act_scale")):
+        return None
+    out = QuantLinear(first.in_channels, sum(m.out_channels for m in layers), bias=first.bias is not None,
+                      spec=first.spec, group_size=first.group_size, device=first.qweight.device,
+                      act_multiplier=first.act_multiplier is not None, act_shift=first.act_shift is not None,
+                      act_scale=first.act_scale is not None)
+    for name in ("qweight", "weight_scale", "weight_zero", "bias"):  # rows: (N, ...) each
+        if getattr(first, name) is not None:
+            setattr(out, name, torch.cat([getattr(m, name) for m in layers]))
+    for name in ("act_multiplier", "act_shift", "act_scale"):
+        if getattr(first, name) is not None:
+            setattr(out, name, getattr(first, name).clone())
+    return out
 
 
 class QuantConv2d(_QuantLayer):

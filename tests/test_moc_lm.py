@@ -279,3 +279,59 @@ def test_generation_fills_the_given_caches():
     key_stats, value_stats = 2 * 5 * 16 * 4 * 2, 2 * 40 * 2 * 4 * 2  # scale + zero per group
     window = 2 * 2 * 7 * 16 * 4
     assert kivi.nbytes() == 2 * (2 * codes + key_stats + value_stats + window)
+
+
+@pytest.mark.parametrize("spec", [None, "w8a8", "w8a8-static", "w4a8"])
+def test_optimize_stacks_q_k_v_into_one_layer_with_the_same_outputs(spec):
+    """zoo.optimize's copy runs each attention's q, k and v as one layer (one GEMM, one activation quantization);
+    the prefill and a cached decode step give the unmerged module's values; the model given keeps its layers."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = zoo.create("moc_lm", vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96,
+                       top_k=24).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if spec is not None:
+            model = zoo.quantize(model, spec, calib=[ids] if "static" in spec else None)
+    keys = list(model.state_dict())
+    plain, merged = zoo.optimize(model, compile=False, merge=False), zoo.optimize(model, compile=False)
+    attn = merged.layers[0].attn
+    assert attn.q_proj is None and type(attn.qkv_proj) is type(model.layers[0].attn.q_proj)
+    rows = attn.qkv_proj.weight.shape[0] if spec is None else attn.qkv_proj.out_channels
+    assert rows == 64 + 2 * 32  # 4 query heads and 2 key-value heads of 16
+    assert model.layers[0].attn.qkv_proj is None and list(model.state_dict()) == keys  # the model is untouched
+    outputs = []
+    with torch.no_grad():
+        for runner in (plain, merged):
+            cache = runner.make_cache("dense")
+            outputs.append((runner(ids), runner(ids, cache), runner(ids[:, -1:], cache)))
+    for got, expected in zip(outputs[1], outputs[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_stack_linears_refuses_layers_that_are_not_one_layer():
+    from torch import nn
+
+    from zoo.blocks.quant import stack_linears
+
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 4), nn.Linear(8, 6)
+    x = torch.randn(3, 8)
+    stacked = stack_linears([a, b])
+    torch.testing.assert_close(stacked(x), torch.cat([a(x), b(x)], -1))
+    assert stack_linears([a, nn.Linear(8, 6, bias=False)]) is None  # one with a bias, one without
+    assert stack_linears([a, nn.Linear(7, 6)]) is None  # other inputs
+    assert stack_linears([a, b.double()]) is None
+    handle = b.register_forward_hook(lambda *args: None)  # a hook would see nothing
+    assert stack_linears([a, b]) is None
+    handle.remove()
+    calib = [torch.randn(5, 8)]
+    qa = zoo.quantize(nn.Sequential(nn.Linear(8, 4)), "w8a8-static-all", calib=calib)[0]
+    qb = zoo.quantize(nn.Sequential(nn.Linear(8, 6)), "w8a8-static-all", calib=[2 * calib[0]])[0]
+    assert stack_linears([qa, qb]) is None  # two static activation scales
+    qb.act_scale.copy_(qa.act_scale)
+    merged = stack_linears([qa, qb])
+    torch.testing.assert_close(merged(x), torch.cat([qa(x), qb(x)], -1), rtol=1e-6, atol=1e-6)
+    assert stack_linears([qa, a]) is None  # integer and float

@@ -235,7 +235,7 @@ def _example_input(model: nn.Module, device: torch.device) -> Optional[torch.Ten
 
 def optimize(model: nn.Module, dtype: Optional[torch.dtype] = None, compile: Optional[bool] = None,
              channels_last: Optional[bool] = None, example_input: Optional[torch.Tensor] = None,
-             fuse: bool = True, release_codes: bool = False) -> nn.Module:
+             fuse: bool = True, release_codes: bool = False, merge: bool = True) -> nn.Module:
     """The module to run for inference: ``model`` prepared in place (eval, no gradients, layout), its
     batch norms and ReLUs folded into a copy, wrapped and compiled. ``model`` itself keeps its modules
     (save it, not the result).
@@ -252,6 +252,9 @@ def optimize(model: nn.Module, dtype: Optional[torch.dtype] = None, compile: Opt
         example_input: what to trace the fusions on; default: a random image of the model's
             ``pretrained_cfg["input_size"]`` (no fusion for models without one).
         fuse: fold batch norms and ReLUs (see :func:`fuse_for_inference`).
+        merge: in the copy, stack projections that read the same input into one layer where a module offers
+            it (``merge_projections()``: the MoC LM's attention q, k and v), float or integer alike: one GEMM
+            and one activation quantization instead of three, the same values per output channel.
         release_codes: in the copy, drop the integer codes of the layers that run on oneDNN, whose
             packed weights hold the same int8 values (:meth:`~zoo.blocks.quant.QuantConv2d.release_codes`):
             the result then holds each such layer's weights once (a ``w4a8`` model: 0.25x of fp32 instead
@@ -282,8 +285,12 @@ def optimize(model: nn.Module, dtype: Optional[torch.dtype] = None, compile: Opt
             model, _ = fuse_for_inference(model, example)
             if compile is not True:  # codes are handed on in eager mode only
                 model, _ = chain_int8(model, example)
-    if release_codes and model is given:  # nothing was folded: a copy of the modules that shares every tensor
+    mergeable = merge and any(hasattr(m, "merge_projections") for m in model.modules())
+    if (release_codes or mergeable) and model is given:  # nothing was folded: a copy sharing every tensor
         model = _copy_sharing(model, set())
+    if mergeable:
+        for module in [m for m in model.modules() if hasattr(m, "merge_projections")]:
+            module.merge_projections()
     on_onednn = [layer for layer in model.modules()
                  if isinstance(layer, (QuantConv2d, QuantLinear)) and layer.execution(device)[0] == "onednn"]
     for layer in on_onednn:
