@@ -74,7 +74,7 @@ def channels_last_inference(forward: Callable[[torch.Tensor], torch.Tensor], x: 
 
     For a network of narrow convolutions on large maps (an SR trunk). oneDNN's NCHW fp32 convolutions on
     the CPU run a width between two multiples of 16 channels nearly as slowly as the next multiple (a
-    3x3 conv of 20 channels at 96 x 96: 3.5 ms against 1.0 ms channels-last), so channels-last both speeds
+    3x3 conv of 20 channels at 96 x 96: 2.6 ms against 1.1 ms channels-last), so channels-last both speeds
     up the full model and lets a pruned one's odd widths save time (``benchmarks/conv_widths.py``). The
     values are those of the NCHW path up to float summation order.
     """

@@ -113,9 +113,9 @@ class Attention(nn.Module):
     def merge_projections(self) -> bool:
         """Replace ``q_proj``, ``k_proj`` and ``v_proj`` by one layer of their stacked rows (``qkv_proj``): one
         GEMM and, for integer layers, one activation quantization per call instead of three (a ``w8a8`` decode
-        step of ``moc_lm_130m``: 36.2 -> 31.1 ms on a 2-core AMD EPYC). For inference: ``zoo.optimize`` does it
-        on its copy, whose state dict then has ``qkv_proj`` keys. False (nothing changed) where the three
-        cannot be stacked (:func:`zoo.blocks.quant.stack_linears`)."""
+        step of ``moc_lm_130m``: 0.99x -> 1.10x of fp32 on a 2-core AMD EPYC, ``benchmarks/cpu_inference.py``).
+        For inference: ``zoo.optimize`` does it on its copy, whose state dict then has ``qkv_proj`` keys. False
+        (nothing changed) where the three cannot be stacked (:func:`zoo.blocks.quant.stack_linears`)."""
         if self.qkv_proj is not None:
             return True
         stacked = stack_linears([self.q_proj, self.k_proj, self.v_proj])
