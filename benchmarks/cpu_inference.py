@@ -38,7 +38,6 @@ import argparse
 import copy
 import math
 import os
-import platform
 import sys
 import time
 import warnings

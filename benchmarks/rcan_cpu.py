@@ -89,23 +89,16 @@ def main() -> None:
     with torch.inference_mode():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
 
-    def runner(model):
+    def runner(model, inp):
         def run():
             with torch.inference_mode():
-                model(x)
+                model(inp)
         return run
 
     x_cl = x.contiguous(memory_format=torch.channels_last)  # what a user of the reference would try
-
-    def runner_cl(model):
-        def run():
-            with torch.inference_mode():
-                model(x_cl)
-        return run
-
     # zoo runs its trunk channels-last in CPU inference by itself; the reference row is the stock NCHW model
-    times = time_interleaved({"zoo": runner(ours), "reference": runner(ref),
-                              "reference, channels-last input": runner_cl(ref)}, args.repeats, warmup=1)
+    times = time_interleaved({"zoo": runner(ours, x), "reference": runner(ref, x),
+                              "reference, channels-last input": runner(ref, x_cl)}, args.repeats, warmup=1)
     ms = {k: median_ms(v) for k, v in times.items()}
     print(f"{args.model} forward, 1x3x{args.size}x{args.size}, median of {args.repeats} interleaved runs; {machine()}")
     print_table(["implementation", "ms", "ratio to reference"],

@@ -42,9 +42,6 @@ def time_layer(layer: nn.Module, example: torch.Tensor, cin: int, cout: int, rep
         x = torch.randn(*example.shape[:1], cin, *example.shape[2:], **factory)
         if not example.is_contiguous() and example.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-    else:
-        x = torch.randn(*example.shape[:-1], cin, **factory)  # (..., C)
-    if isinstance(layer, nn.Conv2d):
         depthwise = layer.groups == layer.in_channels == layer.out_channels > 1
         groups = cin if depthwise else layer.groups  # pruning cuts no other grouped conv: its widths are full
         weight = torch.randn(cout, cin // groups, *layer.kernel_size, **factory)
@@ -53,6 +50,7 @@ def time_layer(layer: nn.Module, example: torch.Tensor, cin: int, cout: int, rep
         def run() -> torch.Tensor:
             return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, groups)
     else:
+        x = torch.randn(*example.shape[:-1], cin, **factory)  # (..., C)
         weight = torch.randn(cout, cin, **factory)
         bias = torch.randn(cout, **factory) if layer.bias is not None else None
 
